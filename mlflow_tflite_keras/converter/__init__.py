@@ -1,0 +1,12 @@
+"""Reconstruction of trainable Keras models from ``.tflite`` flatbuffers (needs TensorFlow)."""
+
+from mlflow_tflite_keras.converter.convert import (  # noqa: F401
+    ConversionReport,
+    ConversionResult,
+    UnsupportedOperatorsError,
+    convert,
+    to_keras,
+)
+from mlflow_tflite_keras.converter.registry import load_handlers, supported_operators  # noqa: F401
+
+load_handlers()  # registers every handler and every package layer

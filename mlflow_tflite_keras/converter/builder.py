@@ -1,0 +1,140 @@
+"""Walks the IR in execution order, calling each op's handler, and assembles a Keras model.
+
+Values are KerasTensors for anything that depends on a model input, numpy arrays for
+constants. An op whose inputs are all constant is folded: its handler runs the same layers
+eagerly on the arrays and the result stays a constant, so constant-only subgraphs never
+become layers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import keras
+import numpy as np
+
+from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.converter.layers import KerasOp
+
+# TFLite fused activations (ActivationFunctionType) as Keras activation names.
+FUSED_ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
+
+
+class ConversionError(Exception):
+    """A handler cannot rebuild an op as it is; the message says why."""
+
+
+class BuildContext:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.values: dict[int, object] = {}
+        self.layer_names: Counter = Counter()
+        self.layers_by_op: dict[int, list[str]] = {}
+        self.notes: list[str] = []  # what could not be recovered, for the conversion report
+        self._current_op: Op | None = None
+        for t in graph.tensors:
+            if t.is_constant:
+                self.values[t.index] = t.data
+
+    # ---- values -----------------------------------------------------------------------------
+
+    def value(self, t: Tensor | None):
+        """The value of a tensor: a KerasTensor, a numpy array (constant) or None (omitted)."""
+        if t is None:
+            return None
+        if t.index not in self.values:
+            raise ConversionError(f"Tensor '{t.name}' is used before any op produces it.")
+        return self.values[t.index]
+
+    def inputs(self, op: Op) -> list:
+        return [self.value(t) for t in op.inputs]
+
+    def const(self, t: Tensor | None, what: str = "this input") -> np.ndarray | None:
+        """A constant input as numpy (weights, axes, shapes); error if it is computed."""
+        if t is None:
+            return None
+        v = self.value(t)
+        if not isinstance(v, np.ndarray):
+            raise ConversionError(
+                f"{self._current_op.type if self._current_op else 'op'}: {what} "
+                f"('{t.name}') must be a constant, but it is computed at run time.")
+        return v
+
+    @staticmethod
+    def is_const(value) -> bool:
+        return isinstance(value, np.ndarray)
+
+    # ---- layers -----------------------------------------------------------------------------
+
+    def name(self, op: Op, suffix: str = "") -> str:
+        """A unique layer name derived from the op's first output tensor name."""
+        base = op.outputs[0].name if op.outputs else f"op_{op.index}"
+        base = re.sub(r"[^A-Za-z0-9_.\-]+", "_", base.split(";")[0]).strip("_.-") or "op"
+        base = (base[:60] + suffix) if suffix else base[:60]
+        self.layer_names[base] += 1
+        n = self.layer_names[base]
+        name = base if n == 1 else f"{base}_{n}"
+        self.layers_by_op.setdefault(op.index, []).append(name)
+        return name
+
+    def apply(self, layer, *inputs):
+        """Call a layer on values. All-constant inputs are folded eagerly to numpy."""
+        if inputs and all(self.is_const(v) for v in inputs):
+            result = layer(*[keras.ops.convert_to_tensor(v) for v in inputs])
+            return _to_numpy(result)
+        return layer(*[self.tensor(v) for v in inputs])
+
+    def op(self, op: Op, fn: str, *inputs, suffix: str = "", **fn_kwargs):
+        """Apply ``keras.ops.<fn>`` to values; constant operands become stored weights."""
+        if all(self.is_const(v) for v in inputs):
+            fold = KerasOp._resolve(fn)
+            return _to_numpy(fold(*[keras.ops.convert_to_tensor(v) for v in inputs], **fn_kwargs))
+        constants = {i: v for i, v in enumerate(inputs) if self.is_const(v)}
+        tensors = [v for v in inputs if not self.is_const(v)]
+        layer = KerasOp(fn, fn_kwargs=fn_kwargs, constants=constants, n_inputs=len(tensors),
+                        name=self.name(op, suffix))
+        return layer(*tensors) if len(tensors) > 1 else layer(tensors[0])
+
+    def tensor(self, value):
+        """A value as something a Keras layer accepts in the functional graph."""
+        if self.is_const(value):
+            raise ConversionError("A constant reached a layer that takes only graph tensors; "
+                                  "use ctx.op(...) so it is stored as a weight.")
+        return value
+
+    def activation(self, op: Op, x, option: str = "fusedActivationFunction"):
+        """Apply the op's fused activation (if any) as a separate Keras layer."""
+        code = op.opt(option, 0)
+        act = FUSED_ACTIVATIONS.get(code, "unknown")
+        if act is None:
+            return x
+        if act == "unknown":
+            raise ConversionError(f"{op.type}: unknown fused activation {code}.")
+        return self.apply_activation(op, x, act)
+
+    def apply_activation(self, op: Op, x, act: str):
+        if act == "relu":
+            return self.apply(keras.layers.ReLU(name=self.name(op, "_relu")), x)
+        if act == "relu6":
+            return self.apply(keras.layers.ReLU(max_value=6.0, name=self.name(op, "_relu6")), x)
+        if act in ("tanh", "sigmoid"):
+            return self.apply(keras.layers.Activation(act, name=self.name(op, f"_{act}")), x)
+        return self.op(op, act, x, suffix=f"_{act}")
+
+    @staticmethod
+    def activation_name(op: Op, option: str = "fusedActivationFunction"):
+        """The fused activation as a Keras ``activation=`` argument, or False when the
+        activation has no built-in Keras name (apply it with :meth:`activation`)."""
+        act = FUSED_ACTIVATIONS.get(op.opt(option, 0), "unknown")
+        return act if act in (None, "relu", "tanh") else False
+
+    def note(self, message: str):
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+def _to_numpy(result):
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(keras.ops.convert_to_numpy(r)) for r in result]
+    return np.asarray(keras.ops.convert_to_numpy(result))

@@ -1,0 +1,186 @@
+"""The graph IR every op handler reads: tensors, constant data, ops, producers/consumers.
+
+Built from one subgraph of a :class:`~mlflow_tflite_keras.tflite_model.TFLiteModel`. Constant
+data is decoded once here, so handlers never see storage details: quantized constants are
+dequantized to float32 (per-tensor or per-channel along ``quantized_dimension``), float16
+becomes float32, sparse constants are densified. Index-like integer constants stay integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from mlflow_tflite_keras.tflite_model import (
+    OperatorInfo,
+    Quantization,
+    SubgraphInfo,
+    TensorInfo,
+    TFLiteModel,
+)
+
+
+@dataclass(eq=False)
+class Tensor:
+    index: int
+    name: str
+    type_name: str  # schema TensorType name, e.g. "INT8"
+    shape: tuple[int, ...]  # static shape as stored (batch usually 1)
+    shape_signature: tuple[int, ...]  # -1 for dynamic dimensions
+    quantization: Quantization | None
+    is_variable: bool = False
+    data: np.ndarray | None = None  # decoded constant value, None for activations
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data is not None
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quantization is not None and self.type_name in (
+            "INT8", "UINT8", "INT16", "INT4", "INT32", "INT64")
+
+    @property
+    def float_dtype(self) -> str:
+        """The dtype this tensor has in the float Keras model."""
+        if self.is_quantized or self.type_name in ("FLOAT16", "FLOAT32", "FLOAT64", "BFLOAT16"):
+            return "float32"
+        return {"INT8": "int8", "UINT8": "uint8", "INT16": "int16", "INT32": "int32",
+                "INT64": "int64", "BOOL": "bool", "UINT32": "uint32",
+                "COMPLEX64": "complex64"}.get(self.type_name, "float32")
+
+    def __repr__(self):
+        return f"Tensor({self.index}, {self.name!r}, {self.type_name}, {list(self.shape)})"
+
+
+@dataclass(eq=False)
+class Op:
+    index: int
+    type: str  # builtin operator name ("CONV_2D"), or the custom code for custom ops
+    inputs: list[Tensor | None]  # None for an omitted optional input (-1 in the file)
+    outputs: list[Tensor]
+    options: object | None  # schema *OptionsT object (camelCase attributes), or None
+    is_custom: bool = False
+    custom_options: bytes | None = None
+    subgraph_index: int = 0
+
+    def opt(self, name: str, default=None):
+        """A builtin option by its schema name (``strideW``, ``fusedActivationFunction``...)."""
+        if self.options is None:
+            return default
+        value = getattr(self.options, name, default)
+        return default if value is None else value
+
+    def input(self, i: int) -> Tensor | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def __repr__(self):
+        return f"Op({self.index}, {self.type}, in={[t and t.index for t in self.inputs]}, " \
+               f"out={[t.index for t in self.outputs]})"
+
+
+@dataclass(eq=False)
+class Graph:
+    model: TFLiteModel
+    subgraph_index: int
+    name: str
+    tensors: list[Tensor]
+    ops: list[Op]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    producers: dict[int, Op] = field(default_factory=dict)
+    consumers: dict[int, list[Op]] = field(default_factory=dict)
+
+    @cached_property
+    def signature_names(self) -> tuple[dict[int, str], dict[int, str]]:
+        """Tensor index -> SignatureDef name, for this subgraph's inputs and outputs."""
+        for sig in self.model.signatures:
+            if sig.subgraph_index == self.subgraph_index:
+                return ({i: n for n, i in sig.inputs.items()},
+                        {i: n for n, i in sig.outputs.items()})
+        return {}, {}
+
+
+def build_graph(model: TFLiteModel, subgraph_index: int = 0) -> Graph:
+    sg: SubgraphInfo = model.subgraphs[subgraph_index]
+    tensors = [_tensor(model, t) for t in sg.tensors]
+    ops = [_op(o, tensors, subgraph_index) for o in sg.operators]
+    graph = Graph(
+        model=model,
+        subgraph_index=subgraph_index,
+        name=sg.name,
+        tensors=tensors,
+        ops=ops,
+        inputs=[tensors[i] for i in sg.inputs],
+        outputs=[tensors[i] for i in sg.outputs],
+    )
+    for op in ops:
+        for t in op.outputs:
+            graph.producers[t.index] = op
+        for t in op.inputs:
+            if t is not None:
+                graph.consumers.setdefault(t.index, []).append(op)
+    return graph
+
+
+def _op(o: OperatorInfo, tensors: list[Tensor], subgraph_index: int) -> Op:
+    raw = o.raw
+    custom = None
+    if raw is not None and raw.customOptions is not None and len(raw.customOptions):
+        custom = np.asarray(raw.customOptions, dtype=np.uint8).tobytes()
+    return Op(
+        index=o.index,
+        type=o.name or "CUSTOM",
+        inputs=[tensors[i] if i >= 0 else None for i in o.inputs],
+        outputs=[tensors[i] for i in o.outputs],
+        options=o.options,
+        is_custom=o.opcode == "CUSTOM",
+        custom_options=custom,
+        subgraph_index=subgraph_index,
+    )
+
+
+def _tensor(model: TFLiteModel, t: TensorInfo) -> Tensor:
+    return Tensor(
+        index=t.index,
+        name=t.name,
+        type_name=t.type_name,
+        shape=t.shape,
+        shape_signature=t.shape_signature,
+        quantization=t.quantization,
+        is_variable=t.is_variable,
+        data=decode_constant(model, t),
+    )
+
+
+def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
+    raw = model.constant(t)
+    if raw is None:
+        return None
+    if t.sparsity is not None:
+        from mlflow_tflite_keras.converter.sparsity import densify
+
+        raw = densify(raw, t.sparsity, t.shape)
+    if t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT16", "INT32", "INT64"):
+        return dequantize(raw, t.quantization)
+    if raw.dtype == np.float16:
+        return raw.astype(np.float32)
+    return np.array(raw)  # own the memory: the model bytes may be released
+
+
+def dequantize(values: np.ndarray, q: Quantization) -> np.ndarray:
+    scale = q.scale.astype(np.float64)
+    zero_point = q.zero_point.astype(np.float64)
+    if q.per_channel and values.ndim:
+        shape = [1] * values.ndim
+        shape[q.quantized_dimension] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    else:
+        scale, zero_point = scale.reshape(-1)[0], zero_point.reshape(-1)[0]
+    return ((values.astype(np.float64) - zero_point) * scale).astype(np.float32)

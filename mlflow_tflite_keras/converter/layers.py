@@ -1,0 +1,166 @@
+"""Keras layers of this package, for ops with no built-in Keras layer.
+
+All are registered serializable (package ``mlflow_tflite_keras``), so reconstructed models
+save to ``.keras`` and reload with ``safe_mode=True``: no Lambda layers, no pickled code.
+Importing :mod:`mlflow_tflite_keras.converter` (or this module) registers them.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+PACKAGE = "mlflow_tflite_keras"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class KerasOp(keras.layers.Layer):
+    """Calls one ``keras.ops`` function, by name, with constant operands held as weights.
+
+    ``fn`` must name a function of ``keras.ops`` (or of this module's :data:`EXTRA_OPS`), so
+    the saved config is data, never code. ``constants`` maps argument positions to arrays that
+    are stored as (non-trainable) weights and spliced into the call at those positions.
+    """
+
+    def __init__(self, fn: str, fn_kwargs: dict | None = None, constants: dict | None = None,
+                 n_inputs: int = 1, trainable_constants: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+        self.fn_kwargs = dict(fn_kwargs or {})
+        self.n_inputs = int(n_inputs)
+        self._resolve(fn)  # fail at construction (and at load) for unknown names
+        self.constant_positions = sorted(int(k) for k in (constants or {}))
+        self.trainable_constants = bool(trainable_constants)
+        self._constant_values = {int(k): np.asarray(v) for k, v in (constants or {}).items()}
+        self.constant_weights = []
+        for pos in self.constant_positions:
+            value = self._constant_values[pos]
+            self.constant_weights.append(self.add_weight(
+                name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
+                initializer=keras.initializers.Constant(value) if value.size else "zeros",
+                trainable=self.trainable_constants and np.issubdtype(value.dtype, np.floating),
+            ))
+
+    @staticmethod
+    def _resolve(fn: str):
+        target = EXTRA_OPS.get(fn) or getattr(ops, fn, None)
+        if target is None or not callable(target):
+            raise ValueError(f"KerasOp: '{fn}' is not a keras.ops function.")
+        return target
+
+    def call(self, *inputs):
+        flat = list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
+            else list(inputs)
+        args = []
+        it = iter(flat)
+        for pos in range(self.n_inputs + len(self.constant_positions)):
+            if pos in self.constant_positions:
+                args.append(self.constant_weights[self.constant_positions.index(pos)])
+            else:
+                args.append(next(it))
+        return self._resolve(self.fn)(*args, **self.fn_kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(fn=self.fn, fn_kwargs=self.fn_kwargs, n_inputs=self.n_inputs,
+                      trainable_constants=self.trainable_constants,
+                      # Shapes/dtypes only: the values themselves are restored from weights.
+                      constants={str(p): {"shape": list(v.shape), "dtype": str(v.dtype)}
+                                 for p, v in self._constant_values.items()})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        specs = config.pop("constants", {}) or {}
+        config["constants"] = {int(p): np.zeros(s["shape"], dtype=s["dtype"])
+                               for p, s in specs.items()}
+        return cls(**config)
+
+
+def _keras_dtype(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+# Functions that keras.ops lacks, built from keras.ops. Each is a plain named function so a
+# KerasOp config stays data ("fn": "relu_n1_to_1").
+EXTRA_OPS: dict[str, callable] = {}
+
+
+def extra_op(fn):
+    """Register a helper usable as ``KerasOp(fn.__name__)``."""
+    EXTRA_OPS[fn.__name__] = fn
+    return fn
+
+
+@extra_op
+def relu_n1_to_1(x):
+    return ops.clip(x, -1.0, 1.0)
+
+
+@extra_op
+def relu_0_to_1(x):
+    return ops.clip(x, 0.0, 1.0)
+
+
+@extra_op
+def sign_bit(x):
+    return ops.cast(ops.less(x, 0), x.dtype)
+
+
+@extra_op
+def squared_difference(x, y):
+    return ops.square(ops.subtract(x, y))
+
+
+@extra_op
+def truncate_divide(x, y):
+    """Integer division rounding toward zero (TFLite integer DIV), in the inputs' dtype."""
+    return ops.cast(ops.trunc(ops.divide(x, y)), keras.backend.result_type(x.dtype, y.dtype))
+
+
+def _resize_axis_params(n_in, n_out, align_corners, half_pixel_centers, nearest):
+    """TFLite's source coordinates for one resized axis, computed in float32 as its kernels
+    do: nearest -> indices; bilinear -> (lower, upper, fraction)."""
+    f32 = np.float32
+    if align_corners and n_out > 1:
+        scale = f32(n_in - 1) / f32(n_out - 1)
+    else:
+        scale = f32(n_in) / f32(n_out)
+    out = np.arange(n_out, dtype=f32)
+    if nearest:
+        v = (out + f32(0.5 if half_pixel_centers else 0.0)) * scale
+        fl = np.floor(v)
+        idx = np.where(v - fl >= 0.5, fl + 1, fl) if align_corners else fl  # std::round
+        idx = np.minimum(idx.astype(np.int64), n_in - 1)
+        if half_pixel_centers:
+            idx = np.maximum(idx, 0)
+        return idx.astype("int32")
+    v = (out + f32(0.5)) * scale - f32(0.5) if half_pixel_centers else out * scale
+    fl = np.floor(v)
+    lower = np.maximum(fl.astype(np.int64), 0)
+    upper = np.minimum(np.ceil(v).astype(np.int64), n_in - 1)
+    return lower.astype("int32"), upper.astype("int32"), (v - lower).astype(f32)
+
+
+@extra_op
+def resize_tflite(x, size, method="bilinear", align_corners=False, half_pixel_centers=False):
+    """TFLite RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR on NHWC ``x`` (static H, W), exactly:
+    align_corners and half_pixel_centers as TFLite defines them, by gathers."""
+    for axis, n_out in ((1, int(size[0])), (2, int(size[1]))):
+        n_in = x.shape[axis]
+        if n_in is None:
+            raise ValueError("resize_tflite needs static spatial dimensions")
+        params = _resize_axis_params(n_in, n_out, align_corners, half_pixel_centers,
+                                     method == "nearest")
+        if method == "nearest":
+            if not np.array_equal(params, np.arange(n_in)):
+                x = ops.take(x, params, axis=axis)
+            continue
+        lower, upper, frac = params
+        shape = [1] * len(x.shape)
+        shape[axis] = n_out
+        a = ops.take(x, lower, axis=axis)
+        b = ops.take(x, upper, axis=axis)
+        x = a + (b - a) * ops.cast(np.reshape(frac, shape), x.dtype)
+    return x

@@ -1,0 +1,1 @@
+"""Op handler families, one module each; importing a module registers its handlers."""

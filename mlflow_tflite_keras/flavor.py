@@ -1,0 +1,518 @@
+"""
+The ``mlflow.tflite_keras`` module provides APIs for logging and loading TensorFlow Lite models
+in the MLflow Model format. It exports MLflow Models with the following flavors:
+
+TFLite (native) format
+    The ``.tflite`` flatbuffer, loadable with :py:func:`load_model` as a
+    :py:class:`LoadedTFLiteModel` (bytes, parsed description, fresh interpreters).
+:py:mod:`mlflow.pyfunc`
+    Runs the model on the LiteRT interpreter (``ai-edge-litert``) with no TensorFlow import,
+    for ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and ``spark_udf``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import mlflow
+from mlflow import pyfunc
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.models import Model, ModelInputExample, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.models.utils import _save_example
+from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.docstring_utils import LOG_MODEL_PARAM_DOCS, format_docstring
+from mlflow.utils.environment import (
+    _CONDA_ENV_FILE_NAME,
+    _CONSTRAINTS_FILE_NAME,
+    _PYTHON_ENV_FILE_NAME,
+    _REQUIREMENTS_FILE_NAME,
+    _mlflow_conda_env,
+    _process_conda_env,
+    _process_pip_requirements,
+    _PythonEnv,
+    _validate_env_arguments,
+)
+from mlflow.utils.file_utils import get_total_file_size, write_to
+from mlflow.utils.model_utils import (
+    _add_code_from_conf_to_system_path,
+    _copy_extra_files,
+    _get_flavor_configuration,
+    _validate_and_copy_code_paths,
+    _validate_and_prepare_target_save_path,
+)
+from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+from mlflow_tflite_keras import __version__
+from mlflow_tflite_keras.runtime import TFLiteRunner
+from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
+
+FLAVOR_NAME = "tflite_keras"
+RUNTIME_PACKAGE = "ai-edge-litert"
+
+_MODEL_DATA_SUBPATH = "model.tflite"
+_METADATA_SUBPATH = "tflite_metadata"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+_logger = logging.getLogger(__name__)
+
+
+def get_default_pip_requirements():
+    """
+    Returns:
+        A list of default pip requirements for MLflow Models produced by this flavor: the LiteRT
+        interpreter, numpy and mlflow. This package's own code travels with each model (in its
+        ``code`` directory), so no requirement on ``mlflow-tflite-keras`` is needed to serve.
+    """
+    return [_get_pinned_requirement(p) for p in (RUNTIME_PACKAGE, "numpy", "mlflow")]
+
+
+def get_default_conda_env():
+    """
+    Returns:
+        The default Conda environment for MLflow Models produced by calls to
+        :func:`save_model()` and :func:`log_model()`.
+    """
+    return _mlflow_conda_env(additional_pip_deps=get_default_pip_requirements())
+
+
+def _runtime_version() -> str:
+    from importlib.metadata import version
+
+    return version(RUNTIME_PACKAGE)
+
+
+def _model_bytes(tflite_model) -> bytes:
+    """A path, bytes, or (convenience) a Keras model converted with TFLiteConverter."""
+    if isinstance(tflite_model, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return read_model_bytes(tflite_model)
+    if type(tflite_model).__module__.startswith(("keras", "tf_keras", "tensorflow")):
+        from mlflow_tflite_keras.export import keras_to_tflite
+
+        return keras_to_tflite(tflite_model)
+    raise MlflowException(
+        "tflite_model must be a path to a .tflite file, its bytes, or a Keras model; got "
+        f"{type(tflite_model).__name__}.",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
+
+
+def infer_signature(model: TFLiteModel, signature_key: str | None = None) -> ModelSignature:
+    """The MLflow signature of one signature key (default: the first).
+
+    Quantized inputs and outputs appear as float32 (the pyfunc quantizes and dequantizes);
+    -1 marks dynamic dimensions and the batch dimension wherever the pyfunc can batch.
+    """
+    spec = TFLiteRunner(model).signature(signature_key)
+
+    def tensor_spec(s, is_output):
+        shape = [-1 if d == -1 else d for d in s.shape_signature]
+        if spec.batched and shape:
+            shape[0] = -1
+        dtype = s.logical_dtype if (is_output or s.quantized) else s.dtype
+        return TensorSpec(np.dtype(dtype), tuple(shape), s.name)
+
+    keys = [sig.key for sig in model.signatures]
+    params = ParamSchema([
+        ParamSpec("signature_key", "string", keys[0] if keys else ""),
+        ParamSpec("dequantize", "boolean", True),
+    ])
+    return ModelSignature(
+        inputs=Schema([tensor_spec(s, False) for s in spec.inputs]),
+        outputs=Schema([tensor_spec(s, True) for s in spec.outputs]),
+        params=params,
+    )
+
+
+@format_docstring(LOG_MODEL_PARAM_DOCS.format(package_name=FLAVOR_NAME))
+def save_model(
+    tflite_model,
+    path,
+    conda_env=None,
+    code_paths=None,
+    mlflow_model=None,
+    signature: ModelSignature = None,
+    input_example: ModelInputExample = None,
+    pip_requirements=None,
+    extra_pip_requirements=None,
+    metadata=None,
+    extra_files=None,
+    num_threads: int | None = None,
+    **kwargs,
+):
+    """
+    Save a TFLite model to a path on the local file system.
+
+    Args:
+        tflite_model: Path (str or PathLike) to a ``.tflite`` file, its bytes, or a Keras model
+            (converted with ``TFLiteConverter``, float32). Anything that is not a valid TFLite
+            flatbuffer is refused before anything is written.
+        path: Local path where the model is to be saved.
+        conda_env: {{ conda_env }}
+        code_paths: {{ code_paths }}
+        mlflow_model: :py:mod:`mlflow.models.Model` this flavor is being added to.
+        signature: :py:class:`ModelSignature <mlflow.models.ModelSignature>`. When None, it is
+            inferred from the model's own tensors (names from its SignatureDef, else tensor
+            names). Pass ``False`` to store no signature.
+        input_example: {{ input_example }}
+        pip_requirements: {{ pip_requirements }}
+        extra_pip_requirements: {{ extra_pip_requirements }}
+        metadata: {{ metadata }}
+        extra_files: {{ extra_files }}
+        num_threads: Default number of interpreter threads for the pyfunc (None: LiteRT's
+            default). Overridable at load time with ``model_config={"num_threads": N}``.
+        kwargs: Unused; accepted for compatibility with ``Model.log``.
+    """
+    model_bytes = _model_bytes(tflite_model)
+    model = TFLiteModel(model_bytes)  # validates before anything is written
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise MlflowException(f"num_threads must be a positive integer, got {num_threads!r}.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+    if signature is None:
+        signature = infer_signature(model)
+    path = os.path.abspath(path)
+    _validate_and_prepare_target_save_path(path)
+    try:
+        _write_model(model, path, conda_env, code_paths, mlflow_model, signature, input_example,
+                     pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never leave a half-written model behind
+        raise
+
+
+def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, input_example,
+                 pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads):
+    _check_runs_on_litert(model)
+    # This package's code travels with the model so any environment with the default
+    # requirements (virtualenv, uv, conda) can load the pyfunc.
+    code_dir_subpath = _validate_and_copy_code_paths([*(code_paths or []), str(_PACKAGE_DIR)], path)
+    if mlflow_model is None:
+        mlflow_model = Model()
+    if signature is not False and signature is not None:
+        mlflow_model.signature = signature
+    if input_example is not None:
+        _save_example(mlflow_model, input_example, path)
+    if metadata is not None:
+        mlflow_model.metadata = metadata
+
+    with open(os.path.join(path, _MODEL_DATA_SUBPATH), "wb") as f:
+        f.write(model.model_bytes)
+    metadata_files = _write_tflite_metadata(model, path)
+
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="mlflow_tflite_keras.flavor",
+        data=_MODEL_DATA_SUBPATH,
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+        code=code_dir_subpath,
+        # Declared so that load_model(..., model_config={"num_threads": N}) may override it.
+        model_config={"num_threads": num_threads},
+    )
+    extra_files_config = _copy_extra_files(extra_files, path)
+    description = model.describe()
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        data=_MODEL_DATA_SUBPATH,
+        sha256=model.sha256,
+        size_bytes=len(model.model_bytes),
+        runtime={"package": RUNTIME_PACKAGE, "version": _runtime_version()},
+        flavor_version=__version__,
+        num_threads=num_threads,
+        tflite_metadata=metadata_files,
+        code=code_dir_subpath,
+        **description,
+        **extra_files_config,
+    )
+    if size := get_total_file_size(path):
+        mlflow_model.model_size_bytes = size
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+    if conda_env is None:
+        default_reqs = get_default_pip_requirements() if pip_requirements is None else None
+        conda_env, pip_requirements, pip_constraints = _process_pip_requirements(
+            default_reqs, pip_requirements, extra_pip_requirements
+        )
+    else:
+        conda_env, pip_requirements, pip_constraints = _process_conda_env(conda_env)
+    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
+        yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+    if pip_constraints:
+        write_to(os.path.join(path, _CONSTRAINTS_FILE_NAME), "\n".join(pip_constraints))
+    write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(pip_requirements))
+    _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+
+
+def _check_runs_on_litert(model: TFLiteModel):
+    """Warn (not fail) when LiteRT cannot run the model, e.g. an unregistered custom op.
+
+    Such a model is still worth tracking and converting; only its pyfunc will not load.
+    """
+    try:
+        TFLiteRunner(model).new_interpreter()
+    except MlflowException as e:
+        _logger.warning("The model is saved, but its pyfunc will not load here: %s", e.message)
+
+
+def _write_tflite_metadata(model: TFLiteModel, path: str) -> list[str]:
+    """Extract TFLite metadata (label files, normalization, ...) as readable artifacts."""
+    from mlflow_tflite_keras.model_metadata import extract_metadata
+
+    files = extract_metadata(model)
+    if not files:
+        return []
+    target = os.path.join(path, _METADATA_SUBPATH)
+    os.makedirs(target, exist_ok=True)
+    written = []
+    for name, data in sorted(files.items()):
+        safe = os.path.basename(name) or "unnamed"
+        with open(os.path.join(target, safe), "wb") as f:
+            f.write(data)
+        written.append(f"{_METADATA_SUBPATH}/{safe}")
+    return written
+
+
+@format_docstring(LOG_MODEL_PARAM_DOCS.format(package_name=FLAVOR_NAME))
+def log_model(
+    tflite_model,
+    name: str | None = None,
+    conda_env=None,
+    code_paths=None,
+    registered_model_name=None,
+    signature: ModelSignature = None,
+    input_example: ModelInputExample = None,
+    await_registration_for=DEFAULT_AWAIT_MAX_SLEEP_SECONDS,
+    pip_requirements=None,
+    extra_pip_requirements=None,
+    metadata=None,
+    extra_files=None,
+    num_threads: int | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    model_type: str | None = None,
+    step: int = 0,
+    model_id: str | None = None,
+    **kwargs,
+):
+    """
+    Log a TFLite model as an MLflow model of the current run (a run is started if none is).
+
+    Args:
+        tflite_model: Path to a ``.tflite`` file, its bytes, or a Keras model.
+        name: {{ name }}
+        conda_env: {{ conda_env }}
+        code_paths: {{ code_paths }}
+        registered_model_name: If given, create a model version under this name, creating the
+            registered model if it does not exist.
+        signature: Model signature; inferred from the model when None, none stored when False.
+        input_example: {{ input_example }}
+        await_registration_for: Seconds to wait for the model version to become READY.
+        pip_requirements: {{ pip_requirements }}
+        extra_pip_requirements: {{ extra_pip_requirements }}
+        metadata: {{ metadata }}
+        extra_files: {{ extra_files }}
+        num_threads: Default interpreter threads for the pyfunc.
+        params: {{ params }}
+        tags: {{ tags }}
+        model_type: {{ model_type }}
+        step: {{ step }}
+        model_id: {{ model_id }}
+        kwargs: Passed to :py:meth:`mlflow.models.Model.log`.
+
+    Returns:
+        A :py:class:`ModelInfo <mlflow.models.model.ModelInfo>` of the logged model.
+    """
+    import mlflow_tflite_keras.flavor as this_flavor
+
+    # Validate (and convert a Keras model) before a run or a logged model is created.
+    model_bytes = _model_bytes(tflite_model)
+    TFLiteModel(model_bytes)
+    return Model.log(
+        artifact_path=kwargs.pop("artifact_path", None),
+        name=name,
+        flavor=this_flavor,
+        tflite_model=model_bytes,
+        conda_env=conda_env,
+        code_paths=code_paths,
+        registered_model_name=registered_model_name,
+        signature=signature,
+        input_example=input_example,
+        await_registration_for=await_registration_for,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        metadata=metadata,
+        extra_files=extra_files,
+        num_threads=num_threads,
+        params=params,
+        tags=tags,
+        model_type=model_type,
+        step=step,
+        model_id=model_id,
+        **kwargs,
+    )
+
+
+class LoadedTFLiteModel:
+    """A ``.tflite`` model loaded from MLflow: its bytes, its description, fresh interpreters."""
+
+    def __init__(self, model_bytes: bytes, flavor_conf: dict | None = None,
+                 num_threads: int | None = None):
+        self.model = TFLiteModel(model_bytes)
+        self.flavor_conf = flavor_conf or {}
+        self.num_threads = num_threads
+        self._runner = TFLiteRunner(self.model, num_threads=num_threads)
+
+    @property
+    def model_bytes(self) -> bytes:
+        return self.model.model_bytes
+
+    @property
+    def description(self) -> dict:
+        return self.model.describe()
+
+    @property
+    def signature_keys(self) -> list[str]:
+        return [s.key for s in self.model.signatures]
+
+    def interpreter(self, **options):
+        """A new, allocated ``ai_edge_litert.interpreter.Interpreter`` for this model."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        options.setdefault("num_threads", self.num_threads)
+        interpreter = Interpreter(model_content=self.model_bytes, **options)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def predict(self, data, signature_key: str | None = None, dequantize: bool = True):
+        """Run the model with the pyfunc's rules (no schema enforcement): integer arrays for
+        quantized inputs pass through unchanged, float arrays are quantized."""
+        outputs = self._runner.predict(_feeds_from(data, self._runner, signature_key),
+                                       signature_key=signature_key, dequantize=dequantize)
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def save(self, path) -> None:
+        """Write the ``.tflite`` file."""
+        Path(path).write_bytes(self.model_bytes)
+
+    def __repr__(self):
+        return (f"LoadedTFLiteModel(sha256={self.model.sha256[:12]}…, "
+                f"quantization={self.model.quantization_kind}, ops={len(self.model.operator_names)})")
+
+
+def _feeds_from(data, runner: TFLiteRunner, signature_key):
+    """ndarray / dict / DataFrame -> what the runner takes."""
+    if isinstance(data, pd.DataFrame):
+        spec = runner.signature(signature_key)
+        names = [s.name for s in spec.inputs]
+        if len(names) == 1 and list(data.columns) != names:
+            # Tabular single-input model: the row's columns are the input's values.
+            values = data.to_numpy()
+            if values.dtype == object:
+                values = _stack_cells(data.iloc[:, 0]) if data.shape[1] == 1 else values
+            row_shape = spec.inputs[0].shape[1:] if spec.batched else spec.inputs[0].shape[1:]
+            if spec.batched and values.ndim == 2 and int(np.prod(row_shape)) == values.shape[1]:
+                values = values.reshape((values.shape[0], *row_shape))
+            return values
+        missing = [n for n in names if n not in data.columns]
+        if missing:
+            raise MlflowException(f"The DataFrame lacks column(s) {missing} for the model's "
+                                  f"inputs {names}.", error_code=INVALID_PARAMETER_VALUE)
+        return {n: _stack_cells(data[n]) for n in names}
+    if isinstance(data, dict):
+        return {k: np.asarray(v) if isinstance(v, list) else v for k, v in data.items()}
+    if isinstance(data, (np.ndarray, list)):
+        return np.asarray(data)
+    raise MlflowException(
+        f"Input must be a numpy array, a dict of arrays or a pandas DataFrame, got "
+        f"{type(data).__name__}.", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _stack_cells(column: pd.Series) -> np.ndarray:
+    """A tensor column (one array per cell, as MLflow sends them) -> one batched array."""
+    values = column.to_numpy()
+    if values.dtype != object:
+        return values
+    try:
+        return np.stack([np.asarray(v) for v in values])
+    except ValueError as e:
+        raise MlflowException(f"Column '{column.name}' has cells of different shapes: {e}",
+                              error_code=INVALID_PARAMETER_VALUE) from None
+
+
+class _TFLitePyfuncWrapper:
+    """``python_function`` implementation: LiteRT interpreter, no TensorFlow."""
+
+    def __init__(self, loaded: LoadedTFLiteModel):
+        self.loaded = loaded
+
+    def get_raw_model(self) -> LoadedTFLiteModel:
+        return self.loaded
+
+    def predict(self, data, params: dict[str, Any] | None = None):
+        """
+        Args:
+            data: ``np.ndarray`` (single-input models), ``dict[str, np.ndarray]`` (named inputs)
+                or ``pandas.DataFrame`` (tabular single-input models, or one tensor column per
+                input).
+            params: ``signature_key`` (default: the first SignatureDef), ``dequantize``
+                (default True: integer outputs are returned as float32).
+
+        Returns:
+            ``np.ndarray`` for single-output models, else ``dict[name, np.ndarray]``.
+        """
+        params = params or {}
+        key = params.get("signature_key") or None
+        dequantize = params.get("dequantize", True)
+        if isinstance(dequantize, str):
+            dequantize = dequantize.strip().lower() not in ("false", "0", "no")
+        return self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize))
+
+
+def _flavor_conf_and_root(path: str):
+    root = path if os.path.isdir(path) else os.path.dirname(path)
+    return _get_flavor_configuration(model_path=root, flavor_name=FLAVOR_NAME), root
+
+
+def _load_pyfunc(path, model_config: dict | None = None):
+    """Load the pyfunc implementation; called by ``mlflow.pyfunc.load_model``.
+
+    ``model_config={"num_threads": N}`` overrides the save-time default.
+    """
+    conf, root = _flavor_conf_and_root(path)
+    num_threads = (model_config or {}).get("num_threads", conf.get("num_threads"))
+    if num_threads is not None:
+        num_threads = int(num_threads)
+    model_bytes = Path(root, conf.get("data", _MODEL_DATA_SUBPATH)).read_bytes()
+    return _TFLitePyfuncWrapper(LoadedTFLiteModel(model_bytes, conf, num_threads))
+
+
+def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
+    """
+    Load a TFLite model logged with this flavor.
+
+    Args:
+        model_uri: The location, in URI format, of the MLflow model, for example
+            ``runs:/<run_id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+            ``models:/<model_id>`` or a local path.
+        dst_path: Local directory to download the model artifacts to (must exist).
+
+    Returns:
+        A :py:class:`LoadedTFLiteModel`.
+    """
+    local_path = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
+    conf = _get_flavor_configuration(model_path=local_path, flavor_name=FLAVOR_NAME)
+    _add_code_from_conf_to_system_path(local_path, conf)
+    model_bytes = Path(local_path, conf["data"]).read_bytes()
+    return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"))

@@ -1,0 +1,302 @@
+"""Run a ``.tflite`` model on the LiteRT interpreter with pyfunc semantics.
+
+Batching, quantized I/O, multi-signature selection, stateful models and thread safety live
+here, so the pyfunc, the Keras ``TFLiteLayer`` and parity checks all run models one way.
+No TensorFlow import: this module is on the serving path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
+
+
+def _bad_input(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One signature input or output as the runner sees it."""
+
+    name: str
+    index: int  # tensor index within the signature's subgraph
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    quantization: Quantization | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization is not None and np.issubdtype(self.dtype, np.integer)
+
+    @property
+    def logical_dtype(self) -> np.dtype:
+        """What a caller sees: float32 for quantized tensors, the tensor's dtype otherwise."""
+        return np.dtype(np.float32) if self.quantized else self.dtype
+
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        q = self.quantization
+        if not np.all(np.isfinite(values)):
+            raise _bad_input(f"Input '{self.name}' has NaN or infinite values; it is quantized "
+                             f"to {self.dtype.name} and cannot represent them.")
+        scale, zero_point = _broadcast_params(q, values.ndim)
+        info = np.iinfo(self.dtype)
+        quantized = np.round(values.astype(np.float64) / scale) + zero_point
+        return np.clip(quantized, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, values: np.ndarray) -> np.ndarray:
+        scale, zero_point = _broadcast_params(self.quantization, values.ndim)
+        return ((values.astype(np.float32) - zero_point.astype(np.float32))
+                * scale.astype(np.float32)).astype(np.float32)
+
+
+def _broadcast_params(q: Quantization, ndim: int):
+    if q.scale.size == 1 or ndim == 0:
+        return q.scale.reshape(()).astype(np.float64), q.zero_point.reshape(())
+    shape = [1] * ndim
+    shape[q.quantized_dimension] = q.scale.size
+    return q.scale.astype(np.float64).reshape(shape), q.zero_point.reshape(shape)
+
+
+class SignatureSpec:
+    """The inputs and outputs of one signature key, and how the batch dimension behaves."""
+
+    def __init__(self, model: TFLiteModel, signature_key: str | None):
+        sig = model.signature(signature_key)
+        self.key = sig.key
+        self.subgraph_index = sig.subgraph_index
+        tensors = model.subgraphs[sig.subgraph_index].tensors
+
+        def spec(name, index):
+            t = tensors[index]
+            if t.dtype is None:
+                raise MlflowException(
+                    f"Tensor '{name}' has type {t.type_name}, which the pyfunc cannot exchange "
+                    "as a numpy array."
+                )
+            return TensorSpec(name, index, np.dtype(t.dtype), t.shape, t.shape_signature,
+                              t.quantization)
+
+        self.inputs = [spec(n, i) for n, i in sig.inputs.items()]
+        self.outputs = [spec(n, i) for n, i in sig.outputs.items()]
+        self.stateful = model.is_stateful
+        # Dimension 0 is a batch dimension when every input has one there: either declared
+        # dynamic (-1) or fixed at 1 with more dimensions behind it (run row by row).
+        self.batched = bool(self.inputs) and all(
+            len(s.shape) >= 1 and (s.shape_signature[0] == -1 or (s.shape[0] == 1 and len(s.shape) >= 2))
+            for s in self.inputs
+        )
+        self.resizable_batch = self.batched and all(s.shape_signature[0] == -1 for s in self.inputs)
+
+
+class TFLiteRunner:
+    """Thread-safe predictions on a pool of LiteRT interpreters.
+
+    Each thread borrows an interpreter from the pool (creating one when none is free), so
+    concurrent calls never share interpreter state. Stateful models get a fresh interpreter per
+    call: each call starts from the initial state and feeds its rows in order.
+    """
+
+    def __init__(self, model: TFLiteModel, num_threads: int | None = None):
+        self.model = model
+        self.num_threads = num_threads
+        self._specs: dict[str | None, SignatureSpec] = {}
+        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._lock = threading.Lock()
+
+    def signature(self, signature_key: str | None = None) -> SignatureSpec:
+        spec = self._specs.get(signature_key)
+        if spec is None:
+            spec = SignatureSpec(self.model, signature_key)
+            with self._lock:
+                self._specs[signature_key] = spec
+        return spec
+
+    def new_interpreter(self, **options):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            interpreter = Interpreter(
+                model_content=self.model.model_bytes, num_threads=self.num_threads, **options
+            )
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise MlflowException(f"LiteRT cannot load this model: {e}") from None
+        return _Session(interpreter)
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def predict(self, feeds, signature_key: str | None = None, dequantize: bool = True):
+        """Run the model; ``feeds`` is an array (single input) or a dict name -> array.
+
+        Returns a dict output name -> array, in the signature's output order.
+        """
+        spec = self.signature(signature_key)
+        arrays = self._prepare_inputs(spec, feeds)
+        if spec.stateful:
+            session = self.new_interpreter()
+            outputs = self._run(session, spec, arrays)
+        else:
+            session = self._borrow()
+            try:
+                outputs = self._run(session, spec, arrays)
+            finally:
+                self._pool.put(session)
+        if dequantize:
+            outputs = [o.dequantize(v) if o.quantized else v for o, v in zip(spec.outputs, outputs)]
+        return {o.name: v for o, v in zip(spec.outputs, outputs)}
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _borrow(self):
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self.new_interpreter()
+
+    def _prepare_inputs(self, spec: SignatureSpec, feeds) -> list[np.ndarray]:
+        names = [s.name for s in spec.inputs]
+        if not isinstance(feeds, dict):
+            if len(spec.inputs) != 1:
+                raise _bad_input(
+                    f"This model has {len(names)} inputs {names}; pass a dict (or a DataFrame "
+                    "with one column per input) instead of a single array."
+                )
+            feeds = {names[0]: feeds}
+        missing = [n for n in names if n not in feeds]
+        extra = [n for n in feeds if n not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unexpected input(s) {extra}")
+            raise _bad_input(f"Inputs do not match the model: {', '.join(parts)}; "
+                             f"it expects {names}.")
+        arrays = [_to_input_array(s, feeds[s.name]) for s in spec.inputs]
+        for s, a in zip(spec.inputs, arrays):
+            _check_shape(s, a, spec.batched)
+        if spec.batched:
+            sizes = {a.shape[0] for a in arrays}
+            if len(sizes) > 1:
+                raise _bad_input(f"Inputs have different batch sizes {sorted(sizes)}.")
+            if sizes == {0}:
+                raise _bad_input("Empty batch: inputs have 0 rows.")
+        return arrays
+
+    def _run(self, session, spec: SignatureSpec, arrays):
+        sg = spec.subgraph_index
+        if not spec.batched:
+            return session.run(sg, spec, arrays)
+        n = arrays[0].shape[0]
+        if spec.resizable_batch and not spec.stateful and session.can_resize(sg, spec, arrays):
+            return session.run(sg, spec, arrays)
+        # Fixed batch of 1 (or a model that refuses a bigger batch): one row per invoke.
+        rows = [session.run(sg, spec, [a[i:i + 1] for a in arrays]) for i in range(n)]
+        return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(spec.outputs))]
+
+
+class _Session:
+    """One interpreter plus the input shapes it is currently allocated for."""
+
+    def __init__(self, interpreter):
+        self.interpreter = interpreter
+        # The SignatureRunner's own calls, without its per-call dict building and re-allocation.
+        self.wrapper = interpreter._interpreter
+        self.shapes: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.refuses: set[tuple[int, tuple]] = set()
+
+    def _resize(self, sg: int, spec: SignatureSpec, arrays):
+        changed = False
+        for s, a in zip(spec.inputs, arrays):
+            key = (sg, s.index)
+            if tuple(a.shape) != self.shapes.get(key, s.shape):
+                self.wrapper.ResizeInputTensor(s.index, np.array(a.shape, dtype=np.int32),
+                                               False, sg)
+                self.shapes[key] = tuple(a.shape)
+                changed = True
+        if changed:
+            self.wrapper.AllocateTensors(sg)
+
+    def can_resize(self, sg, spec, arrays) -> bool:
+        key = (sg, tuple(a.shape for a in arrays))
+        if key in self.refuses:
+            return False
+        try:
+            self._resize(sg, spec, arrays)
+            return True
+        except (ValueError, RuntimeError):
+            # The interpreter may be half-resized: force every input to be set again.
+            self.refuses.add(key)
+            for s in spec.inputs:
+                self.shapes[(sg, s.index)] = None
+            return False
+
+    def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
+        try:
+            self._resize(sg, spec, arrays)
+            for s, a in zip(spec.inputs, arrays):
+                self.wrapper.SetTensor(s.index, a, sg)
+            self.wrapper.Invoke(sg)
+            return [self.wrapper.GetTensor(o.index, sg) for o in spec.outputs]
+        except (ValueError, RuntimeError) as e:
+            raise MlflowException(f"LiteRT failed to run the model: {e}") from None
+
+
+def _to_input_array(s: TensorSpec, value) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as e:
+        raise _bad_input(f"Input '{s.name}' cannot be read as an array: {e}") from None
+    if array.dtype == object:
+        try:
+            array = np.stack([np.asarray(v) for v in array.reshape(-1)]).reshape(
+                array.shape + np.asarray(array.reshape(-1)[0]).shape
+            )
+        except Exception:
+            raise _bad_input(f"Input '{s.name}' is a ragged or non-numeric array.") from None
+    if s.quantized:
+        if array.dtype == s.dtype:
+            return np.ascontiguousarray(array)  # already quantized: pass through unchanged
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise _bad_input(f"Input '{s.name}' has dtype {array.dtype}, expected numbers.")
+        return s.quantize(array)
+    return np.ascontiguousarray(_cast(s, array))
+
+
+def _cast(s: TensorSpec, array: np.ndarray) -> np.ndarray:
+    target = s.dtype
+    if array.dtype == target:
+        return array
+    if np.issubdtype(target, np.floating):
+        if np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
+            return array.astype(target)
+    elif np.issubdtype(target, np.integer) or target == np.bool_:
+        if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+            return array.astype(target)
+        if np.issubdtype(array.dtype, np.floating):
+            # JSON carries ids as floats; accept them only when nothing would be lost.
+            if np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0):
+                return array.astype(target)
+    raise _bad_input(f"Input '{s.name}' has dtype {array.dtype}, which cannot be converted "
+                     f"to the model's {target.name} without loss.")
+
+
+def _check_shape(s: TensorSpec, array: np.ndarray, batched: bool):
+    expected = list(s.shape_signature)
+    if batched:
+        expected[0] = -1
+    if array.ndim != len(expected) or any(
+        e != -1 and e != a for e, a in zip(expected, array.shape)
+    ):
+        shown = ["N" if (batched and i == 0) else ("?" if d == -1 else d)
+                 for i, d in enumerate(expected)]
+        raise _bad_input(f"Input '{s.name}' has shape {list(array.shape)}, the model expects "
+                         f"[{', '.join(map(str, shown))}].")

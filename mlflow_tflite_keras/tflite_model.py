@@ -1,0 +1,509 @@
+"""Read, validate and describe a ``.tflite`` flatbuffer with the official LiteRT schema.
+
+Nothing here imports TensorFlow: the flavor, the pyfunc and the CLI's ``inspect`` use it in
+serving environments. The converter builds its graph IR on top of :class:`TFLiteModel`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+from ai_edge_litert import schema_py_generated as schema
+
+FILE_IDENTIFIER = b"TFL3"
+
+# TensorType enum value -> numpy dtype (None: no numpy equivalent we can hold directly).
+_TENSOR_TYPES = {
+    v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")
+}
+NUMPY_DTYPES = {
+    "FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64,
+    "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "UINT16": np.uint16,
+    "INT32": np.int32, "UINT32": np.uint32, "INT64": np.int64, "UINT64": np.uint64,
+    "BOOL": np.bool_, "COMPLEX64": np.complex64, "COMPLEX128": np.complex128,
+}
+_BUILTIN_NAMES = {
+    v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")
+}
+_STATEFUL_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+_CONTROL_FLOW_OPS = {"WHILE", "IF", "CALL_ONCE", "CALL", "STABLEHLO_WHILE", "STABLEHLO_CASE"}
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def tensor_type_name(type_code: int) -> str:
+    return _TENSOR_TYPES.get(type_code, f"UNKNOWN_{type_code}")
+
+
+def builtin_name(code: int) -> str:
+    return _BUILTIN_NAMES.get(code, f"UNKNOWN_BUILTIN_{code}")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of one tensor (per-tensor when ``scale`` has one element)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    quantized_dimension: int = 0
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.size > 1
+
+    def to_dict(self) -> dict:
+        return {
+            "scale": [float(s) for s in self.scale],
+            "zero_point": [int(z) for z in self.zero_point],
+            "quantized_dimension": int(self.quantized_dimension),
+        }
+
+
+@dataclass
+class TensorInfo:
+    index: int
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    buffer: int
+    quantization: Quantization | None
+    is_variable: bool
+    sparsity: object | None  # schema.SparsityParametersT
+
+    @property
+    def dtype(self):
+        return NUMPY_DTYPES.get(self.type_name)
+
+    def to_dict(self) -> dict:
+        info = {
+            "name": self.name,
+            "index": self.index,
+            "dtype": self.type_name.lower(),
+            "shape": list(self.shape),
+            "shape_signature": list(self.shape_signature),
+        }
+        if self.quantization is not None:
+            info["quantization"] = self.quantization.to_dict()
+        return info
+
+
+@dataclass
+class OperatorInfo:
+    index: int
+    opcode: str  # builtin name, or "CUSTOM"
+    custom_code: str | None
+    inputs: list[int]  # -1 marks an omitted optional input
+    outputs: list[int]
+    options: object | None  # schema.*OptionsT, or None
+    raw: object = field(repr=False, default=None)  # schema.OperatorT
+
+    @property
+    def name(self) -> str:
+        return self.custom_code if self.opcode == "CUSTOM" else self.opcode
+
+
+@dataclass
+class SubgraphInfo:
+    index: int
+    name: str
+    tensors: list[TensorInfo]
+    operators: list[OperatorInfo]
+    inputs: list[int]
+    outputs: list[int]
+
+
+@dataclass
+class SignatureInfo:
+    key: str
+    subgraph_index: int
+    inputs: dict[str, int]  # signature name -> tensor index in its subgraph
+    outputs: dict[str, int]
+
+
+def read_model_bytes(tflite_model) -> bytes:
+    """Accept a path (str / PathLike) or the bytes of a ``.tflite`` file."""
+    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
+        return bytes(tflite_model)
+    if isinstance(tflite_model, (str, os.PathLike)):
+        path = os.fspath(tflite_model)
+        if not os.path.isfile(path):
+            raise _invalid(f"No .tflite file at '{path}'.")
+        with open(path, "rb") as f:
+            return f.read()
+    raise _invalid(
+        "Expected a path to a .tflite file or its bytes, got "
+        f"{type(tflite_model).__name__}."
+    )
+
+
+class TFLiteModel:
+    """A parsed and validated TFLite flatbuffer.
+
+    Construction raises :class:`MlflowException` (INVALID_PARAMETER_VALUE) for anything that
+    is not a structurally valid TFLite model: wrong identifier, truncation, out-of-range
+    tensor / buffer / opcode indices, constant buffers that do not match their tensor's size.
+    """
+
+    def __init__(self, model_bytes: bytes):
+        self.model_bytes = bytes(model_bytes)
+        _check_header(self.model_bytes)
+        try:
+            _check_vector_lengths(self.model_bytes)
+            self._model = schema.ModelT.InitFromPackedBuf(bytearray(self.model_bytes), 0)
+        except MlflowException:
+            raise
+        except Exception as e:  # the pure-python reader raises many kinds on bad offsets
+            raise _invalid(f"Not a valid TFLite flatbuffer: {type(e).__name__}: {e}") from None
+        try:
+            self._build()
+        except MlflowException:
+            raise
+        except Exception as e:
+            raise _invalid(f"Not a valid TFLite model: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def load(cls, tflite_model) -> "TFLiteModel":
+        if isinstance(tflite_model, TFLiteModel):
+            return tflite_model
+        return cls(read_model_bytes(tflite_model))
+
+    # ---- structure ------------------------------------------------------------------------
+
+    def _build(self):
+        m = self._model
+        if not m.subgraphs:
+            raise _invalid("Not a valid TFLite model: it has no subgraphs.")
+        self.schema_version = int(m.version)
+        self.description = _text(m.description)
+        self.opcodes = []
+        for code in m.operatorCodes or []:
+            # The schema moved builtin codes past 127 into builtin_code; old files only set the
+            # deprecated int8 field, so the real code is the larger of the two.
+            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+            self.opcodes.append((builtin_name(builtin), _text(code.customCode), int(code.version)))
+        self.buffers = m.buffers or []
+        self.subgraphs = [self._build_subgraph(i, sg) for i, sg in enumerate(m.subgraphs)]
+        self.signatures = []
+        for sig in m.signatureDefs or []:
+            sg_index = int(sig.subgraphIndex)
+            if not 0 <= sg_index < len(self.subgraphs):
+                raise _invalid(f"Signature '{_text(sig.signatureKey)}' names missing subgraph.")
+            n_tensors = len(self.subgraphs[sg_index].tensors)
+            maps = []
+            for tmaps in (sig.inputs or [], sig.outputs or []):
+                mapping = {}
+                for tm in tmaps:
+                    if not 0 <= tm.tensorIndex < n_tensors:
+                        raise _invalid("Signature tensor index out of range.")
+                    mapping[_text(tm.name)] = int(tm.tensorIndex)
+                maps.append(mapping)
+            self.signatures.append(
+                SignatureInfo(_text(sig.signatureKey), sg_index, maps[0], maps[1])
+            )
+        self.metadata = {
+            _text(md.name): int(md.buffer) for md in (m.metadata or []) if md.name is not None
+        }
+        for name, buf in self.metadata.items():
+            if not 0 <= buf < len(self.buffers):
+                raise _invalid(f"Metadata '{name}' names buffer {buf}, out of range.")
+
+    def _build_subgraph(self, index, sg) -> SubgraphInfo:
+        tensors = []
+        for t_index, t in enumerate(sg.tensors or []):
+            shape = tuple(int(d) for d in _seq(t.shape))
+            signature = tuple(int(d) for d in _seq(t.shapeSignature)) or shape
+            if any(d < 0 for d in shape) or len(signature) != len(shape):
+                raise _invalid(f"Tensor {t_index} has an invalid shape {shape}.")
+            if not 0 <= t.buffer < max(len(self.buffers), 1):
+                raise _invalid(f"Tensor {t_index} names buffer {t.buffer}, out of range.")
+            tensors.append(
+                TensorInfo(
+                    index=t_index,
+                    name=_text(t.name) or f"tensor_{t_index}",
+                    type_name=tensor_type_name(t.type),
+                    shape=shape,
+                    shape_signature=signature,
+                    buffer=int(t.buffer),
+                    quantization=_quantization(t.quantization, len(shape)),
+                    is_variable=bool(t.isVariable),
+                    sparsity=t.sparsity,
+                )
+            )
+        n = len(tensors)
+
+        def check(indices, what, optional=False):
+            out = [int(i) for i in _seq(indices)]
+            for i in out:
+                if not (0 <= i < n or (optional and i == -1)):
+                    raise _invalid(f"Subgraph {index}: {what} names tensor {i}, out of range.")
+            return out
+
+        operators = []
+        for o_index, op in enumerate(sg.operators or []):
+            if not 0 <= op.opcodeIndex < len(self.opcodes):
+                raise _invalid(f"Operator {o_index} names opcode {op.opcodeIndex}, out of range.")
+            opcode, custom_code, _ = self.opcodes[op.opcodeIndex]
+            operators.append(
+                OperatorInfo(
+                    index=o_index,
+                    opcode=opcode,
+                    custom_code=custom_code,
+                    inputs=check(op.inputs, f"operator {o_index} input", optional=True),
+                    outputs=check(op.outputs, f"operator {o_index} output"),
+                    options=op.builtinOptions if op.builtinOptions is not None else op.builtinOptions2,
+                    raw=op,
+                )
+            )
+        info = SubgraphInfo(
+            index=index,
+            name=_text(sg.name) or f"subgraph_{index}",
+            tensors=tensors,
+            operators=operators,
+            inputs=check(sg.inputs, "input"),
+            outputs=check(sg.outputs, "output"),
+        )
+        for t in tensors:
+            data = self._raw_buffer(t.buffer)
+            if data is not None and t.sparsity is None and t.dtype is not None:
+                expected = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+                if len(data) != expected:
+                    raise _invalid(
+                        f"Constant tensor '{t.name}' holds {len(data)} bytes, its shape "
+                        f"{list(t.shape)} of {t.type_name} needs {expected}."
+                    )
+        return info
+
+    def _raw_buffer(self, buffer_index: int) -> bytes | None:
+        if buffer_index <= 0 or buffer_index >= len(self.buffers):
+            return None  # buffer 0 is the schema's reserved empty buffer
+        buf = self.buffers[buffer_index]
+        if buf.offset > 1:  # large models keep buffers after the flatbuffer (offset/size)
+            end = int(buf.offset) + int(buf.size)
+            if end > len(self.model_bytes):
+                raise _invalid(f"Buffer {buffer_index} points past the end of the file.")
+            return self.model_bytes[int(buf.offset):end]
+        if buf.data is None or len(buf.data) == 0:
+            return None
+        return np.asarray(buf.data, dtype=np.uint8).tobytes()
+
+    # ---- accessors -------------------------------------------------------------------------
+
+    @property
+    def main(self) -> SubgraphInfo:
+        return self.subgraphs[0]
+
+    def constant(self, tensor: TensorInfo) -> np.ndarray | None:
+        """The raw (still quantized, still sparse-encoded) constant data of a tensor."""
+        data = self._raw_buffer(tensor.buffer)
+        if data is None or tensor.dtype is None:
+            return None
+        array = np.frombuffer(data, dtype=tensor.dtype)
+        return array if tensor.sparsity is not None else array.reshape(tensor.shape)
+
+    def metadata_bytes(self, name: str) -> bytes | None:
+        if name not in self.metadata:
+            return None
+        return self._raw_buffer(self.metadata[name])
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model_bytes).hexdigest()
+
+    @cached_property
+    def operator_names(self) -> list[str]:
+        names = {op.name for sg in self.subgraphs for op in sg.operators}
+        return sorted(n for n in names if n)
+
+    @cached_property
+    def custom_ops(self) -> list[str]:
+        return sorted({code for name, code, _ in self.opcodes if name == "CUSTOM" and code})
+
+    @cached_property
+    def is_stateful(self) -> bool:
+        """Resource variables: state carried from one invoke to the next."""
+        if set(self.operator_names) & _STATEFUL_OPS:
+            return True
+        return any(
+            t.is_variable or t.type_name == "RESOURCE" for sg in self.subgraphs for t in sg.tensors
+        )
+
+    @cached_property
+    def has_control_flow(self) -> bool:
+        return bool(set(self.operator_names) & _CONTROL_FLOW_OPS)
+
+    def operator_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for sg in self.subgraphs:
+            for op in sg.operators:
+                counts[op.name] = counts.get(op.name, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def signature(self, key: str | None = None) -> SignatureInfo:
+        """The named SignatureDef (default: the first), or one made from subgraph 0's I/O."""
+        if key is None and self.signatures:
+            return self.signatures[0]
+        for sig in self.signatures:
+            if sig.key == key:
+                return sig
+        if key is not None:
+            keys = [s.key for s in self.signatures] or ["<none: the model has no SignatureDef>"]
+            raise _invalid(f"Unknown signature_key '{key}'. The model has: {keys}.")
+        main = self.main
+        return SignatureInfo(
+            key="",
+            subgraph_index=0,
+            inputs={main.tensors[i].name: i for i in main.inputs},
+            outputs={main.tensors[i].name: i for i in main.outputs},
+        )
+
+    @cached_property
+    def quantization_kind(self) -> str:
+        """One of: none, float16, dynamic-range, full-int8, full-uint8, int16x8."""
+        activation_types = set()
+        quantized_constants = set()
+        float16_constants = False
+        for sg in self.subgraphs:
+            constant = {t.index for t in sg.tensors if self._raw_buffer(t.buffer) is not None}
+            for op in sg.operators:
+                if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
+                    if op.opcode == "DEQUANTIZE" and op.inputs and op.inputs[0] in constant:
+                        t = sg.tensors[op.inputs[0]]
+                        if t.type_name == "FLOAT16":
+                            float16_constants = True
+                        elif t.quantization is not None:
+                            quantized_constants.add(t.type_name)
+                    continue
+                for i in op.inputs:
+                    if i < 0:
+                        continue
+                    t = sg.tensors[i]
+                    if i in constant:
+                        if t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT4"):
+                            quantized_constants.add(t.type_name)
+                        elif t.type_name == "FLOAT16":
+                            float16_constants = True
+                    elif t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT16"):
+                        activation_types.add(t.type_name)
+        if "INT16" in activation_types:
+            return "int16x8"
+        if "INT8" in activation_types:
+            return "full-int8"
+        if "UINT8" in activation_types:
+            return "full-uint8"
+        if quantized_constants:
+            return "dynamic-range"
+        if float16_constants:
+            return "float16"
+        return "none"
+
+    def describe(self) -> dict:
+        """A YAML/JSON-friendly summary, recorded in the MLmodel flavor."""
+        signatures = {}
+        for sig in self.signatures or [self.signature()]:
+            sg = self.subgraphs[sig.subgraph_index]
+            signatures[sig.key or "serving_default"] = {
+                "subgraph_index": sig.subgraph_index,
+                "inputs": {n: sg.tensors[i].to_dict() for n, i in sig.inputs.items()},
+                "outputs": {n: sg.tensors[i].to_dict() for n, i in sig.outputs.items()},
+            }
+        main = self.main
+        return {
+            "schema_version": self.schema_version,
+            "description": self.description,
+            "subgraphs": len(self.subgraphs),
+            "operators": self.operator_names,
+            "operator_counts": self.operator_counts(),
+            "custom_ops": self.custom_ops,
+            "quantization": self.quantization_kind,
+            "stateful": self.is_stateful,
+            "inputs": [main.tensors[i].to_dict() for i in main.inputs],
+            "outputs": [main.tensors[i].to_dict() for i in main.outputs],
+            "signature_keys": [s.key for s in self.signatures],
+            "signatures": signatures,
+            "metadata_entries": sorted(self.metadata),
+        }
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _seq(value):
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value)
+
+
+def _quantization(q, rank: int) -> Quantization | None:
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return None
+    scale = np.asarray(q.scale, dtype=np.float32).reshape(-1)
+    zero_point = np.asarray(_seq(q.zeroPoint) or [0], dtype=np.int64).reshape(-1)
+    if zero_point.size == 1 and scale.size > 1:
+        zero_point = np.repeat(zero_point, scale.size)
+    if zero_point.size != scale.size:
+        raise _invalid("Quantization has different numbers of scales and zero points.")
+    dim = int(q.quantizedDimension)
+    if scale.size > 1 and not 0 <= dim < max(rank, 1):
+        raise _invalid(f"Quantized dimension {dim} out of range for a rank-{rank} tensor.")
+    return Quantization(scale, zero_point, dim)
+
+
+def _check_header(data: bytes):
+    if len(data) < 8:
+        raise _invalid(f"Not a TFLite model: {len(data)} bytes is too short for a flatbuffer.")
+    if data[4:8] != FILE_IDENTIFIER:
+        raise _invalid(
+            f"Not a TFLite model: file identifier is {data[4:8]!r}, expected {FILE_IDENTIFIER!r}."
+        )
+    (root,) = struct.unpack_from("<I", data, 0)
+    if root < 8 or root + 4 > len(data):
+        raise _invalid("Not a TFLite model: the root table offset points outside the file.")
+
+
+def _check_vector_lengths(data: bytes):
+    """Reject absurd vector lengths before the object API loops over them.
+
+    The pure-python flatbuffer reader trusts every length field; a corrupted one would make it
+    allocate or loop for billions of elements. Each element takes at least 4 bytes, so no sane
+    vector is longer than the file.
+    """
+    limit = len(data) // 4 + 1
+    model = schema.Model.GetRootAs(data, 0)
+    lengths = [model.OperatorCodesLength(), model.SubgraphsLength(), model.BuffersLength(),
+               model.MetadataLength(), model.SignatureDefsLength()]
+    for s in range(min(model.SubgraphsLength(), limit)):
+        sg = model.Subgraphs(s)
+        lengths += [sg.TensorsLength(), sg.OperatorsLength(), sg.InputsLength(),
+                    sg.OutputsLength()]
+        for t in range(min(sg.TensorsLength(), limit)):
+            tensor = sg.Tensors(t)
+            lengths += [tensor.ShapeLength(), tensor.ShapeSignatureLength()]
+        for o in range(min(sg.OperatorsLength(), limit)):
+            op = sg.Operators(o)
+            lengths += [op.InputsLength(), op.OutputsLength(), op.CustomOptionsLength()]
+    for b in range(min(model.BuffersLength(), limit)):
+        # Byte vectors are one byte an element: bound them by the file size itself.
+        if model.Buffers(b).DataLength() > len(data):
+            raise _invalid(f"Not a valid TFLite flatbuffer: buffer {b} is longer than the file.")
+    if any(n < 0 or n > limit for n in lengths):
+        raise _invalid("Not a valid TFLite flatbuffer: a vector length exceeds the file size.")

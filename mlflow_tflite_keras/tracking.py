@@ -1,0 +1,36 @@
+"""The embedded default: a local SQLite tracking store plus local artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = ".mlflow"
+_artifact_root: Path | None = None  # set when the embedded store is in use
+
+
+def use_default_tracking(home: str | os.PathLike | None = None) -> str:
+    """Use ``MLFLOW_TRACKING_URI`` when set; otherwise a SQLite store in ``home``
+    (default ``./.mlflow``) with artifacts beside it. Returns the tracking URI in use."""
+    global _artifact_root
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        root = Path(home or DEFAULT_HOME).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        _artifact_root = root / "artifacts"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment(name: str) -> str:
+    """Get or create an experiment (artifacts in the embedded store's folder when in use)."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (_artifact_root / name).as_uri() if _artifact_root is not None else None
+    return mlflow.create_experiment(name, artifact_location=location)

@@ -1,0 +1,124 @@
+"""Single-op conversion tests: tf.function -> .tflite (cached) -> to_keras -> parity -> .keras.
+
+Usage in a family's test module::
+
+    from converter.op_harness import check_op
+
+    def test_sqrt():
+        check_op("SQRT", lambda x: tf.sqrt(x), [((2, 5), "positive")])
+
+``inputs`` lists one ``(shape, kind)`` per input; kinds: "float" (uniform -1..1), "positive"
+(0.1..2), "int" (0..9), "bool", or a numpy array used as is (the shape is then ignored).
+A leading ``None`` in the shape makes the batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+
+import numpy as np
+
+from model_factory import cached
+
+_DTYPES = {"float": "float32", "positive": "float32", "int": "int32", "bool": "bool"}
+
+
+def sample(shape, kind, rng, batch=3):
+    if isinstance(kind, np.ndarray):
+        return kind
+    shape = [batch if d is None else d for d in shape]
+    if kind == "float":
+        return rng.uniform(-1, 1, shape).astype(np.float32)
+    if kind == "positive":
+        return rng.uniform(0.1, 2, shape).astype(np.float32)
+    if kind == "int":
+        return rng.integers(0, 10, shape).astype(np.int32)
+    if kind == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    raise ValueError(kind)
+
+
+def op_tflite(name: str, fn, inputs, recipe: str = "float32", rep_seed: int = 0) -> bytes:
+    """Convert ``fn`` (a function of tf tensors) to .tflite with the given recipe, cached."""
+
+    def build():
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec(shape, _DTYPES.get(kind, None) if not isinstance(kind, np.ndarray)
+                               else kind.dtype) for shape, kind in inputs]
+        func = tf.function(fn, input_signature=specs, autograph=False)
+        concrete = func.get_concrete_function()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], func)
+        if recipe != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if recipe == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if recipe in ("full-int8", "int16x8"):
+            rng = np.random.default_rng(rep_seed)
+
+            def representative():
+                for _ in range(20):
+                    yield [sample(shape, kind, rng, batch=1) for shape, kind in inputs]
+
+            converter.representative_dataset = representative
+            if recipe == "full-int8":
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            else:
+                converter.target_spec.supported_ops = [
+                    tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        return converter.convert()
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = repr(fn)
+    key = [source, recipe, [(s, k if not isinstance(k, np.ndarray) else k.tobytes().hex())
+                            for s, k in inputs]]
+    return cached(f"op-{name}-{recipe}", build, *key)
+
+
+def check_op(op_type: str, fn, inputs, *, recipe: str = "float32", seed: int = 0,
+             expect_ops=None, roundtrip: bool = True, **tolerances):
+    """Build a single-op model, check it contains ``op_type``, convert it and check parity
+    (and, by default, the ``.keras`` round trip with ``safe_mode=True``).
+
+    Returns ``(keras_model, report)``.
+    """
+    import keras
+
+    from mlflow_tflite_keras.converter import to_keras
+    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    data = op_tflite(op_type.lower(), fn, inputs, recipe)
+    model = TFLiteModel(data)
+    present = set(model.operator_names)
+    for expected in (expect_ops or [op_type]):
+        assert expected in present, f"{expected} not in the converted model's ops {present}"
+    keras_model = to_keras(data)
+    rng = np.random.default_rng(seed)
+    runner_inputs = _feeds(model, inputs, rng)
+    report = check_parity(data, keras_model, runner_inputs, **tolerances)
+    assert report.passed, str(report)
+    if roundtrip:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.keras")
+            keras_model.save(path)
+            reloaded = keras.saving.load_model(path, safe_mode=True)
+        again = check_parity(data, reloaded, runner_inputs, **tolerances)
+        assert again.passed, "after .keras reload: " + str(again)
+    return keras_model, report
+
+
+def _feeds(model, inputs, rng):
+    from mlflow_tflite_keras.runtime import TFLiteRunner
+
+    spec = TFLiteRunner(model).signature()
+    feeds = {}
+    for s, (shape, kind) in zip(spec.inputs, inputs):
+        feeds[s.name] = sample(shape, kind, rng)
+        if s.quantized:
+            feeds[s.name] = feeds[s.name].astype(np.float32)
+    return feeds

@@ -1,0 +1,122 @@
+"""Models for the flavor tests (generated, cached on disk by model_factory)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_factory import cached, concrete_functions_tflite, digits, keras_model_tflite, \
+    saved_model_tflite
+
+RECIPES = ["float32", "float16", "dynamic-range", "full-int8"]
+
+
+def make_cnn(batch_size=None):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([
+        keras.Input((8, 8, 1), batch_size=batch_size),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        # Big enough (16k weights) for dynamic-range quantization to quantize it.
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
+def cnn(recipe: str = "float32") -> bytes:
+    """Dynamic batch (shape_signature [-1, 8, 8, 1])."""
+    return keras_model_tflite("flavor-cnn", make_cnn, recipe,
+                              representative=lambda: digits()[0][:64])
+
+
+def make_fixed_batch_cnn():
+    return make_cnn(batch_size=1)
+
+
+def fixed_batch_cnn() -> bytes:
+    """The same network fixed at batch 1 (shape_signature [1, 8, 8, 1]), as many real models."""
+    return keras_model_tflite("flavor-fixed-batch", make_fixed_batch_cnn)
+
+
+def make_multi_io():
+    import keras
+
+    keras.utils.set_random_seed(2)
+    image = keras.Input((8, 8, 1), name="image")
+    extra = keras.Input((4,), name="extra")
+    h = keras.layers.Flatten()(image)
+    h = keras.layers.Concatenate()([h, extra])
+    h = keras.layers.Dense(16, activation="relu")(h)
+    scores = keras.layers.Dense(3, name="scores")(h)
+    value = keras.layers.Dense(1, name="value")(h)
+    return keras.Model({"image": image, "extra": extra}, {"scores": scores, "value": value})
+
+
+def multi_io(recipe: str = "float32") -> bytes:
+    def representative():
+        rng = np.random.default_rng(0)
+        return lambda: ([rng.uniform(0, 1, (1, 4)).astype(np.float32),
+                         rng.uniform(0, 1, (1, 8, 8, 1)).astype(np.float32)] for _ in range(32))
+
+    return keras_model_tflite("flavor-multi-io", make_multi_io, recipe,
+                              representative=representative)
+
+
+def multi_signature() -> bytes:
+    """Two signature keys: ``double`` (x * 2) and ``affine`` (x * 3 + 1), same input shape."""
+
+    def make():
+        import tensorflow as tf
+
+        class Module(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+            def double(self, x):
+                return {"y": x * 2.0}
+
+            @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+            def affine(self, x):
+                return {"y": x * 3.0 + 1.0}
+
+        m = Module()
+        return m, {"double": m.double, "affine": m.affine}
+
+    return saved_model_tflite("flavor-multi-signature", make, signature_keys=["double", "affine"])
+
+
+def stateful_accumulator() -> bytes:
+    """A resource variable that sums its inputs: out_t = x_1 + ... + x_t (VAR_HANDLE ...)."""
+
+    def make():
+        import tensorflow as tf
+
+        class Accumulator(tf.Module):
+            def __init__(self):
+                self.total = tf.Variable(tf.zeros([1, 3]))
+
+            @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name="x")])
+            def step(self, x):
+                self.total.assign_add(x)
+                return {"total": self.total + 0.0}
+
+        m = Accumulator()
+        return m, {"serving_default": m.step}
+
+    return saved_model_tflite("flavor-stateful", make,
+                              experimental_enable_resource_variables=True)
+
+
+def tabular() -> bytes:
+    """A single [N, 5] float input, for DataFrame scoring."""
+
+    def make():
+        import keras
+
+        keras.utils.set_random_seed(3)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+
+    return keras_model_tflite("flavor-tabular", make)
+
+
+__all__ = ["RECIPES", "cnn", "fixed_batch_cnn", "multi_io", "multi_signature",
+           "stateful_accumulator", "tabular", "cached", "digits"]

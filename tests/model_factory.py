@@ -1,0 +1,97 @@
+"""Test models: generated with Keras / tf.function and TFLiteConverter, cached on disk.
+
+The cache key is the model's name, recipe and the source of its builder, so editing a builder
+regenerates its models. Nothing is downloaded: Keras applications use ``weights=None`` and
+data comes from ``sklearn.datasets.load_digits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Outside the checkout so fresh clones on the same machine (CI) reuse generated models.
+CACHE_DIR = Path(os.environ.get("TFLITE_TEST_MODEL_CACHE",
+                                Path.home() / ".cache" / "mlflow-tflite-keras" / "test-models"))
+
+
+def cached(name: str, build, *key_parts) -> bytes:
+    """Return ``build()`` (tflite bytes), cached under ``name`` + the builder's source."""
+    try:
+        source = inspect.getsource(build)
+    except (OSError, TypeError):
+        source = repr(build)
+    digest = hashlib.sha256(("|".join([source, *map(str, key_parts)])).encode()).hexdigest()[:16]
+    path = CACHE_DIR / f"{name}-{digest}.tflite"
+    if path.exists():
+        return path.read_bytes()
+    data = build()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data
+
+
+def digits():
+    """(x, y): sklearn digits as 8x8x1 float32 images in [0, 1] and int labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    return x, d.target.astype(np.int64)
+
+
+def keras_model_tflite(name: str, make_model, recipe: str = "float32", representative=None,
+                       **convert_kwargs) -> bytes:
+    """Build a Keras model with ``make_model()`` and convert it with a recipe, cached."""
+
+    def build():
+        from mlflow_tflite_keras.export import keras_to_tflite
+
+        model = make_model()
+        rep = representative() if callable(representative) else representative
+        return keras_to_tflite(model, recipe, representative_data=rep, **convert_kwargs)
+
+    return cached(f"{name}-{recipe}", build, inspect.getsource(make_model) if callable(make_model)
+                  else "", recipe, sorted(convert_kwargs.items()))
+
+
+def concrete_functions_tflite(name: str, make_functions, **converter_attrs) -> bytes:
+    """Convert ``make_functions() -> (functions, trackable)`` (tf.function concrete functions,
+    several give a multi-signature model), cached."""
+
+    def build():
+        import tensorflow as tf
+
+        functions, trackable = make_functions()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, trackable)
+        for k, v in converter_attrs.items():
+            setattr(converter, k, v)
+        return converter.convert()
+
+    return cached(name, build, inspect.getsource(make_functions), sorted(converter_attrs))
+
+
+def saved_model_tflite(name: str, make_module, signature_keys=None, **converter_attrs) -> bytes:
+    """Save ``make_module()`` (a tf.Module with signatures) and convert it, cached."""
+
+    def build():
+        import tempfile
+
+        import tensorflow as tf
+
+        module, signatures = make_module()
+        with tempfile.TemporaryDirectory() as d:
+            tf.saved_model.save(module, d, signatures=signatures)
+            converter = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=signature_keys)
+            for k, v in converter_attrs.items():
+                setattr(converter, k, v)
+            return converter.convert()
+
+    return cached(name, build, inspect.getsource(make_module), signature_keys,
+                  sorted(converter_attrs))
