@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench docs clean
+.PHONY: install demo test bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pyfunc_overhead.py
 
 docs: $(STAMP)
-	$(BIN)/python -m mlflow_tflite_keras.docs > docs/operators.md
+	$(BIN)/python -m mlflow_tflite_keras.converter.docs > docs/operators.md
 
 clean:
 	rm -rf $(VENV) .mlflow

@@ -36,6 +36,9 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-from mlflow_tflite_keras import _mlflow_plugin as _plugin  # noqa: E402  (cheap, no imports)
+try:  # `import mlflow_tflite_keras` alone also provides `mlflow.tflite_keras` (cheap, no imports)
+    from mlflow_tflite_keras import _mlflow_plugin as _plugin
 
-_plugin.install_alias()
+    _plugin.install()
+except Exception:  # pragma: no cover
+    pass

@@ -1,31 +1,29 @@
-"""Makes ``mlflow.tflite_keras`` exist as soon as ``import mlflow`` runs.
+"""What ``import mlflow`` sets up for this package (through ``_entry_point``).
 
-Mechanism: the package declares an entry point in MLflow's ``mlflow.run_context_provider``
-group, which ``import mlflow`` loads (``mlflow.tracking.context.registry``). Loading it imports
-only this module, which
+* ``mlflow.tflite_keras``: a lazy module object at ``sys.modules["mlflow.tflite_keras"]`` and
+  on the ``mlflow`` package, resolving to ``mlflow_tflite_keras.flavor`` on first use.
+* A one-shot post-import hook on ``keras``: once Keras is imported, the converter's layers are
+  imported too, so their ``register_keras_serializable`` registrations exist and
+  ``mlflow.keras.load_model`` / ``mlflow models serve`` load reconstructed models natively.
 
-* puts a lazy module object at ``sys.modules["mlflow.tflite_keras"]`` and on the ``mlflow``
-  package, resolving to ``mlflow_tflite_keras.flavor`` on first attribute access, and
-* provides :class:`TFLiteKerasRunContext`, a provider that adds no tags (``in_context`` is
-  False), because the registry needs a class.
-
-It imports nothing heavy (no TensorFlow, not even the flavor) and swallows every error, so a
-broken install can never break ``import mlflow``.
+Nothing heavy is imported here (no TensorFlow, no Keras, not even the flavor), and every step
+swallows its errors.
 """
 
+import importlib
+import importlib.util
 import sys
 import types
 
 _TARGET = "mlflow_tflite_keras.flavor"
 _ALIAS = "mlflow.tflite_keras"
+_KERAS_LAYERS = "mlflow_tflite_keras.converter.layers"
 
 
 class _LazyFlavorModule(types.ModuleType):
     """Stands in for ``mlflow.tflite_keras`` until first used, then becomes the flavor."""
 
     def _load(self):
-        import importlib
-
         module = importlib.import_module(_TARGET)
         sys.modules[_ALIAS] = module
         parent = sys.modules.get("mlflow")
@@ -42,35 +40,60 @@ class _LazyFlavorModule(types.ModuleType):
 
 
 def install_alias():
-    """Register ``mlflow.tflite_keras`` (idempotent; never raises)."""
+    if _ALIAS not in sys.modules:
+        sys.modules[_ALIAS] = _LazyFlavorModule(_ALIAS, __doc__)
+    parent = sys.modules.get("mlflow")
+    if parent is not None and "tflite_keras" not in vars(parent):
+        setattr(parent, "tflite_keras", sys.modules[_ALIAS])
+
+
+class _KerasLayersHook:
+    """Meta-path finder: wraps the real ``keras`` loader to register our layers after it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)  # one shot; also lets find_spec below see the real keras
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _RegisteringLoader(spec.loader)
+        return spec
+
+
+class _RegisteringLoader:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        register_keras_layers()
+
+    def __getattr__(self, item):
+        return getattr(self.loader, item)
+
+
+def register_keras_layers():
     try:
-        if _ALIAS not in sys.modules:
-            sys.modules[_ALIAS] = _LazyFlavorModule(_ALIAS, __doc__)
-        parent = sys.modules.get("mlflow")
-        if parent is not None and "tflite_keras" not in vars(parent):
-            setattr(parent, "tflite_keras", sys.modules[_ALIAS])
-    except Exception:  # pragma: no cover - must never break `import mlflow`
+        importlib.import_module(_KERAS_LAYERS)
+    except Exception:  # pragma: no cover - a broken converter must not break Keras
         pass
 
 
-class TFLiteKerasRunContext:
-    """Adds no run tags: it exists so that ``import mlflow`` installs the alias.
-
-    Duck-typed like ``mlflow.tracking.context.abstract_context.RunContextProvider`` (the
-    registry only calls these two methods): subclassing would import mlflow from here, which
-    is circular when ``mlflow_tflite_keras`` is imported before ``mlflow``.
-    """
-
-    def __init__(self):
-        # Instantiated by the registry during `import mlflow`: the `mlflow` module exists now
-        # even when this module was first imported before it.
-        install_alias()
-
-    def in_context(self):
-        return False
-
-    def tags(self):
-        return {}
+def install_keras_hook():
+    if "keras" in sys.modules:
+        register_keras_layers()
+    elif not any(isinstance(f, _KerasLayersHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _KerasLayersHook())
 
 
-install_alias()
+def install():
+    """Idempotent; never raises."""
+    for step in (install_alias, install_keras_hook):
+        try:
+            step()
+        except Exception:  # pragma: no cover
+            pass

@@ -1,9 +1,201 @@
-"""Command line: ``mlflow-tflite-keras``."""
+"""Command line: ``mlflow-tflite-keras``.
+
+Exit codes: 0 success; 1 a check failed (parity, verification); 2 bad usage or input;
+3 the model has operators the converter cannot rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
 
 import click
+
+EXIT_CHECK_FAILED = 1
+EXIT_UNSUPPORTED = 3
+
+
+def _progress(message: str):
+    click.echo(f"[{click.style('..', fg='cyan')}] {message}", err=True)
+
+
+def _tracking():
+    from mlflow_tflite_keras.tracking import use_default_tracking
+
+    return use_default_tracking()
+
+
+def _fail(e, code=2):
+    message = getattr(e, "message", None) or str(e)
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group()
 @click.version_option(package_name="mlflow-tflite-keras")
 def cli():
-    """TensorFlow Lite models in MLflow: inspect, log, convert to Keras, verify."""
+    """TensorFlow Lite models in MLflow: inspect, log, convert to Keras, verify.
+
+    Commands that talk to MLflow use MLFLOW_TRACKING_URI when it is set, else the embedded
+    default: a SQLite store and local artifacts in ./.mlflow.
+    """
+
+
+@cli.command()
+@click.argument("path_or_uri")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@click.option("--no-converter", is_flag=True,
+              help="Skip the converter-support column (avoids importing TensorFlow).")
+def inspect(path_or_uri, as_json, no_converter):
+    """Describe a .tflite file or a logged model (any MLflow model URI): operators, tensors,
+    quantization, signatures, and which operators the converter supports."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    try:
+        if os.path.exists(path_or_uri):
+            model = TFLiteModel.load(path_or_uri)
+        else:
+            _tracking()
+            import mlflow
+
+            model = mlflow.tflite_keras.load_model(path_or_uri).model
+    except MlflowException as e:
+        _fail(e)
+    description = model.describe()
+    description["sha256"] = model.sha256
+    description["size_bytes"] = len(model.model_bytes)
+    supported = None
+    if not no_converter:
+        from mlflow_tflite_keras.converter import supported_operators
+
+        supported = set(supported_operators())
+        description["unsupported_operators"] = [op for op in description["operators"]
+                                                if op not in supported]
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+        return
+    click.echo(f"sha256        {model.sha256}")
+    click.echo(f"size          {len(model.model_bytes)} bytes")
+    click.echo(f"schema        version {description['schema_version']}, "
+               f"{description['subgraphs']} subgraph(s)")
+    click.echo(f"quantization  {description['quantization']}")
+    click.echo(f"stateful      {description['stateful']}")
+    for key, sig in description["signatures"].items():
+        click.echo(f"signature     {key}")
+        for kind in ("inputs", "outputs"):
+            for name, t in sig[kind].items():
+                q = t.get("quantization")
+                qtext = f"  q(scale={q['scale'][0]:.4g}, zp={q['zero_point'][0]}" \
+                        f"{', per-channel' if len(q['scale']) > 1 else ''})" if q else ""
+                click.echo(f"  {kind[:-1]:<7} {name}: {t['dtype']} {t['shape_signature']}{qtext}")
+    click.echo("operators")
+    for op, count in description["operator_counts"].items():
+        mark = "" if supported is None else ("  ok" if op in supported else "  UNSUPPORTED")
+        click.echo(f"  {op:<32} x{count}{mark}")
+    if description["metadata_entries"]:
+        click.echo(f"metadata      {', '.join(description['metadata_entries'])}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default="model", show_default=True, help="Name of the logged model.")
+@click.option("--registered-model-name", help="Also register it under this name.")
+@click.option("--experiment-name", default="tflite-keras", show_default=True)
+@click.option("--num-threads", type=click.IntRange(min=1), help="Default interpreter threads.")
+def log(path, name, registered_model_name, experiment_name, num_threads):
+    """Log a .tflite file with the tflite_keras flavor (and register it)."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+    from mlflow_tflite_keras.tracking import experiment, start_run
+
+    try:
+        TFLiteModel.load(path)  # refuse a bad file before a run exists
+    except MlflowException as e:
+        _fail(e)
+    uri = _tracking()
+    try:
+        with start_run(experiment(experiment_name), f"log-{os.path.basename(path)}") as run:
+            _progress(f"Logging {path} to {uri} ...")
+            info = mlflow.tflite_keras.log_model(path, name=name, num_threads=num_threads,
+                                                 registered_model_name=registered_model_name)
+    except MlflowException as e:
+        _fail(e)
+    click.echo(f"model_uri: {info.model_uri}")
+    click.echo(f"run_id: {run.info.run_id}")
+    if registered_model_name:
+        click.echo(f"registered: models:/{registered_model_name}/{info.registered_model_version}")
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--registered-model-name",
+              help="Register under this name (default: the source's registered model).")
+@click.option("--alias", help="Set this alias on the new Keras version.")
+@click.option("--experiment-id", help="Log the conversion run here (default: the source's).")
+@click.option("--max-rel-error", type=float, help="Parity tolerance override.")
+@click.option("--min-cosine", type=float, help="Parity tolerance override.")
+@click.option("--min-top1", type=float, help="Parity tolerance override.")
+def convert(model_uri, registered_model_name, alias, experiment_id, max_rel_error, min_cosine,
+            min_top1):
+    """Reconstruct a logged .tflite model as Keras, check parity, and register the Keras
+    version next to the source version with lineage tags both ways."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_tflite_keras.converter import UnsupportedOperatorsError
+    from mlflow_tflite_keras.lineage import register_keras_version
+
+    _tracking()
+    tolerances = {k: v for k, v in (("max_rel_error", max_rel_error), ("min_cosine", min_cosine),
+                                    ("min_top1", min_top1)) if v is not None}
+    try:
+        version = register_keras_version(model_uri, registered_model_name=registered_model_name,
+                                         alias=alias, experiment_id=experiment_id,
+                                         tolerances=tolerances or None, progress=_progress)
+    except UnsupportedOperatorsError as e:
+        _fail(e, EXIT_UNSUPPORTED)
+    except MlflowException as e:
+        _fail(e, EXIT_CHECK_FAILED if "Parity check failed" in e.message else 2)
+    click.echo(f"registered: models:/{version.name}/{version.version}")
+    for key in sorted(version.tags):
+        if key.startswith("tflite_keras.parity_"):
+            click.echo(f"  {key.split('.', 1)[1]}: {version.tags[key]}")
+
+
+@cli.command()
+@click.argument("model_uri")
+def verify(model_uri):
+    """Re-check a registered Keras version (models:/name/N) against its .tflite source."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.lineage import SOURCE_URI, resolve_source
+
+    _tracking()
+    client = mlflow.MlflowClient()
+    try:
+        source = resolve_source(model_uri, client)
+        if not source.registered_name:
+            raise MlflowException(f"'{model_uri}' is not a registered model version.")
+        mv = client.get_model_version(source.registered_name, source.version)
+        source_uri = mv.tags.get(SOURCE_URI)
+        if not source_uri:
+            raise MlflowException(f"'{model_uri}' has no {SOURCE_URI} tag: it is not a Keras "
+                                  "version registered by this package.")
+        _progress(f"Loading {model_uri} and its source {source_uri} ...")
+        keras_model = mlflow.keras.load_model(model_uri)
+        tflite = mlflow.tflite_keras.load_model(source_uri)
+        report = check_parity(tflite.model_bytes, keras_model)
+    except MlflowException as e:
+        _fail(e)
+    click.echo(str(report))
+    sys.exit(0 if report.passed else EXIT_CHECK_FAILED)
+
+
+if __name__ == "__main__":
+    cli()

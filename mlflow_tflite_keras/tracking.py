@@ -34,3 +34,13 @@ def experiment(name: str) -> str:
         return found.experiment_id
     location = (_artifact_root / name).as_uri() if _artifact_root is not None else None
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def start_run(experiment_id: str | None = None, run_name: str | None = None):
+    """A new run, or the run ``mlflow run`` started for this process (``MLFLOW_RUN_ID``)."""
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)

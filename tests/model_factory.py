@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,40 @@ CACHE_DIR = Path(os.environ.get("TFLITE_TEST_MODEL_CACHE",
                                 Path.home() / ".cache" / "mlflow-tflite-keras" / "test-models"))
 
 
-def cached(name: str, build, *key_parts) -> bytes:
-    """Return ``build()`` (tflite bytes), cached under ``name`` + the builder's source."""
+def fingerprint(obj) -> str:
+    """A stable description of what a builder depends on: its source, and recursively the
+    values it closes over and its defaults (so parametrized lambdas get distinct keys)."""
+    if callable(obj) and hasattr(obj, "__code__"):
+        try:
+            source = inspect.getsource(obj)
+        except (OSError, TypeError):
+            source = obj.__code__.co_code.hex()
+        cells = [c.cell_contents for c in (obj.__closure__ or ()) if _filled(c)]
+        return source + fingerprint(cells) + fingerprint(obj.__defaults__)
+    if isinstance(obj, np.ndarray):
+        return f"nd{obj.dtype}{obj.shape}{hashlib.sha256(obj.tobytes()).hexdigest()}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(fingerprint(o) for o in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ",".join(f"{k!r}:{fingerprint(v)}" for k, v in sorted(obj.items(),
+                                                                          key=lambda i: repr(i[0]))) + "}"
+    if isinstance(obj, type(np)):  # modules: their name is enough
+        return obj.__name__
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))  # addresses change every run
+
+
+def _filled(cell) -> bool:
     try:
-        source = inspect.getsource(build)
-    except (OSError, TypeError):
-        source = repr(build)
-    digest = hashlib.sha256(("|".join([source, *map(str, key_parts)])).encode()).hexdigest()[:16]
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
+def cached(name: str, build, *key_parts) -> bytes:
+    """Return ``build()`` (tflite bytes), cached under ``name`` + the builder's fingerprint."""
+    digest = hashlib.sha256("|".join([fingerprint(build), *map(str, key_parts)]).encode()
+                            ).hexdigest()[:16]
     path = CACHE_DIR / f"{name}-{digest}.tflite"
     if path.exists():
         return path.read_bytes()

@@ -367,3 +367,32 @@ def test_plugin_import_cost_is_small():
     # Cumulative microseconds of our modules (the package and the plugin it imports).
     assert sum(ours.values()) < 50_000, ours
     assert not [name for name in names if name.split(".")[0] in ("tensorflow", "keras")]
+
+
+def test_broken_package_does_not_break_import_mlflow(tmp_path):
+    """The entry point survives a broken install: a plugin module that raises on import."""
+    import shutil
+
+    import mlflow_tflite_keras
+
+    broken = tmp_path / "mlflow_tflite_keras"
+    shutil.copytree(os.path.dirname(mlflow_tflite_keras.__file__), broken)
+    (broken / "_mlflow_plugin.py").write_text("raise RuntimeError('broken install')\n")
+    (broken / "flavor.py").write_text("this is not python\n")
+    env = clean_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", "import mlflow; print(mlflow.__version__)"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == mlflow.__version__
+
+
+def test_keras_loads_registered_layers_after_import_mlflow(tmp_path):
+    """Reconstructed models use this package's layers; after `import mlflow`, importing Keras
+    registers them, so a .keras file using them loads with safe_mode=True."""
+    out = _run_python("""
+import mlflow, keras
+from keras.src.saving import object_registration
+print("mlflow_tflite_keras>KerasOp" in object_registration.GLOBAL_CUSTOM_OBJECTS)
+""")
+    assert out.strip().endswith("True")

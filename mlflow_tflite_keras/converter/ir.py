@@ -183,4 +183,5 @@ def dequantize(values: np.ndarray, q: Quantization) -> np.ndarray:
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     else:
         scale, zero_point = scale.reshape(-1)[0], zero_point.reshape(-1)[0]
-    return ((values.astype(np.float64) - zero_point) * scale).astype(np.float32)
+    # asarray: a 0-d constant would otherwise come back as a numpy scalar, not an ndarray.
+    return np.asarray(((values.astype(np.float64) - zero_point) * scale).astype(np.float32))

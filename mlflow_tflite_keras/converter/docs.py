@@ -1,0 +1,62 @@
+"""Generate ``docs/operators.md`` from the handler registry: one row per operator with its
+Keras layer, its family module and the tests that exercise it.
+
+Run: ``python -m mlflow_tflite_keras.converter.docs > docs/operators.md`` (``make docs``).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+from mlflow_tflite_keras.converter.registry import load_handlers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
+    """Operator name -> ``file::test`` for every test function whose body names the op in a
+    string literal (``check_op("CONV_2D", ...)``, ``expect_ops=["PAD"]``, parametrize ids)."""
+    found: dict[str, list[str]] = {}
+    names = set(load_handlers())
+    for path in sorted(tests_dir.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            literals = {n.value for n in ast.walk(node)
+                        if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            for decorator in node.decorator_list:
+                literals |= {n.value for n in ast.walk(decorator)
+                             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            for op in names & literals:
+                found.setdefault(op, []).append(f"{path.relative_to(REPO)}::{node.name}")
+    return found
+
+
+def operators_markdown(tests_dir: Path | None = None) -> str:
+    handlers = load_handlers()
+    tests = tests_by_operator(tests_dir or REPO / "tests")
+    lines = [
+        "# Supported operators",
+        "",
+        "Generated from the converter's handler registry by "
+        "`python -m mlflow_tflite_keras.converter.docs` (`make docs`); a test checks it is "
+        "current.",
+        "",
+        f"{len(handlers)} TFLite builtin operators.",
+        "",
+        "| operator | Keras layer | family | tests |",
+        "|---|---|---|---|",
+    ]
+    for op in sorted(handlers):
+        h = handlers[op]
+        family = h.module.rsplit(".", 1)[-1]
+        test_refs = "<br>".join(f"`{t}`" for t in tests.get(op, [])[:3]) or "—"
+        lines.append(f"| `{op}` | {h.layer} | {family} | {test_refs} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(operators_markdown())

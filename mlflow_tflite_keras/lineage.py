@@ -1,0 +1,261 @@
+"""Register reconstructed Keras versions next to ``.tflite`` versions, linked both ways."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+
+from mlflow_tflite_keras import __version__
+from mlflow_tflite_keras.tracking import start_run
+
+_logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "tflite_keras."
+ROLE = TAG_PREFIX + "role"
+ROLE_SOURCE = "source-tflite"
+ROLE_KERAS = "reconstructed-keras"
+SOURCE_URI = TAG_PREFIX + "source_model_uri"
+SOURCE_NAME = TAG_PREFIX + "source_registered_model"
+SOURCE_VERSION = TAG_PREFIX + "source_version"
+SOURCE_RUN = TAG_PREFIX + "source_run_id"
+SOURCE_SHA256 = TAG_PREFIX + "source_sha256"
+CONVERTER_VERSION = TAG_PREFIX + "converter_version"
+METHOD = TAG_PREFIX + "method"
+KERAS_VERSIONS = TAG_PREFIX + "keras_versions"  # on the source: "name/3,name/5"
+PARITY_PREFIX = TAG_PREFIX + "parity_"
+
+
+@dataclass
+class SourceModel:
+    """Where a ``.tflite`` model came from, resolved from any model URI."""
+
+    uri: str
+    registered_name: str | None
+    version: str | None
+    run_id: str | None
+    model_id: str | None
+    experiment_id: str | None
+
+
+def resolve_source(model_uri: str, client: MlflowClient) -> SourceModel:
+    """``models:/name/3``, ``models:/name@alias``, ``models:/m-...``, ``runs:/...`` or a path."""
+    name = version = run_id = model_id = None
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(.+))", model_uri)
+    if match and not match.group(1).startswith("m-"):
+        name = match.group(1)
+        mv = (client.get_model_version(name, match.group(2)) if match.group(2)
+              else client.get_model_version_by_alias(name, match.group(3)))
+        version, run_id, model_id = mv.version, mv.run_id, getattr(mv, "model_id", None)
+    elif (m := re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)):
+        model_id = m.group(1)
+        run_id = client.get_logged_model(model_id).source_run_id
+    elif (m := re.fullmatch(r"runs:/([^/]+)/.+", model_uri)):
+        run_id = m.group(1)
+    if name is None and (model_id or run_id):
+        # Not given as a registered version: find one registered from the same model/run.
+        found = client.search_model_versions(f"run_id = '{run_id}'") if run_id else []
+        found = [mv for mv in found if not model_id or getattr(mv, "model_id", None) == model_id]
+        found = [mv for mv in found if mv.tags.get(ROLE) != ROLE_KERAS]
+        if len(found) == 1:
+            name, version = found[0].name, found[0].version
+            model_id = model_id or getattr(found[0], "model_id", None)
+    experiment_id = client.get_run(run_id).info.experiment_id if run_id else None
+    return SourceModel(model_uri, name, version, run_id, model_id, experiment_id)
+
+
+def register_keras_version(
+    model_uri: str,
+    *,
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+    parity_inputs=None,
+    tolerances: dict | None = None,
+    experiment_id: str | None = None,
+    await_registration_for: int = DEFAULT_AWAIT_MAX_SLEEP_SECONDS,
+    progress=None,
+) -> ModelVersion:
+    """Reconstruct the ``.tflite`` model at ``model_uri`` as Keras and register it.
+
+    A new run (in the source run's experiment unless ``experiment_id`` is given) logs the Keras
+    model with ``mlflow.keras`` (the source's signature and input example), the parity report
+    (metrics and ``parity_report.json``) and the conversion report. The new version (under
+    the source's registered model by default, so it sits next to the ``.tflite`` version)
+    gets lineage tags and a Markdown description; the source version gets a tag listing its
+    Keras versions. Converting the same source again creates (and links) another version.
+
+    Atomic: if conversion or parity fails, no version is created, the source is untouched,
+    and the run ends FAILED with the reason logged (tag ``tflite_keras.failure``).
+    """
+    say = progress or (lambda message: _logger.info(message))
+    client = MlflowClient()
+    source = resolve_source(model_uri, client)
+    target_name = registered_model_name or source.registered_name
+    if not target_name:
+        raise MlflowException(
+            f"'{model_uri}' is not a registered model version; pass registered_model_name.",
+            error_code=INVALID_PARAMETER_VALUE)
+
+    say(f"Loading {model_uri} ...")
+    loaded = mlflow.tflite_keras.load_model(model_uri)
+    source_info = mlflow.models.Model.load(model_uri)
+    input_example = _input_example(model_uri)
+    run_experiment = experiment_id or source.experiment_id
+    run_name = f"convert-{target_name}" + (f"-v{source.version}" if source.version else "")
+    with start_run(experiment_id=run_experiment, run_name=run_name) as run:
+        try:
+            mlflow.set_tags({ROLE: ROLE_KERAS, SOURCE_URI: model_uri,
+                             SOURCE_SHA256: loaded.model.sha256})
+            mlflow.log_params({"source_model_uri": model_uri,
+                               "source_quantization": loaded.model.quantization_kind,
+                               "converter_version": __version__})
+            say("Reconstructing the Keras model ...")
+            from mlflow_tflite_keras.converter import convert
+            from mlflow_tflite_keras.converter.parity import check_parity
+
+            result = convert(loaded.model_bytes)
+            mlflow.log_dict(result.report.to_dict(), "conversion_report.json")
+            say("Checking parity against the LiteRT interpreter ...")
+            inputs = parity_inputs if parity_inputs is not None else input_example
+            report = check_parity(loaded.model_bytes, result.model, inputs,
+                                  **(tolerances or {}))
+            mlflow.log_metrics(report.metrics())
+            mlflow.log_dict(report.to_dict(), "parity_report.json")
+            if not report.passed:
+                raise MlflowException(f"Parity check failed:\n{report}")
+            say("Logging the Keras model ...")
+            info = mlflow.keras.log_model(
+                result.model, name="keras_model", signature=source_info.signature,
+                input_example=_keras_input_example(input_example, source_info),
+                extra_pip_requirements=[f"mlflow-tflite-keras=={__version__}"],
+            )
+            tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id)
+            mlflow.set_logged_model_tags(info.model_id, tags)
+            say(f"Registering under '{target_name}' ...")
+            version = mlflow.register_model(info.model_uri, target_name,
+                                            await_registration_for=await_registration_for,
+                                            tags=tags)
+        except BaseException as e:
+            mlflow.set_tag(TAG_PREFIX + "failure", str(e)[:5000])
+            mlflow.end_run(status="FAILED")
+            raise
+        try:
+            client.update_model_version(target_name, version.version,
+                                        description=_description(source, model_uri, report,
+                                                                 result.report, run.info.run_id))
+            if alias:
+                client.set_registered_model_alias(target_name, alias, version.version)
+            _link_source(client, source, f"{target_name}/{version.version}")
+        except BaseException as e:
+            # Never leave a half-linked version behind.
+            client.delete_model_version(target_name, version.version)
+            mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
+            mlflow.end_run(status="FAILED")
+            raise
+    return client.get_model_version(target_name, version.version)
+
+
+def _lineage_tags(source: SourceModel, model_uri, sha256, report, run_id) -> dict[str, str]:
+    tags = {
+        ROLE: ROLE_KERAS,
+        METHOD: "reconstructed",
+        SOURCE_URI: model_uri,
+        SOURCE_SHA256: sha256,
+        CONVERTER_VERSION: __version__,
+        TAG_PREFIX + "conversion_run_id": run_id,
+    }
+    if source.registered_name:
+        tags[SOURCE_NAME] = source.registered_name
+        tags[SOURCE_VERSION] = str(source.version)
+    if source.run_id:
+        tags[SOURCE_RUN] = source.run_id
+    if source.model_id:
+        tags[TAG_PREFIX + "source_model_id"] = source.model_id
+    for key, value in report.metrics(prefix="").items():
+        tags[PARITY_PREFIX + key] = f"{value:.6g}"
+    return tags
+
+
+def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
+    """Tag the source version (and its logged model) with its Keras version(s)."""
+    if source.registered_name:
+        mv = client.get_model_version(source.registered_name, source.version)
+        refs = [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]
+        refs.append(keras_ref)
+        client.set_model_version_tag(source.registered_name, source.version, KERAS_VERSIONS,
+                                     ",".join(refs))
+        if ROLE not in mv.tags:
+            client.set_model_version_tag(source.registered_name, source.version, ROLE,
+                                         ROLE_SOURCE)
+    if source.model_id:
+        logged = client.get_logged_model(source.model_id)
+        refs = [r for r in logged.tags.get(KERAS_VERSIONS, "").split(",") if r]
+        client.set_logged_model_tags(source.model_id, {
+            KERAS_VERSIONS: ",".join([*refs, keras_ref]), ROLE: ROLE_SOURCE})
+
+
+def _description(source: SourceModel, model_uri, parity, conversion, run_id) -> str:
+    rows = ["| output | max abs error | max rel error | cosine | top-1 | passed |",
+            "|---|---|---|---|---|---|"]
+    for o in parity.outputs:
+        top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
+        rows.append(f"| {o.name} | {o.max_abs_error:.3g} | {o.max_rel_error:.3g} | "
+                    f"{o.cosine:.6f} | {top1} | {'yes' if o.passed else 'no'} |")
+    origin = (f"version **{source.version}** of `{source.registered_name}`"
+              if source.registered_name else f"`{model_uri}`")
+    notes = "".join(f"\n- {n}" for n in conversion.notes) or "\n- none"
+    return (
+        f"**Reconstructed Keras model** of the `.tflite` {origin}.\n\n"
+        f"- Source URI: `{model_uri}`\n"
+        f"- Source sha256: `{conversion.source_sha256}`\n"
+        f"- Source quantization: `{conversion.quantization}`\n"
+        f"- Conversion run: `{run_id}`; converter {__version__}\n"
+        f"- Operators: {sum(conversion.operators.values())} "
+        f"({len(conversion.operators)} kinds), {len(conversion.folded_ops)} folded\n\n"
+        f"### Parity against the LiteRT interpreter ({parity.n_samples} samples)\n\n"
+        + "\n".join(rows)
+        + f"\n\n### Not recovered from the flatbuffer{notes}\n"
+    )
+
+
+def _input_example(model_uri: str):
+    """The source's saved input example as arrays, or None."""
+    from mlflow.models import Model
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    with tempfile.TemporaryDirectory() as d:
+        local = _download_artifact_from_uri(model_uri, output_path=d)
+        try:
+            example = Model.load(local).load_input_example(local)
+        except Exception:
+            return None
+    if example is None:
+        return None
+    if isinstance(example, dict):
+        return {k: np.asarray(v) for k, v in example.items()}
+    return np.asarray(example)
+
+
+def _keras_input_example(example, source_info):
+    if example is None or isinstance(example, dict):
+        return example
+    schema = source_info.get_input_schema()
+    if schema is not None and schema.is_tensor_spec():
+        return np.asarray(example, dtype=schema.numpy_types()[0])
+    return example
+
+
+def keras_versions_of(name: str, version: str | int) -> list[str]:
+    """``["name/3", ...]``: the Keras versions registered from a ``.tflite`` version."""
+    mv = MlflowClient().get_model_version(name, str(version))
+    return [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]

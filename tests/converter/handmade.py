@@ -1,0 +1,105 @@
+"""Hand-built ``.tflite`` flatbuffers, for ops TensorFlow's converter no longer emits
+(BIDIRECTIONAL_SEQUENCE_LSTM, UNIDIRECTIONAL_SEQUENCE_RNN, ...) or features it never sets
+(peepholes, sparse constants written by hand).
+
+    b = FlatModel()
+    x = b.input((1, 5, 3))
+    w = b.const(np.ones((4, 3), np.float32))
+    h = b.variable((1, 4))
+    y = b.output((1, 5, 4))
+    b.op("UNIDIRECTIONAL_SEQUENCE_RNN", [x, w, ...], [y], "SequenceRNNOptions", timeMajor=False)
+    data = b.finish()
+"""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32,
+          np.dtype(np.int8): schema.TensorType.INT8, np.dtype(np.uint8): schema.TensorType.UINT8,
+          np.dtype(np.int64): schema.TensorType.INT64, np.dtype(np.float16): schema.TensorType.FLOAT16}
+
+
+class FlatModel:
+    def __init__(self):
+        self.tensors: list = []
+        self.buffers = [schema.BufferT()]
+        self.operators: list = []
+        self.opcodes: list[str] = []
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+
+    def _tensor(self, shape, dtype=np.float32, name=None, buffer=0, variable=False,
+                sparsity=None, quantization=None) -> int:
+        t = schema.TensorT()
+        t.shape = list(shape)
+        t.type = _TYPES[np.dtype(dtype)]
+        t.buffer = buffer
+        t.name = name or f"t{len(self.tensors)}"
+        t.isVariable = variable
+        t.sparsity = sparsity
+        t.quantization = quantization
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def input(self, shape, dtype=np.float32, name=None) -> int:
+        i = self._tensor(shape, dtype, name or f"input_{len(self.inputs)}")
+        self.inputs.append(i)
+        return i
+
+    def output(self, shape, dtype=np.float32, name=None) -> int:
+        i = self._tensor(shape, dtype, name or f"output_{len(self.outputs)}")
+        self.outputs.append(i)
+        return i
+
+    def intermediate(self, shape, dtype=np.float32, name=None) -> int:
+        return self._tensor(shape, dtype, name)
+
+    def const(self, array, name=None, shape=None, sparsity=None, quantization=None) -> int:
+        array = np.ascontiguousarray(array)
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(array.tobytes(), dtype=np.uint8)
+        self.buffers.append(buf)
+        return self._tensor(array.shape if shape is None else shape, array.dtype, name,
+                            buffer=len(self.buffers) - 1, sparsity=sparsity,
+                            quantization=quantization)
+
+    def variable(self, shape, dtype=np.float32, name=None) -> int:
+        return self._tensor(shape, dtype, name, variable=True)
+
+    def op(self, name: str, inputs, outputs, options_type: str | None = None, **options):
+        if name not in self.opcodes:
+            self.opcodes.append(name)
+        o = schema.OperatorT()
+        o.opcodeIndex = self.opcodes.index(name)
+        o.inputs = [-1 if i is None else i for i in inputs]
+        o.outputs = list(outputs)
+        if options_type:
+            opts = getattr(schema, options_type + "T")()
+            for k, v in options.items():
+                setattr(opts, k, v)
+            o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
+            o.builtinOptions = opts
+        self.operators.append(o)
+
+    def finish(self) -> bytes:
+        sg = schema.SubGraphT()
+        sg.tensors, sg.operators = self.tensors, self.operators
+        sg.inputs, sg.outputs, sg.name = self.inputs, self.outputs, "main"
+        model = schema.ModelT()
+        model.version = 3
+        model.description = "handmade"
+        model.subgraphs = [sg]
+        model.buffers = self.buffers
+        codes = []
+        for name in self.opcodes:
+            c = schema.OperatorCodeT()
+            code = getattr(schema.BuiltinOperator, name)
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            codes.append(c)
+        model.operatorCodes = codes
+        b = flatbuffers.Builder(1024)
+        b.Finish(model.Pack(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
