@@ -21,6 +21,7 @@ def _progress(message: str):
 
 
 def _tracking():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow_tflite_keras.tracking import use_default_tracking
 
     return use_default_tracking()

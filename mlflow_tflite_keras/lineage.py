@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +15,10 @@ import numpy as np
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.tracking import start_run
@@ -107,9 +111,11 @@ def register_keras_version(
             error_code=INVALID_PARAMETER_VALUE)
 
     say(f"Loading {model_uri} ...")
-    loaded = mlflow.tflite_keras.load_model(model_uri)
-    source_info = mlflow.models.Model.load(model_uri)
-    input_example = _input_example(model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _download_artifact_from_uri(model_uri, output_path=tmp)
+        loaded = mlflow.tflite_keras.load_model(local)
+        source_info = Model.load(local)
+        input_example = _input_example(source_info, local)
     run_experiment = experiment_id or source.experiment_id
     run_name = f"convert-{target_name}" + (f"-v{source.version}" if source.version else "")
     with start_run(experiment_id=run_experiment, run_name=run_name) as run:
@@ -134,9 +140,11 @@ def register_keras_version(
             if not report.passed:
                 raise MlflowException(f"Parity check failed:\n{report}")
             say("Logging the Keras model ...")
-            info = mlflow.keras.log_model(
-                result.model, name="keras_model", signature=source_info.signature,
+            info = Model.log(
+                artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
+                model=result.model, signature=_keras_signature(source_info),
                 input_example=_keras_input_example(input_example, source_info),
+                # The reconstructed model uses this package's layers.
                 extra_pip_requirements=[f"mlflow-tflite-keras=={__version__}"],
             )
             tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id)
@@ -228,22 +236,37 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id) -> 
     )
 
 
-def _input_example(model_uri: str):
+def _input_example(source_info: Model, local_path: str):
     """The source's saved input example as arrays, or None."""
-    from mlflow.models import Model
-    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
-
-    with tempfile.TemporaryDirectory() as d:
-        local = _download_artifact_from_uri(model_uri, output_path=d)
-        try:
-            example = Model.load(local).load_input_example(local)
-        except Exception:
-            return None
+    try:
+        example = source_info.load_input_example(local_path)
+    except Exception:
+        return None
     if example is None:
         return None
     if isinstance(example, dict):
         return {k: np.asarray(v) for k, v in example.items()}
     return np.asarray(example)
+
+
+def _save_keras_model(path, **kwargs):
+    # mlflow.keras.save_model (3.17) writes the input example before creating the directory.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# mlflow.keras for Model.log, with the directory created first (see _save_keras_model).
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def _keras_signature(source_info: Model):
+    """The source's signature, when mlflow.keras accepts it (tensors, dynamic batch)."""
+    signature = source_info.signature
+    if signature is None or not signature.inputs.is_tensor_spec():
+        return None
+    if any(not spec.shape or spec.shape[0] != -1 for spec in signature.inputs.inputs):
+        return None
+    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs)
 
 
 def _keras_input_example(example, source_info):

@@ -87,6 +87,9 @@ class SignatureSpec:
         self.inputs = [spec(n, i) for n, i in sig.inputs.items()]
         self.outputs = [spec(n, i) for n, i in sig.outputs.items()]
         self.stateful = model.is_stateful
+        # Sequence ops keep their running state in variable tensors that survive an invoke;
+        # every row (or batch) is a new sequence, so they start from their initial zeros.
+        self.reset_variables = model.has_variable_tensors and not model.is_stateful
         # Dimension 0 is a batch dimension when every input has one there: either declared
         # dynamic (-1) or fixed at 1 with more dimensions behind it (run row by row).
         self.batched = bool(self.inputs) and all(
@@ -244,6 +247,8 @@ class _Session:
             self._resize(sg, spec, arrays)
             for s, a in zip(spec.inputs, arrays):
                 self.wrapper.SetTensor(s.index, a, sg)
+            if spec.reset_variables:
+                self.interpreter.reset_all_variables()
             self.wrapper.Invoke(sg)
             return [self.wrapper.GetTensor(o.index, sg) for o in spec.outputs]
         except (ValueError, RuntimeError) as e:

@@ -305,6 +305,9 @@ class TFLiteModel:
     def constant(self, tensor: TensorInfo) -> np.ndarray | None:
         """The raw (still quantized, still sparse-encoded) constant data of a tensor."""
         data = self._raw_buffer(tensor.buffer)
+        if data is None and tensor.buffer > 0 and tensor.dtype is not None and \
+                tensor.sparsity is None and 0 in tensor.shape:
+            return np.zeros(tensor.shape, dtype=tensor.dtype)  # an empty constant
         if data is None or tensor.dtype is None:
             return None
         array = np.frombuffer(data, dtype=tensor.dtype)
@@ -330,12 +333,18 @@ class TFLiteModel:
 
     @cached_property
     def is_stateful(self) -> bool:
-        """Resource variables: state carried from one invoke to the next."""
+        """Resource variables: state carried from one invoke to the next (streaming models).
+
+        Variable tensors of sequence ops (LSTM/RNN state) do not count: they hold a sequence's
+        running state, and the runtime resets them before every invoke.
+        """
         if set(self.operator_names) & _STATEFUL_OPS:
             return True
-        return any(
-            t.is_variable or t.type_name == "RESOURCE" for sg in self.subgraphs for t in sg.tensors
-        )
+        return any(t.type_name == "RESOURCE" for sg in self.subgraphs for t in sg.tensors)
+
+    @cached_property
+    def has_variable_tensors(self) -> bool:
+        return any(t.is_variable for sg in self.subgraphs for t in sg.tensors)
 
     @cached_property
     def has_control_flow(self) -> bool:
@@ -374,6 +383,9 @@ class TFLiteModel:
         float16_constants = False
         for sg in self.subgraphs:
             constant = {t.index for t in sg.tensors if self._raw_buffer(t.buffer) is not None}
+            for op in sg.operators:  # a densified constant is still a weight, not an activation
+                if op.opcode == "DENSIFY" and op.inputs and op.inputs[0] in constant:
+                    constant.update(op.outputs)
             for op in sg.operators:
                 if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
                     if op.opcode == "DEQUANTIZE" and op.inputs and op.inputs[0] in constant:

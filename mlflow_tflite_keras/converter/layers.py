@@ -164,3 +164,130 @@ def resize_tflite(x, size, method="bilinear", align_corners=False, half_pixel_ce
         b = ops.take(x, upper, axis=axis)
         x = a + (b - a) * ops.cast(np.reshape(frac, shape), x.dtype)
     return x
+
+
+# ---- shape / indexing / reduction families (converter/ops/{shape,indexing,reduction}.py) -----
+
+@extra_op
+def shape_of(x, dtype="int32"):
+    """TFLite SHAPE: the run-time shape of ``x`` (dynamic dimensions included) as 1-D."""
+    dims = [ops.cast(d, dtype) for d in ops.shape(x)]
+    return ops.stack(dims) if dims else ops.zeros((0,), dtype)
+
+
+def _plain(x):
+    """A tensor for a value that may be a (constant) Variable, which list-taking ops refuse."""
+    return ops.cast(x, x.dtype)
+
+
+def _bcast_leading(xs, axis):
+    """Broadcast operands with leading size 1 to the others' (dynamic) leading size, so a
+    batch-1 constant joins batched tensors along a non-batch axis."""
+    ref = next((x for x in xs if x.shape[0] != 1), None)
+    if ref is None or axis == 0:
+        return list(xs)
+    n = ops.shape(ref)[0]
+    return [ops.broadcast_to(x, (n, *x.shape[1:])) if x.shape[0] == 1 else x for x in xs]
+
+
+@extra_op
+def concat_n(*xs, axis=0):
+    xs = [_plain(x) for x in xs]
+    return ops.concatenate(_bcast_leading(xs, axis % len(xs[0].shape)), axis=axis)
+
+
+@extra_op
+def stack_n(*xs, axis=0):
+    return ops.stack([_plain(x) for x in xs], axis=axis)
+
+
+@extra_op
+def getitem(x, index=()):
+    """``x[index]``; ``index`` is data: ``[start, stop, step]`` slices, ints, ``"..."``,
+    ``None`` (new axis)."""
+    key = tuple(Ellipsis if k == "..." else slice(*k) if isinstance(k, (list, tuple))
+                else k if k is None else int(k) for k in index)
+    return x[key]
+
+
+@extra_op
+def gather_batched(params, indices, batch_dims=1):
+    """``tf.gather(params, indices, axis=batch_dims, batch_dims=batch_dims)``."""
+    b = batch_dims
+    idx_rest = tuple(indices.shape[b:])
+    k = int(np.prod(idx_rest))
+    lead = tuple(-1 if d is None else d for d in indices.shape[:b])
+    idx = ops.reshape(indices, (*lead, k) + (1,) * (len(params.shape) - b - 1))
+    pshape = ops.shape(params)
+    idx = ops.broadcast_to(idx, (*pshape[:b], k, *pshape[b + 1:]))
+    out = ops.take_along_axis(params, idx, axis=b)
+    return ops.reshape(out, (*lead, *idx_rest, *params.shape[b + 1:]))
+
+
+@extra_op
+def gather_nd(params, indices):
+    """TFLite GATHER_ND (dimensions 1..depth-1 and the sliced rest of ``params`` static)."""
+    depth = int(indices.shape[-1])
+    dims = params.shape[:depth]
+    strides = [int(np.prod(dims[j + 1:depth])) for j in range(depth)]
+    flat = ops.reshape(params, (-1, *params.shape[depth:]))
+    linear = ops.sum(indices * ops.cast(np.array(strides), indices.dtype), axis=-1)
+    return ops.take(flat, linear, axis=0)
+
+
+@extra_op
+def fill_dims(dims, value, static_shape=None):
+    """TFLite FILL / BROADCAST_TO with a run-time shape; ``static_shape`` (None for the
+    dynamic dimension) restores the known dimensions."""
+    y = ops.broadcast_to(value, dims)
+    if static_shape is not None:
+        y = ops.reshape(y, [-1 if d is None else int(d) for d in static_shape])
+    return y
+
+
+@extra_op
+def broadcast_to_keep(x, shape=()):
+    """``broadcast_to`` where ``-1`` entries keep ``x``'s (run-time) dimension there."""
+    off = len(shape) - len(x.shape)
+    xs = ops.shape(x)
+    return ops.broadcast_to(x, [xs[i - off] if d == -1 else int(d) for i, d in enumerate(shape)])
+
+
+@extra_op
+def broadcast_args(a, b):
+    """TFLite BROADCAST_ARGS on two 1-D shape tensors."""
+    n = max(a.shape[0], b.shape[0])
+    a = ops.pad(a, [[n - a.shape[0], 0]], constant_values=1)
+    b = ops.pad(b, [[n - b.shape[0], 0]], constant_values=1)
+    return ops.where(ops.equal(a, 1), b, a)
+
+
+@extra_op
+def cumsum_tflite(x, axis=0, exclusive=False, reverse=False):
+    if reverse:
+        x = ops.flip(x, axis=axis)
+    y = ops.cumsum(x, axis=axis)
+    if exclusive:
+        rank = len(x.shape)
+        axis %= rank
+        pad = [[1 if i == axis else 0, 0] for i in range(rank)]
+        y = ops.pad(y[(slice(None),) * axis + (slice(None, -1),)], pad)
+    return ops.flip(y, axis=axis) if reverse else y
+
+
+@extra_op
+def one_hot_tflite(indices, depth=1, on=1.0, off=0.0, axis=-1, dtype="float32"):
+    hot = ops.one_hot(indices, depth, axis=axis, dtype="int32")
+    return ops.cast(ops.where(ops.equal(hot, 1), on, off), dtype)
+
+
+@extra_op
+def where_indices(condition):
+    """Single-argument TFLite WHERE: coordinates of true elements, ``[n, rank]`` int64."""
+    return ops.cast(ops.stack(ops.nonzero(condition), axis=1), "int64")
+
+
+@extra_op
+def arg_reduce(x, axis=-1, mode="max", dtype="int64"):
+    fn = ops.argmax if mode == "max" else ops.argmin
+    return ops.cast(fn(x, axis=axis), dtype)

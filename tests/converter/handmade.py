@@ -17,9 +17,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32,
-          np.dtype(np.int8): schema.TensorType.INT8, np.dtype(np.uint8): schema.TensorType.UINT8,
-          np.dtype(np.int64): schema.TensorType.INT64, np.dtype(np.float16): schema.TensorType.FLOAT16}
+_TYPES = {np.dtype(name): getattr(schema.TensorType, name.upper())
+          for name in ("float32", "float16", "int32", "int64", "int8", "uint8")}
 
 
 class FlatModel:
