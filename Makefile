@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test bench docs clean java browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,28 @@ install: $(STAMP)
 # The main job end to end on the embedded default (SQLite store + local artifacts in .mlflow/).
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/roundtrip.py
 
-test: $(STAMP)
+test: $(STAMP) java browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The Spark tests need a JVM: install one with apt-get when `java` is absent and we are root
+# (otherwise they are skipped with a message).
+java:
+	@command -v java >/dev/null 2>&1 || ls /usr/lib/jvm/*/bin/java >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
+	  else echo "no Java runtime and not root: the Spark tests will be skipped"; fi
+
+# The registry UI test drives Debian's headless Chromium with Selenium: install chromium and
+# chromium-driver with apt-get when absent and we are root (otherwise say what to install; the
+# test fails without them unless TFLITE_KERAS_SKIP_BROWSER=1).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium/chromedriver missing and not root: install the Debian packages" \
+	    "chromium and chromium-driver, or set TFLITE_KERAS_SKIP_BROWSER=1 to skip the UI test"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pyfunc_overhead.py

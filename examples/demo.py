@@ -3,6 +3,8 @@
 1. Train a small CNN on sklearn's digits and convert it to a full-int8 ``.tflite``.
 2. Log and register it with the ``tflite_keras`` flavor.
 3. Load it back through ``mlflow.pyfunc`` (LiteRT, no TensorFlow) and predict.
+4. Reconstruct it as a trainable Keras model, check parity against the interpreter, and
+   register the Keras version next to the ``.tflite`` version, with lineage both ways.
 
 Uses ``MLFLOW_TRACKING_URI`` when set, else ``./.mlflow/mlflow.db``.
 """
@@ -46,6 +48,26 @@ def train_digits_model(x, y, epochs=40):
     return model
 
 
+def print_versions(name):
+    from mlflow_tflite_keras.lineage import KERAS_VERSIONS, ROLE, SOURCE_URI
+
+    client = mlflow.MlflowClient()
+    aliases = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(version, []).append(alias)
+    print(f"\nRegistered model '{name}':")
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        role = mv.tags.get(ROLE, "-")
+        link = (f"from {mv.tags[SOURCE_URI]}" if SOURCE_URI in mv.tags else
+                f"keras versions: {mv.tags.get(KERAS_VERSIONS, '-')}")
+        parity = ""
+        if "tflite_keras.parity_cosine" in mv.tags:
+            parity = (f", parity cosine {mv.tags['tflite_keras.parity_cosine']}, top-1 "
+                      f"{mv.tags.get('tflite_keras.parity_top1_agreement', '-')}")
+        alias_text = f" @{','.join(aliases[mv.version])}" if mv.version in aliases else ""
+        print(f"  v{mv.version}{alias_text}: {role}; {link}{parity}")
+
+
 def main():
     uri = use_default_tracking()
     print(f"Tracking URI: {uri}")
@@ -80,11 +102,24 @@ def main():
     conf = pyfunc_model.metadata.flavors["tflite_keras"]
     print(f"Flavor: quantization={conf['quantization']}, ops={conf['operators']}")
 
+    print("\nReconstructing the .tflite as Keras and registering it next to the source ...")
+    from mlflow_tflite_keras.lineage import register_keras_version
+
+    keras_version = register_keras_version(uri, alias="candidate", progress=print)
+    print_versions(MODEL_NAME)
+    keras_model_back = mlflow.keras.load_model(f"models:/{MODEL_NAME}/{keras_version.version}")
+    back_accuracy = float(np.mean(keras_model_back.predict(x[split:], verbose=0).argmax(-1)
+                                  == y[split:]))
+    print(f"Held-out accuracy of the reconstructed Keras version: {back_accuracy:.3f}")
+
     tracking = mlflow.get_tracking_uri()
     print("\nNext steps:")
     print(f"  Open the UI:  .venv/bin/mlflow ui --backend-store-uri {tracking} -p 5000")
     print(f"  Serve it:     MLFLOW_TRACKING_URI={tracking} .venv/bin/mlflow models serve "
           f"-m {uri} --env-manager local -p 5001")
+    print(f"  Promote it:   in the UI, open '{MODEL_NAME}' version {keras_version.version} and set "
+          "the alias 'champion' (or: .venv/bin/mlflow-tflite-keras verify "
+          f"models:/{MODEL_NAME}@candidate)")
     print("  Query it:     curl -s localhost:5001/invocations -H 'Content-Type: application/json'"
           " -d '{\"inputs\": [[[[0.0]]]]}'  # shape [N, 8, 8, 1]")
 

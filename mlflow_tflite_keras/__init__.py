@@ -16,6 +16,9 @@ _LAZY = {
     "get_default_conda_env": "mlflow_tflite_keras.flavor",
     "TFLiteModel": "mlflow_tflite_keras.tflite_model",
     "keras_to_tflite": "mlflow_tflite_keras.export",
+    "export_tflite": "mlflow_tflite_keras.export",
+    "compare_interfaces": "mlflow_tflite_keras.export",
+    "TFLiteLayer": "mlflow_tflite_keras.tflite_layer",
 }
 
 __all__ = sorted(_LAZY)

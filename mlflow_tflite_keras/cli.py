@@ -27,6 +27,11 @@ def _tracking():
     return use_default_tracking()
 
 
+def _unset_if_empty(ctx, param, value):
+    """MLproject passes unset string parameters as ''."""
+    return value or None
+
+
 def _fail(e, code=2):
     message = getattr(e, "message", None) or str(e)
     click.echo(f"Error: {message}", err=True)
@@ -103,7 +108,8 @@ def inspect(path_or_uri, as_json, no_converter):
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", default="model", show_default=True, help="Name of the logged model.")
-@click.option("--registered-model-name", help="Also register it under this name.")
+@click.option("--registered-model-name", callback=_unset_if_empty,
+              help="Also register it under this name.")
 @click.option("--experiment-name", default="tflite-keras", show_default=True)
 @click.option("--num-threads", type=click.IntRange(min=1), help="Default interpreter threads.")
 def log(path, name, registered_model_name, experiment_name, num_threads):
@@ -134,9 +140,9 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
 
 @cli.command()
 @click.argument("model_uri")
-@click.option("--registered-model-name",
+@click.option("--registered-model-name", callback=_unset_if_empty,
               help="Register under this name (default: the source's registered model).")
-@click.option("--alias", help="Set this alias on the new Keras version.")
+@click.option("--alias", callback=_unset_if_empty, help="Set this alias on the new Keras version.")
 @click.option("--experiment-id", help="Log the conversion run here (default: the source's).")
 @click.option("--max-rel-error", type=float, help="Parity tolerance override.")
 @click.option("--min-cosine", type=float, help="Parity tolerance override.")
@@ -165,6 +171,44 @@ def convert(model_uri, registered_model_name, alias, experiment_id, max_rel_erro
     for key in sorted(version.tags):
         if key.startswith("tflite_keras.parity_"):
             click.echo(f"  {key.split('.', 1)[1]}: {version.tags[key]}")
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training data: .npz with arrays x and y, or CSV (target column y or last).")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--registered-model-name", help="Keras version's name (default: the source's).")
+@click.option("--tflite-registered-model-name",
+              help="Exported .tflite's name (default: the source .tflite's).")
+@click.option("--allow-interface-changes", is_flag=True,
+              help="Export even if inputs/outputs differ from the source .tflite.")
+def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered_model_name,
+             tflite_registered_model_name, allow_interface_changes):
+    """Fine-tune a Keras version (or a .tflite flavor model, reconstructed first) on your data,
+    then register the fine-tuned Keras model and a .tflite exported with the source's
+    quantization recipe and interface, chained in the lineage tags."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_tflite_keras.finetune import finetune as run_finetune
+
+    _tracking()
+    try:
+        result = run_finetune(model_uri, data_path, epochs=epochs, batch_size=batch_size,
+                              learning_rate=learning_rate,
+                              registered_model_name=registered_model_name,
+                              tflite_registered_model_name=tflite_registered_model_name,
+                              allow_interface_changes=allow_interface_changes,
+                              progress=_progress)
+    except MlflowException as e:
+        _fail(e)
+    k, t = result.keras_version, result.tflite_version
+    click.echo(f"keras: models:/{k.name}/{k.version}")
+    click.echo(f"tflite: models:/{t.name}/{t.version}")
+    click.echo(f"lineage: {t.tags.get('tflite_keras.lineage')}")
+    click.echo(str(result.parity))
 
 
 @cli.command()

@@ -1,11 +1,21 @@
-"""Keras -> ``.tflite`` with a named quantization recipe (TensorFlow needed)."""
+"""Keras -> ``.tflite`` with a named quantization recipe (TensorFlow needed).
+
+:func:`keras_to_tflite` converts with a recipe; :func:`export_tflite` converts "like" a source
+model (same recipe, same interface types) and checks with :func:`compare_interfaces` that the
+app sees the same interface.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import os
+import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
@@ -84,7 +94,474 @@ def _convert(converter, recipe, representative_data, inference_input_type,
         converter.inference_output_type = tf.as_dtype(inference_output_type or io_type)
     try:
         # TensorFlow prints its SavedModel export summary to stdout; keep CLI output clean.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # Calibration uses tf.lite.Interpreter, which warns that it is deprecated.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
             return converter.convert()
     except Exception as e:
         raise MlflowException(f"TFLiteConverter failed for recipe '{recipe}': {e}") from e
+
+
+# ---- round trip: export like a source model, and check the interface ---------------------------
+
+_log = logging.getLogger(__name__)
+
+#: ``TFLiteModel.quantization_kind`` -> the recipe that reproduces it.
+RECIPE_FOR_KIND = {"none": "float32", "float16": "float16", "dynamic-range": "dynamic-range",
+                   "full-int8": "full-int8", "full-uint8": "full-uint8", "int16x8": "int16x8"}
+_FULL_INTEGER = ("full-int8", "full-uint8", "int16x8")
+# What TFLiteConverter accepts as interface types per recipe (float32 keeps float I/O).
+_IO_TYPES = {"full-int8": ("float32", "int8", "uint8"), "full-uint8": ("float32", "int8", "uint8"),
+             "int16x8": ("float32", "int16")}
+_QUANTIZED_IO = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16"}
+
+
+@dataclass(frozen=True)
+class InterfaceDifference:
+    """One way the new model's interface differs from the source's."""
+
+    what: str  # "signature", "input", "output", "name", "shape", "dtype", "quantized",
+    #            "order", "quantization kind"
+    where: str  # e.g. "output 'output_0'", "signature 'serving_default'", "model"
+    source: object
+    new: object
+
+    def to_dict(self) -> dict:
+        return {"what": self.what, "where": self.where, "source": self.source, "new": self.new}
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.what}: source {_fmt(self.source)}, new {_fmt(self.new)}"
+
+
+@dataclass
+class InterfaceReport:
+    """The result of :func:`compare_interfaces`: empty ``differences`` means the app sees the
+    same interface (names, ranks and shapes, dtypes, quantization kind)."""
+
+    source_quantization: str
+    new_quantization: str
+    matched_by: str  # "signature" (SignatureDef names) or "order" (source has no SignatureDef)
+    differences: list[InterfaceDifference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "source_quantization": self.source_quantization,
+                "new_quantization": self.new_quantization, "matched_by": self.matched_by,
+                "differences": [d.to_dict() for d in self.differences], "notes": list(self.notes)}
+
+    def __str__(self) -> str:
+        if self.ok:
+            head = "The interfaces match"
+        else:
+            head = f"{len(self.differences)} interface difference(s)"
+        lines = [f"{head} (quantization: source {self.source_quantization}, "
+                 f"new {self.new_quantization}; matched by {self.matched_by})."]
+        lines += [f"  - {d}" for d in self.differences]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class InterfaceChangedError(MlflowException):
+    """``export_tflite`` produced a model whose interface differs from the source's."""
+
+    def __init__(self, report: InterfaceReport):
+        super().__init__(
+            "The exported model's interface differs from the source model's "
+            f"({len(report.differences)} difference(s)):\n"
+            + "\n".join(f"  - {d}" for d in report.differences)
+            + "\nPass allow_interface_changes=True to accept these changes.",
+            error_code=INVALID_PARAMETER_VALUE)
+        self.report = report
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+def load_like(like):
+    """A :class:`TFLiteModel` from a ``.tflite`` path or bytes, a TFLiteModel, a loaded
+    flavor model, or any MLflow model URI (or local model directory) of the tflite_keras
+    flavor."""
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    if isinstance(like, TFLiteModel):
+        return like
+    if isinstance(like, (bytes, bytearray, memoryview)):
+        return TFLiteModel(bytes(like))
+    if hasattr(like, "model_bytes") and not isinstance(like, (str, os.PathLike)):
+        return TFLiteModel(like.model_bytes)  # LoadedTFLiteModel
+    if isinstance(like, (str, os.PathLike)):
+        path = os.fspath(like)
+        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path):
+            return TFLiteModel.load(path)
+        import mlflow_tflite_keras.flavor as flavor  # lazily: MLflow model URI or directory
+
+        try:
+            return TFLiteModel(flavor.load_model(path).model_bytes)
+        except MlflowException:
+            raise
+        except Exception as e:
+            raise MlflowException(
+                f"Cannot load the source model '{path}': it is neither a .tflite file nor an "
+                f"MLflow model of the tflite_keras flavor ({type(e).__name__}: {e}).",
+                error_code=INVALID_PARAMETER_VALUE) from e
+    raise MlflowException(
+        "like must be a .tflite path, its bytes, a TFLiteModel or an MLflow model URI of the "
+        f"tflite_keras flavor; got {type(like).__name__}.", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _norm(name: str) -> str:
+    """Compare names as the app would recognise them: 'serving_default_x:0' ~ 'x'."""
+    name = str(name).split(":")[0]
+    if name.startswith("serving_default_"):
+        name = name[len("serving_default_"):]
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _pair_by_name(source: dict, new: dict):
+    """Pairs (source name, new name, renamed?) by exact name, then by normalised name, then a
+    single leftover on each side; and the unmatched names of each side."""
+    pairs = [(n, n, False) for n in source if n in new]
+    left_src = [n for n in source if n not in new]
+    left_new = [n for n in new if n not in source]
+    for n in list(left_src):
+        candidates = [m for m in left_new if _norm(m) == _norm(n)]
+        if len(candidates) == 1:
+            pairs.append((n, candidates[0], True))
+            left_src.remove(n)
+            left_new.remove(candidates[0])
+    if len(left_src) == 1 and len(left_new) == 1:
+        pairs.append((left_src[0], left_new[0], True))
+        left_src, left_new = [], []
+    order = list(source)
+    pairs.sort(key=lambda p: order.index(p[0]))
+    return pairs, left_src, left_new
+
+
+def _compare_tensor(where: str, src, new, diffs: list):
+    s_sig, n_sig = list(src.shape_signature), list(new.shape_signature)
+    if len(s_sig) != len(n_sig):
+        diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
+    else:
+        for axis, (a, b) in enumerate(zip(s_sig, n_sig)):
+            # A batch dimension that became dynamic still accepts what the app feeds.
+            if a != b and not (axis == 0 and b == -1):
+                diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
+                break
+    if src.type_name != new.type_name:
+        diffs.append(InterfaceDifference("dtype", where, src.type_name.lower(),
+                                         new.type_name.lower()))
+    elif (src.quantization is not None) != (new.quantization is not None) and \
+            src.type_name in _QUANTIZED_IO:
+        diffs.append(InterfaceDifference("quantized", where, src.quantization is not None,
+                                         new.quantization is not None))
+
+
+def _sig_tensors(model, sig, which: str) -> dict:
+    sg = model.subgraphs[sig.subgraph_index]
+    return {name: sg.tensors[i] for name, i in getattr(sig, which).items()}
+
+
+def compare_interfaces(source, new) -> InterfaceReport:
+    """Compare what an app sees of two models (each a ``.tflite`` path or bytes, a
+    TFLiteModel or an MLflow model URI): SignatureDef keys and input/output names (by order
+    when the source has no SignatureDef), ranks and shapes (``-1`` where dynamic; a batch
+    dimension that became dynamic is compatible), dtypes and the quantization kind."""
+    src, dst = load_like(source), load_like(new)
+    report = InterfaceReport(src.quantization_kind, dst.quantization_kind,
+                             "signature" if src.signatures else "order")
+    diffs = report.differences
+    if src.quantization_kind != dst.quantization_kind:
+        diffs.append(InterfaceDifference("quantization kind", "model", src.quantization_kind,
+                                         dst.quantization_kind))
+    if src.signatures:
+        new_keys = {s.key: s for s in dst.signatures}
+        for i, sig in enumerate(src.signatures):
+            other = new_keys.get(sig.key)
+            if other is None and i == 0 and dst.signatures and \
+                    not any(s.key == dst.signatures[0].key for s in src.signatures):
+                other = dst.signatures[0]
+                diffs.append(InterfaceDifference("key", "signature", sig.key, other.key))
+            if other is None:
+                diffs.append(InterfaceDifference("signature", f"signature '{sig.key}'",
+                                                 "present", "missing"))
+                continue
+            prefix = f"signature '{sig.key}' " if len(src.signatures) > 1 else ""
+            for which in ("inputs", "outputs"):
+                _compare_named(prefix + which[:-1], _sig_tensors(src, sig, which),
+                               _sig_tensors(dst, other, which), diffs)
+        extra = [s.key for s in dst.signatures if s.key not in {x.key for x in src.signatures}
+                 and s.key != dst.signatures[0].key]
+        if extra:
+            report.notes.append(f"The new model has extra signatures: {extra}.")
+    else:
+        report.notes.append("The source has no SignatureDef: inputs and outputs are matched "
+                            "by position, tensor names are not compared.")
+        s_main, d_main = src.main, dst.main
+        _compare_ordered("input", [s_main.tensors[i] for i in s_main.inputs],
+                         [d_main.tensors[i] for i in d_main.inputs], diffs)
+        _compare_ordered("output", [s_main.tensors[i] for i in s_main.outputs],
+                         [d_main.tensors[i] for i in d_main.outputs], diffs)
+    return report
+
+
+def _compare_named(kind: str, source: dict, new: dict, diffs: list):
+    pairs, missing, extra = _pair_by_name(source, new)
+    for s_name, n_name, renamed in pairs:
+        if renamed:
+            diffs.append(InterfaceDifference("name", f"{kind} '{s_name}'", s_name, n_name))
+        _compare_tensor(f"{kind} '{s_name}'", source[s_name], new[n_name], diffs)
+    for name in missing:
+        diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "present", "missing"))
+    for name in extra:
+        diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "absent", "added"))
+
+
+def _compare_ordered(kind: str, source: list, new: list, diffs: list):
+    if len(source) != len(new):
+        diffs.append(InterfaceDifference(f"{kind} count", "model", len(source), len(new)))
+    for i, (s, n) in enumerate(zip(source, new)):
+        _compare_tensor(f"{kind} #{i} ('{s.name}')", s, n, diffs)
+    # The same inputs in another order would go unnoticed when they share shape and dtype.
+    s_names, n_names = [_norm(t.name) for t in source], [_norm(t.name) for t in new]
+    if sorted(s_names) == sorted(n_names) and len(set(s_names)) == len(s_names) and \
+            s_names != n_names and kind == "input":
+        diffs.append(InterfaceDifference("order", f"{kind}s", s_names, n_names))
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+def _interface_types(source, recipe: str):
+    """Interface types of a full-integer recipe that keep the source's I/O: a source whose
+    float inputs were quantized (int8/uint8/int16) keeps that type, otherwise float32."""
+    allowed = _IO_TYPES[recipe]
+    sig = source.signature()
+    types = []
+    for which in ("inputs", "outputs"):
+        found = {_QUANTIZED_IO[t.type_name] for t in _sig_tensors(source, sig, which).values()
+                 if t.type_name in _QUANTIZED_IO and t.quantization is not None}
+        found = [t for t in found if t in allowed]
+        types.append(np.dtype(found[0]) if len(found) == 1 else np.dtype(np.float32))
+    return types
+
+
+def _align_names(keras_model, source):
+    """Wrap a functional Keras model so that Keras' SavedModel export gives its inputs and
+    outputs the source's signature names, where the correspondence is unambiguous (same name
+    up to case and punctuation, or a single input / output on both sides).
+
+    Returns ``(model, {original input name: new name})``.
+    """
+    import keras
+
+    if not source.signatures:
+        return keras_model, {}  # only tensor names, which the export cannot set anyway
+    sig = source.signature()
+    src_in, src_out = list(sig.inputs), list(sig.outputs)
+    try:
+        inputs = list(keras_model.inputs)
+        outputs = list(keras_model.outputs)
+    except (AttributeError, ValueError):
+        return keras_model, {}  # subclassed / unbuilt: export as is
+    if not inputs or not outputs:
+        return keras_model, {}
+    in_names = [t.name for t in inputs]
+    in_map = _name_map(in_names, src_in)
+    out_struct = getattr(keras_model, "_outputs_struct", None)
+    out_keys = list(out_struct) if isinstance(out_struct, dict) else None
+    out_map = {}
+    if out_keys is not None:
+        out_map = _name_map(out_keys, src_out)
+    elif len(outputs) == 1 and len(src_out) == 1 and src_out[0] != "output_0":
+        out_map = {None: src_out[0]}
+    in_map = {k: v for k, v in in_map.items() if k != v}
+    out_map = {k: v for k, v in out_map.items() if k != v}
+    if not in_map and not out_map:
+        return keras_model, {}
+    new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=in_map.get(t.name, t.name))
+                  for t in inputs]
+    in_struct = getattr(keras_model, "_inputs_struct", None)
+    if isinstance(in_struct, dict):
+        by_name = dict(zip(in_names, new_inputs))
+        call_args = {k: by_name[v.name] for k, v in in_struct.items()}
+        model_inputs = {in_map.get(t.name, t.name): x for t, x in zip(inputs, new_inputs)}
+    else:
+        call_args = new_inputs[0] if len(new_inputs) == 1 else new_inputs
+        model_inputs = call_args
+    result = keras_model(call_args)
+    if out_keys is not None:
+        result = {out_map.get(k, k): result[k] for k in out_keys}
+    elif out_map:
+        result = {out_map[None]: result}
+    wrapped = keras.Model(model_inputs, result, name=keras_model.name)
+    return wrapped, in_map
+
+
+def _name_map(names: list, target: list) -> dict:
+    """name -> target name by exact, then normalised match, then a single leftover."""
+    mapping = {n: n for n in names if n in target}
+    left = [t for t in target if t not in mapping.values()]
+    for n in names:
+        if n in mapping:
+            continue
+        candidates = [t for t in left if _norm(t) == _norm(n)]
+        if len(candidates) == 1:
+            mapping[n] = candidates[0]
+            left.remove(candidates[0])
+    rest = [n for n in names if n not in mapping]
+    if len(rest) == 1 and len(left) == 1:
+        mapping[rest[0]] = left[0]
+    return mapping
+
+
+def _samples(data, specs: dict, order: list, aliases: dict, limit: int):
+    """A representative dataset yielding dicts by signature input name, drawn from an array,
+    a list of arrays (one per input, in the Keras model's input order), a dict by input
+    name, or a callable returning an iterable of such samples (already batched)."""
+    names = list(order)
+
+    def as_dict(sample) -> dict:
+        if isinstance(sample, dict):
+            out = {}
+            for key, value in sample.items():
+                name = key if key in specs else aliases.get(key)
+                if name is None:
+                    matches = [n for n in specs if _norm(n) == _norm(key)]
+                    name = matches[0] if len(matches) == 1 else None
+                if name is None:
+                    raise MlflowException(
+                        f"representative_data has an entry '{key}' that matches no input of "
+                        f"the model; its inputs are {names}.", error_code=INVALID_PARAMETER_VALUE)
+                out[name] = value
+        elif isinstance(sample, (list, tuple)):
+            out = dict(zip(names, sample))
+            if len(sample) != len(names):
+                raise MlflowException(
+                    f"representative_data gives {len(sample)} arrays for {len(names)} inputs "
+                    f"{names}.", error_code=INVALID_PARAMETER_VALUE)
+        else:
+            if len(names) != 1:
+                raise MlflowException(
+                    f"representative_data is a single array but the model has {len(names)} "
+                    f"inputs {names}: give a list (in input order) or a dict by input name.",
+                    error_code=INVALID_PARAMETER_VALUE)
+            out = {names[0]: sample}
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise MlflowException(f"representative_data has nothing for input(s) {missing}.",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        return out
+
+    def shaped(name, value, batched: bool):
+        shape, dtype = specs[name]
+        value = np.asarray(value)
+        value = value.astype(dtype) if value.dtype != dtype else value
+        if not batched and value.ndim == len(shape) - 1:
+            value = value[None]
+        return value
+
+    if callable(data):
+        def generate():
+            for count, sample in enumerate(data()):
+                if count >= limit:
+                    break
+                yield {n: shaped(n, v, False) for n, v in as_dict(sample).items()}
+        return generate
+
+    columns = {n: np.asarray(v) for n, v in as_dict(data).items()}
+    for n, v in columns.items():  # a single sample without its batch dimension
+        if v.ndim == len(specs[n][0]) - 1:
+            columns[n] = v[None]
+    count = min(limit, min(len(v) for v in columns.values()))
+    if count == 0:
+        raise MlflowException("representative_data is empty.", error_code=INVALID_PARAMETER_VALUE)
+
+    def generate():
+        for i in range(count):
+            yield {n: shaped(n, v[i:i + 1], True) for n, v in columns.items()}
+    return generate
+
+
+def export_tflite(keras_model, *, like=None, recipe: str | None = None, representative_data=None,
+                  allow_interface_changes: bool = False, num_samples: int = 200,
+                  inference_input_type=None, inference_output_type=None,
+                  align_names: bool = True, return_report: bool = False):
+    """Convert ``keras_model`` to ``.tflite`` the way ``like`` was converted, and check that
+    the app sees the same interface.
+
+    Args:
+        keras_model: a Keras 3 model (e.g. retrained, or rebuilt with
+            :func:`mlflow_tflite_keras.converter.to_keras`).
+        like: the source model: a ``.tflite`` path or bytes, a TFLiteModel, or an MLflow model
+            URI / directory of the tflite_keras flavor. Its quantization kind gives the recipe
+            and its interface tensors the inference input/output types (a full-int8 source
+            with int8 I/O keeps int8 I/O, one with float I/O keeps float I/O).
+        recipe: overrides the inferred recipe (default ``float32`` without ``like``).
+        representative_data: calibration data for the full-integer recipes: an array
+            (single input), a list of arrays (one per input, in the model's input order), a
+            dict by input name, or a callable returning an iterable of such samples. Up to
+            ``num_samples`` samples are drawn.
+        allow_interface_changes: accept (with a warning) a result whose interface differs;
+            otherwise an :class:`InterfaceChangedError` lists every difference.
+        align_names: give the export the source's signature names where the correspondence is
+            unambiguous (same name up to punctuation, or a single input/output).
+        return_report: return ``(bytes, InterfaceReport)`` instead of the bytes.
+    """
+    import tensorflow as tf
+
+    source = load_like(like) if like is not None else None
+    if recipe is None:
+        recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
+    recipe = normalize_recipe(recipe)
+    if recipe in _FULL_INTEGER:
+        if representative_data is None:
+            origin = f"The source model is {source.quantization_kind}-quantized; recreating " \
+                     "that recipe" if source is not None else f"Recipe '{recipe}'"
+            raise MlflowException(
+                f"{origin} needs representative_data to calibrate activations: an array, a "
+                "list of arrays (one per input), a dict by input name, or a callable yielding "
+                "samples.", error_code=INVALID_PARAMETER_VALUE)
+        if source is not None:
+            in_type, out_type = _interface_types(source, recipe)
+            inference_input_type = inference_input_type or in_type
+            inference_output_type = inference_output_type or out_type
+    elif inference_input_type is not None or inference_output_type is not None:
+        _log.warning("Recipe '%s' ignores inference_input_type / inference_output_type.", recipe)
+
+    aliases = {}
+    if source is not None and align_names:
+        keras_model, aliases = _align_names(keras_model, source)
+
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        with contextlib.redirect_stdout(io.StringIO()):
+            keras_model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        dataset = None
+        if recipe in _FULL_INTEGER:
+            signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+            specs = {name: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
+                     for name, spec in signature.structured_input_signature[1].items()}
+            order = [aliases.get(t.name, t.name) for t in getattr(keras_model, "inputs", [])]
+            if sorted(order) != sorted(specs):
+                order = list(specs)
+            dataset = _samples(representative_data, specs, order, aliases, num_samples)
+        result = _convert(converter, recipe, dataset, inference_input_type,
+                          inference_output_type)
+    if source is None:
+        return (result, None) if return_report else result
+
+    report = compare_interfaces(source, result)
+    if not report.ok:
+        if not allow_interface_changes:
+            raise InterfaceChangedError(report)
+        _log.warning("The exported model's interface differs from the source's:\n%s", report)
+    return (result, report) if return_report else result

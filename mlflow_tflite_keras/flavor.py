@@ -421,15 +421,13 @@ def _feeds_from(data, runner: TFLiteRunner, signature_key):
             values = data.to_numpy()
             if values.dtype == object:
                 values = _stack_cells(data.iloc[:, 0]) if data.shape[1] == 1 else values
-            row_shape = spec.inputs[0].shape[1:] if spec.batched else spec.inputs[0].shape[1:]
-            if spec.batched and values.ndim == 2 and int(np.prod(row_shape)) == values.shape[1]:
-                values = values.reshape((values.shape[0], *row_shape))
-            return values
+            return _unflatten(values, spec.inputs[0], spec.batched)
         missing = [n for n in names if n not in data.columns]
         if missing:
             raise MlflowException(f"The DataFrame lacks column(s) {missing} for the model's "
                                   f"inputs {names}.", error_code=INVALID_PARAMETER_VALUE)
-        return {n: _stack_cells(data[n]) for n in names}
+        return {s.name: _unflatten(_stack_cells(data[s.name]), s, spec.batched)
+                for s in spec.inputs}
     if isinstance(data, dict):
         return {k: np.asarray(v) if isinstance(v, list) else v for k, v in data.items()}
     if isinstance(data, (np.ndarray, list)):
@@ -439,16 +437,38 @@ def _feeds_from(data, runner: TFLiteRunner, signature_key):
         f"{type(data).__name__}.", error_code=INVALID_PARAMETER_VALUE)
 
 
+def _unflatten(values: np.ndarray, tensor, batched: bool) -> np.ndarray:
+    """Rows given flat ([N, prod(row shape)], e.g. a Spark array column) -> the input's row
+    shape, in C order. Anything else is left to the runner's shape check."""
+    row_shape = tuple(tensor.shape[1:])
+    if (batched and values.ndim == 2 and len(row_shape) > 1
+            and int(np.prod(row_shape)) == values.shape[1]):
+        return values.reshape((values.shape[0], *row_shape))
+    return values
+
+
 def _stack_cells(column: pd.Series) -> np.ndarray:
-    """A tensor column (one array per cell, as MLflow sends them) -> one batched array."""
+    """A tensor column (one array per cell, as MLflow sends them) -> one batched array.
+
+    Cells may be flat or nested: Spark hands an ``array<array<...>>`` cell to pandas as an
+    object array of arrays, which is densified level by level.
+    """
     values = column.to_numpy()
     if values.dtype != object:
         return values
     try:
-        return np.stack([np.asarray(v) for v in values])
+        return np.stack([_dense(v) for v in values])
     except ValueError as e:
         raise MlflowException(f"Column '{column.name}' has cells of different shapes: {e}",
                               error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def _dense(cell) -> np.ndarray:
+    """One cell (list, array, or object array of arrays as Spark's nested arrays) -> an array."""
+    a = np.asarray(cell)
+    if a.dtype == object and a.ndim > 0 and a.size and isinstance(a.flat[0], (np.ndarray, list)):
+        return np.stack([_dense(v) for v in a])
+    return a
 
 
 class _TFLitePyfuncWrapper:

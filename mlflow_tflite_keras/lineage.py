@@ -37,6 +37,8 @@ SOURCE_SHA256 = TAG_PREFIX + "source_sha256"
 CONVERTER_VERSION = TAG_PREFIX + "converter_version"
 METHOD = TAG_PREFIX + "method"
 KERAS_VERSIONS = TAG_PREFIX + "keras_versions"  # on the source: "name/3,name/5"
+PARENT = TAG_PREFIX + "parent"  # the version (or URI) this one was made from
+CHAIN = TAG_PREFIX + "lineage"  # the whole path: "name/1 -> name/2 -> ..."
 PARITY_PREFIX = TAG_PREFIX + "parity_"
 
 
@@ -60,7 +62,7 @@ def resolve_source(model_uri: str, client: MlflowClient) -> SourceModel:
         name = match.group(1)
         mv = (client.get_model_version(name, match.group(2)) if match.group(2)
               else client.get_model_version_by_alias(name, match.group(3)))
-        version, run_id, model_id = mv.version, mv.run_id, getattr(mv, "model_id", None)
+        version, run_id, model_id = mv.version, mv.run_id, model_id_of(mv)
     elif (m := re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)):
         model_id = m.group(1)
         run_id = client.get_logged_model(model_id).source_run_id
@@ -69,13 +71,21 @@ def resolve_source(model_uri: str, client: MlflowClient) -> SourceModel:
     if name is None and (model_id or run_id):
         # Not given as a registered version: find one registered from the same model/run.
         found = client.search_model_versions(f"run_id = '{run_id}'") if run_id else []
-        found = [mv for mv in found if not model_id or getattr(mv, "model_id", None) == model_id]
+        found = [mv for mv in found if not model_id or model_id_of(mv) == model_id]
         found = [mv for mv in found if mv.tags.get(ROLE) != ROLE_KERAS]
         if len(found) == 1:
             name, version = found[0].name, found[0].version
-            model_id = model_id or getattr(found[0], "model_id", None)
+            model_id = model_id or model_id_of(found[0])
     experiment_id = client.get_run(run_id).info.experiment_id if run_id else None
     return SourceModel(model_uri, name, version, run_id, model_id, experiment_id)
+
+
+def model_id_of(mv) -> str | None:
+    """The logged model behind a version (stores fill ``model_id`` or only ``source``)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", mv.source or "")
+    return match.group(1) if match else None
 
 
 def register_keras_version(
@@ -144,8 +154,6 @@ def register_keras_version(
                 artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
                 model=result.model, signature=_keras_signature(source_info),
                 input_example=_keras_input_example(input_example, source_info),
-                # The reconstructed model uses this package's layers.
-                extra_pip_requirements=[f"mlflow-tflite-keras=={__version__}"],
             )
             tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id)
             mlflow.set_logged_model_tags(info.model_id, tags)
@@ -161,6 +169,8 @@ def register_keras_version(
             client.update_model_version(target_name, version.version,
                                         description=_description(source, model_uri, report,
                                                                  result.report, run.info.run_id))
+            client.set_model_version_tag(target_name, version.version, CHAIN,
+                                         f"{tags[PARENT]} -> {target_name}/{version.version}")
             if alias:
                 client.set_registered_model_alias(target_name, alias, version.version)
             _link_source(client, source, f"{target_name}/{version.version}")
@@ -185,6 +195,8 @@ def _lineage_tags(source: SourceModel, model_uri, sha256, report, run_id) -> dic
     if source.registered_name:
         tags[SOURCE_NAME] = source.registered_name
         tags[SOURCE_VERSION] = str(source.version)
+    tags[PARENT] = (f"{source.registered_name}/{source.version}" if source.registered_name
+                    else model_uri)
     if source.run_id:
         tags[SOURCE_RUN] = source.run_id
     if source.model_id:
@@ -249,9 +261,20 @@ def _input_example(source_info: Model, local_path: str):
     return np.asarray(example)
 
 
+def keras_pip_requirements() -> list[str]:
+    """What a reconstructed Keras model needs, pinned to this environment. Given explicitly,
+    so mlflow.keras does not load the model in a subprocess to infer them (slow)."""
+    from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+    return [*(_get_pinned_requirement(p) for p in ("mlflow", "keras", "tensorflow", "numpy")),
+            f"mlflow-tflite-keras=={__version__}"]
+
+
 def _save_keras_model(path, **kwargs):
     # mlflow.keras.save_model (3.17) writes the input example before creating the directory.
     os.makedirs(path, exist_ok=True)
+    if kwargs.get("pip_requirements") is None and kwargs.get("conda_env") is None:
+        kwargs["pip_requirements"] = keras_pip_requirements()
     mlflow.keras.save_model(path=path, **kwargs)
 
 

@@ -30,13 +30,28 @@ def cnn(recipe: str = "float32") -> bytes:
                               representative=lambda: digits()[0][:64])
 
 
-def make_fixed_batch_cnn():
-    return make_cnn(batch_size=1)
-
-
 def fixed_batch_cnn() -> bytes:
-    """The same network fixed at batch 1 (shape_signature [1, 8, 8, 1]), as many real models."""
-    return keras_model_tflite("flavor-fixed-batch", make_fixed_batch_cnn)
+    """A small CNN traced at a fixed [1, 8, 8, 1] input (shape_signature without -1), as
+    many real models are. (Keras's ``model.export`` would make the batch dynamic again.)"""
+
+    def make():
+        import numpy as np
+        import tensorflow as tf
+
+        rng = np.random.default_rng(8)
+        kernel = tf.constant(rng.normal(0, 0.5, (3, 3, 1, 4)).astype(np.float32))
+        dense = tf.constant(rng.normal(0, 0.2, (8 * 8 * 4, 10)).astype(np.float32))
+
+        @tf.function
+        def cnn(x):
+            h = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"))
+            return {"probs": tf.nn.softmax(tf.reshape(h, [1, -1]) @ dense)}
+
+        module = tf.Module()
+        module.cnn = cnn
+        return [cnn.get_concrete_function(tf.TensorSpec([1, 8, 8, 1], tf.float32))], module
+
+    return concrete_functions_tflite("flavor-fixed-batch-cnn", make)
 
 
 def make_multi_io():

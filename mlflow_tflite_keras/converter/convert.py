@@ -7,12 +7,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import keras
-import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
 from mlflow_tflite_keras.converter.registry import load_handlers
+from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 
@@ -64,61 +63,51 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     handlers = load_handlers()
     check_supported(graph, handlers)
 
-    ctx = BuildContext(graph)
     in_names, out_names = graph.signature_names
     batched = _batched(graph)
-    keras_inputs = {}
+    # A fixed batch of 1 with loops or branches: TFLite's graph (and its loop bodies) bakes
+    # the batch of 1 in, so the model is built for exactly one example and mapped over the
+    # batch (what the interpreter does too: one invoke per row).
+    per_example = batched and _per_example(model, graph, signature)
+    specs = []
     for t in (graph.tensors[i] for i in signature.inputs.values()):
-        input_name = _sanitize(in_names.get(t.index, t.name))
         shape = tuple(None if d == -1 else d for d in t.shape_signature)
-        x = keras.Input(batch_shape=(None, *shape[1:]) if batched else shape,
-                        dtype=t.float_dtype, name=input_name)
-        keras_inputs[input_name] = x
-        ctx.values[t.index] = x
+        if batched and not per_example:
+            shape = (None, *shape[1:])
+        specs.append(InputSpec(t.index, _sanitize(in_names.get(t.index, t.name)), shape,
+                               t.float_dtype))
+    output_names = [_sanitize(out_names.get(index, out_name))
+                    for out_name, index in signature.outputs.items()]
 
     report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts())
-    for op in graph.ops:
-        ctx._current_op = op
-        try:
-            outputs = handlers[op.type].convert(op, ctx)
-        except ConversionError as e:
-            raise MlflowException(f"Cannot convert op {op.index} ({op.type}, output "
-                                  f"'{op.outputs[0].name if op.outputs else '-'}'): {e}") from e
-        if len(outputs) != len(op.outputs):
-            raise MlflowException(f"Handler for {op.type} returned {len(outputs)} values for "
-                                  f"{len(op.outputs)} outputs.")
-        for t, v in zip(op.outputs, outputs):
-            ctx.values[t.index] = v
-        key = f"{op.index}:{op.type}"
-        if all(isinstance(v, np.ndarray) for v in outputs):
-            report.folded_ops.append(key)
-        else:
-            report.layers[key] = ctx.layers_by_op.get(op.index, [])
-    report.notes = ctx.notes
+    model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
+    built = build_subgraph(model, signature.subgraph_index, specs,
+                           list(signature.outputs.values()), name=model_name,
+                           handlers=handlers, report=report, output_names=output_names,
+                           dict_inputs=True, graph=graph)
+    report.notes = built.ctx.notes
+    keras_model = built.model
+    if per_example:
+        from mlflow_tflite_keras.converter.ops.control_flow import per_example_model
 
-    keras_outputs = {}
-    for out_name, index in signature.outputs.items():
-        value = ctx.values.get(index)
-        if value is None or isinstance(value, np.ndarray):
-            raise MlflowException(f"Output '{out_name}' is a constant; the converter only "
-                                  "builds outputs that depend on the inputs.")
-        keras_outputs[_sanitize(out_names.get(index, out_name))] = value
-    inputs = list(keras_inputs.values())
-    outputs = list(keras_outputs.values())
-    keras_model = keras.Model(
-        inputs=inputs[0] if len(inputs) == 1 else keras_inputs,
-        outputs=outputs[0] if len(outputs) == 1 else keras_outputs,
-        name=_sanitize(name or model.description or "reconstructed") or "reconstructed",
-    )
+        keras_model = per_example_model(keras_model, name=model_name)
+        report.notes.append("Fixed batch of 1 with control flow: the model is built for one "
+                            "example and mapped over the batch (PerExample).")
     return ConversionResult(keras_model, report)
 
 
 def check_supported(graph: Graph, handlers) -> None:
     """Raise one error naming every unsupported op (custom ops by custom code), with counts
     and the tensors involved, before anything is built."""
+    from mlflow_tflite_keras.converter.ops.control_flow import reachable_subgraphs
+
     missing: Counter = Counter()
     where: dict[str, list[str]] = {}
-    for op in graph.ops:
+    ops = list(graph.ops)
+    for index in sorted(reachable_subgraphs(graph.model, graph.subgraph_index)):
+        if index != graph.subgraph_index:  # loop bodies, branches, initializers
+            ops += build_graph(graph.model, index).ops
+    for op in ops:
         if op.type not in handlers:
             label = f"CUSTOM:{op.type}" if op.is_custom else op.type
             missing[label] += 1
@@ -139,6 +128,23 @@ def _batched(graph: Graph) -> bool:
     return bool(ins) and all(
         t.rank >= 1 and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and t.rank >= 2))
         for t in ins)
+
+
+def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
+    """Fixed batch of 1 (every input and output), and WHILE/IF in the subgraphs it runs."""
+    from mlflow_tflite_keras.converter.ops.control_flow import (
+        LOOP_AND_BRANCH_OPS,
+        reachable_subgraphs,
+    )
+
+    if any(graph.tensors[i].shape_signature[0] != 1 for i in signature.inputs.values()):
+        return False
+    if any(graph.tensors[i].rank < 1 or graph.tensors[i].shape_signature[0] != 1
+           for i in signature.outputs.values()):
+        return False
+    return any(op.name in LOOP_AND_BRANCH_OPS
+               for i in reachable_subgraphs(model, graph.subgraph_index)
+               for op in model.subgraphs[i].operators)
 
 
 def _sanitize(name: str) -> str:

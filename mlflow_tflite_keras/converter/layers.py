@@ -291,3 +291,14 @@ def where_indices(condition):
 def arg_reduce(x, axis=-1, mode="max", dtype="int64"):
     fn = ops.argmax if mode == "max" else ops.argmin
     return ops.cast(fn(x, axis=axis), dtype)
+
+
+import mlflow_tflite_keras.tflite_layer  # noqa: E402,F401  (registers TFLiteLayer)
+
+
+@extra_op
+def add_exact(x, y):
+    """``x + y`` with numpy broadcasting. ``keras.ops.add`` on TensorFlow turns some
+    broadcasts, e.g. (N, C) + (N, 1) with N == C, into ``bias_add`` along the wrong axis;
+    ``x - (-y)`` is the same sum, exactly, without that shortcut."""
+    return ops.subtract(x, ops.negative(y))

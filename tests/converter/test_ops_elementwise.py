@@ -237,3 +237,11 @@ def test_add_n(fn, inputs):
     if len(inputs) == 3:
         assert "Add" in layer_types(model)
 
+
+
+def test_add_broadcast_column_when_batch_equals_channels():
+    """(N, C) + (N, 1) with N == C: keras.ops.add would take a bias_add shortcut along the
+    wrong axis on TensorFlow; the converter must add row-wise like TFLite."""
+    rows = np.arange(3, dtype=np.float32).reshape(3, 1)
+    check_op("ADD", lambda x, y: x + y,
+             [((3, 3), np.zeros((3, 3), np.float32)), ((3, 1), rows)])

@@ -237,7 +237,7 @@ def fully_connected(op, ctx):
         # Weights computed at run time: a matmul, not a layer.
         y = ctx.op(op, "matmul", x, ctx.op(op, "transpose", weights, suffix="_wt"))
         if bias is not None:
-            y = ctx.op(op, "add", y, bias, suffix="_bias")
+            y = ctx.op(op, "add_exact", y, bias, suffix="_bias")
         return [ctx.activation(op, y)]
     act = ctx.activation_name(op)
     layer = keras.layers.Dense(weights.shape[0], use_bias=bias is not None,

@@ -40,7 +40,7 @@ def _is_int(t) -> bool:
 
 @register("ADD", layer="keras.layers.Add / KerasOp(add)")
 def add(op, ctx):
-    return [ctx.activation(op, _binary(op, ctx, "add", keras.layers.Add))]
+    return [ctx.activation(op, _binary(op, ctx, "add_exact", keras.layers.Add))]
 
 
 @register("SUB", layer="keras.layers.Subtract / KerasOp(subtract)")
@@ -132,5 +132,5 @@ def add_n(op, ctx):
     values = sorted(values, key=lambda v: not ctx.is_const(v))
     total = values[0]
     for v in values[1:]:
-        total = ctx.op(op, "add", total, v)
+        total = ctx.op(op, "add_exact", total, v)
     return [total]

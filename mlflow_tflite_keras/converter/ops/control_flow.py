@@ -1,0 +1,564 @@
+"""Control flow: WHILE, IF, CALL_ONCE and resource variables (VAR_HANDLE, READ_VARIABLE,
+ASSIGN_VARIABLE).
+
+``WHILE`` and ``IF`` run other subgraphs. Each called subgraph is rebuilt as its own Keras
+functional model by the same handlers (:func:`~mlflow_tflite_keras.converter.subgraph.
+build_subgraph`), and the op becomes one serializable layer holding those models:
+:class:`WhileLoop` (``keras.ops.while_loop`` over the body model, ``tf.while_loop`` with shape
+invariants on the TensorFlow backend) and :class:`IfElse` (``keras.ops.cond``). Weights inside
+a body are ordinary layer weights of the nested model, so they train: gradients flow through
+the loop.
+
+Loop variables the body passes through unchanged (loop invariants) are not carried by the
+loop: a constant one (weights handed to the body) is bound as a constant inside the cond and
+body models, so handlers see a constant there (a real ``Dense`` kernel, for example); a
+computed one is carried as it is. A constant initial value of a changing variable is stored in
+the layer as a (non-trainable) weight.
+
+TFLite's Keras RNN graphs with a fixed batch of 1 bake the batch of 1 into the loop body
+(``[1, 24] -> [24]`` reshapes, ``[1, 1, units]`` accumulators). Such models are built for one
+example and mapped over the batch by :class:`PerExample`, as the interpreter runs them (one
+invoke per row); :func:`~mlflow_tflite_keras.converter.convert.convert` decides that.
+
+Resource variables: a variable that is only read, and initialized once by a ``CALL_ONCE``
+initializer subgraph, becomes a constant (its initial value). A variable assigned at run time
+(state carried from one invoke to the next, streaming models) cannot be expressed by a Keras
+functional model, which has no per-call persistent state: conversion fails and names the
+variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from mlflow_tflite_keras.converter.builder import ConversionError
+from mlflow_tflite_keras.converter.ir import build_graph
+from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
+from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, register
+from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
+
+LOOP_AND_BRANCH_OPS = {"WHILE", "IF"}
+_SUBGRAPH_OPTIONS = {
+    "WHILE": ("condSubgraphIndex", "bodySubgraphIndex"),
+    "IF": ("thenSubgraphIndex", "elseSubgraphIndex"),
+    "CALL_ONCE": ("initSubgraphIndex",),
+    "CALL": ("subgraph",),
+}
+
+
+def called_subgraphs(op_name: str, options) -> list[int]:
+    """The subgraph indices a control-flow op (``OperatorInfo``/``ir.Op`` options) calls."""
+    return [int(getattr(options, k)) for k in _SUBGRAPH_OPTIONS.get(op_name, ())
+            if options is not None and getattr(options, k, None) is not None]
+
+
+def reachable_subgraphs(model, start: int) -> set[int]:
+    """``start`` and every subgraph its control-flow ops call, transitively."""
+    seen, todo = set(), [start]
+    while todo:
+        index = todo.pop()
+        if index in seen or not 0 <= index < len(model.subgraphs):
+            continue
+        seen.add(index)
+        for op in model.subgraphs[index].operators:
+            todo.extend(called_subgraphs(op.name, op.options))
+    return seen
+
+
+# ---- helpers shared by the layers -------------------------------------------------------------
+
+def _call_model(model, xs):
+    out = model(xs[0] if len(model.inputs) == 1 else list(xs))
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _constant_weights(layer, constants):
+    layer.constant_positions = sorted(int(k) for k in constants)
+    layer._constant_values = {int(k): np.asarray(v) for k, v in constants.items()}
+    layer.constant_weights = [
+        layer.add_weight(name=f"constant_{p}", shape=layer._constant_values[p].shape,
+                         dtype=layer._constant_values[p].dtype.name, trainable=False,
+                         initializer=keras.initializers.Constant(layer._constant_values[p])
+                         if layer._constant_values[p].size else "zeros")
+        for p in layer.constant_positions]
+
+
+def _splice(layer, n, tensors):
+    """The ``n`` values: call tensors, with the stored constants at their positions."""
+    it = iter(tensors)
+    return [ops.convert_to_tensor(layer.constant_weights[layer.constant_positions.index(p)])
+            if p in layer.constant_positions else next(it) for p in range(n)]
+
+
+def _constants_config(layer):
+    return {str(p): {"shape": list(v.shape), "dtype": v.dtype.name}
+            for p, v in layer._constant_values.items()}
+
+
+def _constants_from_config(specs):
+    return {int(p): np.zeros(s["shape"], dtype=s["dtype"]) for p, s in (specs or {}).items()}
+
+
+def _flat(inputs):
+    if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+        return list(inputs[0])
+    return list(inputs)
+
+
+def _merge_shapes(a, b):
+    if len(a) != len(b):
+        return None
+    return tuple(x if x == y else None for x, y in zip(a, b))
+
+
+# ---- layers -----------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WhileLoop(keras.layers.Layer):
+    """TFLite ``WHILE``: ``while cond_model(*vars): vars = body_model(*vars)``.
+
+    ``n_vars`` loop variables; ``constants`` maps positions to initial values stored as
+    non-trainable weights (the others are the call's tensors, in order). ``shapes`` are the
+    loop variables' shape invariants (``None`` for a dimension that may change or is
+    dynamic).
+    """
+
+    def __init__(self, cond_model, body_model, n_vars: int, shapes=None, constants=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.cond_model = cond_model
+        self.body_model = body_model
+        self.n_vars = int(n_vars)
+        self.shapes = [None if s is None else [None if d is None else int(d) for d in s]
+                       for s in (shapes or [None] * self.n_vars)]
+        _constant_weights(self, constants or {})
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def loop(self, values):
+        dtypes = [v.dtype for v in values]
+
+        def cond(*xs):
+            out = _call_model(self.cond_model, xs)[0]
+            return ops.reshape(ops.cast(out, "bool"), ())
+
+        def body(*xs):
+            outs = _call_model(self.body_model, xs)
+            return tuple(ops.cast(o, d) if o.dtype != d else o for o, d in zip(outs, dtypes))
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            invariants = [tf.TensorShape(s) if s is not None else tf.TensorShape(None)
+                          for s in self.shapes]
+            return list(tf.while_loop(cond, body, tuple(values),
+                                      shape_invariants=tuple(invariants)))
+        return list(ops.while_loop(cond, body, tuple(values)))
+
+    def call(self, *inputs):
+        values = _splice(self, self.n_vars, _flat(inputs))
+        out = self.loop([ops.convert_to_tensor(v) for v in values])
+        return out if self.n_vars > 1 else out[0]
+
+    def compute_output_spec(self, *inputs):
+        values = _splice(self, self.n_vars, _flat(inputs))
+        specs = [keras.KerasTensor(tuple(s) if s is not None else v.shape, dtype=v.dtype)
+                 for s, v in zip(self.shapes, values)]
+        return specs if self.n_vars > 1 else specs[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cond_model=keras.saving.serialize_keras_object(self.cond_model),
+                      body_model=keras.saving.serialize_keras_object(self.body_model),
+                      n_vars=self.n_vars, shapes=self.shapes,
+                      constants=_constants_config(self))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["cond_model"] = keras.saving.deserialize_keras_object(config["cond_model"])
+        config["body_model"] = keras.saving.deserialize_keras_object(config["body_model"])
+        config["constants"] = _constants_from_config(config.get("constants"))
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class IfElse(keras.layers.Layer):
+    """TFLite ``IF``: ``then_model(*xs) if pred else else_model(*xs)`` (``keras.ops.cond``).
+    Called as ``layer(pred, *xs)``; the branch models return lists."""
+
+    def __init__(self, then_model, else_model, **kwargs):
+        super().__init__(**kwargs)
+        self.then_model = then_model
+        self.else_model = else_model
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def call(self, *inputs):
+        pred, *xs = _flat(inputs)
+        pred = ops.reshape(ops.cast(pred, "bool"), ())
+        out = ops.cond(pred, lambda: _call_model(self.then_model, xs),
+                       lambda: _call_model(self.else_model, xs))
+        out = list(out)
+        return out if len(out) > 1 else out[0]
+
+    def compute_output_spec(self, *inputs):
+        specs = []
+        for a, b in zip(self.then_model.outputs, self.else_model.outputs):
+            shape = _merge_shapes(tuple(a.shape), tuple(b.shape))
+            specs.append(keras.KerasTensor(shape, dtype=a.dtype))
+        return specs if len(specs) > 1 else specs[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(then_model=keras.saving.serialize_keras_object(self.then_model),
+                      else_model=keras.saving.serialize_keras_object(self.else_model))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("then_model", "else_model"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PerExample(keras.layers.Layer):
+    """Runs ``model`` (built for a fixed batch of 1) once per example of the batch, as the
+    interpreter runs a fixed-batch model (one invoke per row), and stacks the results."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def _one(self, x):
+        y = self.model(keras.tree.map_structure(lambda t: ops.expand_dims(t, 0), x))
+        return keras.tree.map_structure(lambda t: ops.squeeze(t, 0), y)
+
+    def call(self, inputs):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            signature = keras.tree.map_structure(
+                lambda t: tf.TensorSpec(tuple(t.shape[1:]), t.dtype), self.model.output)
+            return tf.map_fn(self._one, inputs, fn_output_signature=signature)
+        return ops.map(self._one, inputs)
+
+    def compute_output_spec(self, inputs):
+        return keras.tree.map_structure(
+            lambda t: keras.KerasTensor((None, *t.shape[1:]), dtype=t.dtype), self.model.output)
+
+    def get_config(self):
+        config = super().get_config()
+        config["model"] = keras.saving.serialize_keras_object(self.model)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
+
+
+def per_example_model(inner: keras.Model, name: str) -> keras.Model:
+    """``inner`` (static batch 1) as a model with a dynamic batch, through :class:`PerExample`."""
+    def outer_input(t):
+        return keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype,
+                           name=t.name if hasattr(t, "name") else None)
+
+    if isinstance(inner.input, dict):
+        inputs = {k: keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype, name=k)
+                  for k, t in inner.input.items()}
+    else:
+        inputs = keras.tree.map_structure(outer_input, inner.input)
+    outputs = PerExample(inner, name=f"{name}_per_example")(inputs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@extra_op
+def constant_like(anchor, value):
+    """A constant as a graph tensor (an output of a loop body or branch that is constant)."""
+    return ops.convert_to_tensor(value)
+
+
+def _constant_output(name_prefix):
+    def make(value, keras_inputs, pos):
+        if not keras_inputs:
+            raise ConversionError("a subgraph with constant outputs and no computed input.")
+        value = np.asarray(value)
+        return KerasOp("constant_like", constants={1: value}, n_inputs=1,
+                       name=f"{name_prefix}_constant_{pos}")(keras_inputs[0])
+    return make
+
+
+# ---- WHILE ------------------------------------------------------------------------------------
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, keras.KerasTensor)
+
+
+def _spec_shape(t, value):
+    """A Keras shape for a subgraph input ``t`` receiving ``value``: the outer value's shape
+    where it is known (keeps the dynamic batch), else the TFLite shape signature."""
+    sig = tuple(None if d == -1 else int(d) for d in t.shape_signature)
+    shape = tuple(value.shape) if _is_tensor(value) else np.shape(value)
+    if len(shape) != len(sig):
+        return sig
+    return tuple(None if (a is None or b is None) else a for a, b in zip(shape, sig))
+
+
+def _dtype(t, value):
+    return str(value.dtype) if _is_tensor(value) else t.float_dtype
+
+
+@register("WHILE", layer="WhileLoop(cond model, body model)")
+def while_(op, ctx):
+    model = ctx.graph.model
+    cond_i, body_i = called_subgraphs("WHILE", op.options)
+    cond_g, body_g = build_graph(model, cond_i), build_graph(model, body_i)
+    values = ctx.inputs(op)
+    n = len(values)
+    if not (len(cond_g.inputs) == len(body_g.inputs) == len(body_g.outputs) == n
+            == len(op.outputs)):
+        raise ConversionError(f"WHILE: {n} loop variables but the cond subgraph takes "
+                              f"{len(cond_g.inputs)}, the body {len(body_g.inputs)} -> "
+                              f"{len(body_g.outputs)}.")
+    invariant = [body_g.outputs[i].index == body_g.inputs[i].index for i in range(n)]
+    for i, v in enumerate(values):
+        if not invariant[i] and not _is_tensor(v) and not isinstance(v, np.ndarray):
+            raise ConversionError(f"WHILE: loop variable {i} ('{op.inputs[i].name}') is a "
+                                  f"{type(v).__name__} that the body changes.")
+    bound = [invariant[i] and not _is_tensor(values[i]) for i in range(n)]
+    loop = [i for i in range(n) if not bound[i]]  # the variables the Keras loop carries
+    base = ctx.name(op)
+    shapes = {i: _spec_shape(body_g.inputs[i], values[i]) for i in loop}
+    handlers = HANDLERS
+    for _attempt in range(3):
+        def specs(graph):
+            return [InputSpec(graph.inputs[i].index, value=values[i]) if bound[i] else
+                    InputSpec(graph.inputs[i].index, f"{base}_var{i}", shapes[i],
+                              _dtype(graph.inputs[i], values[i])) for i in range(n)]
+
+        cond = build_subgraph(model, cond_i, specs(cond_g), [cond_g.outputs[0].index],
+                              name=f"{base}_cond", handlers=handlers, graph=cond_g,
+                              constant_output=_constant_output(f"{base}_cond"))
+        body = build_subgraph(model, body_i, specs(body_g),
+                              [body_g.outputs[i].index for i in loop],
+                              name=f"{base}_body", handlers=handlers, graph=body_g,
+                              constant_output=_constant_output(f"{base}_body"))
+        relaxed = {}
+        for i, out in zip(loop, body.model.outputs):
+            merged = _merge_shapes(shapes[i], tuple(out.shape))
+            if merged is None:
+                raise ConversionError(f"WHILE: the body changes the rank of loop variable {i} "
+                                      f"('{op.inputs[i].name}').")
+            if merged != shapes[i]:
+                relaxed[i] = merged
+        if not relaxed:
+            break
+        shapes.update(relaxed)  # a shape that changes across iterations: declare it dynamic
+        cond_g, body_g = build_graph(model, cond_i), build_graph(model, body_i)
+    else:
+        raise ConversionError("WHILE: the loop variables' shapes do not settle.")
+    for sub in (cond, body):
+        for note in sub.ctx.notes:
+            ctx.note(note)
+
+    constants = {k: values[i] for k, i in enumerate(loop) if not _is_tensor(values[i])}
+    layer = WhileLoop(cond.model, body.model, n_vars=len(loop),
+                      shapes=[list(shapes[i]) for i in loop], constants=constants, name=base)
+    tensors = [values[i] for i in loop if _is_tensor(values[i])]
+    if tensors:
+        results = layer(*tensors)
+    else:  # every carried variable starts constant: run the loop now (constant folding)
+        results = [np.asarray(keras.ops.convert_to_numpy(r)) for r in layer.loop(
+            [keras.ops.convert_to_tensor(values[i]) for i in loop])]
+    results = list(results) if isinstance(results, (list, tuple)) else [results]
+    out = list(values)
+    for i, r in zip(loop, results):
+        out[i] = r
+    return out
+
+
+# ---- IF ---------------------------------------------------------------------------------------
+
+@register("IF", layer="IfElse(then model, else model)")
+def if_(op, ctx):
+    model = ctx.graph.model
+    then_i, else_i = called_subgraphs("IF", op.options)
+    pred, *operands = ctx.inputs(op)
+    base = ctx.name(op)
+
+    def build(index, tag):
+        graph = build_graph(model, index)
+        if len(graph.inputs) != len(operands):
+            raise ConversionError(f"IF: {len(operands)} operands, but the {tag} subgraph "
+                                  f"takes {len(graph.inputs)}.")
+        specs = [InputSpec(t.index, f"{base}_{tag}_in{j}", _spec_shape(t, v), _dtype(t, v))
+                 if _is_tensor(v) else InputSpec(t.index, value=v)
+                 for j, (t, v) in enumerate(zip(graph.inputs, operands))]
+        if not any(_is_tensor(v) for v in operands):
+            return None, graph, specs
+        built = build_subgraph(model, index, specs, [t.index for t in graph.outputs],
+                               name=f"{base}_{tag}", handlers=HANDLERS, graph=graph,
+                               constant_output=_constant_output(f"{base}_{tag}"))
+        for note in built.ctx.notes:
+            ctx.note(note)
+        return built, graph, specs
+
+    tensors = [v for v in operands if _is_tensor(v)]
+    if ctx.is_const(pred):  # the branch is known: inline it
+        index, tag = (then_i, "then") if bool(np.asarray(pred).reshape(-1)[0]) else \
+            (else_i, "else")
+        built, graph, specs = build(index, tag)
+        if built is None:
+            sub = _fold_subgraph(model, index, graph, specs)
+            return [sub.values[t.index] for t in graph.outputs]
+        out = built.model(tensors[0] if len(tensors) == 1 else tensors)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+    then_b, _, _ = build(then_i, "then")
+    else_b, _, _ = build(else_i, "else")
+    if then_b is None:
+        raise ConversionError("IF: a run-time condition choosing between constant operands "
+                              "only is not supported.")
+    layer = IfElse(then_b.model, else_b.model, name=base)
+    out = layer(ctx.tensor(pred), *tensors)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _fold_subgraph(model, index, graph, specs, handlers=None):
+    """Run a subgraph whose inputs are all build-time values: everything folds."""
+    from mlflow_tflite_keras.converter.builder import BuildContext
+
+    sub = BuildContext(graph)
+    for s in specs:
+        sub.values[s.tensor] = s.value
+    run_ops(graph, sub, handlers or HANDLERS)
+    return sub
+
+
+# ---- resource variables -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VariableHandle:
+    """A resource variable (VAR_HANDLE), as a build-time value: never a graph tensor."""
+    container: str
+    shared_name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.container}/{self.shared_name}" if self.container else self.shared_name
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    return bytes(np.asarray(value, dtype=np.uint8)).decode("utf-8", "replace")
+
+
+def _handle_of(op) -> VariableHandle:
+    """The handle a VAR_HANDLE op (``ir.Op`` or ``OperatorInfo``) names."""
+    return VariableHandle(_text(getattr(op.options, "container", None)),
+                          _text(getattr(op.options, "sharedName", None)))
+
+
+class _VariableState:
+    """What a model does with its resource variables: initial values (from ``CALL_ONCE``
+    initializer subgraphs) and the variables assigned anywhere else (state)."""
+
+    def __init__(self, model):
+        self.init_subgraphs = {i for sg in model.subgraphs for op in sg.operators
+                               if op.name == "CALL_ONCE"
+                               for i in called_subgraphs("CALL_ONCE", op.options)}
+        self.initial: dict[VariableHandle, np.ndarray] = {}
+        self.assigned: dict[str, list[str]] = {}  # variable -> where
+        for index in sorted(self.init_subgraphs):
+            self._run_initializer(model, index)
+        for sg in model.subgraphs:
+            if sg.index in self.init_subgraphs:
+                continue
+            handles = {op.outputs[0]: op for op in sg.operators if op.name == "VAR_HANDLE"}
+            for op in sg.operators:
+                if op.name == "ASSIGN_VARIABLE":
+                    producer = handles.get(op.inputs[0])
+                    label = _handle_of(producer).label if producer is not None else \
+                        f"(handle '{sg.tensors[op.inputs[0]].name}' passed into {sg.name})"
+                    self.assigned.setdefault(label, []).append(
+                        f"subgraph {sg.index} ({sg.name}) op {op.index}")
+
+    def _run_initializer(self, model, index):
+        graph = build_graph(model, index)
+        handlers = {**HANDLERS, "ASSIGN_VARIABLE": Handler("ASSIGN_VARIABLE", lambda op, c: [],
+                                                           "", __name__)}
+        sub = _fold_subgraph(model, index, graph, [], handlers)
+        for op in graph.ops:
+            if op.type == "ASSIGN_VARIABLE":
+                handle = sub.values.get(op.inputs[0].index)
+                value = sub.values.get(op.inputs[1].index)
+                if isinstance(handle, VariableHandle) and isinstance(value, np.ndarray):
+                    self.initial[handle] = value
+
+
+def _state(ctx) -> _VariableState:
+    model = ctx.graph.model
+    state = model.__dict__.get("_converter_variable_state")
+    if state is None:
+        state = model.__dict__["_converter_variable_state"] = _VariableState(model)
+    return state
+
+
+def _stateful_error(state) -> ConversionError:
+    names = ", ".join(f"'{name}'" for name in sorted(state.assigned))
+    return ConversionError(
+        f"the model is stateful: resource variable(s) {names} are assigned at run time "
+        "(ASSIGN_VARIABLE), so their values carry over from one invoke to the next. A Keras "
+        "functional model has no per-call persistent state; only models whose variables are "
+        "read-only (initialized once by CALL_ONCE) convert.")
+
+
+@register("CALL_ONCE", layer="(initializer: variables become constants)")
+def call_once(op, ctx):
+    state = _state(ctx)
+    if state.assigned:
+        raise _stateful_error(state)
+    ctx.note("Resource variables initialized by CALL_ONCE and only read are constants.")
+    return []
+
+
+@register("VAR_HANDLE", layer="(build-time variable handle)")
+def var_handle(op, ctx):
+    return [_handle_of(op)]
+
+
+@register("READ_VARIABLE", layer="(constant: the variable's initial value)")
+def read_variable(op, ctx):
+    handle = ctx.value(op.inputs[0])
+    if not isinstance(handle, VariableHandle):
+        raise ConversionError("READ_VARIABLE of a resource that is not a variable handle.")
+    state = _state(ctx)
+    if state.assigned:
+        raise _stateful_error(state)
+    if handle not in state.initial:
+        raise ConversionError(f"resource variable '{handle.label}' is read but no CALL_ONCE "
+                              "initializer assigns it a constant value.")
+    return [np.array(state.initial[handle])]
+
+
+@register("ASSIGN_VARIABLE", layer="(only in CALL_ONCE initializers)")
+def assign_variable(op, ctx):
+    raise _stateful_error(_state(ctx))

@@ -1,0 +1,431 @@
+"""Shape family: RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, CONCATENATION, PACK, UNPACK, SPLIT,
+SPLIT_V, SLICE, STRIDED_SLICE, PAD, PADV2, MIRROR_PAD, TILE, BROADCAST_TO, BROADCAST_ARGS,
+SHAPE, RANGE, FILL, REVERSE_V2.
+
+The Keras batch dimension is dynamic (None) where TFLite's static shapes say 1. Handlers keep
+it dynamic: shapes given to Keras layers drop dimension 0 (``Reshape(target[1:])``), slices
+over a batch-1 dimension become full slices. Shape tensors computed at run time (``SHAPE`` ->
+``STRIDED_SLICE`` -> ``PACK`` chains, as Keras ``Flatten`` produces) are evaluated here with the
+batch size as an unknown (:func:`shape_value`), so RESHAPE / FILL / BROADCAST_TO still get static
+targets with only the batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from mlflow_tflite_keras.converter.builder import BuildContext
+from mlflow_tflite_keras.converter.registry import HANDLERS, register
+
+_INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
+_PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
+
+
+def keeps_batch(op, ctx, x) -> bool:
+    """True when ``x`` carries the Keras batch dimension (None) and the op's output keeps
+    dimension 0 as that batch dimension (same leading size in the static TFLite shapes)."""
+    if ctx.is_const(x) or x.shape[0] is not None:
+        return False
+    out = op.outputs[0]
+    return out.rank >= 1 and out.shape[0] == op.inputs[0].shape[0]
+
+
+def batched(ctx, x) -> bool:
+    """``x`` is a graph tensor whose dimension 0 is the dynamic Keras batch."""
+    return not ctx.is_const(x) and len(x.shape) >= 1 and x.shape[0] is None
+
+
+def axis_arg(ctx, t, what="the axis") -> list[int]:
+    return [int(a) for a in np.asarray(ctx.const(t, what)).reshape(-1)]
+
+
+def _int_list(value) -> list[int]:
+    return [] if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def static_rest(x) -> bool:
+    return all(d is not None for d in x.shape[1:])
+
+
+# ---- run-time shape tensors ------------------------------------------------------------------
+
+def shape_value(ctx, t):
+    """The value of an integer tensor computed at run time from SHAPE ops (shape arithmetic),
+    as ``(value, mask)``: ``mask`` is 0 where the value is static, 1 where it is the batch size
+    itself, 2 where it depends on the batch size otherwise. ``(None, None)`` when it depends
+    on anything but shapes with a dynamic batch."""
+    v = ctx.value(t)
+    if ctx.is_const(v):
+        return v, np.zeros(np.shape(v), np.int8)
+    a, b = (_probe(ctx, t, n, {}, 0) for n in _PROBES)
+    if a is None or b is None or a.shape != b.shape:
+        return None, None
+    mask = np.where(a == b, 0, np.where((a == _PROBES[0]) & (b == _PROBES[1]), 1, 2))
+    return a, mask.astype(np.int8)
+
+
+def _probe(ctx, t, batch, memo, depth):
+    if t is None:
+        return None
+    v = ctx.value(t)
+    if ctx.is_const(v):
+        return v
+    if t.index in memo:
+        return memo[t.index]
+    op = ctx.graph.producers.get(t.index)
+    if op is None or depth > 24 or t.type_name not in _INT_TYPES:
+        return None
+    result = None
+    if op.type == "SHAPE":
+        x = ctx.value(op.inputs[0])
+        dims = [batch if (i == 0 and d is None) else d for i, d in enumerate(x.shape)]
+        if all(d is not None for d in dims):
+            result = np.array(dims, dtype=op.outputs[0].float_dtype)
+    elif op.type in HANDLERS:
+        ins = [None if u is None else _probe(ctx, u, batch, memo, depth + 1) for u in op.inputs]
+        if all(val is not None for u, val in zip(op.inputs, ins) if u is not None):
+            scratch = BuildContext.__new__(BuildContext)
+            scratch.__dict__.update(ctx.__dict__)
+            scratch.values = {u.index: val for u, val in zip(op.inputs, ins) if u is not None}
+            scratch.layer_names = ctx.layer_names.copy()
+            scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
+            try:
+                outs = HANDLERS[op.type].convert(op, scratch)
+            except Exception:  # noqa: BLE001 - not evaluable: the caller falls back
+                outs = None
+            if outs is not None and all(isinstance(o, np.ndarray) for o in outs):
+                result = outs[op.outputs.index(t)]
+    memo[t.index] = result
+    return result
+
+
+def target_shape(op, ctx, i=1):
+    """A shape operand: ``(values, batch_mask)`` from a constant or run-time shape arithmetic;
+    ``(None, None)`` when unknown."""
+    t = op.input(i)
+    if t is None:
+        return None, None
+    value, mask = shape_value(ctx, t)
+    if value is None:
+        return None, None
+    return [int(d) for d in np.asarray(value).reshape(-1)], np.asarray(mask).reshape(-1)
+
+
+# ---- reshape-like ----------------------------------------------------------------------------
+
+@register("RESHAPE", layer="keras.layers.Reshape")
+def reshape(op, ctx):
+    x = ctx.value(op.inputs[0])
+    target, mask = target_shape(op, ctx)
+    if target is None and op.input(1) is not None:
+        sig = op.outputs[0].shape_signature
+        if batched(ctx, x) and sig[0] == -1 and -1 not in sig[1:]:
+            return [ctx.apply(keras.layers.Reshape(sig[1:], name=ctx.name(op)), x)]
+        return [ctx.op(op, "reshape", x, ctx.value(op.input(1)))]  # run-time shape
+    if target is None:
+        target = _int_list(op.opt("newShape")) or list(op.outputs[0].shape)
+        mask = np.zeros(len(target), np.int8)
+    return [_reshape(op, ctx, x, target, mask)]
+
+
+def _reshape(op, ctx, x, target, mask=None, suffix=""):
+    mask = np.zeros(len(target), np.int8) if mask is None else np.asarray(mask)
+    if batched(ctx, x) and target:
+        rest = list(target[1:])
+        in_rest = x.shape[1:]
+        same_size = static_rest(x) and -1 not in rest and \
+            int(np.prod(rest)) == int(np.prod(in_rest))
+        keep = (mask[0] == 1 and not mask[1:].any() and rest.count(-1) <= 1) or (
+            not mask.any() and (target[0] == -1 or target[0] == op.inputs[0].shape[0] == 1)
+            and (same_size or (rest.count(-1) == 1 and target[0] != -1)))
+        if keep:
+            return ctx.apply(keras.layers.Reshape(tuple(rest), name=ctx.name(op, suffix)), x)
+    if mask.any():
+        if np.count_nonzero(mask) != 1 or -1 in target:  # only the run-time shape says it
+            return ctx.op(op, "reshape", x, ctx.value(op.input(1)), suffix=suffix)
+        target = [-1 if m else d for d, m in zip(target, mask)]
+    return ctx.op(op, "reshape", x, newshape=tuple(int(d) for d in target), suffix=suffix)
+
+
+@register("SQUEEZE", layer="keras.layers.Reshape / KerasOp(squeeze)")
+def squeeze(op, ctx):
+    x = ctx.value(op.inputs[0])
+    rank = op.inputs[0].rank
+    dims = [int(d) % rank for d in _int_list(op.opt("squeezeDims"))]
+    if not dims:
+        dims = [i for i, d in enumerate(op.inputs[0].shape_signature) if d == 1]
+    if batched(ctx, x):
+        dims = [d for d in dims if d != 0]  # the Keras batch is never squeezed away
+    if not dims:
+        return [x]
+    if batched(ctx, x) and static_rest(x):
+        shape = [d for i, d in enumerate(x.shape) if i not in dims]
+        return [ctx.apply(keras.layers.Reshape(tuple(shape[1:]), name=ctx.name(op)), x)]
+    return [ctx.op(op, "squeeze", x, axis=tuple(dims))]
+
+
+@register("EXPAND_DIMS", layer="keras.layers.Reshape / KerasOp(expand_dims)")
+def expand_dims(op, ctx):
+    x = ctx.value(op.inputs[0])
+    axis = axis_arg(ctx, op.input(1))[0]
+    rank = op.inputs[0].rank
+    axis = axis + rank + 1 if axis < 0 else axis
+    if batched(ctx, x) and axis > 0 and static_rest(x):
+        shape = list(x.shape[1:])
+        shape.insert(axis - 1, 1)
+        return [ctx.apply(keras.layers.Reshape(tuple(shape), name=ctx.name(op)), x)]
+    return [ctx.op(op, "expand_dims", x, axis=axis)]
+
+
+@register("TRANSPOSE", layer="keras.layers.Permute / KerasOp(transpose)")
+def transpose(op, ctx):
+    x = ctx.value(op.inputs[0])
+    perm = axis_arg(ctx, op.input(1), "the permutation")
+    if batched(ctx, x) and perm and perm[0] == 0 and len(perm) > 1:
+        return [ctx.apply(keras.layers.Permute(tuple(perm[1:]), name=ctx.name(op)), x)]
+    return [ctx.op(op, "transpose", x, axes=tuple(perm))]
+
+
+# ---- joining and splitting -------------------------------------------------------------------
+
+@register("CONCATENATION", layer="keras.layers.Concatenate / KerasOp(concat_n)")
+def concatenation(op, ctx):
+    xs = ctx.inputs(op)
+    axis = int(op.opt("axis", 0))
+    rank = op.outputs[0].rank
+    axis = axis + rank if axis < 0 else axis
+    if len(xs) == 1:
+        y = xs[0]
+    elif not any(ctx.is_const(v) for v in xs) and len({len(v.shape) for v in xs}) == 1 \
+            and axis != 0 and len({str(v.dtype) for v in xs}) == 1:
+        y = keras.layers.Concatenate(axis=axis, name=ctx.name(op))(list(xs))
+    else:
+        y = ctx.op(op, "concat_n", *xs, axis=axis)
+    return [ctx.activation(op, y)]
+
+
+@register("PACK", layer="KerasOp(stack_n)")
+def pack(op, ctx):
+    xs = ctx.inputs(op)
+    axis = int(op.opt("axis", 0))
+    return [ctx.op(op, "stack_n", *xs, axis=axis)]
+
+
+@register("UNPACK", layer="KerasOp(unstack)")
+def unpack(op, ctx):
+    x = ctx.value(op.inputs[0])
+    axis = int(op.opt("axis", 0))
+    num = int(op.opt("num", 0)) or op.inputs[0].shape[axis]
+    if len(op.outputs) == 1:
+        return [ctx.op(op, "squeeze", x, axis=axis)]
+    return list(ctx.op(op, "unstack", x, num=num, axis=axis))
+
+
+@register("SPLIT", layer="KerasOp(split)")
+def split(op, ctx):
+    axis = axis_arg(ctx, op.input(0))[0]
+    x = ctx.value(op.inputs[1])
+    n = int(op.opt("numSplits", len(op.outputs)))
+    if n == 1:
+        return [x]
+    return list(ctx.op(op, "split", x, indices_or_sections=n, axis=axis))
+
+
+@register("SPLIT_V", layer="KerasOp(split)")
+def split_v(op, ctx):
+    x = ctx.value(op.inputs[0])
+    sizes = axis_arg(ctx, op.input(1), "the split sizes")
+    axis = axis_arg(ctx, op.input(2))[0]
+    if -1 in sizes:
+        total = op.inputs[0].shape[axis]
+        sizes[sizes.index(-1)] = total - (sum(sizes) + 1)
+    if len(sizes) == 1:
+        return [x]
+    return list(ctx.op(op, "split", x, indices_or_sections=[int(v) for v in np.cumsum(sizes)[:-1]],
+                       axis=axis))
+
+
+# ---- slicing ---------------------------------------------------------------------------------
+
+def _full_batch_slice(op, ctx, x, start, stop, step) -> bool:
+    """Dimension 0 of a batched tensor of a static-batch-1 model, sliced over that whole
+    batch of 1: the Keras model takes the whole (dynamic) batch."""
+    t = op.inputs[0]
+    return (batched(ctx, x) and t.shape_signature[0] == 1 and step in (None, 1)
+            and start in (None, 0) and (stop is None or stop >= 1))
+
+
+def _apply_index(op, ctx, x, index):
+    if all(k == [None, None, None] for k in index) and len(index) <= len(getattr(x, "shape", ())):
+        return x
+    return ctx.op(op, "getitem", x, index=index)
+
+
+@register("SLICE", layer="KerasOp(getitem)")
+def slice_(op, ctx):
+    x = ctx.value(op.inputs[0])
+    begin = axis_arg(ctx, op.input(1), "begin")
+    size = axis_arg(ctx, op.input(2), "size")
+    index = []
+    for i, (b, s) in enumerate(zip(begin, size)):
+        stop = None if s == -1 else b + s
+        if i == 0 and _full_batch_slice(op, ctx, x, b, stop, 1):
+            stop = None
+        index.append([b or None, stop, None])
+    return [_apply_index(op, ctx, x, index)]
+
+
+@register("STRIDED_SLICE", layer="KerasOp(getitem)")
+def strided_slice(op, ctx):
+    x = ctx.value(op.inputs[0])
+    begin = axis_arg(ctx, op.input(1), "begin")
+    end = axis_arg(ctx, op.input(2), "end")
+    strides = axis_arg(ctx, op.input(3), "strides") if op.input(3) is not None \
+        else [1] * len(begin)
+    bm, em = int(op.opt("beginMask", 0)), int(op.opt("endMask", 0))
+    ell, new, shrink = (int(op.opt(k, 0)) for k in ("ellipsisMask", "newAxisMask",
+                                                       "shrinkAxisMask"))
+    offset = bool(op.opt("offset", False))
+    index = []
+    dim = 0  # the input dimension this spec entry addresses (before any ellipsis)
+    for i, (b, e, s) in enumerate(zip(begin, end, strides)):
+        bit = 1 << i
+        if ell & bit:
+            index.append("...")
+            dim = None
+            continue
+        if new & bit:
+            index.append(None)
+            continue
+        if offset:
+            e = b + e
+        if shrink & bit:
+            index.append(b)
+        else:
+            start = None if bm & bit else b
+            stop = None if em & bit else e
+            if dim == 0 and _full_batch_slice(op, ctx, x, start, stop, s):
+                start = stop = None
+            index.append([start, stop, None if s == 1 else s])
+        if dim is not None:
+            dim += 1
+    return [_apply_index(op, ctx, x, index)]
+
+
+# ---- padding, tiling, broadcasting -----------------------------------------------------------
+
+_ZERO_PADDING = {3: keras.layers.ZeroPadding1D, 4: keras.layers.ZeroPadding2D,
+                 5: keras.layers.ZeroPadding3D}
+
+
+@register("PAD", "PADV2", layer="keras.layers.ZeroPadding1D/2D/3D / KerasOp(pad)")
+def pad(op, ctx):
+    x = ctx.value(op.inputs[0])
+    pads = np.asarray(ctx.const(op.input(1), "the paddings")).astype(int).tolist()
+    value = 0.0
+    if op.type == "PADV2" and op.input(2) is not None:
+        value = float(np.asarray(ctx.const(op.input(2), "the pad value")).reshape(-1)[0])
+    rank = len(pads)
+    if (batched(ctx, x) and value == 0 and rank in _ZERO_PADDING and pads[0] == [0, 0]
+            and pads[-1] == [0, 0] and "float" in str(x.dtype)):
+        spatial = [tuple(p) for p in pads[1:-1]]
+        return [ctx.apply(_ZERO_PADDING[rank](spatial[0] if rank == 3 else tuple(spatial),
+                                              name=ctx.name(op)), x)]
+    kwargs = {"constant_values": value} if value else {}
+    if ctx.is_const(x) or "int" in str(x.dtype) or "bool" in str(x.dtype):
+        if value == int(value):
+            kwargs = {"constant_values": int(value)} if value else {}
+    return [ctx.op(op, "pad", x, pad_width=pads, **kwargs)]
+
+
+@register("MIRROR_PAD", layer="KerasOp(pad, reflect/symmetric)")
+def mirror_pad(op, ctx):
+    x = ctx.value(op.inputs[0])
+    pads = np.asarray(ctx.const(op.input(1), "the paddings")).astype(int).tolist()
+    mode = "symmetric" if int(op.opt("mode", 0)) == 1 else "reflect"
+    return [ctx.op(op, "pad", x, pad_width=pads, mode=mode)]
+
+
+@register("TILE", layer="KerasOp(tile)")
+def tile(op, ctx):
+    x = ctx.value(op.inputs[0])
+    reps = axis_arg(ctx, op.input(1), "the multiples")
+    return [ctx.op(op, "tile", x, repeats=reps)]
+
+
+@register("BROADCAST_TO", layer="KerasOp(broadcast_to / broadcast_to_keep / fill_dims)")
+def broadcast_to(op, ctx):
+    x = ctx.value(op.inputs[0])
+    target, mask = target_shape(op, ctx)
+    if target is None:
+        static = [None if d == -1 else int(d) for d in op.outputs[0].shape_signature]
+        return [ctx.op(op, "fill_dims", ctx.value(op.input(1)), x, static_shape=static)]
+    rank_x = len(np.shape(x)) if ctx.is_const(x) else len(x.shape)
+    if batched(ctx, x) and not mask.any() and len(target) == rank_x and target[0] == 1 == \
+            op.inputs[0].shape[0]:
+        mask = mask.copy()
+        mask[0] = 1  # a static batch of 1 stands for the Keras batch
+    if mask.any():
+        off = len(target) - rank_x
+        if ctx.is_const(x) or off < 0 or any(m and (m == 2 or i < off or x.shape[i - off]
+                                                    is not None) for i, m in enumerate(mask)):
+            # The batch size comes from another tensor: broadcast to the run-time shape.
+            static = [None if m else int(d) for d, m in zip(target, mask)]
+            return [ctx.op(op, "fill_dims", ctx.value(op.input(1)), x, static_shape=static)]
+        return [ctx.op(op, "broadcast_to_keep", x,
+                       shape=[-1 if m else int(d) for d, m in zip(target, mask)])]
+    return [ctx.op(op, "broadcast_to", x, shape=tuple(target))]
+
+
+@register("BROADCAST_ARGS", layer="KerasOp(broadcast_args)")
+def broadcast_args(op, ctx):
+    a, b = ctx.inputs(op)[:2]
+    return [ctx.op(op, "broadcast_args", a, b)]
+
+
+# ---- shape, range, fill, reverse -------------------------------------------------------------
+
+_INDEX_TYPES = {2: "int32", 4: "int64"}
+
+
+@register("SHAPE", layer="(constant) / KerasOp(shape_of)")
+def shape(op, ctx):
+    x = ctx.value(op.inputs[0])
+    dtype = op.outputs[0].float_dtype
+    if ctx.is_const(x):
+        return [np.array(np.shape(x), dtype=dtype)]
+    if all(d is not None for d in x.shape):
+        return [np.array(x.shape, dtype=dtype)]
+    return [ctx.op(op, "shape_of", x, dtype=dtype)]
+
+
+@register("RANGE", layer="KerasOp(arange)")
+def range_(op, ctx):
+    start, limit, delta = ctx.inputs(op)[:3]
+    dtype = op.outputs[0].float_dtype
+    return [ctx.op(op, "arange", start, limit, delta, dtype=dtype)]
+
+
+@register("FILL", layer="KerasOp(full / fill_dims)")
+def fill(op, ctx):
+    value = ctx.value(op.input(1))
+    dims, mask = target_shape(op, ctx, 0)
+    dtype = op.outputs[0].float_dtype
+    if ctx.is_const(value):
+        value = np.asarray(value).astype(dtype)
+    if dims is not None and not mask.any():
+        if ctx.is_const(value):
+            return [np.full(dims, value, dtype=dtype)]
+        return [ctx.op(op, "broadcast_to", value, shape=tuple(dims))]
+    static = [None if m else int(d) for d, m in zip(dims, mask)] if dims is not None else \
+        [None if d == -1 else int(d) for d in op.outputs[0].shape_signature]
+    return [ctx.op(op, "fill_dims", ctx.value(op.input(0)), value, static_shape=static)]
+
+
+@register("REVERSE_V2", layer="KerasOp(flip)")
+def reverse_v2(op, ctx):
+    y = ctx.value(op.inputs[0])
+    for i, axis in enumerate(axis_arg(ctx, op.input(1))):
+        y = ctx.op(op, "flip", y, axis=axis, suffix=f"_{i}" if i else "")
+    return [y]

@@ -1,0 +1,123 @@
+"""Builds a Keras functional model from any subgraph of a ``.tflite`` model.
+
+Used for the signature's subgraph (:func:`~mlflow_tflite_keras.converter.convert.convert`) and
+for the subgraphs that control-flow ops call (``WHILE`` cond/body, ``IF`` branches): each
+becomes its own functional model, built by the same handlers, with its own
+:class:`~mlflow_tflite_keras.converter.builder.BuildContext`.
+
+An input is either a Keras ``Input`` (``InputSpec.shape``/``dtype``) or *bound* to a value
+known at build time (``InputSpec.value``): a numpy constant, which handlers then see as a
+constant (weights passed into a loop stay real layer weights), or a non-tensor object such as
+a resource-variable handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
+from mlflow_tflite_keras.converter.ir import Graph, build_graph
+
+_UNBOUND = object()
+
+
+@dataclass
+class InputSpec:
+    tensor: int  # tensor index of the input in its subgraph
+    name: str  # Keras Input name
+    shape: tuple | None = None  # Keras batch_shape (None: dynamic dimension)
+    dtype: str = "float32"
+    value: object = _UNBOUND  # bound at build time instead of a Keras Input
+
+    @property
+    def bound(self) -> bool:
+        return self.value is not _UNBOUND
+
+
+@dataclass
+class BuiltSubgraph:
+    model: keras.Model
+    ctx: BuildContext
+    inputs: list  # the Keras Inputs of the unbound specs, in order
+    outputs: list  # one value per requested output (KerasTensor, numpy or bound object)
+
+
+def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: str = ""):
+    """Call every op's handler in order, storing output values in ``ctx.values``."""
+    for op in graph.ops:
+        ctx._current_op = op
+        try:
+            outputs = handlers[op.type].convert(op, ctx)
+        except ConversionError as e:
+            where = f"subgraph {graph.subgraph_index} " if graph.subgraph_index else ""
+            raise MlflowException(f"Cannot convert {where}op {op.index} ({op.type}, output "
+                                  f"'{op.outputs[0].name if op.outputs else '-'}'): {e}") from e
+        if len(outputs) != len(op.outputs):
+            raise MlflowException(f"Handler for {op.type} returned {len(outputs)} values for "
+                                  f"{len(op.outputs)} outputs.")
+        for t, v in zip(op.outputs, outputs):
+            ctx.values[t.index] = v
+        if report is not None:
+            key = f"{key_prefix}{op.index}:{op.type}"
+            if all(isinstance(v, np.ndarray) for v in outputs):
+                report.folded_ops.append(key)
+            elif not any(isinstance(v, keras.KerasTensor) for v in outputs):
+                report.folded_ops.append(key)  # build-time objects (variable handles)
+            else:
+                report.layers[key] = ctx.layers_by_op.get(op.index, [])
+
+
+def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
+                   outputs: list[int], *, name: str, handlers, report=None,
+                   output_names: list[str] | None = None, dict_inputs: bool = False,
+                   constant_output: Callable | None = None,
+                   key_prefix: str = "", graph: Graph | None = None) -> BuiltSubgraph:
+    """A functional model computing the subgraph's tensors ``outputs`` (indices) from
+    ``inputs``.
+
+    ``constant_output(value, keras_inputs, position)`` turns an output that does not depend on
+    the Keras inputs into a graph tensor; without it such an output is an error.
+    ``dict_inputs``/``output_names`` give the model dict inputs/outputs (the signature's
+    names); otherwise a single tensor or a list. ``key_prefix`` prefixes the report's
+    ``"index:OP"`` keys (``"sg2/"`` for a loop body).
+    """
+    graph = graph or build_graph(tflite_model, subgraph_index)
+    ctx = BuildContext(graph)
+    keras_inputs = {}
+    for spec in inputs:
+        if spec.bound:
+            ctx.values[spec.tensor] = spec.value
+            continue
+        x = keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype, name=spec.name)
+        keras_inputs[spec.name] = x
+        ctx.values[spec.tensor] = x
+    run_ops(graph, ctx, handlers, report, key_prefix)
+
+    values, model_outputs = [], []
+    for pos, index in enumerate(outputs):
+        value = ctx.values.get(index)
+        values.append(value)
+        if not isinstance(value, keras.KerasTensor):
+            label = output_names[pos] if output_names else graph.tensors[index].name
+            if constant_output is None or value is None:
+                raise MlflowException(f"Output '{label}' is a constant; the converter only "
+                                      "builds outputs that depend on the inputs.")
+            value = constant_output(value, list(keras_inputs.values()), pos)
+        model_outputs.append(value)
+    ins = list(keras_inputs.values())
+    if dict_inputs and len(ins) > 1:
+        model_inputs = keras_inputs
+    else:
+        model_inputs = ins[0] if len(ins) == 1 else ins
+    if output_names is not None:
+        model_out = model_outputs[0] if len(model_outputs) == 1 else \
+            dict(zip(output_names, model_outputs))
+    else:
+        model_out = model_outputs
+    model = keras.Model(inputs=model_inputs, outputs=model_out, name=name)
+    return BuiltSubgraph(model, ctx, ins, values)

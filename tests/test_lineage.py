@@ -1,0 +1,137 @@
+"""register_keras_version: a Keras version next to the .tflite version, lineage both ways.
+
+Runs against the embedded SQLite store and against a real `mlflow server` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import flavor_models as fm
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow_tflite_keras import lineage
+from servers import tracking_server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server"])
+def store(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "sqlite":
+        from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        use_default_tracking(root / ".mlflow")
+        mlflow.set_experiment(experiment_id=experiment("lineage"))
+        yield request.param
+    else:
+        with tracking_server(root, root / "server.log") as url:
+            mlflow.set_tracking_uri(url)
+            mlflow.set_experiment("lineage")
+            yield request.param
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def log_source(name, recipe="full-int8"):
+    x = fm.digits()[0]
+    with mlflow.start_run(run_name="log-source") as run:
+        info = mlflow.tflite_keras.log_model(fm.cnn(recipe), name="model",
+                                             registered_model_name=name, input_example=x[:4])
+    return info, run.info.run_id
+
+
+def test_convert_registers_keras_version_next_to_source(store):
+    name = f"digits-{store}"
+    info, source_run = log_source(name)
+    version = lineage.register_keras_version(f"models:/{name}/1", alias="candidate")
+    client = MlflowClient()
+    assert (version.name, str(version.version)) == (name, "2")
+    tags = version.tags
+    assert tags[lineage.ROLE] == "reconstructed-keras"
+    assert tags[lineage.METHOD] == "reconstructed"
+    assert tags[lineage.SOURCE_URI] == f"models:/{name}/1"
+    assert (tags[lineage.SOURCE_NAME], tags[lineage.SOURCE_VERSION]) == (name, "1")
+    assert tags[lineage.SOURCE_RUN] == source_run
+    assert tags[lineage.SOURCE_SHA256] == mlflow.tflite_keras.load_model(
+        f"models:/{name}/1").model.sha256
+    assert tags[lineage.CONVERTER_VERSION]
+    assert tags["tflite_keras.parity_passed"] == "1"
+    assert float(tags["tflite_keras.parity_cosine"]) > 0.95
+    assert "Parity against the LiteRT interpreter" in version.description
+    assert f"version **1** of `{name}`" in version.description
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
+    # The source points at its Keras version, on the version and on the logged model.
+    source = client.get_model_version(name, "1")
+    assert source.tags[lineage.KERAS_VERSIONS] == f"{name}/2"
+    assert source.tags[lineage.ROLE] == "source-tflite"
+    assert client.get_logged_model(info.model_id).tags[lineage.KERAS_VERSIONS] == f"{name}/2"
+    # The conversion run: metrics, artifacts, and the Keras logged model's tags.
+    run = client.get_run(tags["tflite_keras.conversion_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["parity_passed"] == 1.0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"parity_report.json", "conversion_report.json"} <= artifacts
+    report = json.loads(mlflow.artifacts.load_text(
+        f"runs:/{run.info.run_id}/conversion_report.json"))
+    assert report["quantization"] == "full-int8" and report["layers"]
+    keras_logged = client.get_logged_model(lineage.model_id_of(version))
+    assert keras_logged.tags[lineage.SOURCE_URI] == f"models:/{name}/1"
+    # Keras users load it natively, and it predicts like the .tflite within parity.
+    keras_model = mlflow.keras.load_model(f"models:/{name}/2")
+    x = fm.digits()[0][:16]
+    tflite_scores = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(x)
+    keras_scores = np.asarray(keras_model.predict(x, verbose=0))
+    assert np.mean(tflite_scores.argmax(-1) == keras_scores.argmax(-1)) >= 0.8
+    np.testing.assert_allclose(keras_scores, tflite_scores, atol=0.05)
+
+
+def test_two_conversions_are_both_linked(store):
+    name = f"twice-{store}"
+    log_source(name, "float32")
+    first = lineage.register_keras_version(f"models:/{name}/1")
+    second = lineage.register_keras_version(f"models:/{name}/1")
+    assert (str(first.version), str(second.version)) == ("2", "3")
+    assert lineage.keras_versions_of(name, 1) == [f"{name}/2", f"{name}/3"]
+
+
+def test_failed_parity_leaves_nothing_behind(store):
+    name = f"strict-{store}"
+    log_source(name, "full-int8")
+    client = MlflowClient()
+    before = client.get_model_version(name, "1").tags
+    with pytest.raises(MlflowException, match="Parity check failed"):
+        lineage.register_keras_version(f"models:/{name}/1",
+                                       tolerances={"max_abs_error": 0.0, "min_cosine": 1.01})
+    assert [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert client.get_model_version(name, "1").tags == before
+    failed = mlflow.search_runs(filter_string="attributes.status = 'FAILED'",
+                                search_all_experiments=True, output_format="list")
+    reasons = [r.data.tags.get("tflite_keras.failure", "") for r in failed]
+    assert any("Parity check failed" in r for r in reasons)
+
+
+def test_other_registered_name_and_alias_uri(store):
+    name = f"src-{store}"
+    log_source(name, "float32")
+    MlflowClient().set_registered_model_alias(name, "prod", "1")
+    version = lineage.register_keras_version(f"models:/{name}@prod",
+                                             registered_model_name=f"{name}-keras")
+    assert (version.name, str(version.version)) == (f"{name}-keras", "1")
+    assert version.tags[lineage.SOURCE_VERSION] == "1"
+    assert lineage.keras_versions_of(name, 1) == [f"{name}-keras/1"]
+
+
+def test_unregistered_source_needs_a_name(store):
+    with mlflow.start_run():
+        info = mlflow.tflite_keras.log_model(fm.cnn(), name="model")
+    with pytest.raises(MlflowException, match="pass registered_model_name"):
+        lineage.register_keras_version(info.model_uri)
+    version = lineage.register_keras_version(info.model_uri,
+                                             registered_model_name=f"from-run-{store}")
+    assert version.tags[lineage.SOURCE_URI] == info.model_uri
