@@ -144,11 +144,15 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
               help="Register under this name (default: the source's registered model).")
 @click.option("--alias", callback=_unset_if_empty, help="Set this alias on the new Keras version.")
 @click.option("--experiment-id", help="Log the conversion run here (default: the source's).")
+@click.option("--method", type=click.Choice(["auto", "kept-source", "reconstructed"]),
+              default="auto", show_default=True,
+              help="Register the Keras model kept with the .tflite (when it was logged from "
+                   "Keras), or reconstruct it from the flatbuffer; auto prefers the kept one.")
 @click.option("--max-rel-error", type=float, help="Parity tolerance override.")
 @click.option("--min-cosine", type=float, help="Parity tolerance override.")
 @click.option("--min-top1", type=float, help="Parity tolerance override.")
-def convert(model_uri, registered_model_name, alias, experiment_id, max_rel_error, min_cosine,
-            min_top1):
+def convert(model_uri, registered_model_name, alias, experiment_id, method, max_rel_error,
+            min_cosine, min_top1):
     """Reconstruct a logged .tflite model as Keras, check parity, and register the Keras
     version next to the source version with lineage tags both ways."""
     from mlflow.exceptions import MlflowException
@@ -162,7 +166,8 @@ def convert(model_uri, registered_model_name, alias, experiment_id, max_rel_erro
     try:
         version = register_keras_version(model_uri, registered_model_name=registered_model_name,
                                          alias=alias, experiment_id=experiment_id,
-                                         tolerances=tolerances or None, progress=_progress)
+                                         tolerances=tolerances or None, method=method,
+                                         progress=_progress)
     except UnsupportedOperatorsError as e:
         _fail(e, EXIT_UNSUPPORTED)
     except MlflowException as e:

@@ -60,12 +60,29 @@ def keras_to_tflite(model, recipe: str = "float32", representative_data=None,
 
     recipe = normalize_recipe(recipe)
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        # Keras 3's own SavedModel export keeps dict inputs/outputs and their names, which
-        # TFLiteConverter.from_keras_model (a tf_keras-era path) does not.
-        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        export_saved_model(model, saved_model_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         return _convert(converter, recipe, representative_data, inference_input_type,
                         inference_output_type)
+
+
+def export_saved_model(model, directory: str) -> None:
+    """Keras 3's own SavedModel export: it keeps dict inputs/outputs and their names, which
+    TFLiteConverter.from_keras_model (a tf_keras-era path) does not. A batch size the model
+    declares (``keras.Input(..., batch_size=1)``) is kept: the export would otherwise make it
+    dynamic, which models with recurrent layers cannot be lowered with."""
+    import keras
+    import tensorflow as tf
+
+    signature = None
+    if model.inputs and all(t.shape and t.shape[0] is not None for t in model.inputs):
+        struct = getattr(model, "_inputs_struct", None)
+        struct = model.inputs if struct is None else struct
+        signature = [keras.tree.map_structure(
+            lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name), struct)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(directory, format="tf_saved_model", verbose=False,
+                     input_signature=signature)
 
 
 def _convert(converter, recipe, representative_data, inference_input_type,
@@ -542,8 +559,7 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
         keras_model, aliases = _align_names(keras_model, source)
 
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        with contextlib.redirect_stdout(io.StringIO()):
-            keras_model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        export_saved_model(keras_model, saved_model_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         dataset = None
         if recipe in _FULL_INTEGER:

@@ -12,10 +12,10 @@ TFLite (native) format
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,41 @@ def _runtime_version() -> str:
     return version(RUNTIME_PACKAGE)
 
 
-def _model_bytes(tflite_model) -> bytes:
-    """A path, bytes, or (convenience) a Keras model converted with TFLiteConverter."""
-    if isinstance(tflite_model, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return read_model_bytes(tflite_model)
-    if type(tflite_model).__module__.startswith(("keras", "tf_keras", "tensorflow")):
-        from mlflow_tflite_keras.export import keras_to_tflite
+_KERAS_SOURCE_SUBPATH = "source.keras"
 
-        return keras_to_tflite(tflite_model)
+
+@dataclass
+class _KerasSource:
+    """A Keras model converted once (in ``log_model``) and carried to ``save_model``."""
+
+    model: object
+    tflite_bytes: bytes
+    recipe: str
+
+
+def _is_keras_model(obj) -> bool:
+    return type(obj).__module__.startswith(("keras", "tf_keras", "tensorflow")) or any(
+        c.__module__.startswith("keras") for c in type(obj).__mro__)
+
+
+def _prepare(tflite_model, recipe=None, representative_data=None,
+             keep_source=True) -> tuple[bytes, _KerasSource | None]:
+    """``.tflite`` bytes from a path, bytes or a Keras model (converted with ``recipe``), and
+    the Keras source to keep alongside, if any."""
+    if isinstance(tflite_model, _KerasSource):
+        return tflite_model.tflite_bytes, (tflite_model if keep_source else None)
+    if isinstance(tflite_model, (str, os.PathLike, bytes, bytearray, memoryview)):
+        if recipe is not None or representative_data is not None:
+            raise MlflowException("recipe and representative_data apply to Keras models only; "
+                                  "a .tflite file is stored as it is.",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        return read_model_bytes(tflite_model), None
+    if _is_keras_model(tflite_model):
+        from mlflow_tflite_keras.export import keras_to_tflite, normalize_recipe
+
+        recipe = normalize_recipe(recipe or "float32")
+        data = keras_to_tflite(tflite_model, recipe, representative_data=representative_data)
+        return data, (_KerasSource(tflite_model, data, recipe) if keep_source else None)
     raise MlflowException(
         "tflite_model must be a path to a .tflite file, its bytes, or a Keras model; got "
         f"{type(tflite_model).__name__}.",
@@ -149,6 +176,9 @@ def save_model(
     metadata=None,
     extra_files=None,
     num_threads: int | None = None,
+    recipe: str | None = None,
+    representative_data=None,
+    keep_source: bool = True,
     **kwargs,
 ):
     """
@@ -172,9 +202,18 @@ def save_model(
         extra_files: {{ extra_files }}
         num_threads: Default number of interpreter threads for the pyfunc (None: LiteRT's
             default). Overridable at load time with ``model_config={"num_threads": N}``.
+        recipe: For a Keras model: ``float32`` (default), ``float16``, ``dynamic``
+            (dynamic-range), ``int8`` (full integer, needs ``representative_data``),
+            ``uint8`` or ``int16x8``.
+        representative_data: Calibration inputs for full-integer recipes (an array, a list of
+            arrays, a dict by input name, or a callable yielding samples).
+        keep_source: For a Keras model: also store it as ``source.keras`` in the same MLflow
+            model (recorded under ``keras_source`` in the flavor), so the original, not a
+            reconstruction, can be registered as its Keras version.
         kwargs: Unused; accepted for compatibility with ``Model.log``.
     """
-    model_bytes = _model_bytes(tflite_model)
+    model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data,
+                                         keep_source)
     model = TFLiteModel(model_bytes)  # validates before anything is written
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise MlflowException(f"num_threads must be a positive integer, got {num_threads!r}.",
@@ -186,14 +225,16 @@ def save_model(
     _validate_and_prepare_target_save_path(path)
     try:
         _write_model(model, path, conda_env, code_paths, mlflow_model, signature, input_example,
-                     pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads)
+                     pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads,
+                     keras_source)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written model behind
         raise
 
 
 def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, input_example,
-                 pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads):
+                 pip_requirements, extra_pip_requirements, metadata, extra_files, num_threads,
+                 keras_source):
     _check_runs_on_litert(model)
     # This package's code travels with the model so any environment with the default
     # requirements (virtualenv, uv, conda) can load the pyfunc.
@@ -210,6 +251,13 @@ def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, in
     with open(os.path.join(path, _MODEL_DATA_SUBPATH), "wb") as f:
         f.write(model.model_bytes)
     metadata_files = _write_tflite_metadata(model, path)
+    source_conf = None
+    if keras_source is not None:
+        import keras
+
+        keras_source.model.save(os.path.join(path, _KERAS_SOURCE_SUBPATH))
+        source_conf = {"path": _KERAS_SOURCE_SUBPATH, "recipe": keras_source.recipe,
+                       "keras_version": keras.__version__}
 
     pyfunc.add_to_model(
         mlflow_model,
@@ -218,8 +266,8 @@ def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, in
         conda_env=_CONDA_ENV_FILE_NAME,
         python_env=_PYTHON_ENV_FILE_NAME,
         code=code_dir_subpath,
-        # Declared so that load_model(..., model_config={"num_threads": N}) may override it.
-        model_config={"num_threads": num_threads},
+        # Declared so that load_model(..., model_config={...}) may override them.
+        model_config={"num_threads": num_threads, "max_batch_rows": None},
     )
     extra_files_config = _copy_extra_files(extra_files, path)
     description = model.describe()
@@ -232,6 +280,7 @@ def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, in
         flavor_version=__version__,
         num_threads=num_threads,
         tflite_metadata=metadata_files,
+        keras_source=source_conf,
         code=code_dir_subpath,
         **description,
         **extra_files_config,
@@ -299,6 +348,9 @@ def log_model(
     metadata=None,
     extra_files=None,
     num_threads: int | None = None,
+    recipe: str | None = None,
+    representative_data=None,
+    keep_source: bool = True,
     params: dict[str, Any] | None = None,
     tags: dict[str, Any] | None = None,
     model_type: str | None = None,
@@ -324,6 +376,9 @@ def log_model(
         metadata: {{ metadata }}
         extra_files: {{ extra_files }}
         num_threads: Default interpreter threads for the pyfunc.
+        recipe: For a Keras model, the quantization recipe (see :func:`save_model`).
+        representative_data: Calibration inputs for full-integer recipes.
+        keep_source: For a Keras model, keep it as ``source.keras`` in the logged model.
         params: {{ params }}
         tags: {{ tags }}
         model_type: {{ model_type }}
@@ -336,14 +391,15 @@ def log_model(
     """
     import mlflow_tflite_keras.flavor as this_flavor
 
-    # Validate (and convert a Keras model) before a run or a logged model is created.
-    model_bytes = _model_bytes(tflite_model)
+    # Validate (and convert a Keras model, once) before a run or a logged model is created.
+    model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
     TFLiteModel(model_bytes)
     return Model.log(
         artifact_path=kwargs.pop("artifact_path", None),
         name=name,
         flavor=this_flavor,
-        tflite_model=model_bytes,
+        tflite_model=keras_source or model_bytes,
+        keep_source=keep_source,
         conda_env=conda_env,
         code_paths=code_paths,
         registered_model_name=registered_model_name,
@@ -368,11 +424,15 @@ class LoadedTFLiteModel:
     """A ``.tflite`` model loaded from MLflow: its bytes, its description, fresh interpreters."""
 
     def __init__(self, model_bytes: bytes, flavor_conf: dict | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, local_path: str | None = None,
+                 max_batch_rows: int | None = None):
         self.model = TFLiteModel(model_bytes)
         self.flavor_conf = flavor_conf or {}
         self.num_threads = num_threads
-        self._runner = TFLiteRunner(self.model, num_threads=num_threads)
+        self.local_path = local_path
+        # Large batches run in chunks (at most this many rows, and ~64 MiB of input).
+        self._runner = TFLiteRunner(self.model, num_threads=num_threads,
+                                    max_batch_rows=max_batch_rows)
 
     @property
     def model_bytes(self) -> bytes:
@@ -401,6 +461,21 @@ class LoadedTFLiteModel:
         outputs = self._runner.predict(_feeds_from(data, self._runner, signature_key),
                                        signature_key=signature_key, dequantize=dequantize)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    @property
+    def has_keras_source(self) -> bool:
+        return bool(self.flavor_conf.get("keras_source")) and self.local_path is not None
+
+    def load_keras_source(self):
+        """The Keras model kept when this ``.tflite`` was logged from Keras (``safe_mode``)."""
+        if not self.has_keras_source:
+            raise MlflowException("This model was not logged from a Keras model with "
+                                  "keep_source=True: it has no Keras source.",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        import keras
+
+        path = os.path.join(self.local_path, self.flavor_conf["keras_source"]["path"])
+        return keras.saving.load_model(path, safe_mode=True)
 
     def save(self, path) -> None:
         """Write the ``.tflite`` file."""
@@ -508,14 +583,18 @@ def _flavor_conf_and_root(path: str):
 def _load_pyfunc(path, model_config: dict | None = None):
     """Load the pyfunc implementation; called by ``mlflow.pyfunc.load_model``.
 
-    ``model_config={"num_threads": N}`` overrides the save-time default.
+    ``model_config={"num_threads": N}`` overrides the save-time default;
+    ``model_config={"max_batch_rows": N}`` bounds how many rows one invoke takes (bigger
+    batches run in chunks; by default chunks hold about 64 MiB of input).
     """
     conf, root = _flavor_conf_and_root(path)
-    num_threads = (model_config or {}).get("num_threads", conf.get("num_threads"))
-    if num_threads is not None:
-        num_threads = int(num_threads)
+    config = model_config or {}
+    num_threads = config.get("num_threads", conf.get("num_threads"))
+    max_rows = config.get("max_batch_rows")
     model_bytes = Path(root, conf.get("data", _MODEL_DATA_SUBPATH)).read_bytes()
-    return _TFLitePyfuncWrapper(LoadedTFLiteModel(model_bytes, conf, num_threads))
+    return _TFLitePyfuncWrapper(LoadedTFLiteModel(
+        model_bytes, conf, None if num_threads is None else int(num_threads), root,
+        None if max_rows is None else int(max_rows)))
 
 
 def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
@@ -535,4 +614,4 @@ def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
     conf = _get_flavor_configuration(model_path=local_path, flavor_name=FLAVOR_NAME)
     _add_code_from_conf_to_system_path(local_path, conf)
     model_bytes = Path(local_path, conf["data"]).read_bytes()
-    return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"))
+    return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"), local_path)

@@ -97,6 +97,7 @@ def register_keras_version(
     tolerances: dict | None = None,
     experiment_id: str | None = None,
     await_registration_for: int = DEFAULT_AWAIT_MAX_SLEEP_SECONDS,
+    method: str = "auto",
     progress=None,
 ) -> ModelVersion:
     """Reconstruct the ``.tflite`` model at ``model_uri`` as Keras and register it.
@@ -108,9 +109,18 @@ def register_keras_version(
     gets lineage tags and a Markdown description; the source version gets a tag listing its
     Keras versions. Converting the same source again creates (and links) another version.
 
+    ``method``: ``"kept-source"`` registers the Keras model stored with the ``.tflite`` when it
+    was logged from Keras (``keep_source=True``); ``"reconstructed"`` rebuilds it from the
+    flatbuffer; ``"auto"`` (default) uses the kept source when there is one. Parity against
+    the ``.tflite`` is measured and logged either way; the ``tflite_keras.method`` tag says
+    which was registered.
+
     Atomic: if conversion or parity fails, no version is created, the source is untouched,
     and the run ends FAILED with the reason logged (tag ``tflite_keras.failure``).
     """
+    if method not in ("auto", "kept-source", "reconstructed"):
+        raise MlflowException(f"method must be auto, kept-source or reconstructed; got "
+                              f"'{method}'.", error_code=INVALID_PARAMETER_VALUE)
     say = progress or (lambda message: _logger.info(message))
     client = MlflowClient()
     source = resolve_source(model_uri, client)
@@ -121,72 +131,90 @@ def register_keras_version(
             error_code=INVALID_PARAMETER_VALUE)
 
     say(f"Loading {model_uri} ...")
+    # The download stays until the end: a kept Keras source is loaded from it.
     with tempfile.TemporaryDirectory() as tmp:
         local = _download_artifact_from_uri(model_uri, output_path=tmp)
         loaded = mlflow.tflite_keras.load_model(local)
         source_info = Model.load(local)
         input_example = _input_example(source_info, local)
-    run_experiment = experiment_id or source.experiment_id
-    run_name = f"convert-{target_name}" + (f"-v{source.version}" if source.version else "")
-    with start_run(experiment_id=run_experiment, run_name=run_name) as run:
-        try:
-            mlflow.set_tags({ROLE: ROLE_KERAS, SOURCE_URI: model_uri,
-                             SOURCE_SHA256: loaded.model.sha256})
-            mlflow.log_params({"source_model_uri": model_uri,
-                               "source_quantization": loaded.model.quantization_kind,
-                               "converter_version": __version__})
-            say("Reconstructing the Keras model ...")
-            from mlflow_tflite_keras.converter import convert
-            from mlflow_tflite_keras.converter.parity import check_parity
+        run_experiment = experiment_id or source.experiment_id
+        run_name = f"convert-{target_name}" + (f"-v{source.version}" if source.version else "")
+        with start_run(experiment_id=run_experiment, run_name=run_name) as run:
+            try:
+                mlflow.set_tags({ROLE: ROLE_KERAS, SOURCE_URI: model_uri,
+                                 SOURCE_SHA256: loaded.model.sha256})
+                mlflow.log_params({"source_model_uri": model_uri,
+                                   "source_quantization": loaded.model.quantization_kind,
+                                   "converter_version": __version__})
+                from mlflow_tflite_keras.converter import ConversionReport, convert
+                from mlflow_tflite_keras.converter.parity import check_parity
 
-            result = convert(loaded.model_bytes)
-            mlflow.log_dict(result.report.to_dict(), "conversion_report.json")
-            say("Checking parity against the LiteRT interpreter ...")
-            inputs = parity_inputs if parity_inputs is not None else input_example
-            report = check_parity(loaded.model_bytes, result.model, inputs,
-                                  **(tolerances or {}))
-            mlflow.log_metrics(report.metrics())
-            mlflow.log_dict(report.to_dict(), "parity_report.json")
-            if not report.passed:
-                raise MlflowException(f"Parity check failed:\n{report}")
-            say("Logging the Keras model ...")
-            info = Model.log(
-                artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
-                model=result.model, signature=_keras_signature(source_info),
-                input_example=_keras_input_example(input_example, source_info),
-            )
-            tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id)
-            mlflow.set_logged_model_tags(info.model_id, tags)
-            say(f"Registering under '{target_name}' ...")
-            version = mlflow.register_model(info.model_uri, target_name,
-                                            await_registration_for=await_registration_for,
-                                            tags=tags)
-        except BaseException as e:
-            mlflow.set_tag(TAG_PREFIX + "failure", str(e)[:5000])
-            mlflow.end_run(status="FAILED")
-            raise
-        try:
-            client.update_model_version(target_name, version.version,
-                                        description=_description(source, model_uri, report,
-                                                                 result.report, run.info.run_id))
-            client.set_model_version_tag(target_name, version.version, CHAIN,
-                                         f"{tags[PARENT]} -> {target_name}/{version.version}")
-            if alias:
-                client.set_registered_model_alias(target_name, alias, version.version)
-            _link_source(client, source, f"{target_name}/{version.version}")
-        except BaseException as e:
-            # Never leave a half-linked version behind.
-            client.delete_model_version(target_name, version.version)
-            mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
-            mlflow.end_run(status="FAILED")
-            raise
-    return client.get_model_version(target_name, version.version)
+                if method == "kept-source" or (method == "auto" and loaded.has_keras_source):
+                    chosen = "kept-source"
+                    say("Loading the Keras model kept with the .tflite ...")
+                    keras_model = loaded.load_keras_source()
+                    conversion = ConversionReport(
+                        loaded.model.sha256, loaded.model.quantization_kind,
+                        loaded.model.operator_counts(),
+                        notes=["The Keras model kept when the .tflite was logged from it "
+                               f"(recipe {loaded.flavor_conf['keras_source'].get('recipe')}); "
+                               "nothing was reconstructed."])
+                else:
+                    chosen = "reconstructed"
+                    say("Reconstructing the Keras model ...")
+                    result = convert(loaded.model_bytes)
+                    keras_model, conversion = result.model, result.report
+                mlflow.set_tag(METHOD, chosen)
+                mlflow.log_dict({"method": chosen, **conversion.to_dict()},
+                                "conversion_report.json")
+                say("Checking parity against the LiteRT interpreter ...")
+                inputs = parity_inputs if parity_inputs is not None else input_example
+                report = check_parity(loaded.model_bytes, keras_model, inputs, **(tolerances or {}))
+                mlflow.log_metrics(report.metrics())
+                mlflow.log_dict(report.to_dict(), "parity_report.json")
+                if not report.passed:
+                    raise MlflowException(f"Parity check failed:\n{report}")
+                say("Logging the Keras model ...")
+                info = Model.log(
+                    artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
+                    model=keras_model, signature=_keras_signature(source_info),
+                    input_example=_keras_input_example(input_example, source_info),
+                )
+                tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id,
+                                     chosen)
+                mlflow.set_logged_model_tags(info.model_id, tags)
+                say(f"Registering under '{target_name}' ...")
+                version = mlflow.register_model(info.model_uri, target_name,
+                                                await_registration_for=await_registration_for,
+                                                tags=tags)
+            except BaseException as e:
+                mlflow.set_tag(TAG_PREFIX + "failure", str(e)[:5000])
+                mlflow.end_run(status="FAILED")
+                raise
+            try:
+                client.update_model_version(target_name, version.version,
+                                            description=_description(source, model_uri, report,
+                                                                     conversion, run.info.run_id,
+                                                                     chosen))
+                client.set_model_version_tag(target_name, version.version, CHAIN,
+                                             f"{tags[PARENT]} -> {target_name}/{version.version}")
+                if alias:
+                    client.set_registered_model_alias(target_name, alias, version.version)
+                _link_source(client, source, f"{target_name}/{version.version}")
+            except BaseException as e:
+                # Never leave a half-linked version behind.
+                client.delete_model_version(target_name, version.version)
+                mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
+                mlflow.end_run(status="FAILED")
+                raise
+        return client.get_model_version(target_name, version.version)
 
 
-def _lineage_tags(source: SourceModel, model_uri, sha256, report, run_id) -> dict[str, str]:
+def _lineage_tags(source: SourceModel, model_uri, sha256, report, run_id,
+                  method: str) -> dict[str, str]:
     tags = {
         ROLE: ROLE_KERAS,
-        METHOD: "reconstructed",
+        METHOD: method,
         SOURCE_URI: model_uri,
         SOURCE_SHA256: sha256,
         CONVERTER_VERSION: __version__,
@@ -224,7 +252,7 @@ def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
             KERAS_VERSIONS: ",".join([*refs, keras_ref]), ROLE: ROLE_SOURCE})
 
 
-def _description(source: SourceModel, model_uri, parity, conversion, run_id) -> str:
+def _description(source: SourceModel, model_uri, parity, conversion, run_id, method) -> str:
     rows = ["| output | max abs error | max rel error | cosine | top-1 | passed |",
             "|---|---|---|---|---|---|"]
     for o in parity.outputs:
@@ -234,8 +262,10 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id) -> 
     origin = (f"version **{source.version}** of `{source.registered_name}`"
               if source.registered_name else f"`{model_uri}`")
     notes = "".join(f"\n- {n}" for n in conversion.notes) or "\n- none"
+    what = "Reconstructed Keras model" if method == "reconstructed" else \
+        "Original Keras model (kept with the .tflite)"
     return (
-        f"**Reconstructed Keras model** of the `.tflite` {origin}.\n\n"
+        f"**{what}** of the `.tflite` {origin}.\n\n"
         f"- Source URI: `{model_uri}`\n"
         f"- Source sha256: `{conversion.source_sha256}`\n"
         f"- Source quantization: `{conversion.quantization}`\n"

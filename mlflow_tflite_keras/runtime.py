@@ -17,6 +17,11 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
 
 
+# Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
+# interpreter arena, outputs of one invoke) stays bounded whatever the request size.
+DEFAULT_MAX_BATCH_BYTES = 64 * 2 ** 20
+
+
 def _bad_input(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
@@ -105,11 +110,19 @@ class TFLiteRunner:
     Each thread borrows an interpreter from the pool (creating one when none is free), so
     concurrent calls never share interpreter state. Stateful models get a fresh interpreter per
     call: each call starts from the initial state and feeds its rows in order.
+
+    A batch bigger than ``max_batch_rows`` rows (default: as many rows as fit in
+    ``max_batch_bytes`` of input, 64 MiB) runs as several invokes of at most that many rows;
+    the results are concatenated, equal to one big invoke.
     """
 
-    def __init__(self, model: TFLiteModel, num_threads: int | None = None):
+    def __init__(self, model: TFLiteModel, num_threads: int | None = None,
+                 max_batch_rows: int | None = None,
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
         self.model = model
         self.num_threads = num_threads
+        self.max_batch_rows = _positive_or_none(max_batch_rows, "max_batch_rows")
+        self.max_batch_bytes = _positive_or_none(max_batch_bytes, "max_batch_bytes")
         self._specs: dict[str | None, SignatureSpec] = {}
         self._pool: queue.LifoQueue = queue.LifoQueue()
         self._lock = threading.Lock()
@@ -136,20 +149,23 @@ class TFLiteRunner:
 
     # ---- public ---------------------------------------------------------------------------
 
-    def predict(self, feeds, signature_key: str | None = None, dequantize: bool = True):
+    def predict(self, feeds, signature_key: str | None = None, dequantize: bool = True,
+                max_batch_rows: int | None = None):
         """Run the model; ``feeds`` is an array (single input) or a dict name -> array.
 
+        ``max_batch_rows`` overrides the runner's chunk size for this call.
         Returns a dict output name -> array, in the signature's output order.
         """
         spec = self.signature(signature_key)
         arrays = self._prepare_inputs(spec, feeds)
+        chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows, "max_batch_rows"))
         if spec.stateful:
             session = self.new_interpreter()
-            outputs = self._run(session, spec, arrays)
+            outputs = self._run(session, spec, arrays, chunk)
         else:
             session = self._borrow()
             try:
-                outputs = self._run(session, spec, arrays)
+                outputs = self._run(session, spec, arrays, chunk)
             finally:
                 self._pool.put(session)
         if dequantize:
@@ -194,11 +210,26 @@ class TFLiteRunner:
                 raise _bad_input("Empty batch: inputs have 0 rows.")
         return arrays
 
-    def _run(self, session, spec: SignatureSpec, arrays):
+    def _chunk_rows(self, arrays, override: int | None) -> int:
+        """Rows per invoke: the override, else ``max_batch_rows``, else what fits in
+        ``max_batch_bytes`` (at least one row)."""
+        rows = override or self.max_batch_rows
+        if rows is None and self.max_batch_bytes is not None and arrays and arrays[0].ndim:
+            row_bytes = sum(a[:1].nbytes for a in arrays)
+            rows = max(1, self.max_batch_bytes // max(row_bytes, 1))
+        return rows or 2 ** 62
+
+    def _run(self, session, spec: SignatureSpec, arrays, chunk: int = 2 ** 62):
         sg = spec.subgraph_index
         if not spec.batched:
             return session.run(sg, spec, arrays)
         n = arrays[0].shape[0]
+        if spec.resizable_batch and not spec.stateful and n > chunk:
+            # Bounded memory: invokes of at most ``chunk`` rows, results concatenated.
+            parts = [self._run(session, spec, [a[i:i + chunk] for a in arrays], chunk)
+                     for i in range(0, n, chunk)]
+            return [np.concatenate([p[k] for p in parts], axis=0)
+                    for k in range(len(spec.outputs))]
         if spec.resizable_batch and not spec.stateful and session.can_resize(sg, spec, arrays):
             return session.run(sg, spec, arrays)
         # Fixed batch of 1 (or a model that refuses a bigger batch): one row per invoke.
@@ -255,6 +286,19 @@ class _Session:
             raise MlflowException(f"LiteRT failed to run the model: {e}") from None
 
 
+def _positive_or_none(value, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1 or number != value and not (
+            isinstance(value, str) and value.strip().isdigit()):
+        raise _bad_input(f"{name} must be a positive integer, got {value!r}.")
+    return number
+
+
 def _to_input_array(s: TensorSpec, value) -> np.ndarray:
     try:
         array = np.asarray(value)
@@ -270,8 +314,9 @@ def _to_input_array(s: TensorSpec, value) -> np.ndarray:
     if s.quantized:
         if array.dtype == s.dtype:
             return np.ascontiguousarray(array)  # already quantized: pass through unchanged
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise _bad_input(f"Input '{s.name}' has dtype {array.dtype}, expected numbers.")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or \
+                np.issubdtype(array.dtype, np.complexfloating):
+            raise _bad_input(f"Input '{s.name}' has dtype {array.dtype}, expected real numbers.")
         return s.quantize(array)
     return np.ascontiguousarray(_cast(s, array))
 
@@ -280,6 +325,10 @@ def _cast(s: TensorSpec, array: np.ndarray) -> np.ndarray:
     target = s.dtype
     if array.dtype == target:
         return array
+    if np.issubdtype(array.dtype, np.complexfloating) and not np.issubdtype(
+            target, np.complexfloating):
+        raise _bad_input(f"Input '{s.name}' has complex dtype {array.dtype}; the model's "
+                         f"{target.name} cannot hold the imaginary part.")
     if np.issubdtype(target, np.floating):
         if np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
             return array.astype(target)

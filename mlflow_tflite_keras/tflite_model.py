@@ -190,21 +190,38 @@ class TFLiteModel:
             # The schema moved builtin codes past 127 into builtin_code; old files only set the
             # deprecated int8 field, so the real code is the larger of the two.
             builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-            self.opcodes.append((builtin_name(builtin), _text(code.customCode), int(code.version)))
+            name = builtin_name(builtin)
+            if name == "CUSTOM" and not _text(code.customCode):
+                raise _invalid(f"Operator code {len(self.opcodes)} is CUSTOM without a custom "
+                               "code.")
+            self.opcodes.append((name, _text(code.customCode), int(code.version)))
         self.buffers = m.buffers or []
         self.subgraphs = [self._build_subgraph(i, sg) for i, sg in enumerate(m.subgraphs)]
+        for sg in self.subgraphs:
+            _check_operators(sg, self)
+        _check_subgraph_calls(self.subgraphs)
         self.signatures = []
         for sig in m.signatureDefs or []:
             sg_index = int(sig.subgraphIndex)
             if not 0 <= sg_index < len(self.subgraphs):
                 raise _invalid(f"Signature '{_text(sig.signatureKey)}' names missing subgraph.")
-            n_tensors = len(self.subgraphs[sg_index].tensors)
+            target = self.subgraphs[sg_index]
+            if sig.signatureKey is None:
+                raise _invalid(f"SignatureDef {len(self.signatures)} has no signature key.")
             maps = []
-            for tmaps in (sig.inputs or [], sig.outputs or []):
+            for kind, tmaps, allowed in (("input", sig.inputs or [], target.inputs),
+                                         ("output", sig.outputs or [], target.outputs)):
                 mapping = {}
                 for tm in tmaps:
-                    if not 0 <= tm.tensorIndex < n_tensors:
-                        raise _invalid("Signature tensor index out of range.")
+                    if tm.name is None:
+                        raise _invalid(f"Signature '{_text(sig.signatureKey)}' has an {kind} "
+                                       "without a name.")
+                    # An input / output of the signature is one of its subgraph's.
+                    if int(tm.tensorIndex) not in allowed:
+                        raise _invalid(
+                            f"Signature '{_text(sig.signatureKey)}' {kind} '{_text(tm.name)}' "
+                            f"names tensor {tm.tensorIndex}, which is not a {kind} of subgraph "
+                            f"{sg_index}.")
                     mapping[_text(tm.name)] = int(tm.tensorIndex)
                 maps.append(mapping)
             self.signatures.append(
@@ -234,7 +251,7 @@ class TFLiteModel:
                     shape=shape,
                     shape_signature=signature,
                     buffer=int(t.buffer),
-                    quantization=_quantization(t.quantization, len(shape)),
+                    quantization=_quantization(t.quantization, shape, t_index),
                     is_variable=bool(t.isVariable),
                     sparsity=t.sparsity,
                 )
@@ -465,7 +482,7 @@ def _seq(value):
     return list(value)
 
 
-def _quantization(q, rank: int) -> Quantization | None:
+def _quantization(q, shape: tuple[int, ...], t_index: int = -1) -> Quantization | None:
     if q is None or q.scale is None or len(q.scale) == 0:
         return None
     scale = np.asarray(q.scale, dtype=np.float32).reshape(-1)
@@ -475,8 +492,15 @@ def _quantization(q, rank: int) -> Quantization | None:
     if zero_point.size != scale.size:
         raise _invalid("Quantization has different numbers of scales and zero points.")
     dim = int(q.quantizedDimension)
-    if scale.size > 1 and not 0 <= dim < max(rank, 1):
-        raise _invalid(f"Quantized dimension {dim} out of range for a rank-{rank} tensor.")
+    rank = len(shape)
+    if scale.size > 1:
+        if not 0 <= dim < max(rank, 1):
+            raise _invalid(f"Quantized dimension {dim} out of range for a rank-{rank} tensor.")
+        if rank and shape[dim] != scale.size:
+            raise _invalid(f"Tensor {t_index} has {scale.size} per-channel scales for "
+                           f"{shape[dim]} channels (dimension {dim} of {list(shape)}).")
+    if not np.all(np.isfinite(scale)):
+        raise _invalid(f"Tensor {t_index} has a NaN or infinite quantization scale.")
     return Quantization(scale, zero_point, dim)
 
 
@@ -519,3 +543,178 @@ def _check_vector_lengths(data: bytes):
             raise _invalid(f"Not a valid TFLite flatbuffer: buffer {b} is longer than the file.")
     if any(n < 0 or n > limit for n in lengths):
         raise _invalid("Not a valid TFLite flatbuffer: a vector length exceeds the file size.")
+
+
+# ---- operator checks ---------------------------------------------------------------------------
+# LiteRT trusts these: a kernel reads its inputs by position, a missing one is a null pointer.
+# They run before any interpreter sees the bytes, and only reject what no converter writes.
+
+# (min inputs, max inputs, min outputs, max outputs); None: no upper bound.
+_UNARY = (1, 1, 1, 1)
+_BINARY = (2, 2, 1, 1)
+_ARITY = {
+    **dict.fromkeys([
+        "ABS", "CEIL", "COS", "EXP", "FLOOR", "LOG", "LOGISTIC", "NEG", "ROUND", "RSQRT", "SIGN",
+        "SIN", "SQRT", "SQUARE", "TANH", "RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1", "ELU",
+        "HARD_SWISH", "LEAKY_RELU", "GELU", "LOGICAL_NOT", "L2_NORMALIZATION", "ZEROS_LIKE",
+        "SOFTMAX", "LOG_SOFTMAX", "DEQUANTIZE", "QUANTIZE", "CAST", "SHAPE", "DENSIFY", "REAL",
+        "IMAG", "COMPLEX_ABS", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "AVERAGE_POOL_2D",
+        "MAX_POOL_2D", "L2_POOL_2D", "SQUEEZE", "WHERE", "LOCAL_RESPONSE_NORMALIZATION",
+        "READ_VARIABLE", "RANK"], _UNARY),
+    **dict.fromkeys([
+        "ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "POW", "SQUARED_DIFFERENCE",
+        "FLOOR_DIV", "FLOOR_MOD", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "EQUAL",
+        "NOT_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "ATAN2", "BATCH_MATMUL", "PRELU", "GATHER",
+        "GATHER_ND", "TRANSPOSE", "EXPAND_DIMS", "FILL", "TILE", "BROADCAST_TO",
+        "BROADCAST_ARGS", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD",
+        "REDUCE_ANY", "REDUCE_ALL", "ARG_MAX", "ARG_MIN", "CUMSUM", "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR", "REVERSE_V2", "EMBEDDING_LOOKUP", "MIRROR_PAD", "RFFT2D"],
+        _BINARY),
+    **dict.fromkeys(["PADV2", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "SLICE", "SELECT",
+                     "SELECT_V2", "RANGE", "SCATTER_ND"], (3, 3, 1, 1)),
+    "PAD": (2, 3, 1, 1), "STRIDED_SLICE": (4, 4, 1, 1), "ONE_HOT": (4, 4, 1, 1),
+    "SPLIT": (2, 2, 1, None), "SPLIT_V": (3, 3, 1, None), "UNPACK": (1, 1, 1, None),
+    "PACK": (1, None, 1, 1), "CONCATENATION": (1, None, 1, 1), "ADD_N": (1, None, 1, 1),
+    "TOPK_V2": (2, 2, 2, 2), "RESHAPE": (1, 2, 1, 1),
+    "CONV_2D": (2, 3, 1, 1), "DEPTHWISE_CONV_2D": (2, 3, 1, 1), "CONV_3D": (2, 3, 1, 1),
+    "FULLY_CONNECTED": (2, 3, 1, 2), "TRANSPOSE_CONV": (3, 4, 1, 1),
+    "CONV_3D_TRANSPOSE": (3, 4, 1, 1),
+    "ASSIGN_VARIABLE": (2, 2, 0, 0), "VAR_HANDLE": (0, 0, 1, 1), "CALL_ONCE": (0, 0, 0, 0),
+}
+# Inputs a kernel accepts as omitted (-1). Other ops of _ARITY take none; builtins not listed
+# there may omit any input but the first. Custom ops are free.
+_OPTIONAL_INPUTS = {
+    "CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "CONV_3D": {2}, "FULLY_CONNECTED": {2},
+    "TRANSPOSE_CONV": {3}, "CONV_3D_TRANSPOSE": {3},
+}
+# Ops whose options give strides / filter sizes a kernel divides by: options required, >= 1.
+_POSITIVE_OPTIONS = {
+    "CONV_2D": ("strideW", "strideH", "dilationWFactor", "dilationHFactor"),
+    "DEPTHWISE_CONV_2D": ("strideW", "strideH", "dilationWFactor", "dilationHFactor"),
+    "TRANSPOSE_CONV": ("strideW", "strideH"),
+    "AVERAGE_POOL_2D": ("strideW", "strideH", "filterWidth", "filterHeight"),
+    "MAX_POOL_2D": ("strideW", "strideH", "filterWidth", "filterHeight"),
+    "L2_POOL_2D": ("strideW", "strideH", "filterWidth", "filterHeight"),
+    "CONV_3D": ("strideD", "strideW", "strideH", "dilationDFactor", "dilationWFactor",
+                "dilationHFactor"),
+    "CONV_3D_TRANSPOSE": ("strideD", "strideW", "strideH", "dilationDFactor",
+                          "dilationWFactor", "dilationHFactor"),
+}
+# Options shared by another op than their namesake.
+_SHARED_OPTIONS = {"CONV_3D_TRANSPOSE": "conv3d"}
+
+
+def _squash(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+_OP_BY_SQUASHED = {_squash(n): n for n in _BUILTIN_NAMES.values()}
+
+
+def _options_owner(options) -> str | None:
+    """The builtin operator an options table is named after (Conv2DOptionsT -> CONV_2D)."""
+    name = type(options).__name__
+    for suffix in ("OptionsT", "Options"):
+        if name.endswith(suffix):
+            return _OP_BY_SQUASHED.get(_squash(name[: -len(suffix)]))
+    return None
+
+
+def _check_operators(sg: SubgraphInfo, model: "TFLiteModel"):
+    where = f"Subgraph {sg.index}"
+    produced: dict[int, int] = {}
+    sg_inputs = set(sg.inputs)
+    for op in sg.operators:
+        label = f"{where}: operator {op.index} ({op.name})"
+        known_builtin = op.opcode != "CUSTOM" and not op.opcode.startswith("UNKNOWN_")
+        arity = _ARITY.get(op.opcode)
+        if arity is not None:
+            lo_in, hi_in, lo_out, hi_out = arity
+            if len(op.inputs) < lo_in or (hi_in is not None and len(op.inputs) > hi_in):
+                raise _invalid(f"{label} has {len(op.inputs)} inputs, it takes "
+                               f"{_range_text(lo_in, hi_in)}.")
+            if len(op.outputs) < lo_out or (hi_out is not None and len(op.outputs) > hi_out):
+                raise _invalid(f"{label} has {len(op.outputs)} outputs, it makes "
+                               f"{_range_text(lo_out, hi_out)}.")
+        if known_builtin:
+            optional = _OPTIONAL_INPUTS.get(op.opcode, set() if arity else None)
+            for position, t in enumerate(op.inputs):
+                if t == -1 and (position == 0 or (optional is not None
+                                                  and position not in optional)):
+                    raise _invalid(f"{label} omits its input {position}, which it needs.")
+            _check_options(op, label)
+        for t in op.outputs:
+            tensor = sg.tensors[t]
+            if t in produced:
+                raise _invalid(f"{label} writes tensor {t} ('{tensor.name}'), already written "
+                               f"by operator {produced[t]}.")
+            if t in sg_inputs:
+                raise _invalid(f"{label} writes tensor {t} ('{tensor.name}'), an input of the "
+                               "subgraph.")
+            if model._raw_buffer(tensor.buffer) is not None:
+                raise _invalid(f"{label} writes tensor {t} ('{tensor.name}'), a constant.")
+            produced[t] = op.index
+
+
+def _range_text(lo, hi) -> str:
+    if hi is None:
+        return f"at least {lo}"
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def _check_options(op: OperatorInfo, label: str):
+    options = op.options
+    if options is not None:
+        owner = _options_owner(options)
+        if owner is not None and owner != op.opcode and \
+                _SHARED_OPTIONS.get(op.opcode) != _squash(owner):
+            raise _invalid(f"{label} carries the options of {owner}.")
+    fields = _POSITIVE_OPTIONS.get(op.opcode)
+    if fields:
+        if options is None:
+            raise _invalid(f"{label} has no options (strides, sizes).")
+        for name in fields:
+            value = getattr(options, name, 1)
+            if int(value) < 1:
+                raise _invalid(f"{label} has {name} = {value}; it must be at least 1.")
+
+
+def _subgraph_references(op: OperatorInfo) -> list[int]:
+    """Subgraph indices named in an op's options (WHILE, IF, CALL_ONCE, CALL, StableHLO)."""
+    refs = []
+    for name, value in vars(op.options).items() if op.options is not None else ():
+        if "ubgraph" not in name:
+            continue
+        values = _seq(value) if not isinstance(value, (int, np.integer)) else [value]
+        refs.extend(int(v) for v in values)
+    return refs
+
+
+def _check_subgraph_calls(subgraphs: list[SubgraphInfo]):
+    """Subgraph indices in op options are in range, and no subgraph calls itself (directly or
+    through others): the interpreter would recurse until the stack overflows."""
+    n = len(subgraphs)
+    calls: dict[int, set[int]] = {}
+    for sg in subgraphs:
+        for op in sg.operators:
+            refs = _subgraph_references(op)
+            for r in refs:
+                if not 0 <= r < n:
+                    raise _invalid(f"Subgraph {sg.index}: operator {op.index} ({op.name}) names "
+                                   f"subgraph {r}; the model has {n}.")
+            calls.setdefault(sg.index, set()).update(refs)
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+    def visit(i, path):
+        state[i] = 1
+        for j in sorted(calls.get(i, ())):
+            if state.get(j) == 1:
+                raise _invalid("Subgraphs call each other in a cycle: "
+                               + " -> ".join(map(str, [*path, j])) + ".")
+            if state.get(j) is None:
+                visit(j, [*path, j])
+        state[i] = 2
+
+    for i in range(n):
+        if state.get(i) is None:
+            visit(i, [i])

@@ -135,3 +135,40 @@ def test_unregistered_source_needs_a_name(store):
     version = lineage.register_keras_version(info.model_uri,
                                              registered_model_name=f"from-run-{store}")
     assert version.tags[lineage.SOURCE_URI] == info.model_uri
+
+
+def test_kept_keras_source_is_registered(store):
+    """Route (c): a Keras model logged with the flavor keeps its source; the Keras version is
+    that original (method=kept-source), predicting exactly like it; reconstruction on demand."""
+    import keras
+
+    name = f"kept-{store}"
+    x = fm.digits()[0]
+    original = fm.make_cnn()
+    with mlflow.start_run():
+        info = mlflow.tflite_keras.log_model(original, name="model", recipe="int8",
+                                             representative_data=x[:64], input_example=x[:8],
+                                             registered_model_name=name)
+    loaded = mlflow.tflite_keras.load_model(info.model_uri)
+    assert loaded.model.quantization_kind == "full-int8"
+    assert loaded.flavor_conf["keras_source"]["recipe"] == "full-int8"
+    assert loaded.flavor_conf["keras_source"]["keras_version"] == keras.__version__
+    version = lineage.register_keras_version(f"models:/{name}/1", parity_inputs=x[:64])
+    assert version.tags[lineage.METHOD] == "kept-source"
+    assert "Original Keras model" in version.description
+    kept = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+    np.testing.assert_array_equal(kept.predict(x[:16], verbose=0),
+                                  original.predict(x[:16], verbose=0))
+    rebuilt = lineage.register_keras_version(f"models:/{name}/1", method="reconstructed",
+                                             parity_inputs=x[:64])
+    assert rebuilt.tags[lineage.METHOD] == "reconstructed"
+    assert lineage.keras_versions_of(name, 1) == [f"{name}/2", f"{name}/3"]
+
+
+def test_kept_source_missing_is_a_clear_error(store):
+    name = f"nokept-{store}"
+    log_source(name, "float32")
+    with pytest.raises(MlflowException, match="has no Keras source"):
+        lineage.register_keras_version(f"models:/{name}/1", method="kept-source")
+    assert [str(mv.version) for mv in
+            MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]

@@ -32,6 +32,10 @@ class ConversionReport:
     folded_ops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wrapped_regions: list[dict] = field(default_factory=list)
+    # TFLite tensor index (signature subgraph) -> (Keras layer name, node index, output index)
+    # of the layer output holding that tensor's value; constants and folded ops are absent.
+    # Used by ``parity.locate_divergence`` to compare intermediate tensors.
+    tensor_map: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -43,25 +47,44 @@ class ConversionResult:
     report: ConversionReport
 
 
-def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None = None
-             ) -> keras.Model:
+def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None = None,
+             unsupported: str = "error", wrap_ops=()) -> keras.Model:
     """Rebuild a ``.tflite`` model (path, bytes or :class:`TFLiteModel`) as a Keras model.
 
     Every op with weights becomes a real Keras layer with trainable variables (quantized
-    weights dequantized); the model computes in float32. Raises
-    :class:`UnsupportedOperatorsError` listing every unsupported operator before building.
+    weights dequantized); the model computes in float32. With ``unsupported="error"`` (the
+    default) raises :class:`UnsupportedOperatorsError` listing every unsupported operator
+    before building; with ``unsupported="wrap"`` each connected region of unsupported
+    operators runs as an embedded, frozen ``TFLiteLayer`` instead. ``wrap_ops`` (op types,
+    custom codes or op indices) wraps those operators too, e.g. to isolate a parity problem.
+    See :mod:`mlflow_tflite_keras.converter.regions`.
     """
-    return convert(tflite_model, signature_key=signature_key, name=name).model
+    return convert(tflite_model, signature_key=signature_key, name=name,
+                   unsupported=unsupported, wrap_ops=wrap_ops).model
 
 
-def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None
-            ) -> ConversionResult:
-    """Like :func:`to_keras`, also returning the :class:`ConversionReport`."""
+def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None,
+            unsupported: str = "error", wrap_ops=()) -> ConversionResult:
+    """Like :func:`to_keras`, also returning the :class:`ConversionReport` (wrapped regions in
+    ``report.wrapped_regions``)."""
+    if unsupported not in ("error", "wrap"):
+        raise MlflowException(f"unsupported must be 'error' or 'wrap', got {unsupported!r}.",
+                              error_code=INVALID_PARAMETER_VALUE)
     model = TFLiteModel.load(tflite_model)
     signature = model.signature(signature_key)
     graph = build_graph(model, signature.subgraph_index)
     handlers = load_handlers()
-    check_supported(graph, handlers)
+    steps = regions = None
+    if unsupported == "wrap" or wrap_ops:
+        from mlflow_tflite_keras.converter import regions as hybrid
+
+        selected = hybrid.select_ops(graph, handlers, wrap_unsupported=unsupported == "wrap",
+                                     wrap_ops=wrap_ops)
+        if selected:
+            regions = hybrid.plan_regions(graph, selected)
+            steps = hybrid.schedule(graph, regions)
+    check_supported(graph, handlers,
+                    skip={op.index for r in regions or () for op in r.ops})
 
     in_names, out_names = graph.signature_names
     batched = _batched(graph)
@@ -84,8 +107,9 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     built = build_subgraph(model, signature.subgraph_index, specs,
                            list(signature.outputs.values()), name=model_name,
                            handlers=handlers, report=report, output_names=output_names,
-                           dict_inputs=True, graph=graph)
+                           dict_inputs=True, graph=graph, steps=steps)
     report.notes = built.ctx.notes
+    report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
     if per_example:
         from mlflow_tflite_keras.converter.ops.control_flow import per_example_model
@@ -96,17 +120,44 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     return ConversionResult(keras_model, report)
 
 
-def check_supported(graph: Graph, handlers) -> None:
+def _tensor_map(graph: Graph, values: dict, model: keras.Model
+                ) -> dict[int, tuple[str, int, int]]:
+    """Each op output whose value is a Keras graph tensor -> the layer output producing it
+    (``KerasTensor._keras_history``). An op that returns its input unchanged (QUANTIZE,
+    DEQUANTIZE, no-op reshapes) maps to the layer that produced that input. Layers left out
+    of the model (values no output depends on, e.g. a SHAPE whose result was not needed)
+    are skipped."""
+    in_model = {id(layer) for layer in model.layers}
+    mapping = {}
+    for op in graph.ops:
+        for t in op.outputs:
+            value = values.get(t.index)
+            history = getattr(value, "_keras_history", None)
+            if isinstance(value, keras.KerasTensor) and history is not None \
+                    and id(history.operation) in in_model:
+                mapping[t.index] = (history.operation.name, int(history.node_index),
+                                    int(history.tensor_index))
+    return mapping
+
+
+def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
     """Raise one error naming every unsupported op (custom ops by custom code), with counts
-    and the tensors involved, before anything is built."""
-    from mlflow_tflite_keras.converter.ops.control_flow import reachable_subgraphs
+    and the tensors involved, before anything is built. ``skip``: indices of ops (of
+    ``graph``) that are wrapped, with the subgraphs only they call."""
+    from mlflow_tflite_keras.converter.ops.control_flow import (
+        called_subgraphs,
+        reachable_subgraphs,
+    )
 
     missing: Counter = Counter()
     where: dict[str, list[str]] = {}
-    ops = list(graph.ops)
-    for index in sorted(reachable_subgraphs(graph.model, graph.subgraph_index)):
-        if index != graph.subgraph_index:  # loop bodies, branches, initializers
-            ops += build_graph(graph.model, index).ops
+    ops = [op for op in graph.ops if op.index not in skip]
+    called = set()
+    for op in ops:
+        for index in called_subgraphs(op.type, op.options):
+            called |= reachable_subgraphs(graph.model, index)
+    for index in sorted(called - {graph.subgraph_index}):  # bodies, branches, initializers
+        ops += build_graph(graph.model, index).ops
     for op in ops:
         if op.type not in handlers:
             label = f"CUSTOM:{op.type}" if op.is_custom else op.type
@@ -119,7 +170,8 @@ def check_supported(graph: Graph, handlers) -> None:
                  sorted(missing.items())]
         raise UnsupportedOperatorsError(
             f"The model has {sum(missing.values())} operator(s) the converter cannot rebuild:\n"
-            + "\n".join(lines), dict(missing))
+            + "\n".join(lines) + "\nPass unsupported='wrap' to run them as embedded, frozen "
+            "TFLiteLayers (hybrid conversion).", dict(missing))
 
 
 def _batched(graph: Graph) -> bool:

@@ -302,3 +302,103 @@ def add_exact(x, y):
     broadcasts, e.g. (N, C) + (N, 1) with N == C, into ``bias_add`` along the wrong axis;
     ``x - (-y)`` is the same sum, exactly, without that shortcut."""
     return ops.subtract(x, ops.negative(y))
+
+
+# ---- slices with run-time bounds (SLICE / STRIDED_SLICE / DYNAMIC_UPDATE_SLICE) -------------
+
+def _int_vector(v):
+    return ops.reshape(ops.cast(v, "int32"), (-1,))
+
+
+def with_static_shape(y, static_shape=None):
+    """``y`` with the dimensions known at build time (``None`` elsewhere) made static."""
+    if static_shape is None or len(static_shape) != len(y.shape):
+        return y
+    if all(a == b for a, b in zip(y.shape, static_shape) if b is not None):
+        return y
+    if all(d is not None for d in static_shape):
+        return ops.reshape(y, tuple(int(d) for d in static_shape))
+    dyn = shape_of(y, "int32")
+    target = ops.stack([ops.convert_to_tensor(np.int32(d)) if d is not None else dyn[i]
+                        for i, d in enumerate(static_shape)])
+    return ops.reshape(y, target)
+
+
+@extra_op
+def slice_dynamic(x, begin, size, static_shape=None, full_dims=()):
+    """TFLite SLICE with run-time ``begin``/``size`` (``-1``: to the end). ``full_dims`` are
+    taken whole (a static batch of 1 standing for the dynamic batch); ``static_shape`` gives
+    the output dimensions known at build time."""
+    rank = len(x.shape)
+    shape = shape_of(x, "int32")
+    begin = _int_vector(begin)
+    size = _int_vector(size)
+    if full_dims:
+        whole = np.isin(np.arange(rank), list(full_dims))
+        begin = ops.where(whole, np.int32(0), begin)
+        size = ops.where(whole, np.int32(-1), size)
+    size = ops.where(ops.less(size, 0), shape - begin, size)
+    return with_static_shape(ops.slice(x, begin, size), static_shape)
+
+
+@extra_op
+def strided_slice_dynamic(x, begin, end, strides=(), begin_mask=0, end_mask=0,
+                          shrink_axis_mask=0, offset=False, static_shape=None):
+    """TFLite STRIDED_SLICE with run-time ``begin``/``end`` and constant positive
+    ``strides`` (no ellipsis or new axes): bounds normalized and clamped as TFLite does."""
+    rank = len(x.shape)
+    n = len(strides)
+    shape = shape_of(x, "int32")
+    begin = _int_vector(begin)
+    end = _int_vector(end)
+    starts, sizes, steps, shrink = [], [], [], []
+    for i in range(rank):
+        d = shape[i]
+        if i >= n:
+            starts.append(ops.convert_to_tensor(np.int32(0)))
+            sizes.append(d)
+            steps.append(1)
+            continue
+        bit = 1 << i
+        b_raw = begin[i]
+        if shrink_axis_mask & bit:
+            b = ops.where(ops.less(b_raw, 0), b_raw + d, b_raw)
+            starts.append(b)
+            sizes.append(ops.convert_to_tensor(np.int32(1)))
+            steps.append(1)
+            shrink.append(i)
+            continue
+        e_raw = b_raw + end[i] if offset else end[i]
+        if begin_mask & bit:
+            b = ops.convert_to_tensor(np.int32(0))
+        else:
+            b = ops.clip(ops.where(ops.less(b_raw, 0), b_raw + d, b_raw), 0, d)
+        if end_mask & bit:
+            e = d
+        else:
+            e = ops.clip(ops.where(ops.less(e_raw, 0), e_raw + d, e_raw), 0, d)
+        starts.append(b)
+        sizes.append(ops.maximum(e - b, 0))
+        steps.append(int(strides[i]))
+    y = ops.slice(x, ops.stack(starts), ops.stack([ops.cast(s, "int32") for s in sizes]))
+    if any(s != 1 for s in steps):
+        y = y[tuple(slice(None, None, s) for s in steps)]
+    if shrink:
+        y = ops.squeeze(y, axis=tuple(shrink))
+    return with_static_shape(y, static_shape)
+
+
+@extra_op
+def dynamic_update_slice(operand, update, start):
+    """TFLite DYNAMIC_UPDATE_SLICE: ``update`` written into ``operand`` at ``start``, the
+    start clamped so the update fits (static ``update`` shape)."""
+    rank = len(operand.shape)
+    start = _int_vector(start)
+    limit = shape_of(operand, "int32") - np.asarray(update.shape, np.int32)
+    start = ops.clip(start, 0, ops.maximum(limit, 0))
+    grid = np.indices(tuple(int(d) for d in update.shape), dtype=np.int32).reshape(rank, -1).T
+    indices = ops.convert_to_tensor(grid) + ops.expand_dims(start, 0)
+    return ops.scatter_update(operand, indices, ops.reshape(update, (-1,)))
+
+
+extra_op(with_static_shape)

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
-from mlflow_tflite_keras.converter.ir import Graph, build_graph
+from mlflow_tflite_keras.converter.ir import Graph, Op, build_graph
 
 _UNBOUND = object()
 
@@ -47,16 +47,29 @@ class BuiltSubgraph:
     outputs: list  # one value per requested output (KerasTensor, numpy or bound object)
 
 
-def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: str = ""):
-    """Call every op's handler in order, storing output values in ``ctx.values``."""
-    for op in graph.ops:
+def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: str = "",
+            steps: list | None = None):
+    """Call every op's handler in order, storing output values in ``ctx.values``.
+
+    ``steps`` (hybrid conversion, :mod:`~mlflow_tflite_keras.converter.regions`) replaces
+    ``graph.ops``: ops and wrapped regions in dependency order; a region stores its outputs
+    itself (``region.materialize``), as one ``TFLiteLayer`` call."""
+    for op in (graph.ops if steps is None else steps):
+        if not isinstance(op, Op):  # a wrapped region
+            op.materialize(ctx, report, key_prefix)
+            continue
         ctx._current_op = op
         try:
             outputs = handlers[op.type].convert(op, ctx)
-        except ConversionError as e:
+        except MlflowException:
+            raise
+        except Exception as e:  # noqa: BLE001 - a layer refusing inconsistent shapes/options too
+            # Name the op: the user gets which tensor failed, not a trace from inside Keras.
+            detail = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
             where = f"subgraph {graph.subgraph_index} " if graph.subgraph_index else ""
             raise MlflowException(f"Cannot convert {where}op {op.index} ({op.type}, output "
-                                  f"'{op.outputs[0].name if op.outputs else '-'}'): {e}") from e
+                                  f"'{op.outputs[0].name if op.outputs else '-'}'): "
+                                  f"{detail[:2000]}") from e
         if len(outputs) != len(op.outputs):
             raise MlflowException(f"Handler for {op.type} returned {len(outputs)} values for "
                                   f"{len(op.outputs)} outputs.")
@@ -76,7 +89,8 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
                    outputs: list[int], *, name: str, handlers, report=None,
                    output_names: list[str] | None = None, dict_inputs: bool = False,
                    constant_output: Callable | None = None,
-                   key_prefix: str = "", graph: Graph | None = None) -> BuiltSubgraph:
+                   key_prefix: str = "", graph: Graph | None = None,
+                   steps: list | None = None) -> BuiltSubgraph:
     """A functional model computing the subgraph's tensors ``outputs`` (indices) from
     ``inputs``.
 
@@ -96,7 +110,7 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
         x = keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype, name=spec.name)
         keras_inputs[spec.name] = x
         ctx.values[spec.tensor] = x
-    run_ops(graph, ctx, handlers, report, key_prefix)
+    run_ops(graph, ctx, handlers, report, key_prefix, steps)
 
     values, model_outputs = [], []
     for pos, index in enumerate(outputs):

@@ -61,7 +61,8 @@ def make_lstm_text():
     import keras
 
     keras.utils.set_random_seed(0)
-    tokens = keras.Input((12,), dtype="int32")
+    # Batch 1: TFLiteConverter lowers Keras 3 RNN loops (WHILE) only with a static batch.
+    tokens = keras.Input((12,), dtype="int32", batch_size=1)
     x = keras.layers.Embedding(50, 16)(tokens)
     x = keras.layers.LSTM(24, return_sequences=True)(x)
     x = keras.layers.LSTM(16)(x)
@@ -72,7 +73,7 @@ def make_gru_text():
     import keras
 
     keras.utils.set_random_seed(0)
-    tokens = keras.Input((12,), dtype="int32")
+    tokens = keras.Input((12,), dtype="int32", batch_size=1)
     x = keras.layers.Embedding(50, 16)(tokens)
     x = keras.layers.GRU(16)(x)
     return keras.Model(tokens, keras.layers.Dense(4, activation="softmax")(x))

@@ -309,3 +309,74 @@ def test_keras_flatten_reshape_permute_concatenate():
     x = np.random.default_rng(0).uniform(-1, 1, (5, 6, 6, 2)).astype(np.float32)
     report = check_parity(data, model, x)
     assert report.passed, str(report)
+
+
+# ---- slice bounds computed at run time (loop counters, data-dependent offsets) --------------
+
+def _at(value):
+    """A fixed int32 offset input, fed as is."""
+    return ((1,), np.array([value], np.int32))
+
+
+@pytest.mark.parametrize("fn, inputs, out_shape", [
+    (lambda x, i: tf.slice(x, tf.concat([[0], i], 0), [-1, 2]), [((None, 6), F), _at(3)],
+     (None, 2)),
+    (lambda x, i: tf.slice(x, [0, 1], tf.concat([[-1], i], 0)), [((None, 6), F), _at(4)],
+     (None, None)),
+    (lambda x, i: tf.slice(x, tf.concat([[0], i, [0]], 0), [-1, -1, 3]),
+     [((None, 5, 4), F), _at(2)], (None, None, 3)),
+], ids=["run-time-begin", "run-time-size", "begin-to-end"])
+def test_slice_run_time_bounds(fn, inputs, out_shape):
+    model, _ = check_op("SLICE", fn, inputs)
+    assert tuple(model.output.shape) == out_shape
+
+
+@pytest.mark.parametrize("fn, inputs", [
+    (lambda x, i: x[:, i[0]:i[0] + 3], [((None, 7), F), _at(2)]),
+    (lambda x, i: x[:, i[0]:], [((None, 7), F), _at(-4)]),
+    (lambda x, i: x[:, i[0]], [((None, 7), F), _at(5)]),
+    (lambda x, i: x[:, i[0]::2, 1:], [((None, 7, 3), F), _at(1)]),
+], ids=["window", "negative-begin", "shrink", "strided"])
+def test_strided_slice_run_time_bounds(fn, inputs):
+    check_op("STRIDED_SLICE", fn, inputs)
+
+
+def _accumulate(x):
+    """A loop writing one value per step into a TensorArray at the loop counter, as Keras RNN
+    layers do: TensorListSetItem becomes SLICE/CONCATENATION with run-time sizes."""
+    ta = tf.TensorArray(tf.float32, size=6, element_shape=(1,))
+
+    def body(i, acc, ta):
+        acc = acc * 0.5 + x[:, i]
+        return i + 1, acc, ta.write(i, acc)
+
+    _, _, ta = tf.while_loop(lambda i, acc, ta: i < 6, body,
+                             [tf.constant(0), tf.zeros((1,)), ta])
+    return tf.transpose(ta.stack()) * 2.0
+
+
+def test_slice_run_time_size_in_loop_body():
+    model, _ = check_op("SLICE", _accumulate, [((1, 6), F)],
+                        expect_ops=["WHILE", "SLICE"])
+    assert tuple(model.output.shape) == (None, 6)
+
+
+def _dynamic_update(x, u, i):
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+    return gen_xla_ops.xla_dynamic_update_slice(x, u, tf.stack([i[0], 1]))
+
+
+@pytest.mark.parametrize("at", [1, 3], ids=["inside", "clamped"])
+def test_dynamic_update_slice(at):
+    check_op("DYNAMIC_UPDATE_SLICE", _dynamic_update, [((4, 5), F), ((2, 3), F), _at(at)])
+
+
+def test_slice_run_time_begin_static_batch():
+    """A fixed batch of 1: the batch dimension of a run-time slice stays the Keras batch."""
+    model, _ = check_op("SLICE", lambda x, i: tf.slice(x, tf.concat([[0], i[0]], 0), [1, 2]),
+                        [((1, 6), F), ((1, 1), np.array([[3]], np.int32))])
+    assert tuple(model.output.shape) == (None, 2)
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 6)).astype(np.float32)
+    y = np.asarray(model({"x": x, "i": np.full((3, 1), 3, np.int32)}))
+    np.testing.assert_array_equal(y, x[:, 3:5])

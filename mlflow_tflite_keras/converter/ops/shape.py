@@ -1,6 +1,6 @@
 """Shape family: RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, CONCATENATION, PACK, UNPACK, SPLIT,
-SPLIT_V, SLICE, STRIDED_SLICE, PAD, PADV2, MIRROR_PAD, TILE, BROADCAST_TO, BROADCAST_ARGS,
-SHAPE, RANGE, FILL, REVERSE_V2.
+SPLIT_V, SLICE, STRIDED_SLICE, DYNAMIC_UPDATE_SLICE, PAD, PADV2, MIRROR_PAD, TILE, BROADCAST_TO,
+BROADCAST_ARGS, SHAPE, RANGE, FILL, REVERSE_V2.
 
 The Keras batch dimension is dynamic (None) where TFLite's static shapes say 1. Handlers keep
 it dynamic: shapes given to Keras layers drop dimension 0 (``Reshape(target[1:])``), slices
@@ -8,6 +8,12 @@ over a batch-1 dimension become full slices. Shape tensors computed at run time 
 ``STRIDED_SLICE`` -> ``PACK`` chains, as Keras ``Flatten`` produces) are evaluated here with the
 batch size as an unknown (:func:`shape_value`), so RESHAPE / FILL / BROADCAST_TO still get static
 targets with only the batch dimension dynamic.
+
+Slice bounds computed at run time (TensorFlow's lowering of ``TensorListSetItem`` in RNN loop
+bodies slices the accumulator at the loop counter) become ``slice_dynamic`` /
+``strided_slice_dynamic``; the output dimensions known at build time (:func:`partial_ints`,
+the TFLite shape signature) stay static, and a CONCATENATION of such pieces gets its static
+TFLite shape back.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.builder import BuildContext
+from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.registry import HANDLERS, register
 
 _INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
@@ -136,7 +142,10 @@ def _reshape(op, ctx, x, target, mask=None, suffix=""):
         in_rest = x.shape[1:]
         same_size = static_rest(x) and -1 not in rest and \
             int(np.prod(rest)) == int(np.prod(in_rest))
-        keep = (mask[0] == 1 and not mask[1:].any() and rest.count(-1) <= 1) or (
+        # A merged leading dimension (e.g. batch x time flattened for FULLY_CONNECTED) is
+        # not the batch: a Reshape layer only fits when each row keeps its element count.
+        rows_fit = same_size or not static_rest(x) or -1 in rest
+        keep = (mask[0] == 1 and not mask[1:].any() and rest.count(-1) <= 1 and rows_fit) or (
             not mask.any() and (target[0] == -1 or target[0] == op.inputs[0].shape[0] == 1)
             and (same_size or (rest.count(-1) == 1 and target[0] != -1)))
         if keep:
@@ -202,6 +211,13 @@ def concatenation(op, ctx):
         y = keras.layers.Concatenate(axis=axis, name=ctx.name(op))(list(xs))
     else:
         y = ctx.op(op, "concat_n", *xs, axis=axis)
+    if not ctx.is_const(y):
+        # Parts of run-time sizes (slices at a loop counter) joined back to a static size.
+        dims = list(y.shape)
+        static = _known_output_shape(op, ctx, next((v for v in xs if not ctx.is_const(v)), y),
+                                     dims)
+        if static != dims:
+            y = ctx.op(op, "with_static_shape", y, static_shape=static, suffix="_shape")
     return [ctx.activation(op, y)]
 
 
@@ -262,9 +278,89 @@ def _apply_index(op, ctx, x, index):
     return ctx.op(op, "getitem", x, index=index)
 
 
-@register("SLICE", layer="KerasOp(getitem)")
+def partial_ints(ctx, t, depth=0) -> list | None:
+    """The entries of a small integer vector (or scalar) known at build time, ``None`` for
+    the entries computed at run time: constants, shape arithmetic (:func:`shape_value`), and
+    vectors assembled from pieces (``CONCATENATION``, ``PACK``, ``RESHAPE`` of a scalar), as
+    TensorFlow's lowering builds slice bounds from a loop counter. ``None`` when the length
+    itself is unknown."""
+    if t is None or t.rank > 1:
+        return None
+    v = ctx.value(t)
+    if ctx.is_const(v):
+        return [int(a) for a in np.asarray(v).reshape(-1)]
+    n = 1 if t.rank == 0 else (t.shape_signature[0] if t.shape_signature[0] != -1 else None)
+    op = ctx.graph.producers.get(t.index)
+    if op is not None and depth < 8 and t.type_name in _INT_TYPES:
+        parts = None
+        if op.type == "CONCATENATION" and t.rank == 1:
+            parts = [partial_ints(ctx, u, depth + 1) for u in op.inputs]
+        elif op.type == "PACK" and int(op.opt("axis", 0)) == 0 and \
+                all(u.rank == 0 for u in op.inputs):
+            parts = [partial_ints(ctx, u, depth + 1) for u in op.inputs]
+        elif op.type in ("RESHAPE", "EXPAND_DIMS", "SQUEEZE") and op.inputs[0].rank <= 1:
+            parts = [partial_ints(ctx, op.inputs[0], depth + 1)]
+        if parts is not None and all(p is not None for p in parts):
+            flat = [a for p in parts for a in p]
+            if n is None or len(flat) == n:
+                return flat
+    value, mask = shape_value(ctx, t)
+    if value is not None:
+        return [int(a) if m == 0 else None
+                for a, m in zip(np.asarray(value).reshape(-1), np.asarray(mask).reshape(-1))]
+    return None if n is None else [None] * n
+
+
+def _known_output_shape(op, ctx, x, dims):
+    """The Keras output shape of a run-time-bounds slice: ``dims`` (computed at build time,
+    ``None`` unknown) completed from the TFLite shape signature. A dimension 0 of size 1 on
+    a tensor with a dynamic dimension 0 may stand for the Keras batch: it stays dynamic."""
+    sig = op.outputs[0].shape_signature
+    batch = batched(ctx, x) and op.inputs[0].shape[0] == 1
+    out = list(dims)
+    if len(sig) == len(out):
+        for i, d in enumerate(sig):
+            if out[i] is None and d != -1 and not (i == 0 and batch and d == 1):
+                out[i] = int(d)
+    if batch and out and op.outputs[0].shape[0] == 1:
+        out[0] = None
+    return out
+
+
+def _slice_runtime(op, ctx, x):
+    """SLICE whose begin or size is computed at run time (e.g. writes into a loop's
+    accumulator at the loop counter): ``KerasOp(slice_dynamic)``."""
+    rank = op.inputs[0].rank
+    begin = partial_ints(ctx, op.input(1)) or [None] * rank
+    size = partial_ints(ctx, op.input(2)) or [None] * rank
+    in_shape = list(np.shape(x)) if ctx.is_const(x) else list(x.shape)
+    dims, full = [], []
+    for i in range(rank):
+        b, s, d = begin[i], size[i], in_shape[i]
+        if i == 0 and not ctx.is_const(x) and b is not None and s is not None and \
+                _full_batch_slice(op, ctx, x, b, None if s == -1 else b + s, 1):
+            full.append(0)
+            dims.append(None)
+        elif s is not None and s >= 0:
+            dims.append(s)
+        elif s == -1 and b is not None and d is not None:
+            dims.append(max(d - b, 0))
+        else:
+            dims.append(None)
+    static = _known_output_shape(op, ctx, x, dims)
+    return ctx.op(op, "slice_dynamic", x, ctx.value(op.input(1)), ctx.value(op.input(2)),
+                  static_shape=static, full_dims=full)
+
+
+def _bounds_known(ctx, *tensors) -> bool:
+    return all(t is None or ctx.is_const(ctx.value(t)) for t in tensors)
+
+
+@register("SLICE", layer="KerasOp(getitem / slice_dynamic)")
 def slice_(op, ctx):
     x = ctx.value(op.inputs[0])
+    if not _bounds_known(ctx, op.input(1), op.input(2)):
+        return [_slice_runtime(op, ctx, x)]
     begin = axis_arg(ctx, op.input(1), "begin")
     size = axis_arg(ctx, op.input(2), "size")
     index = []
@@ -276,9 +372,11 @@ def slice_(op, ctx):
     return [_apply_index(op, ctx, x, index)]
 
 
-@register("STRIDED_SLICE", layer="KerasOp(getitem)")
+@register("STRIDED_SLICE", layer="KerasOp(getitem / strided_slice_dynamic)")
 def strided_slice(op, ctx):
     x = ctx.value(op.inputs[0])
+    if not _bounds_known(ctx, op.input(1), op.input(2)):
+        return [_strided_slice_runtime(op, ctx, x)]
     begin = axis_arg(ctx, op.input(1), "begin")
     end = axis_arg(ctx, op.input(2), "end")
     strides = axis_arg(ctx, op.input(3), "strides") if op.input(3) is not None \
@@ -311,6 +409,57 @@ def strided_slice(op, ctx):
         if dim is not None:
             dim += 1
     return [_apply_index(op, ctx, x, index)]
+
+
+def _strided_slice_runtime(op, ctx, x):
+    """STRIDED_SLICE whose begin or end is computed at run time (constant positive strides,
+    no ellipsis / new axis): ``KerasOp(strided_slice_dynamic)``."""
+    n = op.input(1).shape[0] if op.input(1).rank == 1 else 1
+    strides = axis_arg(ctx, op.input(3), "strides") if op.input(3) is not None else [1] * n
+    bm, em = int(op.opt("beginMask", 0)), int(op.opt("endMask", 0))
+    ell, new, shrink = (int(op.opt(k, 0)) for k in ("ellipsisMask", "newAxisMask",
+                                                       "shrinkAxisMask"))
+    offset = bool(op.opt("offset", False))
+    if ell or new or any(s <= 0 for s in strides):
+        raise ConversionError("STRIDED_SLICE with run-time begin/end: only positive strides "
+                              "without ellipsis or new axes are supported.")
+    rank = op.inputs[0].rank
+    n = len(strides)
+    begin = partial_ints(ctx, op.input(1)) or [None] * n
+    end = partial_ints(ctx, op.input(2)) or [None] * n
+    in_shape = list(np.shape(x)) if ctx.is_const(x) else list(x.shape)
+    dims = []
+    for i in range(rank):
+        d = in_shape[i]
+        bit = 1 << i
+        if i >= n:
+            dims.append(d)
+            continue
+        if shrink & bit:
+            continue
+        b = None if bm & bit else begin[i]
+        e = None if em & bit else end[i]
+        if offset and not em & bit:
+            e = None if (begin[i] is None or end[i] is None) else begin[i] + end[i]
+        if i == 0 and not ctx.is_const(x) and (b is not None or bm & bit) and \
+                (e is not None or em & bit) and _full_batch_slice(op, ctx, x, b, e, strides[0]):
+            bm, em = bm | 1, em | 1  # a static batch of 1 stands for the Keras batch
+            dims.append(None)
+            continue
+        known = d is not None and (b is not None or bm & bit) and (e is not None or em & bit)
+        dims.append(len(range(d)[slice(b, e, strides[i])]) if known else None)
+    static = _known_output_shape(op, ctx, x, dims)
+    return ctx.op(op, "strided_slice_dynamic", x, ctx.value(op.input(1)),
+                  ctx.value(op.input(2)), strides=[int(v) for v in strides], begin_mask=bm,
+                  end_mask=em, shrink_axis_mask=shrink, offset=offset, static_shape=static)
+
+
+@register("DYNAMIC_UPDATE_SLICE", layer="KerasOp(dynamic_update_slice)")
+def dynamic_update_slice(op, ctx):
+    operand, update, start = ctx.inputs(op)[:3]
+    if not ctx.is_const(update) and any(d is None for d in update.shape):
+        raise ConversionError("DYNAMIC_UPDATE_SLICE: the update must have a static shape.")
+    return [ctx.op(op, "dynamic_update_slice", operand, update, start)]
 
 
 # ---- padding, tiling, broadcasting -----------------------------------------------------------
