@@ -218,12 +218,15 @@ def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered
 
 @cli.command()
 @click.argument("model_uri")
-def verify(model_uri):
+@click.option("--debug", is_flag=True,
+              help="Also compare every intermediate tensor and name the first one that "
+                   "diverges, with the worst ones.")
+def verify(model_uri, debug):
     """Re-check a registered Keras version (models:/name/N) against its .tflite source."""
     from mlflow.exceptions import MlflowException
 
     import mlflow
-    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.converter.parity import check_parity, locate_divergence
     from mlflow_tflite_keras.lineage import SOURCE_URI, resolve_source
 
     _tracking()
@@ -241,6 +244,12 @@ def verify(model_uri):
         keras_model = mlflow.keras.load_model(model_uri)
         tflite = mlflow.tflite_keras.load_model(source_uri)
         report = check_parity(tflite.model_bytes, keras_model)
+        if debug:
+            _progress("Comparing intermediate tensors ...")
+            try:
+                report.divergence = locate_divergence(tflite.model_bytes, keras_model)
+            except ValueError as e:  # e.g. layers renamed: nothing to match
+                click.echo(f"debug: {e}", err=True)
     except MlflowException as e:
         _fail(e)
     click.echo(str(report))

@@ -202,7 +202,8 @@ def register_keras_version(
                     client.set_registered_model_alias(target_name, alias, version.version)
                 _link_source(client, source, f"{target_name}/{version.version}")
             except BaseException as e:
-                # Never leave a half-linked version behind.
+                # Never leave a half-linked version behind, nor a source naming a deleted one.
+                _unlink_source(client, source, f"{target_name}/{version.version}")
                 client.delete_model_version(target_name, version.version)
                 mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
                 mlflow.end_run(status="FAILED")
@@ -250,6 +251,39 @@ def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
         refs = [r for r in logged.tags.get(KERAS_VERSIONS, "").split(",") if r]
         client.set_logged_model_tags(source.model_id, {
             KERAS_VERSIONS: ",".join([*refs, keras_ref]), ROLE: ROLE_SOURCE})
+
+
+def _unlink_source(client: MlflowClient, source: SourceModel, keras_ref: str):
+    """Undo what ``_link_source`` may have done for ``keras_ref`` (best effort)."""
+    try:
+        if source.registered_name:
+            mv = client.get_model_version(source.registered_name, source.version)
+            refs = [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]
+            if keras_ref in refs:
+                refs.remove(keras_ref)
+                if refs:
+                    client.set_model_version_tag(source.registered_name, source.version,
+                                                 KERAS_VERSIONS, ",".join(refs))
+                else:
+                    client.delete_model_version_tag(source.registered_name, source.version,
+                                                    KERAS_VERSIONS)
+                    if mv.tags.get(ROLE) == ROLE_SOURCE:
+                        client.delete_model_version_tag(source.registered_name,
+                                                        source.version, ROLE)
+        if source.model_id:
+            logged = client.get_logged_model(source.model_id)
+            refs = [r for r in logged.tags.get(KERAS_VERSIONS, "").split(",") if r]
+            if keras_ref in refs:
+                refs.remove(keras_ref)
+                if refs:
+                    client.set_logged_model_tags(source.model_id,
+                                                 {KERAS_VERSIONS: ",".join(refs)})
+                else:
+                    client.delete_logged_model_tag(source.model_id, KERAS_VERSIONS)
+                    if logged.tags.get(ROLE) == ROLE_SOURCE:
+                        client.delete_logged_model_tag(source.model_id, ROLE)
+    except Exception as e:
+        _logger.warning("Could not remove %s from the source's links: %s", keras_ref, e)
 
 
 def _description(source: SourceModel, model_uri, parity, conversion, run_id, method) -> str:

@@ -159,7 +159,8 @@ class TFLiteModel:
         _check_header(self.model_bytes)
         try:
             _check_vector_lengths(self.model_bytes)
-            self._model = schema.ModelT.InitFromPackedBuf(bytearray(self.model_bytes), 0)
+            # Parsed in place: buffer data stays as numpy views into model_bytes (no copy).
+            self._model = schema.ModelT.InitFromPackedBuf(self.model_bytes, 0)
         except MlflowException:
             raise
         except Exception as e:  # the pure-python reader raises many kinds on bad offsets
@@ -300,7 +301,9 @@ class TFLiteModel:
                     )
         return info
 
-    def _raw_buffer(self, buffer_index: int) -> bytes | None:
+    def _raw_buffer(self, buffer_index: int) -> memoryview | None:
+        """A buffer's bytes as a view into ``model_bytes`` (never a copy: weights can be
+        hundreds of MB), or None for the empty buffer."""
         if buffer_index <= 0 or buffer_index >= len(self.buffers):
             return None  # buffer 0 is the schema's reserved empty buffer
         buf = self.buffers[buffer_index]
@@ -308,10 +311,10 @@ class TFLiteModel:
             end = int(buf.offset) + int(buf.size)
             if end > len(self.model_bytes):
                 raise _invalid(f"Buffer {buffer_index} points past the end of the file.")
-            return self.model_bytes[int(buf.offset):end]
+            return memoryview(self.model_bytes)[int(buf.offset):end]
         if buf.data is None or len(buf.data) == 0:
             return None
-        return np.asarray(buf.data, dtype=np.uint8).tobytes()
+        return memoryview(np.asarray(buf.data, dtype=np.uint8))
 
     # ---- accessors -------------------------------------------------------------------------
 
@@ -333,7 +336,8 @@ class TFLiteModel:
     def metadata_bytes(self, name: str) -> bytes | None:
         if name not in self.metadata:
             return None
-        return self._raw_buffer(self.metadata[name])
+        data = self._raw_buffer(self.metadata[name])
+        return None if data is None else bytes(data)
 
     @cached_property
     def sha256(self) -> str:

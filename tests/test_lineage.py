@@ -172,3 +172,42 @@ def test_kept_source_missing_is_a_clear_error(store):
         lineage.register_keras_version(f"models:/{name}/1", method="kept-source")
     assert [str(mv.version) for mv in
             MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
+
+
+def test_served_keras_version_matches_served_tflite(tmp_path):
+    """Both versions behind real `mlflow models serve` processes: same numbers within parity.
+    The Keras version loads natively through mlflow.keras (this package's layers register
+    themselves when Keras is imported)."""
+    import json
+
+    import requests
+
+    from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+    from servers import clean_env, model_server
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    uri = use_default_tracking(tmp_path / ".mlflow")
+    mlflow.set_experiment(experiment_id=experiment("serve-both"))
+    try:
+        name = "served"
+        log_source(name, "full-int8")
+        x = fm.digits()[0]
+        lineage.register_keras_version(f"models:/{name}/1", parity_inputs=x[:64])
+        env = clean_env(MLFLOW_TRACKING_URI=uri)
+        batch = x[100:108]
+        answers = {}
+        for version in ("1", "2"):
+            with model_server(f"models:/{name}/{version}", tmp_path / f"v{version}.log",
+                              env=env) as url:
+                response = requests.post(url + "/invocations",
+                                         data=json.dumps({"inputs": batch.tolist()}),
+                                         headers={"Content-Type": "application/json"},
+                                         timeout=120)
+                assert response.status_code == 200, response.text
+                answers[version] = np.asarray(response.json()["predictions"], np.float32)
+        assert answers["1"].shape == answers["2"].shape == (8, 10)
+        np.testing.assert_allclose(answers["2"], answers["1"], atol=0.05)
+        assert np.mean(answers["1"].argmax(-1) == answers["2"].argmax(-1)) >= 0.75
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

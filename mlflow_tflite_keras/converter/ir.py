@@ -171,7 +171,7 @@ def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
         return dequantize(raw, t.quantization)
     if raw.dtype == np.float16:
         return raw.astype(np.float32)
-    return np.array(raw)  # own the memory: the model bytes may be released
+    return raw  # a read-only view into the model bytes: weights are not copied twice
 
 
 def dequantize(values: np.ndarray, q: Quantization) -> np.ndarray:

@@ -264,7 +264,13 @@ class TensorParity:
         steps = "-" if self.max_steps is None else f"{self.max_steps:.2f}"
         return (f"  {self.op_index:>5} {self.op_type:<20.20} {self.tensor:>6} "
                 f"{self.max_abs_error:>10.3g} {self.max_rel_error:>10.3g} {self.cosine:>10.6f} "
-                f"{steps:>7}  {self.name} -> {self.layer}")
+                f"{steps:>7}  {_short(self.name)} -> {self.layer}")
+
+
+def _short(name: str, width: int = 60) -> str:
+    """A TFLite tensor name without its fused-op aliases (``a;b;c``), at most ``width``."""
+    name = name.split(";")[0]
+    return name if len(name) <= width else name[:width - 3] + "..."
 
 
 @dataclass
@@ -329,7 +335,9 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
     Constants and folded ops have no Keras counterpart and are not compared. The
     interpreter runs with its builtin kernels and no delegate, so that every intermediate
     tensor is kept (``experimental_preserve_all_tensors``); quantized tensors are
-    dequantized. ``tolerances`` as in :func:`check_parity` (``min_top1`` does not apply).
+    dequantized. ``tolerances`` as in :func:`check_parity` (``min_top1`` does not apply); a
+    quantized tensor diverges when it is both more than ``max_steps`` quantization steps off
+    and below ``min_cosine``.
     """
     import keras
 
@@ -394,7 +402,8 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
         if value.dtype.kind not in "fiub" or value.size == 0:
             skipped.append(f"tensor {t.index} '{t.name}': {value.dtype} / empty, not compared")
             continue
-        results.append(_compare_tensor(op, t, label, value, actual[slot], limits))
+        results.append(_compare_tensor(op, t, label, value, actual[slot], limits,
+                                       explicit=tolerances))
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     return DivergenceReport(model.quantization_kind, int(n), limits, results, skipped)
 
@@ -462,7 +471,7 @@ def _dequantize(values: np.ndarray, q) -> np.ndarray:
 
 
 def _compare_tensor(op, t, label: str, expected: np.ndarray, actual: np.ndarray,
-                    limits: dict) -> TensorParity:
+                    limits: dict, explicit=()) -> TensorParity:
     expected = np.asarray(expected, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     base = dict(tensor=t.index, name=t.name, op_index=op.index, op_type=op.type, layer=label,
@@ -489,15 +498,25 @@ def _compare_tensor(op, t, label: str, expected: np.ndarray, actual: np.ndarray,
         step = float(np.max(t.quantization.scale))
         steps = max_abs / step if step else None
     failures = [] if finite else ["non-finite values in the Keras tensor"]
-    checks = [
-        ("max_rel_error", max_rel, lambda v, lim: v <= lim),
-        ("max_abs_error", max_abs, lambda v, lim: v <= lim),
-        ("max_steps", steps, lambda v, lim: v <= lim),
-        ("min_cosine", cosine, lambda v, lim: v >= lim),
-    ]
-    for key, value, ok in checks:
+
+    def check(key, value, ok):
         if key in limits and value is not None and not ok(value, limits[key]):
-            failures.append(f"{key.replace('min_', '').replace('max_', '')} {value:.4g} "
-                            f"outside {key}={limits[key]}")
+            return [f"{key.replace('min_', '').replace('max_', '')} {value:.4g} "
+                    f"outside {key}={limits[key]}"]
+        return []
+
+    within = check("max_steps", steps, lambda v, lim: v <= lim)
+    aligned = check("min_cosine", cosine, lambda v, lim: v >= lim)
+    if steps is not None:
+        # A quantized tensor matches when it is within max_steps of its own quantization
+        # step, or (integer rounding accumulates over layers) still points the same way
+        # (min_cosine): it diverges only when both fail. Tiny activations a few steps wide
+        # have meaningless relative errors, so max_rel_error applies only when passed.
+        failures += within + aligned if within and aligned else []
+        if "max_rel_error" in explicit:
+            failures += check("max_rel_error", max_rel, lambda v, lim: v <= lim)
+    else:
+        failures += check("max_rel_error", max_rel, lambda v, lim: v <= lim) + aligned
+    failures += check("max_abs_error", max_abs, lambda v, lim: v <= lim)
     return TensorParity(**base, max_abs_error=max_abs, max_rel_error=max_rel, cosine=cosine,
                         max_steps=steps, passed=not failures, failures=failures)

@@ -104,6 +104,10 @@ class Region:
 
         from mlflow_tflite_keras.tflite_layer import TFLiteLayer
 
+        if not self.outputs:  # nothing outside uses what it computes
+            ctx.note(f"Wrapped region {self.index} ({', '.join(self.labels)}) has no used "
+                     "outputs; it was dropped.")
+            return
         values = {}
         for t in self.inputs:
             v = ctx.value(t)
@@ -117,7 +121,9 @@ class Region:
         dynamic = {t.index for t in live if len(values[t.index].shape) >= 1
                    and values[t.index].shape[0] is None}
         data = write_region_model(self.graph, self.ops, live, self.outputs,
-                                  constants=constants, dynamic_batch=dynamic)
+                                  constants=constants, dynamic_batch=dynamic,
+                                  known_shapes={t.index: tuple(values[t.index].shape)
+                                                for t in live})
         self.size_bytes = len(data)
         folded = not live
         if folded:
@@ -146,12 +152,10 @@ class Region:
                 else:
                     report.layers[key_prefix + label] = [self.layer_name]
             report.wrapped_regions.append(self.report_entry())
-            if self.custom_ops:
-                note = (f"Wrapped region {self.index} runs custom op(s) "
-                        f"{', '.join(self.custom_ops)}: LiteRT can only run them if their "
-                        "kernels are registered in the process that runs the model.")
-                if note not in report.notes:
-                    ctx.note(note)
+        if self.custom_ops:
+            ctx.note(f"Wrapped region {self.index} runs custom op(s) "
+                     f"{', '.join(self.custom_ops)}: LiteRT can only run them if their kernels "
+                     "are registered in the process that runs the model.")
 
 
 def _cast(ctx, value, dtype: str, name: str):
@@ -427,7 +431,7 @@ class _Writer:
         return self.opcode_map[old]
 
     def tensor(self, sg: int, old: int, *, data: bytes | None = None,
-               batch: bool = False, as_input: bool = False):
+               batch: bool = False, as_input: bool = False, known=None):
         t = copy.copy(self.source.subgraphs[sg].tensors[old])
         t.buffer = self.buffer(int(t.buffer), data) if data is not None else \
             (0 if as_input else self.buffer(int(t.buffer)))
@@ -437,6 +441,10 @@ class _Writer:
             len(t.shapeSignature) else list(shape)
         if batch and sig:
             sig[0] = -1
+        if known is not None and len(known) == len(shape):
+            shape = [int(k) if k is not None and s == -1 else d
+                     for d, s, k in zip(shape, sig, known)]
+            t.shape = shape
         if data is not None:
             sig = list(shape)
             t.isVariable = False
@@ -462,7 +470,8 @@ class _Writer:
 
 def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], outputs: list[Tensor],
                        *, constants: dict[int, np.ndarray] | None = None,
-                       dynamic_batch=frozenset(), description: str | None = None) -> bytes:
+                       dynamic_batch=frozenset(), known_shapes: dict | None = None,
+                       description: str | None = None) -> bytes:
     """A standalone ``.tflite`` running ``ops`` (of ``graph``) from ``inputs`` to ``outputs``.
 
     Copies the ops, their tensors (quantization, shape signatures, sparsity), constant buffers,
@@ -472,6 +481,9 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
     as constant buffers (quantized with the tensor's parameters when it is quantized).
     ``dynamic_batch``: indices of inputs whose dimension 0 is the dynamic Keras batch; their
     shape signature gets -1 there, as do outputs with a batch-1 leading dimension.
+    ``known_shapes``: tensor index -> the Keras value's static shape (None: unknown) of inputs;
+    it replaces placeholder static dimensions the file has where its signature says -1 (a
+    tensor reshaped at run time is stored as ``[1, 1]``), so the model allocates as written.
     """
     import flatbuffers
 
@@ -502,7 +514,8 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
             batch = (i in dynamic_batch) or (i in output_set and any_dynamic and t.rank >= 2
                                               and t.shape[0] == 1)
             tensors.append(w.tensor(sg_index, i, data=data, batch=batch,
-                                    as_input=i in input_set))
+                                    as_input=i in input_set,
+                                    known=(known_shapes or {}).get(i)))
             tensor_map[i] = len(tensors) - 1
         return tensor_map[i]
 

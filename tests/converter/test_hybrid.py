@@ -21,6 +21,10 @@ CASES = {
                                ("DEPTHWISE_CONV_2D", "ADD"), lambda: image_batch(4)),
     "transformer-float32": (lambda: small_tflite("transformer"), ("BATCH_MATMUL", "SOFTMAX"),
                             lambda: SMALL["transformer"][1](6)),
+    # FULLY_CONNECTED after a run-time reshape: its input is stored as [1, 1] in the file.
+    "transformer-dynamic-range": (lambda: small_tflite("transformer", "dynamic-range"),
+                                  ("FULLY_CONNECTED", "MEAN"),
+                                  lambda: SMALL["transformer"][1](6)),
 }
 
 
@@ -68,7 +72,8 @@ def test_hybrid_wrap_ops(case, tmp_path):
     # Everything else is rebuilt with real trainable weights.
     weighted = [layer for layer in model.layers if layer.weights
                 and type(layer).__name__ != "KerasOp"]
-    assert weighted and all(w.trainable for layer in weighted for w in layer.weights)
+    assert weighted or "FULLY_CONNECTED" in wrap_ops
+    assert all(w.trainable for layer in weighted for w in layer.weights)
     if "mobilenet" in case:
         convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
         assert len(convs) == graph_ops["CONV_2D"]
@@ -171,3 +176,75 @@ def test_region_model_is_standalone():
     out = TFLiteRunner(region).predict({s.name: np.zeros((3, *s.shape[1:]), np.float32)
                                         for s in spec.inputs})
     assert next(iter(out.values())).shape[0] == 3
+
+
+def test_control_flow_op_is_wrapped_with_its_subgraphs(tmp_path):
+    """A WHILE region carries the cond/body subgraphs it calls (copied and renumbered)."""
+    data = small_tflite("lstm-text")
+    x = SMALL["lstm-text"][1](3)
+    result = convert(data, wrap_ops=("WHILE",))
+    (region,) = result.report.wrapped_regions
+    assert [label.split(":")[1] for label in region["ops"]] == ["WHILE", "WHILE"]
+    (layer,) = [layer for layer in result.model._flatten_layers()
+                if isinstance(layer, TFLiteLayer)]
+    assert len(TFLiteModel(layer.model_bytes).subgraphs) == 5  # region + 2 x (cond, body)
+    parity = check_parity(data, result.model, x)
+    assert parity.passed, str(parity)
+    reloaded = _reload(result.model, tmp_path)
+    np.testing.assert_allclose(_predict(reloaded, x), _predict(result.model, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["float32", "full-int8"])
+def test_build_time_constant_inputs_are_baked_in(recipe):
+    """Region inputs known at build time become constant buffers (quantized for int8
+    tensors); a region without run-time inputs runs once and folds to constants."""
+    from mlflow_tflite_keras.converter import regions
+    from mlflow_tflite_keras.converter.ir import build_graph
+
+    graph = build_graph(TFLiteModel(app_tflite("MobileNetV2", recipe)))
+    add = graph.ops[9]
+    assert add.type == "ADD"
+    rng = np.random.default_rng(0)
+    # Within the tensors' quantized range (this random-init net's activations are tiny).
+    bound = 1.0 if recipe == "float32" else 40 * float(add.inputs[0].quantization.scale[0])
+    values = {t.index: rng.uniform(-bound, bound, t.shape).astype(np.float32)
+              for t in add.inputs}
+    data = regions.write_region_model(graph, [add], [], add.outputs, constants=values)
+    (out,) = regions._run_once(data)
+    expected = sum(values.values())
+    tolerance = 1e-6 if recipe == "float32" else 2.5 * float(add.outputs[0].quantization.scale[0])
+    np.testing.assert_allclose(out, expected, atol=tolerance)
+
+
+def test_custom_op_wraps_and_needs_its_kernel():
+    """A custom op has no handler: "error" names it by custom code, "wrap" embeds it and the
+    report says LiteRT needs its kernel registered; without it the first call fails."""
+    from ai_edge_litert import schema_py_generated as schema
+    import flatbuffers
+
+    from converter.handmade import FlatModel
+
+    b = FlatModel()
+    x = b.input((1, 4))
+    h = b.intermediate((1, 4))
+    y = b.output((1, 4))
+    b.op("ABS", [x], [h])
+    b.op("RELU", [h], [y])
+    model = schema.ModelT.InitFromPackedBuf(bytearray(b.finish()), 0)
+    code = model.operatorCodes[model.subgraphs[0].operators[0].opcodeIndex]
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = "MyCustomOp"
+    fb = flatbuffers.Builder(1024)
+    fb.Finish(model.Pack(fb), file_identifier=b"TFL3")
+    data = bytes(fb.Output())
+
+    with pytest.raises(UnsupportedOperatorsError) as e:
+        to_keras(data)
+    assert e.value.unsupported == {"CUSTOM:MyCustomOp": 1}
+    result = convert(data, unsupported="wrap")
+    (region,) = result.report.wrapped_regions
+    assert region["ops"] == ["0:MyCustomOp"] and region["custom_ops"] == ["MyCustomOp"]
+    assert any("registered" in note for note in result.report.notes)
+    assert "1:RELU" in result.report.layers
+    with pytest.raises(Exception, match="(?i)custom|MyCustomOp|LiteRT"):
+        result.model(np.ones((1, 4), np.float32))

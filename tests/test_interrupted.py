@@ -1,0 +1,276 @@
+"""Nothing lost: an interrupted ``log_model(..., registered_model_name=...)`` or
+``register_keras_version(...)`` never leaves a model version pointing at missing or partial
+artifacts, nor lineage tags pointing at versions that do not exist.
+
+The operation runs in a subprocess (``interrupt_driver.py``) that is SIGKILLed at points spread
+over the duration of an uninterrupted run, against a file-based SQLite store with local
+artifacts and against a real ``mlflow server`` (``--serve-artifacts``). After every kill, every
+model version that exists is downloaded and loaded with its flavor, and the lineage tags on
+both sides are checked. A Python-level interruption (``KeyboardInterrupt``) inside
+``register_keras_version`` is tested in process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import flavor_models as fm
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow_tflite_keras import lineage
+from servers import clean_env, tracking_server
+
+DRIVER = Path(__file__).with_name("interrupt_driver.py")
+KILL_POINTS = 10
+SOURCE = "interrupted-src"  # the .tflite version that register_keras_version converts
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server"])
+def store(request, tmp_path_factory):
+    """(tracking URI, experiment id, working dir) of a store with ``SOURCE`` version 1."""
+    root = tmp_path_factory.mktemp(f"interrupted-{request.param}")
+    saved_uri = mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
+    try:
+        if request.param == "sqlite":
+            from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            use_default_tracking(root / ".mlflow")  # sqlite:///... + file artifacts
+            experiment_id = experiment("interrupted")
+            yield _prepared(mlflow.get_tracking_uri(), experiment_id, root)
+        else:
+            with tracking_server(root / "server", root / "server.log") as url:
+                mlflow.set_tracking_uri(url)
+                experiment_id = mlflow.create_experiment("interrupted")
+                yield _prepared(url, experiment_id, root)
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+
+
+def _prepared(uri, experiment_id, root):
+    (root / "cnn.tflite").write_bytes(fm.cnn("float32"))
+    with mlflow.start_run(experiment_id=experiment_id, run_name="source"):
+        mlflow.tflite_keras.log_model(root / "cnn.tflite", name="model",
+                                      registered_model_name=SOURCE)
+    return uri, experiment_id, root
+
+
+class Driver:
+    """One driver process; its stdout lines are collected with their arrival times."""
+
+    def __init__(self, args, env, log):
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(DRIVER), *args], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=DRIVER.parent,
+                start_new_session=True)
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line.strip()))
+
+    def wait_for(self, prefix, timeout=180) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, line in list(self.lines):
+                if line.startswith(prefix):
+                    return t
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"driver: no {prefix!r} (exit {self.proc.poll()}): {self.lines}")
+
+    def go(self) -> float:
+        self.wait_for("READY")
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return time.monotonic()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        self._reader.join(timeout=10)
+
+    def last_phase(self) -> str:
+        steps = [line for _, line in self.lines if line.startswith(("START", "PHASE", "DONE"))]
+        return steps[-1] if steps else "before START"
+
+
+class Checker:
+    """Checks every model version of a store; complete ones are remembered."""
+
+    def __init__(self):
+        self.client = MlflowClient()
+        self.verified: set[tuple[str, str]] = set()
+
+    def versions(self, name) -> dict[str, object]:
+        return {str(mv.version): mv for mv in
+                self.client.search_model_versions(f"name = '{name}'")}
+
+    def check_all(self, names):
+        for name in names:
+            for version, mv in self.versions(name).items():
+                self.check_version(mv)
+        self.check_source()
+
+    def check_version(self, mv):
+        key = (mv.name, str(mv.version))
+        # Tags are written with the version, in the same transaction: a Keras version always
+        # carries its lineage, and its source exists.
+        if mv.tags.get(lineage.ROLE) == lineage.ROLE_KERAS:
+            source = self.client.get_model_version(mv.tags[lineage.SOURCE_NAME],
+                                                   mv.tags[lineage.SOURCE_VERSION])
+            assert source.tags.get(lineage.ROLE) != lineage.ROLE_KERAS
+            assert mv.tags[lineage.PARENT] == f"{source.name}/{source.version}"
+            assert lineage.model_id_of(mv)
+        if key in self.verified:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(f"models:/{mv.name}/{mv.version}",
+                                                        dst_path=tmp)
+            if mv.tags.get(lineage.ROLE) == lineage.ROLE_KERAS:
+                model = mlflow.keras.load_model(local)
+                assert model.outputs, key
+            else:
+                loaded = mlflow.tflite_keras.load_model(local)
+                assert loaded.model.sha256 == mlflow.models.Model.load(local).flavors[
+                    "tflite_keras"]["sha256"], key
+                loaded.interpreter()
+        self.verified.add(key)
+
+    def check_source(self):
+        """The source's links name only Keras versions that exist and point back at it."""
+        source = self.client.get_model_version(SOURCE, "1")
+        refs = [r for r in source.tags.get(lineage.KERAS_VERSIONS, "").split(",") if r]
+        for ref in refs:
+            name, version = ref.rsplit("/", 1)
+            keras_version = self.client.get_model_version(name, version)  # raises if missing
+            assert keras_version.tags[lineage.ROLE] == lineage.ROLE_KERAS
+            assert keras_version.tags[lineage.PARENT] == f"{SOURCE}/1"
+        if refs:
+            assert source.tags[lineage.ROLE] == lineage.ROLE_SOURCE
+        return refs
+
+
+@pytest.mark.parametrize("op", ["log", "convert"])
+def test_sigkill_leaves_no_broken_version(store, op):
+    uri, experiment_id, root = store
+    name = f"interrupted-{op}"
+    args = ["log", str(root / "cnn.tflite"), name] if op == "log" else \
+        ["convert", f"models:/{SOURCE}/1"]
+    names = [name, SOURCE]
+    env = clean_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_ID=experiment_id,
+                    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", CUDA_VISIBLE_DEVICES="-1")
+    log = root / f"driver-{op}.log"
+    checker = Checker()
+    drivers: list[Driver] = []
+
+    def spawn() -> Driver:
+        drivers.append(Driver(args, env, log))
+        return drivers[-1]
+
+    began = time.monotonic()
+    try:
+        # An uninterrupted run measures the operation (the next driver imports meanwhile,
+        # as during the killed runs).
+        current, pending = spawn(), spawn()
+        go = current.go()
+        duration = current.wait_for("DONE") - go
+        current.kill()
+        checker.check_all(names)
+        before = {k: str(v) for k, v in checker.versions(SOURCE)["1"].tags.items()}
+        outcomes = []
+        for i in range(KILL_POINTS):
+            # Spread over the operation, a little past its end (a slower run, the process exit).
+            offset = duration * 1.1 * (i + 0.5) / KILL_POINTS
+            current = pending
+            pending = spawn() if i < KILL_POINTS - 1 else None
+            go = current.go()
+            time.sleep(max(0.0, go + offset - time.monotonic()))
+            current.kill()
+            outcomes.append(f"{offset:.2f}s: {current.last_phase()}")
+            checker.check_all(names)
+            # The source is untouched, or linked to exactly one more (existing) Keras version.
+            after = {k: str(v) for k, v in checker.versions(SOURCE)["1"].tags.items()}
+            old = [r for r in before.get(lineage.KERAS_VERSIONS, "").split(",") if r]
+            new = [r for r in after.get(lineage.KERAS_VERSIONS, "").split(",") if r]
+            assert after == before or (new[:len(old)] == old and len(new) == len(old) + 1), \
+                (before, after)
+            before = after
+    finally:
+        for driver in drivers:
+            driver.kill()
+    print(f"\n[{op}] operation {duration:.2f}s, {len(checker.verified)} versions verified, "
+          f"{time.monotonic() - began:.1f}s in all; killed at:\n  " + "\n  ".join(outcomes))
+    assert checker.verified  # the uninterrupted run's version, at least
+
+
+@pytest.mark.parametrize("target", ["Model.log", "register_model"])
+def test_keyboard_interrupt_leaves_no_version_and_a_failed_run(store, monkeypatch, target):
+    uri, experiment_id, _ = store
+    client = MlflowClient()
+    name = f"ki-{target.replace('.', '-').lower()}"
+    source_tags = client.get_model_version(SOURCE, "1").tags
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if target == "Model.log":
+        monkeypatch.setattr(lineage.Model, "log", interrupt)
+    else:
+        monkeypatch.setattr(mlflow, "register_model", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        lineage.register_keras_version(f"models:/{SOURCE}/1", registered_model_name=name,
+                                       experiment_id=experiment_id)
+    assert mlflow.active_run() is None
+    with pytest.raises(MlflowException):
+        client.get_registered_model(name)
+    assert client.get_model_version(SOURCE, "1").tags == source_tags
+    runs = client.search_runs([experiment_id], "tags.`tflite_keras.role` = 'reconstructed-keras'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert "tflite_keras.failure" in runs[0].data.tags
+
+
+def test_interrupt_while_linking_leaves_no_dangling_reference(store, monkeypatch):
+    """Interrupted after the source version is tagged (while tagging its logged model): the
+    new version is deleted, and the source must not keep a reference to it."""
+    uri, experiment_id, _ = store
+    client = MlflowClient()
+    name = "ki-linking"
+    source_tags = client.get_model_version(SOURCE, "1").tags
+    source_model_id = lineage.model_id_of(client.get_model_version(SOURCE, "1"))
+    logged_tags = client.get_logged_model(source_model_id).tags
+    original = MlflowClient.set_logged_model_tags
+
+    def interrupt_source_link(self, model_id, tags):
+        if tags.get(lineage.KERAS_VERSIONS, "").endswith(f"{name}/1"):
+            raise KeyboardInterrupt
+        return original(self, model_id, tags)
+
+    monkeypatch.setattr(MlflowClient, "set_logged_model_tags", interrupt_source_link)
+    with pytest.raises(KeyboardInterrupt):
+        lineage.register_keras_version(f"models:/{SOURCE}/1", registered_model_name=name,
+                                       experiment_id=experiment_id)
+    assert client.search_model_versions(f"name = '{name}'") == []
+    assert client.get_model_version(SOURCE, "1").tags == source_tags
+    assert client.get_logged_model(source_model_id).tags == logged_tags
+    runs = client.search_runs([experiment_id], "tags.`tflite_keras.role` = 'reconstructed-keras'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert "linking failed" in runs[0].data.tags["tflite_keras.failure"]
+    Checker().check_source()
