@@ -20,10 +20,10 @@ import mlflow  # noqa: E402
 from _models import mobilenet_v2  # noqa: E402
 
 
-def raw_runner(model_bytes: bytes, batch: int):
+def raw_runner(model_bytes: bytes, batch: int, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=model_bytes)
+    interp = Interpreter(model_content=model_bytes, num_threads=num_threads)
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
     interp.resize_tensor_input(inp["index"], [batch, 224, 224, 3])
@@ -61,7 +61,8 @@ def main():
         ratios = []
         for batch in (1, 32):
             x = rng.uniform(-1, 1, (batch, 224, 224, 3)).astype(np.float32)
-            raw = raw_runner(data, batch)
+            # Same thread count as the pyfunc (all cores unless configured).
+            raw = raw_runner(data, batch, pyfunc.get_raw_model()._runner.num_threads)
             np.testing.assert_array_equal(pyfunc.predict(x), raw(x))
             # Interleave to share any machine noise between the two.
             t_raw, t_pyfunc = [], []

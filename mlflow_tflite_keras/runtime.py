@@ -7,6 +7,7 @@ No TensorFlow import: this module is on the serving path.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -120,7 +121,9 @@ class TFLiteRunner:
                  max_batch_rows: int | None = None,
                  max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
         self.model = model
-        self.num_threads = num_threads
+        # Like TensorFlow, use every core unless told otherwise (LiteRT's own default is one
+        # thread, which halves batch throughput on a 2-core machine).
+        self.num_threads = num_threads or os.cpu_count() or 1
         self.max_batch_rows = _positive_or_none(max_batch_rows, "max_batch_rows")
         self.max_batch_bytes = _positive_or_none(max_batch_bytes, "max_batch_bytes")
         self._specs: dict[str | None, SignatureSpec] = {}

@@ -12,6 +12,7 @@ both sides are checked. A Python-level interruption (``KeyboardInterrupt``) insi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,7 +67,7 @@ def _prepared(uri, experiment_id, root):
 
 
 class Driver:
-    """One driver process; its stdout lines are collected with their arrival times."""
+    """The driver process; its stdout lines are collected with their arrival times."""
 
     def __init__(self, args, env, log):
         with open(log, "ab") as err:
@@ -77,6 +78,7 @@ class Driver:
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self.mark = 0  # index of the first line of the current attempt
 
     def _read(self):
         for line in self.proc.stdout:
@@ -85,29 +87,58 @@ class Driver:
     def wait_for(self, prefix, timeout=180) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for t, line in list(self.lines):
+            for t, line in self.lines[self.mark:]:
                 if line.startswith(prefix):
                     return t
             if self.proc.poll() is not None and not self._reader.is_alive():
                 break
-            time.sleep(0.01)
-        raise AssertionError(f"driver: no {prefix!r} (exit {self.proc.poll()}): {self.lines}")
+            time.sleep(0.005)
+        raise AssertionError(f"driver: no {prefix!r} (exit {self.proc.poll()}), "
+                             f"see the driver log: {self.lines[self.mark:]}")
 
-    def go(self) -> float:
+    def go(self) -> tuple[float, int]:
+        """Fork a child running the operation: (start time, child pid)."""
         self.wait_for("READY")
+        self.mark = len(self.lines)
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        return time.monotonic()
+        started = time.monotonic()
+        self.wait_for("CHILD")
+        pid = int(next(line for _, line in self.lines[self.mark:] if line.startswith("CHILD"))
+                  .split()[1])
+        return started, pid
 
-    def kill(self):
-        if self.proc.poll() is None:
+    def kill(self, pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.wait_for(f"EXIT {pid}")
+
+    def steps(self) -> list[tuple[float, str]]:
+        return [(t, line) for t, line in self.lines[self.mark:]
+                if line.startswith(("START", "PHASE", "DONE"))]
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=60)
+            self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
 
-    def last_phase(self) -> str:
-        steps = [line for _, line in self.lines if line.startswith(("START", "PHASE", "DONE"))]
-        return steps[-1] if steps else "before START"
+
+def kill_points(steps, started, n=KILL_POINTS) -> list[float]:
+    """Offsets from the start: a quarter spread over the work before the first registry step,
+    the rest over the registry steps (upload, version creation, tagging) up to a little past
+    the end, where an interruption could leave something half done."""
+    first = next(t for t, line in steps if line.startswith("PHASE")) - started
+    done = next(t for t, line in steps if line.startswith("DONE")) - started
+    before = max(2, n // 4)
+    during = n - before
+    end = done + 0.05 * (done - first)
+    return ([first * (i + 0.5) / before for i in range(before)]
+            + [first + (end - first) * i / (during - 1) for i in range(during)])
 
 
 class Checker:
@@ -175,47 +206,39 @@ def test_sigkill_leaves_no_broken_version(store, op):
     names = [name, SOURCE]
     env = clean_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_ID=experiment_id,
                     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", CUDA_VISIBLE_DEVICES="-1")
-    log = root / f"driver-{op}.log"
     checker = Checker()
-    drivers: list[Driver] = []
-
-    def spawn() -> Driver:
-        drivers.append(Driver(args, env, log))
-        return drivers[-1]
-
     began = time.monotonic()
+    driver = Driver(args, env, root / f"driver-{op}.log")
     try:
-        # An uninterrupted run measures the operation (the next driver imports meanwhile,
-        # as during the killed runs).
-        current, pending = spawn(), spawn()
-        go = current.go()
-        duration = current.wait_for("DONE") - go
-        current.kill()
+        # An uninterrupted run: timings of the operation and of its registry steps.
+        started, pid = driver.go()
+        driver.wait_for("DONE")
+        driver.kill(pid)
+        timeline = driver.steps()
         checker.check_all(names)
-        before = {k: str(v) for k, v in checker.versions(SOURCE)["1"].tags.items()}
+        before = checker.versions(SOURCE)["1"].tags
         outcomes = []
-        for i in range(KILL_POINTS):
-            # Spread over the operation, a little past its end (a slower run, the process exit).
-            offset = duration * 1.1 * (i + 0.5) / KILL_POINTS
-            current = pending
-            pending = spawn() if i < KILL_POINTS - 1 else None
-            go = current.go()
-            time.sleep(max(0.0, go + offset - time.monotonic()))
-            current.kill()
-            outcomes.append(f"{offset:.2f}s: {current.last_phase()}")
+        for offset in kill_points(timeline, started):
+            started, pid = driver.go()
+            time.sleep(max(0.0, started + offset - time.monotonic()))
+            driver.kill(pid)
+            steps = driver.steps()
+            outcomes.append(f"{offset:5.2f}s  {steps[-1][1] if steps else '(before START)'}")
             checker.check_all(names)
             # The source is untouched, or linked to exactly one more (existing) Keras version.
-            after = {k: str(v) for k, v in checker.versions(SOURCE)["1"].tags.items()}
+            after = checker.versions(SOURCE)["1"].tags
             old = [r for r in before.get(lineage.KERAS_VERSIONS, "").split(",") if r]
             new = [r for r in after.get(lineage.KERAS_VERSIONS, "").split(",") if r]
             assert after == before or (new[:len(old)] == old and len(new) == len(old) + 1), \
                 (before, after)
             before = after
     finally:
-        for driver in drivers:
-            driver.kill()
-    print(f"\n[{op}] operation {duration:.2f}s, {len(checker.verified)} versions verified, "
-          f"{time.monotonic() - began:.1f}s in all; killed at:\n  " + "\n  ".join(outcomes))
+        driver.close()
+    print(f"\n[{op}] uninterrupted: " + ", ".join(
+        f"{t - timeline[0][0]:.2f}s {line}" for t, line in timeline)
+        + f"\n[{op}] {len(checker.verified)} versions verified, "
+        f"{time.monotonic() - began:.1f}s in all; killed at (last step begun):\n  "
+        + "\n  ".join(outcomes))
     assert checker.verified  # the uninterrupted run's version, at least
 
 

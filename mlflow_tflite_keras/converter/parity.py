@@ -132,6 +132,19 @@ def _index_bound(model: TFLiteModel, subgraph_index: int, tensor_index: int) -> 
     return None
 
 
+def _prepare(tflite_model, inputs, n_samples, seed, signature_key):
+    """The parsed model, a runner, the signature, and the inputs as a dict (random within
+    each input's range when None)."""
+    model = TFLiteModel.load(tflite_model)
+    runner = TFLiteRunner(model)
+    spec = runner.signature(signature_key)
+    if inputs is None:
+        inputs = sample_inputs(model, n_samples, seed, signature_key)
+    elif not isinstance(inputs, dict):
+        inputs = {spec.inputs[0].name: np.asarray(inputs)}
+    return model, runner, spec, inputs
+
+
 def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                  signature_key=None, seed: int = 0, debug: bool = False, tensor_map=None,
                  **tolerances) -> ParityReport:
@@ -144,13 +157,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
-    model = TFLiteModel.load(tflite_model)
-    runner = TFLiteRunner(model)
-    spec = runner.signature(signature_key)
-    if inputs is None:
-        inputs = sample_inputs(model, n_samples, seed, signature_key)
-    elif not isinstance(inputs, dict):
-        inputs = {spec.inputs[0].name: np.asarray(inputs)}
+    model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
+                                           signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
     actual = _keras_predict(keras_model, spec, inputs)
     limits = {**DEFAULT_TOLERANCES.get(model.quantization_kind, {}), **tolerances}
@@ -341,13 +349,8 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
     """
     import keras
 
-    model = TFLiteModel.load(tflite_model)
-    runner = TFLiteRunner(model)
-    spec = runner.signature(signature_key)
-    if inputs is None:
-        inputs = sample_inputs(model, n_samples, seed, signature_key)
-    elif not isinstance(inputs, dict):
-        inputs = {spec.inputs[0].name: np.asarray(inputs)}
+    model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
+                                           signature_key)
     if tensor_map is None:
         from mlflow_tflite_keras.converter.convert import convert
 

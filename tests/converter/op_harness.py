@@ -25,6 +25,21 @@ from model_factory import cached
 _DTYPES = {"float": "float32", "positive": "float32", "int": "int32", "bool": "bool"}
 
 
+class case_fn:
+    """A test function with parameters bound, for parametrized tests that share one lambda:
+    its ``repr`` (part of the model cache key) includes the parameters."""
+
+    def __init__(self, fn, **params):
+        self.fn, self.params = fn, params
+        self.key = f"{inspect.getsource(fn).strip()} {sorted(params.items())}"
+
+    def __call__(self, *args):
+        return self.fn(*args, **self.params)
+
+    def __repr__(self):
+        return self.key
+
+
 def sample(shape, kind, rng, batch=3):
     if isinstance(kind, np.ndarray):
         return kind

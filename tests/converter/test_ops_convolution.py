@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.op_harness import check_op
+from converter.op_harness import case_fn, check_op
 
 tf = pytest.importorskip("tensorflow")
 
@@ -16,21 +16,6 @@ def w(*shape, seed=0):
     return tf.constant(np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32))
 
 
-class case_fn:
-    """A test function whose cache key includes its parameters: ``check_op`` caches models by
-    the function's source, which is the same for every parametrization of one lambda."""
-
-    def __init__(self, fn, **params):
-        import inspect
-
-        self.fn, self.params = fn, params
-        self.key = f"{inspect.getsource(fn).strip()} {sorted(params.items())}"
-
-    def __call__(self, *args):
-        return self.fn(*args, **self.params)
-
-    def __repr__(self):
-        return self.key
 
 
 def _layers(model, cls):

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from converter.op_harness import check_op
+from converter.op_harness import case_fn, check_op
 
 tf = pytest.importorskip("tensorflow")
 
 
-class case_fn:
-    """A test function whose cache key includes its parameters (``check_op`` caches models
-    by the function's source, the same for every parametrization of one lambda)."""
-
-    def __init__(self, fn, **params):
-        import inspect
-
-        self.fn, self.params = fn, params
-        self.key = f"{inspect.getsource(fn).strip()} {sorted(params.items())}"
-
-    def __call__(self, *args):
-        return self.fn(*args, **self.params)
-
-    def __repr__(self):
-        return self.key
 
 
 def _flags(model, op_type):
