@@ -148,11 +148,17 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
               default="auto", show_default=True,
               help="Register the Keras model kept with the .tflite (when it was logged from "
                    "Keras), or reconstruct it from the flatbuffer; auto prefers the kept one.")
+@click.option("--unsupported", type=click.Choice(["error", "wrap"]), default="error",
+              show_default=True,
+              help="wrap: embed the regions the converter cannot rebuild (e.g. custom ops) as "
+                   "frozen TFLiteLayers instead of failing.")
+@click.option("--wrap-op", "wrap_ops", multiple=True,
+              help="Also wrap these operators (repeatable), e.g. to isolate a parity problem.")
 @click.option("--max-rel-error", type=float, help="Parity tolerance override.")
 @click.option("--min-cosine", type=float, help="Parity tolerance override.")
 @click.option("--min-top1", type=float, help="Parity tolerance override.")
-def convert(model_uri, registered_model_name, alias, experiment_id, method, max_rel_error,
-            min_cosine, min_top1):
+def convert(model_uri, registered_model_name, alias, experiment_id, method, unsupported,
+            wrap_ops, max_rel_error, min_cosine, min_top1):
     """Reconstruct a logged .tflite model as Keras, check parity, and register the Keras
     version next to the source version with lineage tags both ways."""
     from mlflow.exceptions import MlflowException
@@ -167,6 +173,7 @@ def convert(model_uri, registered_model_name, alias, experiment_id, method, max_
         version = register_keras_version(model_uri, registered_model_name=registered_model_name,
                                          alias=alias, experiment_id=experiment_id,
                                          tolerances=tolerances or None, method=method,
+                                         unsupported=unsupported, wrap_ops=wrap_ops,
                                          progress=_progress)
     except UnsupportedOperatorsError as e:
         _fail(e, EXIT_UNSUPPORTED)

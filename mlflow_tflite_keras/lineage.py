@@ -98,6 +98,8 @@ def register_keras_version(
     experiment_id: str | None = None,
     await_registration_for: int = DEFAULT_AWAIT_MAX_SLEEP_SECONDS,
     method: str = "auto",
+    unsupported: str = "error",
+    wrap_ops=(),
     progress=None,
 ) -> ModelVersion:
     """Reconstruct the ``.tflite`` model at ``model_uri`` as Keras and register it.
@@ -113,7 +115,9 @@ def register_keras_version(
     was logged from Keras (``keep_source=True``); ``"reconstructed"`` rebuilds it from the
     flatbuffer; ``"auto"`` (default) uses the kept source when there is one. Parity against
     the ``.tflite`` is measured and logged either way; the ``tflite_keras.method`` tag says
-    which was registered.
+    which was registered. ``unsupported="wrap"`` / ``wrap_ops`` are passed to the converter:
+    regions it cannot rebuild are embedded as frozen ``TFLiteLayer``s (listed in the
+    conversion report) instead of failing.
 
     Atomic: if conversion or parity fails, no version is created, the source is untouched,
     and the run ends FAILED with the reason logged (tag ``tflite_keras.failure``).
@@ -162,7 +166,8 @@ def register_keras_version(
                 else:
                     chosen = "reconstructed"
                     say("Reconstructing the Keras model ...")
-                    result = convert(loaded.model_bytes)
+                    result = convert(loaded.model_bytes, unsupported=unsupported,
+                                     wrap_ops=wrap_ops)
                     keras_model, conversion = result.model, result.report
                 mlflow.set_tag(METHOD, chosen)
                 mlflow.log_dict({"method": chosen, **conversion.to_dict()},
@@ -296,6 +301,10 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id, met
     origin = (f"version **{source.version}** of `{source.registered_name}`"
               if source.registered_name else f"`{model_uri}`")
     notes = "".join(f"\n- {n}" for n in conversion.notes) or "\n- none"
+    wrapped = "".join(
+        f"\n- {', '.join(str(op) for op in region['ops'])}" for region in conversion.wrapped_regions)
+    if wrapped:
+        notes += ("\n\n### Kept as frozen TFLiteLayers (not rebuilt, not trainable)" + wrapped)
     what = "Reconstructed Keras model" if method == "reconstructed" else \
         "Original Keras model (kept with the .tflite)"
     return (

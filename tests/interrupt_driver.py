@@ -15,7 +15,8 @@ The driver imports everything (TensorFlow takes seconds) without touching the st
     DONE <name>/<version>            (the child finished)
     EXIT <pid> <wait status>         (from the driver, once the child is gone)
 
-The test SIGKILLs the child (a whole process: the store and artifact uploads see a client
+With ``go K`` the child SIGKILLs itself just before its K-th registry step (the timed kills
+of the test rarely land in those few milliseconds). The test SIGKILLs the child (a whole process: the store and artifact uploads see a client
 vanish mid-operation) and the driver stays ready for the next one. TensorFlow's thread pools
 and MLflow's store connections are only created in the children.
 """
@@ -24,11 +25,20 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import traceback
 
 _TRACED = ("log_model_artifacts", "_create_model_version", "update_model_version",
            "set_model_version_tag", "set_logged_model_tags", "delete_model_version")
+
+
+def _say(line: str) -> None:
+    """One line in one write: the driver and its child share the pipe."""
+    os.write(1, (line + "\n").encode())
+
+
+_steps = {"begun": 0, "kill_at": 0}  # in a child: registry steps begun, step to die at
 
 
 def _trace_registry_steps() -> None:
@@ -39,9 +49,13 @@ def _trace_registry_steps() -> None:
 
         @functools.wraps(original)
         def traced(*args, __original=original, __method=method, **kwargs):
-            print(f"PHASE {__method}", flush=True)
+            _steps["begun"] += 1
+            if _steps["begun"] == _steps["kill_at"]:
+                _say(f"KILLED before {__method}")
+                os.kill(os.getpid(), signal.SIGKILL)
+            _say(f"PHASE {__method}")
             result = __original(*args, **kwargs)
-            print(f"PHASE {__method} done", flush=True)
+            _say(f"PHASE {__method} done")
             return result
 
         setattr(MlflowClient, method, traced)
@@ -78,18 +92,21 @@ def _operation(argv: list[str]):
 
 
 def main(argv: list[str]) -> None:
+    sys.stdout = sys.stderr  # stdout (fd 1) carries only the protocol lines above
     run = _operation(argv)
     _trace_registry_steps()
-    print("READY", flush=True)
+    _say("READY")
     for line in sys.stdin:
-        if line.strip() != "go":
+        words = line.split()
+        if not words or words[0] != "go":
             break
         pid = os.fork()
         if pid == 0:
+            _steps["kill_at"] = int(words[1]) if len(words) > 1 else 0
             code = 0
             try:
-                print("START", flush=True)
-                print(f"DONE {run()}", flush=True)
+                _say("START")
+                _say(f"DONE {run()}")
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -97,9 +114,9 @@ def main(argv: list[str]) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        print(f"CHILD {pid}", flush=True)
+        _say(f"CHILD {pid}")
         _, status = os.waitpid(pid, 0)
-        print(f"EXIT {pid} {status}", flush=True)
+        _say(f"EXIT {pid} {status}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ def test_log_convert_verify(int8_file, env):
     assert "parity PASSED" in verified.stdout
     strict = run([CLI, "convert", "models:/digits/1", "--min-cosine", "1.01"], env)
     assert strict.returncode == 1 and "Parity check failed" in strict.stderr
+    wrapped = run([CLI, "convert", "models:/digits/1", "--wrap-op", "SOFTMAX"], env)
+    assert wrapped.returncode == 0, wrapped.stderr
+    assert "registered: models:/digits/3" in wrapped.stdout
+    description = subprocess.run([sys.executable, "-c", (
+        "import mlflow; print(mlflow.MlflowClient().get_model_version('digits', '3')"
+        ".description)")], capture_output=True, text=True, env=env).stdout
+    assert "frozen TFLiteLayers" in description and "SOFTMAX" in description
     not_keras = run([CLI, "verify", "models:/digits/1"], env)
     assert not_keras.returncode == 2 and "not a Keras version" in not_keras.stderr
 

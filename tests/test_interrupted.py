@@ -32,7 +32,7 @@ from mlflow_tflite_keras import lineage
 from servers import clean_env, tracking_server
 
 DRIVER = Path(__file__).with_name("interrupt_driver.py")
-KILL_POINTS = 10
+KILL_POINTS = 6  # timed kills, plus one before each registry step
 SOURCE = "interrupted-src"  # the .tflite version that register_keras_version converts
 
 
@@ -96,11 +96,13 @@ class Driver:
         raise AssertionError(f"driver: no {prefix!r} (exit {self.proc.poll()}), "
                              f"see the driver log: {self.lines[self.mark:]}")
 
-    def go(self) -> tuple[float, int]:
-        """Fork a child running the operation: (start time, child pid)."""
-        self.wait_for("READY")
+    def go(self, kill_at_step: int = 0) -> tuple[float, int]:
+        """Fork a child running the operation: (start time, child pid). ``kill_at_step``: the
+        child SIGKILLs itself just before that registry step (1 = the first)."""
+        if self.mark == 0:
+            self.wait_for("READY")
         self.mark = len(self.lines)
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(f"go {kill_at_step}\n")
         self.proc.stdin.flush()
         started = time.monotonic()
         self.wait_for("CHILD")
@@ -115,7 +117,7 @@ class Driver:
 
     def steps(self) -> list[tuple[float, str]]:
         return [(t, line) for t, line in self.lines[self.mark:]
-                if line.startswith(("START", "PHASE", "DONE"))]
+                if line.startswith(("START", "PHASE", "DONE", "KILLED"))]
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -129,16 +131,17 @@ class Driver:
 
 
 def kill_points(steps, started, n=KILL_POINTS) -> list[float]:
-    """Offsets from the start: a quarter spread over the work before the first registry step,
-    the rest over the registry steps (upload, version creation, tagging) up to a little past
-    the end, where an interruption could leave something half done."""
-    first = next(t for t, line in steps if line.startswith("PHASE")) - started
+    """Offsets from the start, spread over the operation and a little past its end, plus the
+    middle of every registry step that lasted 50 ms or more (e.g. an upload to the server)."""
     done = next(t for t, line in steps if line.startswith("DONE")) - started
-    before = max(2, n // 4)
-    during = n - before
-    end = done + 0.05 * (done - first)
-    return ([first * (i + 0.5) / before for i in range(before)]
-            + [first + (end - first) * i / (during - 1) for i in range(during)])
+    spread = [1.05 * done * (i + 0.5) / n for i in range(n)]
+    begun = {}
+    for t, line in steps:
+        if line.startswith("PHASE") and not line.endswith(" done"):
+            begun[line] = t
+        elif line.startswith("PHASE") and t - begun[line[:-len(" done")]] >= 0.05:
+            spread.append((t + begun[line[:-len(" done")]]) / 2 - started)
+    return spread
 
 
 class Checker:
@@ -218,12 +221,23 @@ def test_sigkill_leaves_no_broken_version(store, op):
         checker.check_all(names)
         before = checker.versions(SOURCE)["1"].tags
         outcomes = []
-        for offset in kill_points(timeline, started):
-            started, pid = driver.go()
-            time.sleep(max(0.0, started + offset - time.monotonic()))
+        registry_steps = sum(line.startswith("PHASE") and not line.endswith(" done")
+                             for _, line in timeline)
+        # Timed kills, then a kill just before each registry step of the uninterrupted run.
+        plan = [(offset, 0) for offset in kill_points(timeline, started)]
+        plan += [(None, k) for k in range(1, registry_steps + 1)]
+        for offset, step in plan:
+            started, pid = driver.go(step)
+            if offset is not None:
+                time.sleep(max(0.0, started + offset - time.monotonic()))
+            else:
+                # The child kills itself (or finishes, if a step is not repeated).
+                with contextlib.suppress(AssertionError):
+                    driver.wait_for("EXIT", timeout=60)
             driver.kill(pid)
             steps = driver.steps()
-            outcomes.append(f"{offset:5.2f}s  {steps[-1][1] if steps else '(before START)'}")
+            when = f"{offset:5.2f}s" if offset is not None else f"step {step}"
+            outcomes.append(f"{when}  {steps[-1][1] if steps else '(before START)'}")
             checker.check_all(names)
             # The source is untouched, or linked to exactly one more (existing) Keras version.
             after = checker.versions(SOURCE)["1"].tags
@@ -237,7 +251,7 @@ def test_sigkill_leaves_no_broken_version(store, op):
     print(f"\n[{op}] uninterrupted: " + ", ".join(
         f"{t - timeline[0][0]:.2f}s {line}" for t, line in timeline)
         + f"\n[{op}] {len(checker.verified)} versions verified, "
-        f"{time.monotonic() - began:.1f}s in all; killed at (last step begun):\n  "
+        f"{time.monotonic() - began:.1f}s in all; killed at (last step seen):\n  "
         + "\n  ".join(outcomes))
     assert checker.verified  # the uninterrupted run's version, at least
 
