@@ -213,11 +213,13 @@ def test_sigkill_leaves_no_broken_version(store, op):
     began = time.monotonic()
     driver = Driver(args, env, root / f"driver-{op}.log")
     try:
-        # An uninterrupted run: timings of the operation and of its registry steps.
-        started, pid = driver.go()
-        driver.wait_for("DONE")
-        driver.kill(pid)
-        timeline = driver.steps()
+        # Uninterrupted runs: the second (warm, like the rest) times the operation and its
+        # registry steps.
+        for _ in range(2):
+            started, pid = driver.go()
+            driver.wait_for("DONE")
+            driver.kill(pid)
+            timeline = driver.steps()
         checker.check_all(names)
         before = checker.versions(SOURCE)["1"].tags
         outcomes = []
@@ -253,7 +255,7 @@ def test_sigkill_leaves_no_broken_version(store, op):
         + f"\n[{op}] {len(checker.verified)} versions verified, "
         f"{time.monotonic() - began:.1f}s in all; killed at (last step seen):\n  "
         + "\n  ".join(outcomes))
-    assert checker.verified  # the uninterrupted run's version, at least
+    assert len(checker.verified) >= 3  # the source and the uninterrupted runs' versions
 
 
 @pytest.mark.parametrize("target", ["Model.log", "register_model"])

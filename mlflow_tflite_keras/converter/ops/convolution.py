@@ -26,8 +26,21 @@ PADDING = {0: "same", 1: "valid"}  # schema Padding: SAME=0, VALID=1 (TF's defin
 
 
 def with_weights(layer, input_shape, weights):
-    """Build ``layer`` for ``input_shape`` and load ``weights`` (trainable variables)."""
+    """Build ``layer`` for ``input_shape`` and load ``weights`` (trainable variables).
+
+    Built with zero initializers first: drawing random initial weights that are overwritten
+    at once costs a weight-sized allocation per layer (peak memory on big models). The
+    layer's configured initializers are restored afterwards, so the saved config is as
+    usual."""
+    saved = {}
+    for attr in ("kernel_initializer", "depthwise_initializer", "bias_initializer",
+                 "recurrent_initializer"):
+        if hasattr(layer, attr):
+            saved[attr] = getattr(layer, attr)
+            setattr(layer, attr, keras.initializers.Zeros())
     layer.build(input_shape)
+    for attr, value in saved.items():
+        setattr(layer, attr, value)
     layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
     return layer
 
