@@ -17,7 +17,8 @@ import types
 
 _TARGET = "mlflow_tflite_keras.flavor"
 _ALIAS = "mlflow.tflite_keras"
-_KERAS_LAYERS = "mlflow_tflite_keras.converter.layers"
+# The converter package imports every op family, each registering its layers.
+_KERAS_LAYERS = "mlflow_tflite_keras.converter"
 
 
 class _LazyFlavorModule(types.ModuleType):
