@@ -133,5 +133,17 @@ def tabular() -> bytes:
     return keras_model_tflite("flavor-tabular", make)
 
 
+def images(n, seed=0):
+    """n random 8x8x1 images in [0, 1] (the CNN's input)."""
+    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype(np.float32)
+
+
+def multi_feeds(n, seed=0):
+    """n rows of random inputs for multi_io()."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
+            "extra": rng.uniform(0, 1, (n, 4)).astype(np.float32)}
+
+
 __all__ = ["RECIPES", "cnn", "fixed_batch_cnn", "multi_io", "multi_signature",
-           "stateful_accumulator", "tabular", "cached", "digits"]
+           "stateful_accumulator", "tabular", "cached", "digits", "images", "multi_feeds"]

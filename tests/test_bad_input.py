@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import flavor_models as fm
+from flavor_models import images, multi_feeds
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow_tflite_keras import flavor, runtime
@@ -29,14 +30,6 @@ def pyfunc(saved, name):
     return mlflow.pyfunc.load_model(str(saved / name))
 
 
-def images(n, seed=0):
-    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype(np.float32)
-
-
-def multi_feeds(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"image": rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
-            "extra": rng.uniform(0, 1, (n, 4)).astype(np.float32)}
 
 
 # ---- NaN / inf ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 import flavor_models as fm
+from flavor_models import images, multi_feeds
 import mlflow
 from mlflow_tflite_keras import flavor
 from servers import model_server
@@ -39,14 +40,6 @@ def reason(response) -> str:
     return response.text
 
 
-def images(n, seed=0):
-    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype(np.float32)
-
-
-def multi_feeds(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"image": rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
-            "extra": rng.uniform(0, 1, (n, 4)).astype(np.float32)}
 
 
 def as_payload(feeds):

@@ -137,3 +137,29 @@ def _feeds(model, inputs, rng):
         if s.quantized:
             feeds[s.name] = feeds[s.name].astype(np.float32)
     return feeds
+
+def check_model(data, op_types, inputs_list, roundtrip=True, **tolerances):
+    """to_keras + parity on each input set (each run on a fresh interpreter) + .keras reload,
+    for models made elsewhere (hand-written flatbuffers, Keras models)."""
+    import keras
+
+    from mlflow_tflite_keras.converter import to_keras
+    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    present = set(TFLiteModel(data).operator_names)
+    for op_type in op_types:
+        assert op_type in present, f"{op_type} not in {present}"
+    model = to_keras(data)
+    for inputs in inputs_list:
+        report = check_parity(data, model, inputs, **tolerances)
+        assert report.passed, str(report)
+    if roundtrip:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.keras")
+            model.save(path)
+            reloaded = keras.saving.load_model(path, safe_mode=True)
+        for inputs in inputs_list:
+            report = check_parity(data, reloaded, inputs, **tolerances)
+            assert report.passed, "after .keras reload: " + str(report)
+    return model

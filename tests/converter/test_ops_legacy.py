@@ -12,7 +12,7 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 
 from converter.handmade import FlatModel
-from converter.op_harness import case_fn, check_op
+from converter.op_harness import case_fn, check_model, check_op
 
 from mlflow_tflite_keras.converter import to_keras
 from mlflow_tflite_keras.converter.parity import check_parity
@@ -70,20 +70,6 @@ def _svdf_model(op_type, batch, size, filters, memory, rank, act, bias=True, see
     return b.finish()
 
 
-def _check_handmade(data, op_type, inputs_list, **tolerances):
-    assert op_type in TFLiteModel(data).operator_names
-    model = to_keras(data)
-    for inputs in inputs_list:  # each on a fresh interpreter: variable state starts at zero
-        report = check_parity(data, model, inputs, **tolerances)
-        assert report.passed, str(report)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "m.keras")
-        model.save(path)
-        reloaded = keras.saving.load_model(path, safe_mode=True)
-    for inputs in inputs_list:
-        report = check_parity(data, reloaded, inputs, **tolerances)
-        assert report.passed, "after .keras reload: " + str(report)
-    return model
 
 
 @pytest.mark.parametrize("batch, rank, act, bias", [
@@ -94,7 +80,7 @@ def test_svdf_is_one_step_from_zero_state(batch, rank, act, bias):
     data = _svdf_model("SVDF", batch, size, filters, memory, rank, act, bias)
     rng = np.random.default_rng(1)
     inputs = [(rng.uniform(-1, 1, (batch, size)) * 2).astype(np.float32) for _ in range(3)]
-    model = _check_handmade(data, "SVDF", inputs)
+    model = check_model(data, ["SVDF"], inputs)
     assert "Dense" in layer_types(model)
     dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
     assert dense.trainable_weights
@@ -106,7 +92,7 @@ def test_svdf_hybrid_int8_weights():
     data = _svdf_model("SVDF", 2, 6, 8, 4, 2, 0, hybrid=True, seed=3)
     rng = np.random.default_rng(2)
     inputs = [rng.uniform(-1, 1, (2, 6)).astype(np.float32) for _ in range(2)]
-    _check_handmade(data, "SVDF", inputs)
+    check_model(data, ["SVDF"], inputs)
 
 
 # ---- REVERSE_SEQUENCE ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 from converter.handmade import FlatModel
 from model_factory import cached
 
+from converter.op_harness import check_model
 from mlflow_tflite_keras.converter import to_keras
 from mlflow_tflite_keras.converter.parity import check_parity
 from mlflow_tflite_keras.tflite_model import TFLiteModel
@@ -96,24 +97,6 @@ def fused_lstm_tflite(name, timesteps=T, units=U, features=F, recipe="float32",
     return cached(f"fused-lstm-{name}", build, *key), lstm
 
 
-def check_model(data, op_types, inputs_list, roundtrip=True, **tolerances):
-    """to_keras + parity on each input set (each run on a fresh interpreter) + .keras reload."""
-    present = set(TFLiteModel(data).operator_names)
-    for op_type in op_types:
-        assert op_type in present, f"{op_type} not in {present}"
-    model = to_keras(data)
-    for inputs in inputs_list:
-        report = check_parity(data, model, inputs, **tolerances)
-        assert report.passed, str(report)
-    if roundtrip:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "m.keras")
-            model.save(path)
-            reloaded = keras.saving.load_model(path, safe_mode=True)
-        for inputs in inputs_list:
-            report = check_parity(data, reloaded, inputs, **tolerances)
-            assert report.passed, "after .keras reload: " + str(report)
-    return model
 
 
 def rows(shape, n=3, scale=1.0, seed=0):
