@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import requests  # noqa: E402
 
 import mlflow  # noqa: E402
 from _models import make_mobilenet_v2, mobilenet_v2  # noqa: E402  (puts tests/ on sys.path)
-from servers import MLFLOW, clean_env, free_port  # noqa: E402
+from servers import MLFLOW, clean_env, free_port, stop  # noqa: E402
 
 BATCHES = (1, 16)
 FLAVORS = ("tflite_keras", "keras")
@@ -102,14 +101,7 @@ def serve(path: Path, workers: int, log: Path, first_request: tuple[bytes, str],
                 time.sleep(0.1)
         yield url, time.monotonic() - start
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+        stop(proc, timeout=20)
 
 
 def load(url: str, body: bytes, content_type: str, requests_total: int, clients: int,

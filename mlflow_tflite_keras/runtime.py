@@ -48,27 +48,16 @@ class TensorSpec:
         return np.dtype(np.float32) if self.quantized else self.dtype
 
     def quantize(self, values: np.ndarray) -> np.ndarray:
-        q = self.quantization
         if not np.all(np.isfinite(values)):
             raise _bad_input(f"Input '{self.name}' has NaN or infinite values; it is quantized "
                              f"to {self.dtype.name} and cannot represent them.")
-        scale, zero_point = _broadcast_params(q, values.ndim)
-        info = np.iinfo(self.dtype)
-        quantized = np.round(values.astype(np.float64) / scale) + zero_point
-        return np.clip(quantized, info.min, info.max).astype(self.dtype)
+        return self.quantization.quantize(values, self.dtype)
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
-        scale, zero_point = _broadcast_params(self.quantization, values.ndim)
+        # float32 arithmetic, as LiteRT users compute it: results match the raw interpreter's.
+        scale, zero_point = self.quantization.broadcast(values.ndim)
         return ((values.astype(np.float32) - zero_point.astype(np.float32))
                 * scale.astype(np.float32)).astype(np.float32)
-
-
-def _broadcast_params(q: Quantization, ndim: int):
-    if q.scale.size == 1 or ndim == 0:
-        return q.scale.reshape(()).astype(np.float64), q.zero_point.reshape(())
-    shape = [1] * ndim
-    shape[q.quantized_dimension] = q.scale.size
-    return q.scale.astype(np.float64).reshape(shape), q.zero_point.reshape(shape)
 
 
 class SignatureSpec:

@@ -60,6 +60,24 @@ class Quantization:
     def per_channel(self) -> bool:
         return self.scale.size > 1
 
+    def broadcast(self, ndim: int):
+        """``(scale, zero_point)`` as float64, broadcastable against a rank-``ndim`` array:
+        along ``quantized_dimension`` when per-channel, scalars otherwise."""
+        scale = self.scale.astype(np.float64)
+        zero_point = self.zero_point.astype(np.float64)
+        if self.per_channel and ndim:
+            shape = [1] * ndim
+            shape[self.quantized_dimension] = scale.size
+            return scale.reshape(shape), zero_point.reshape(shape)
+        return scale.reshape(-1)[0], zero_point.reshape(-1)[0]
+
+    def quantize(self, values, dtype) -> np.ndarray:
+        """Real values -> integers of ``dtype`` (rounded, saturated to the dtype's range)."""
+        scale, zero_point = self.broadcast(np.ndim(values))
+        info = np.iinfo(dtype)
+        quantized = np.round(np.asarray(values, dtype=np.float64) / scale) + zero_point
+        return np.clip(quantized, info.min, info.max).astype(dtype)
+
     def to_dict(self) -> dict:
         return {
             "scale": [float(s) for s in self.scale],

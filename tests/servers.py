@@ -57,14 +57,19 @@ def running(args: list[str], port: int, ready_path: str, log: Path, timeout: flo
             time.sleep(0.5)
         yield base
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15):
+    """SIGTERM the process group (the server and its workers), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def model_server(model_uri: str, log: Path, env: dict | None = None, workers: int = 1):

@@ -175,13 +175,6 @@ def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
 
 
 def dequantize(values: np.ndarray, q: Quantization) -> np.ndarray:
-    scale = q.scale.astype(np.float64)
-    zero_point = q.zero_point.astype(np.float64)
-    if q.per_channel and values.ndim:
-        shape = [1] * values.ndim
-        shape[q.quantized_dimension] = scale.size
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    else:
-        scale, zero_point = scale.reshape(-1)[0], zero_point.reshape(-1)[0]
+    scale, zero_point = q.broadcast(values.ndim)
     # asarray: a 0-d constant would otherwise come back as a numpy scalar, not an ndarray.
     return np.asarray(((values.astype(np.float64) - zero_point) * scale).astype(np.float32))

@@ -580,14 +580,5 @@ def _encode(t: Tensor, value) -> np.ndarray:
     value = np.asarray(value)
     if t.quantization is not None and np.issubdtype(dtype, np.integer) and \
             np.issubdtype(value.dtype, np.floating):
-        q = t.quantization
-        scale, zp = q.scale.astype(np.float64), q.zero_point.astype(np.float64)
-        if q.per_channel and value.ndim:
-            shape = [1] * value.ndim
-            shape[q.quantized_dimension] = scale.size
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        else:
-            scale, zp = scale.reshape(-1)[0], zp.reshape(-1)[0]
-        info = np.iinfo(dtype)
-        value = np.clip(np.round(value / scale) + zp, info.min, info.max)
+        value = t.quantization.quantize(value, dtype)
     return np.ascontiguousarray(value.astype(dtype).reshape(t.shape))

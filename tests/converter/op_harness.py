@@ -101,30 +101,11 @@ def check_op(op_type: str, fn, inputs, *, recipe: str = "float32", seed: int = 0
 
     Returns ``(keras_model, report)``.
     """
-    import keras
-
-    from mlflow_tflite_keras.converter import to_keras
-    from mlflow_tflite_keras.converter.parity import check_parity
     from mlflow_tflite_keras.tflite_model import TFLiteModel
 
     data = op_tflite(op_type.lower(), fn, inputs, recipe)
-    model = TFLiteModel(data)
-    present = set(model.operator_names)
-    for expected in (expect_ops or [op_type]):
-        assert expected in present, f"{expected} not in the converted model's ops {present}"
-    keras_model = to_keras(data)
-    rng = np.random.default_rng(seed)
-    runner_inputs = _feeds(model, inputs, rng)
-    report = check_parity(data, keras_model, runner_inputs, **tolerances)
-    assert report.passed, str(report)
-    if roundtrip:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "m.keras")
-            keras_model.save(path)
-            reloaded = keras.saving.load_model(path, safe_mode=True)
-        again = check_parity(data, reloaded, runner_inputs, **tolerances)
-        assert again.passed, "after .keras reload: " + str(again)
-    return keras_model, report
+    runner_inputs = _feeds(TFLiteModel(data), inputs, np.random.default_rng(seed))
+    return _check(data, expect_ops or [op_type], [runner_inputs], roundtrip, tolerances)
 
 
 def _feeds(model, inputs, rng):
@@ -141,6 +122,12 @@ def _feeds(model, inputs, rng):
 def check_model(data, op_types, inputs_list, roundtrip=True, **tolerances):
     """to_keras + parity on each input set (each run on a fresh interpreter) + .keras reload,
     for models made elsewhere (hand-written flatbuffers, Keras models)."""
+    return _check(data, op_types, inputs_list, roundtrip, tolerances)[0]
+
+
+def _check(data, op_types, inputs_list, roundtrip, tolerances):
+    """The ops are present; parity holds on every input set, and again after a ``.keras``
+    round trip with ``safe_mode=True``. Returns the Keras model and the first report."""
     import keras
 
     from mlflow_tflite_keras.converter import to_keras
@@ -149,10 +136,10 @@ def check_model(data, op_types, inputs_list, roundtrip=True, **tolerances):
 
     present = set(TFLiteModel(data).operator_names)
     for op_type in op_types:
-        assert op_type in present, f"{op_type} not in {present}"
+        assert op_type in present, f"{op_type} not in the converted model's ops {present}"
     model = to_keras(data)
-    for inputs in inputs_list:
-        report = check_parity(data, model, inputs, **tolerances)
+    reports = [check_parity(data, model, inputs, **tolerances) for inputs in inputs_list]
+    for report in reports:
         assert report.passed, str(report)
     if roundtrip:
         with tempfile.TemporaryDirectory() as d:
@@ -162,4 +149,4 @@ def check_model(data, op_types, inputs_list, roundtrip=True, **tolerances):
         for inputs in inputs_list:
             report = check_parity(data, reloaded, inputs, **tolerances)
             assert report.passed, "after .keras reload: " + str(report)
-    return model
+    return model, reports[0]
