@@ -20,17 +20,32 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-RECIPES = ("float32", "float16", "dynamic-range", "full-int8", "full-uint8", "int16x8")
-_ALIASES = {"none": "float32", "fp32": "float32", "fp16": "float16", "dynamic": "dynamic-range",
+#: Recipe names are the quantization kinds a source can have (``float32`` for kind ``none``).
+#: ``<mode>-int<bits>-blockwise-<N>`` (mode ``weight-only`` or ``dynamic-range``, N one of
+#: :data:`BLOCK_SIZES`) are recipes too.
+RECIPES = ("float32", "float16", "weight-only-int8", "dynamic-range-int8", "weight-only-int4",
+           "dynamic-range-int4", "full-int8", "full-uint8", "int16x8")
+BLOCK_SIZES = (32, 64, 128, 256)
+_ALIASES = {"none": "float32", "fp32": "float32", "fp16": "float16",
+            "dynamic": "dynamic-range-int8", "dynamic-range": "dynamic-range-int8",
+            "weight-only": "weight-only-int8", "int4": "dynamic-range-int4",
             "int8": "full-int8", "uint8": "full-uint8"}
+_BLOCKWISE = re.compile(r"^(weight-only|dynamic-range)-int(4|8)-blockwise-(\d+)$")
+# Made by TFLiteConverter from the SavedModel; the others by ai-edge-quantizer from the float
+# .tflite (TFLiteConverter has no weight-only, int4 or blockwise recipe).
+_CONVERTER_RECIPES = ("float32", "float16", "dynamic-range-int8", "full-int8", "full-uint8",
+                      "int16x8")
 
 
 def normalize_recipe(recipe: str) -> str:
     name = _ALIASES.get(str(recipe).lower(), str(recipe).lower())
-    if name not in RECIPES:
-        raise MlflowException(f"Unknown quantization recipe '{recipe}'; use one of {RECIPES}.",
-                              error_code=INVALID_PARAMETER_VALUE)
-    return name
+    blockwise = _BLOCKWISE.match(name)
+    if name in RECIPES or (blockwise and int(blockwise.group(3)) in BLOCK_SIZES):
+        return name
+    raise MlflowException(
+        f"Unknown quantization recipe '{recipe}'; use one of {RECIPES}, or "
+        "'<weight-only|dynamic-range>-int<4|8>-blockwise-<N>' with N in "
+        f"{BLOCK_SIZES} (aliases: {sorted(_ALIASES)}).", error_code=INVALID_PARAMETER_VALUE)
 
 
 def representative_dataset(data, limit: int = 200) -> Callable[[], Iterable[list[np.ndarray]]]:
@@ -62,8 +77,8 @@ def keras_to_tflite(model, recipe: str = "float32", representative_data=None,
     with tempfile.TemporaryDirectory() as saved_model_dir:
         export_saved_model(model, saved_model_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        return _convert(converter, recipe, representative_data, inference_input_type,
-                        inference_output_type)
+        return convert_with_recipe(converter, recipe, representative_data,
+                                   inference_input_type, inference_output_type)
 
 
 def export_saved_model(model, directory: str) -> None:
@@ -85,16 +100,24 @@ def export_saved_model(model, directory: str) -> None:
                      input_signature=signature)
 
 
-def _convert(converter, recipe, representative_data, inference_input_type,
-             inference_output_type) -> bytes:
+def convert_with_recipe(converter, recipe: str, representative_data=None,
+                        inference_input_type=None, inference_output_type=None) -> bytes:
+    """Run a ``tf.lite.TFLiteConverter`` with a recipe: TFLiteConverter's own options where it
+    has the recipe, else a float conversion quantized by ai-edge-quantizer
+    (:func:`quantize_float_model`). Builtin ops only: a Flex op would need the Select-TF-ops
+    runtime, which the source's app does not have."""
     import tensorflow as tf
 
+    recipe = normalize_recipe(recipe)
+    if recipe not in _CONVERTER_RECIPES:
+        return quantize_float_model(convert_with_recipe(converter, "float32"), recipe)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if recipe == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif recipe == "dynamic-range":
+    elif recipe == "dynamic-range-int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif recipe in ("full-int8", "full-uint8", "int16x8"):
+    elif recipe in _FULL_INTEGER:
         if representative_data is None:
             raise MlflowException(f"Recipe '{recipe}' needs representative_data.",
                                   error_code=INVALID_PARAMETER_VALUE)
@@ -119,13 +142,141 @@ def _convert(converter, recipe, representative_data, inference_input_type,
         raise MlflowException(f"TFLiteConverter failed for recipe '{recipe}': {e}") from e
 
 
+def quantize_float_model(float_model: bytes, recipe: str) -> bytes:
+    """Quantize a float ``.tflite`` with ai-edge-quantizer to a weight-only or dynamic-range
+    recipe with int8 or int4 weights, channelwise or blockwise (``...-blockwise-<N>``: INT4
+    constants with ``BlockwiseQuantization`` of that block size, on the ops that support it,
+    e.g. FULLY_CONNECTED). Raises if nothing was quantized: the recipe would not be kept."""
+    from ai_edge_quantizer import qtyping, quantizer
+
+    recipe = normalize_recipe(recipe)
+    blockwise = _BLOCKWISE.match(recipe)
+    plain = re.match(r"^(weight-only|dynamic-range)-int(4|8)$", recipe)
+    if not (blockwise or plain):
+        raise MlflowException(f"Recipe '{recipe}' is made by TFLiteConverter, not by "
+                              "ai-edge-quantizer.", error_code=INVALID_PARAMETER_VALUE)
+    mode, bits = (blockwise or plain).group(1), int((blockwise or plain).group(2))
+    granularity = (qtyping.QuantGranularity(f"BLOCKWISE_{blockwise.group(3)}") if blockwise
+                   else qtyping.QuantGranularity.CHANNELWISE)
+    quant = quantizer.Quantizer(bytearray(float_model))
+    add = quant.add_weight_only_config if mode == "weight-only" else quant.add_dynamic_config
+    add(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=bits,
+        granularity=granularity)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = bytes(quant.quantize(enable_progress_report=False).quantized_model)
+    except Exception as e:
+        raise MlflowException(f"ai-edge-quantizer failed for recipe '{recipe}': "
+                              f"{type(e).__name__}: {e}", error_code=INVALID_PARAMETER_VALUE
+                              ) from e
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    made = _source_recipe(TFLiteModel(result))
+    if made != recipe:
+        raise MlflowException(
+            f"ai-edge-quantizer made a '{made}' model for recipe '{recipe}': none of the "
+            "model's ops supports it (blockwise recipes apply to FULLY_CONNECTED weights whose "
+            "input dimension is a multiple of the block size).",
+            error_code=INVALID_PARAMETER_VALUE)
+    return result
+
+
 # ---- round trip: export like a source model, and check the interface ---------------------------
 
 _log = logging.getLogger(__name__)
 
-#: ``TFLiteModel.quantization_kind`` -> the recipe that reproduces it.
-RECIPE_FOR_KIND = {"none": "float32", "float16": "float16", "dynamic-range": "dynamic-range",
-                   "full-int8": "full-int8", "full-uint8": "full-uint8", "int16x8": "int16x8"}
+_WEIGHT_TYPES = {"INT8": 8, "INT4": 4}
+
+
+def _source_recipe(model) -> str:
+    """The quantization kind of a :class:`TFLiteModel`, named like the recipe that makes it:
+    ``none``, ``float16``, ``weight-only-int8`` (int8 weights DEQUANTIZEd before float ops),
+    ``dynamic-range-int8`` (int8 weights consumed by hybrid ops that quantize activations on
+    the fly), the same for ``int4``, with ``-blockwise-<N>`` for blockwise weights,
+    ``full-int8`` / ``full-uint8`` / ``int16x8`` (quantized activations), ``mixed``.
+
+    The lead swaps this for ``TFLiteModel.quantization_kind`` once that reads these kinds."""
+    kinds, float16 = set(), False
+    activation_types = set()
+    for sg_info, sg in zip(model.subgraphs, model._model.subgraphs):
+        constant = {t.index for t in sg_info.tensors if model._raw_buffer(t.buffer) is not None}
+        for op in sg_info.operators:  # a densified constant is still a weight
+            if op.opcode == "DENSIFY" and op.inputs and op.inputs[0] in constant:
+                constant.update(op.outputs)
+        for op in sg_info.operators:
+            for i in op.inputs:
+                if i < 0:
+                    continue
+                t = sg_info.tensors[i]
+                if i not in constant:
+                    if op.opcode not in ("QUANTIZE", "DEQUANTIZE") and \
+                            t.quantization is not None and t.type_name in ("INT8", "UINT8",
+                                                                          "INT16"):
+                        activation_types.add(t.type_name)
+                    continue
+                if t.type_name == "FLOAT16":
+                    float16 = True
+                elif t.type_name in _WEIGHT_TYPES and op.opcode != "QUANTIZE" and (
+                        t.quantization is not None or _block_size(sg, i)):
+                    mode = "weight-only" if op.opcode == "DEQUANTIZE" else "dynamic-range"
+                    kinds.add((mode, _WEIGHT_TYPES[t.type_name], _block_size(sg, i)))
+    for kind, name in (("INT16", "int16x8"), ("INT8", "full-int8"), ("UINT8", "full-uint8")):
+        if kind in activation_types:
+            return name
+    # TFLiteConverter's dynamic range leaves weights of ops without a hybrid kernel
+    # dequantized: one recipe still, named by its hybrid part.
+    if {k[0] for k in kinds} == {"weight-only", "dynamic-range"} and \
+            len({k[1:] for k in kinds}) == 1:
+        kinds = {k for k in kinds if k[0] == "dynamic-range"}
+    if len(kinds) > 1:
+        return "mixed"
+    if kinds:
+        mode, bits, block = kinds.pop()
+        return f"{mode}-int{bits}" + (f"-blockwise-{block}" if block else "")
+    return "float16" if float16 else "none"
+
+
+def _block_size(subgraph, index: int) -> int:
+    """The block size of a blockwise-quantized tensor (schema ``BlockwiseQuantization``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    q = subgraph.tensors[index].quantization
+    if q is not None and q.detailsType == schema.QuantizationDetails.BlockwiseQuantization:
+        return int(q.details.blockSize)
+    return 0
+
+
+def _constant_types(model) -> dict:
+    """The recipe as stored: the types of the quantized / float16 weight constants and the
+    block sizes of blockwise ones, e.g. ``{"types": ["INT4"], "block_sizes": [32]}``."""
+    types, blocks = set(), set()
+    for sg_info, sg in zip(model.subgraphs, model._model.subgraphs):
+        consumed = {i for op in sg_info.operators for i in op.inputs if i >= 0}
+        for t in sg_info.tensors:
+            if t.index not in consumed or model._raw_buffer(t.buffer) is None:
+                continue
+            block = _block_size(sg, t.index)
+            if t.type_name == "FLOAT16" or (t.type_name in _WEIGHT_TYPES and (
+                    t.quantization is not None or block)):
+                types.add(t.type_name)
+            if block:
+                blocks.add(block)
+    return {"types": sorted(types), "block_sizes": sorted(blocks)}
+
+
+def recipe_for(model) -> str:
+    """The recipe that reproduces a source model's quantization (a TFLiteModel or anything
+    :func:`load_like` takes)."""
+    model = load_like(model)
+    kind = _source_recipe(model)
+    if kind == "mixed":
+        raise MlflowException(
+            "The source model mixes quantization recipes (weights of different types or "
+            "modes); there is no single recipe to recreate it: pass recipe= explicitly.",
+            error_code=INVALID_PARAMETER_VALUE)
+    return normalize_recipe(kind)
+
+
 _FULL_INTEGER = ("full-int8", "full-uint8", "int16x8")
 # What TFLiteConverter accepts as interface types per recipe (float32 keeps float I/O).
 _IO_TYPES = {"full-int8": ("float32", "int8", "uint8"), "full-uint8": ("float32", "int8", "uint8"),
@@ -137,8 +288,8 @@ _QUANTIZED_IO = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16"}
 class InterfaceDifference:
     """One way the new model's interface differs from the source's."""
 
-    what: str  # "signature", "input", "output", "name", "shape", "dtype", "quantized",
-    #            "order", "quantization kind"
+    what: str  # "signature", "key", "input", "output", "name", "shape", "dtype", "quantized",
+    #            "order", "quantization kind", "constant types", "block sizes"
     where: str  # e.g. "output 'output_0'", "signature 'serving_default'", "model"
     source: object
     new: object
@@ -153,7 +304,8 @@ class InterfaceDifference:
 @dataclass
 class InterfaceReport:
     """The result of :func:`compare_interfaces`: empty ``differences`` means the app sees the
-    same interface (names, ranks and shapes, dtypes, quantization kind)."""
+    same interface (names, ranks and shapes, dtypes) and the same recipe (quantization kind,
+    types of the weight constants, block sizes)."""
 
     source_quantization: str
     new_quantization: str
@@ -268,11 +420,10 @@ def _compare_tensor(where: str, src, new, diffs: list):
     if len(s_sig) != len(n_sig):
         diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
     else:
-        for axis, (a, b) in enumerate(zip(s_sig, n_sig)):
-            # A batch dimension that became dynamic still accepts what the app feeds.
-            if a != b and not (axis == 0 and b == -1):
-                diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
-                break
+        # Exactly, batch included: a fixed batch of 1 that became dynamic changes what the
+        # app's delegates and preallocated buffers see.
+        if s_sig != n_sig:
+            diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
     if src.type_name != new.type_name:
         diffs.append(InterfaceDifference("dtype", where, src.type_name.lower(),
                                          new.type_name.lower()))
@@ -289,16 +440,20 @@ def _sig_tensors(model, sig, which: str) -> dict:
 
 def compare_interfaces(source, new) -> InterfaceReport:
     """Compare what an app sees of two models (each a ``.tflite`` path or bytes, a
-    TFLiteModel or an MLflow model URI): SignatureDef keys and input/output names (by order
-    when the source has no SignatureDef), ranks and shapes (``-1`` where dynamic; a batch
-    dimension that became dynamic is compatible), dtypes and the quantization kind."""
+    TFLiteModel or an MLflow model URI): SignatureDef keys, input/output names and their
+    order (in the SignatureDef and in the subgraph; by position when the source has no
+    SignatureDef), shapes exactly (``-1`` where dynamic), dtypes, and the recipe
+    (quantization kind, weight constant types, block sizes)."""
     src, dst = load_like(source), load_like(new)
-    report = InterfaceReport(src.quantization_kind, dst.quantization_kind,
-                             "signature" if src.signatures else "order")
+    src_kind, dst_kind = _source_recipe(src), _source_recipe(dst)
+    report = InterfaceReport(src_kind, dst_kind, "signature" if src.signatures else "order")
     diffs = report.differences
-    if src.quantization_kind != dst.quantization_kind:
-        diffs.append(InterfaceDifference("quantization kind", "model", src.quantization_kind,
-                                         dst.quantization_kind))
+    if src_kind != dst_kind:
+        diffs.append(InterfaceDifference("quantization kind", "model", src_kind, dst_kind))
+    src_consts, dst_consts = _constant_types(src), _constant_types(dst)
+    for key, what in (("types", "constant types"), ("block_sizes", "block sizes")):
+        if src_consts[key] != dst_consts[key]:
+            diffs.append(InterfaceDifference(what, "weights", src_consts[key], dst_consts[key]))
     if src.signatures:
         new_keys = {s.key: s for s in dst.signatures}
         for i, sig in enumerate(src.signatures):
@@ -313,8 +468,9 @@ def compare_interfaces(source, new) -> InterfaceReport:
                 continue
             prefix = f"signature '{sig.key}' " if len(src.signatures) > 1 else ""
             for which in ("inputs", "outputs"):
-                _compare_named(prefix + which[:-1], _sig_tensors(src, sig, which),
-                               _sig_tensors(dst, other, which), diffs)
+                pairs = _compare_named(prefix + which[:-1], _sig_tensors(src, sig, which),
+                                       _sig_tensors(dst, other, which), diffs)
+                _compare_order(prefix + which, pairs, (src, sig), (dst, other), which, diffs)
         extra = [s.key for s in dst.signatures if s.key not in {x.key for x in src.signatures}
                  and s.key != dst.signatures[0].key]
         if extra:
@@ -340,6 +496,33 @@ def _compare_named(kind: str, source: dict, new: dict, diffs: list):
         diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "present", "missing"))
     for name in extra:
         diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "absent", "added"))
+    return pairs
+
+
+def _compare_order(kind: str, pairs, source, new, which: str, diffs: list):
+    """Apps that read outputs by index (most do) see the subgraph's order; the SignatureDef
+    has its own order too. Both must be the source's."""
+    to_new = {s: n for s, n, _ in pairs}
+    for (s_model, s_sig), label in ((source, "signature"), (source, "subgraph")):
+        n_model, n_sig = new
+        s_names = list(getattr(s_sig, which))
+        n_names = list(getattr(n_sig, which))
+        if label == "subgraph":
+            s_names = _subgraph_order(s_model, s_sig, which)
+            n_names = _subgraph_order(n_model, n_sig, which)
+        expected = [to_new[n] for n in s_names if n in to_new]
+        got = [n for n in n_names if n in set(expected)]
+        if expected != got:
+            diffs.append(InterfaceDifference("order", f"{label} {kind}",
+                                             [n for n in s_names if n in to_new],
+                                             [s for n in got for s, m, _ in pairs if m == n]))
+
+
+def _subgraph_order(model, sig, which: str) -> list:
+    """The signature names in the order of the subgraph's inputs / outputs."""
+    by_index = {i: name for name, i in getattr(sig, which).items()}
+    sg = model.subgraphs[sig.subgraph_index]
+    return [by_index[i] for i in getattr(sg, which) if i in by_index]
 
 
 def _compare_ordered(kind: str, source: list, new: list, diffs: list):
@@ -515,6 +698,12 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     """Convert ``keras_model`` to ``.tflite`` the way ``like`` was converted, and check that
     the app sees the same interface.
 
+    With ``like``, the export function is built from the source's signature: its input specs
+    (shapes with a fixed batch of 1 kept, dtypes), its signature key, input / output names
+    and order (in the SignatureDef and the subgraph) and its I/O tensor names. Keras inputs
+    and outputs are matched to the source's by name (exactly, then up to case and
+    punctuation), then by position.
+
     Args:
         keras_model: a Keras 3 model (e.g. retrained, or rebuilt with
             :func:`mlflow_tflite_keras.converter.to_keras`).
@@ -522,26 +711,24 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             URI / directory of the tflite_keras flavor. Its quantization kind gives the recipe
             and its interface tensors the inference input/output types (a full-int8 source
             with int8 I/O keeps int8 I/O, one with float I/O keeps float I/O).
-        recipe: overrides the inferred recipe (default ``float32`` without ``like``).
+        recipe: overrides the inferred recipe (default ``float32`` without ``like``); one of
+            :data:`RECIPES` or a blockwise one (see :func:`normalize_recipe`).
         representative_data: calibration data for the full-integer recipes: an array
             (single input), a list of arrays (one per input, in the model's input order), a
             dict by input name, or a callable returning an iterable of such samples. Up to
             ``num_samples`` samples are drawn.
         allow_interface_changes: accept (with a warning) a result whose interface differs;
             otherwise an :class:`InterfaceChangedError` lists every difference.
-        align_names: give the export the source's signature names where the correspondence is
-            unambiguous (same name up to punctuation, or a single input/output).
+        align_names: give the export the source's signature names.
         return_report: return ``(bytes, InterfaceReport)`` instead of the bytes.
     """
-    import tensorflow as tf
-
     source = load_like(like) if like is not None else None
     if recipe is None:
-        recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
+        recipe = recipe_for(source) if source is not None else "float32"
     recipe = normalize_recipe(recipe)
     if recipe in _FULL_INTEGER:
         if representative_data is None:
-            origin = f"The source model is {source.quantization_kind}-quantized; recreating " \
+            origin = f"The source model is {_source_recipe(source)}-quantized; recreating " \
                      "that recipe" if source is not None else f"Recipe '{recipe}'"
             raise MlflowException(
                 f"{origin} needs representative_data to calibrate activations: an array, a "
@@ -554,24 +741,22 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     elif inference_input_type is not None or inference_output_type is not None:
         _log.warning("Recipe '%s' ignores inference_input_type / inference_output_type.", recipe)
 
-    aliases = {}
-    if source is not None and align_names:
-        keras_model, aliases = _align_names(keras_model, source)
-
+    plan = _plan_like(keras_model, source) if source is not None and align_names else None
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        export_saved_model(keras_model, saved_model_dir)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        dataset = None
-        if recipe in _FULL_INTEGER:
-            signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-            specs = {name: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
-                     for name, spec in signature.structured_input_signature[1].items()}
+        if plan is not None:
+            plan.write_saved_model(saved_model_dir)
+            aliases, order = plan.aliases, plan.input_order
+        else:
+            aliases = {}
+            if source is not None and align_names:
+                keras_model, aliases = _align_names(keras_model, source)
+            export_saved_model(keras_model, saved_model_dir)
             order = [aliases.get(t.name, t.name) for t in getattr(keras_model, "inputs", [])]
-            if sorted(order) != sorted(specs):
-                order = list(specs)
-            dataset = _samples(representative_data, specs, order, aliases, num_samples)
-        result = _convert(converter, recipe, dataset, inference_input_type,
-                          inference_output_type)
+        result = _convert_saved_model(saved_model_dir, recipe, representative_data, order,
+                                      aliases, num_samples, inference_input_type,
+                                      inference_output_type)
+    if plan is not None:
+        result = plan.restore_interface(result)
     if source is None:
         return (result, None) if return_report else result
 
@@ -581,3 +766,193 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             raise InterfaceChangedError(report)
         _log.warning("The exported model's interface differs from the source's:\n%s", report)
     return (result, report) if return_report else result
+
+
+def _convert_saved_model(directory, recipe, representative_data, order, aliases, num_samples,
+                         inference_input_type, inference_output_type) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(directory,
+                                                         signature_keys=[_EXPORT_KEY])
+    dataset = None
+    if recipe in _FULL_INTEGER:
+        signature = tf.saved_model.load(directory).signatures[_EXPORT_KEY]
+        specs = {name: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
+                 for name, spec in signature.structured_input_signature[1].items()}
+        if sorted(order) != sorted(specs):
+            order = list(specs)
+        dataset = _samples(representative_data, specs, order, aliases, num_samples)
+    return convert_with_recipe(converter, recipe, dataset, inference_input_type,
+                               inference_output_type)
+
+
+_EXPORT_KEY = "serving_default"  # the SavedModel key; the source's key is set afterwards
+
+
+def _tf_name(name: str, taken: set) -> str:
+    """A valid, unique TensorFlow name for a signature input / output."""
+    base = re.sub(r"[^A-Za-z0-9_.]+", "_", str(name)).strip("_.") or "tensor"
+    base = base if base[0].isalpha() else f"t_{base}"
+    candidate, n = base, 1
+    while candidate in taken:
+        candidate, n = f"{base}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _pair_names(keras_names: list, source_names: list) -> dict | None:
+    """source name -> Keras name: by name (exact, then normalised, see :func:`_name_map`),
+    then the leftovers by position; None when the counts differ."""
+    if len(keras_names) != len(source_names):
+        return None
+    to_source = _name_map(keras_names, source_names)
+    left_keras = [n for n in keras_names if n not in to_source]
+    left_source = [n for n in source_names if n not in to_source.values()]
+    to_source.update(zip(left_keras, left_source))
+    return {s: k for k, s in to_source.items()}
+
+
+def _keras_io_names(keras_model):
+    """(input names, output names) as the model takes / returns them, or None (a subclassed
+    or unbuilt model)."""
+    try:
+        inputs, outputs = list(keras_model.inputs), list(keras_model.outputs)
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or not outputs:
+        return None
+    in_struct = getattr(keras_model, "_inputs_struct", None)
+    in_names = list(in_struct) if isinstance(in_struct, dict) else [t.name for t in inputs]
+    out_struct = getattr(keras_model, "_outputs_struct", None)
+    out_names = list(out_struct) if isinstance(out_struct, dict) else \
+        list(keras_model.output_names)
+    return in_names, out_names
+
+
+@dataclass
+class _ExportPlan:
+    """How a Keras model is exported like a source: the SavedModel function built with the
+    source's input specs, returning the source's outputs; and, after conversion, the
+    source's signature key, I/O order and tensor names put back into the flatbuffer."""
+
+    keras_model: object
+    source: object
+    inputs: list  # [(source name, tf name, keras name, TensorSpec)] in the source's order
+    outputs: list  # [(source name, tf name, keras name)]
+    dict_inputs: bool
+
+    @property
+    def aliases(self) -> dict:
+        names = {}
+        for source_name, tf_name, keras_name, _ in self.inputs:
+            names[source_name] = names[keras_name] = tf_name
+        return names
+
+    @property
+    def input_order(self) -> list:
+        by_keras = {k: tf for _, tf, k, _ in self.inputs}
+        return [by_keras[k] for k in _keras_io_names(self.keras_model)[0]]
+
+    def write_saved_model(self, directory: str) -> None:
+        import keras
+
+        model, specs = self.keras_model, [spec for *_, spec in self.inputs]
+        keras_in = _keras_io_names(model)[0]
+        keras_of = [k for _, _, k, _ in self.inputs]
+
+        def serve(*args):
+            by_keras = dict(zip(keras_of, args))
+            if self.dict_inputs:
+                feed = by_keras
+            else:
+                feed = [by_keras[k] for k in keras_in]
+                feed = feed[0] if len(feed) == 1 else feed
+            result = model(feed, training=False)
+            if isinstance(result, dict):
+                named = result
+            else:
+                flat = list(result) if isinstance(result, (list, tuple)) else [result]
+                named = dict(zip(_keras_io_names(model)[1], flat))
+            return {tf: named[k] for _, tf, k in self.outputs}
+
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(_EXPORT_KEY, serve, input_signature=specs)
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(directory, verbose=False)
+
+    def restore_interface(self, model_bytes: bytes) -> bytes:
+        return _restore_interface(model_bytes, self.source,
+                                  {tf: s for s, tf, _, _ in self.inputs},
+                                  {tf: s for s, tf, _ in self.outputs})
+
+
+def _plan_like(keras_model, source) -> _ExportPlan | None:
+    """The export plan, or None when the Keras model's inputs / outputs cannot be matched to
+    the source's one to one (the plain export then runs and the interface check reports)."""
+    import tensorflow as tf
+
+    names = _keras_io_names(keras_model)
+    if names is None:
+        return None
+    sig = source.signature()
+    sg = source.subgraphs[sig.subgraph_index]
+    in_pairs = _pair_names(names[0], list(sig.inputs))
+    out_pairs = _pair_names(names[1], list(sig.outputs))
+    if in_pairs is None or out_pairs is None:
+        return None
+    taken: set = set()
+    inputs = []
+    for name, index in sig.inputs.items():
+        t = sg.tensors[index]
+        quantized = t.quantization is not None and t.type_name in _QUANTIZED_IO
+        dtype = np.float32 if quantized else t.dtype
+        shape = [None if d == -1 else int(d) for d in t.shape_signature]
+        tf_name = _tf_name(name, taken)
+        inputs.append((name, tf_name, in_pairs[name], tf.TensorSpec(shape, dtype, name=tf_name)))
+    outputs = [(name, _tf_name(name, taken), out_pairs[name]) for name in sig.outputs]
+    in_struct = getattr(keras_model, "_inputs_struct", None)
+    return _ExportPlan(keras_model, source, inputs, outputs, isinstance(in_struct, dict))
+
+
+def _restore_interface(model_bytes: bytes, source, inputs: dict, outputs: dict) -> bytes:
+    """Give the converted model the source's SignatureDef key, signature names and order, the
+    subgraph's input / output order and the I/O tensor names (``inputs`` / ``outputs``: the
+    export's signature name -> the source's)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    sig = next(s for s in model.signatureDefs
+               if (s.signatureKey or b"").decode() == _EXPORT_KEY)
+    sg = model.subgraphs[sig.subgraphIndex]
+    src_sig = source.signature()
+    src_sg = source.subgraphs[src_sig.subgraph_index]
+    for which, renames in (("inputs", inputs), ("outputs", outputs)):
+        new_index = {renames[_text(tm.name)]: tm.tensorIndex for tm in getattr(sig, which)}
+        src_index = getattr(src_sig, which)
+        maps = []
+        for name in src_index:  # the source's signature order
+            tm = schema.TensorMapT()
+            tm.name, tm.tensorIndex = name, new_index[name]
+            maps.append(tm)
+        setattr(sig, which, maps)
+        by_source_tensor = {i: name for name, i in src_index.items()}
+        order = [new_index[by_source_tensor[i]] for i in getattr(src_sg, which)
+                 if i in by_source_tensor]
+        if sorted(order) == sorted(getattr(sg, which).tolist()
+                                   if hasattr(getattr(sg, which), "tolist")
+                                   else getattr(sg, which)):
+            setattr(sg, which, order)
+        for name, i in src_index.items():
+            sg.tensors[new_index[name]].name = src_sg.tensors[i].name
+    if src_sig.key:
+        sig.signatureKey = src_sig.key
+    model.signatureDefs = [sig]
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -35,6 +35,12 @@ class RFFT2D(keras.layers.Layer):
         if h < fh or w < fw:
             pad = [[0, 0]] * (len(x.shape) - 2) + [[0, max(fh - h, 0)], [0, max(fw - w, 0)]]
             x = ops.pad(x, pad)
+        if keras.backend.backend() == "tensorflow":
+            # The op itself: it exports back to the builtin RFFT2D. keras.ops.fft2 would
+            # export as FFT2D and tf.Complex, which TFLite only runs as Flex ops.
+            import tensorflow as tf
+
+            return tf.signal.rfft2d(x, fft_length=self.fft_length)
         real, imag = ops.fft2((x, ops.zeros_like(x)))
         n = fw // 2 + 1
         return ops.view_as_complex(ops.stack([real[..., :n], imag[..., :n]], axis=-1))
