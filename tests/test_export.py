@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_tflite_keras.export import (InterfaceChangedError, compare_interfaces, export_tflite,
-                                        keras_to_tflite)
+from mlflow_tflite_keras.export import (InterfaceChangedError, _source_recipe, compare_interfaces,
+                                        export_tflite, keras_to_tflite)
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 keras = pytest.importorskip("keras")
 
-RECIPE_KIND = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range",
+RECIPE_KIND = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range-int8",
                "full-int8": "full-int8", "int16x8": "int16x8"}
 
 
@@ -79,13 +79,13 @@ def interface(model_bytes) -> dict:
 @pytest.mark.parametrize("recipe", list(RECIPE_KIND))
 def test_export_like_source_keeps_recipe_and_interface(recipe, mlp, data, sources):
     source = sources(recipe)
-    assert TFLiteModel(source).quantization_kind == RECIPE_KIND[recipe]
+    assert _source_recipe(TFLiteModel(source)) == RECIPE_KIND[recipe]
 
     new, report = export_tflite(copy_of(mlp), like=source, representative_data=data,
                                 return_report=True)
 
     assert report.ok, str(report)
-    assert TFLiteModel(new).quantization_kind == RECIPE_KIND[recipe]
+    assert _source_recipe(TFLiteModel(new)) == RECIPE_KIND[recipe]
     assert interface(new) == interface(source)
     if recipe == "full-int8":  # integer I/O kept
         sig = interface(new)["signatures"]["serving_default"]
@@ -135,7 +135,7 @@ def test_missing_representative_data_for_full_int8(mlp, sources):
 
 def test_explicit_recipe_overrides_and_report_shows_the_change(mlp, sources):
     with pytest.raises(InterfaceChangedError, match=r"quantization kind: source 'none', "
-                                                    r"new 'dynamic-range'"):
+                                                    r"new 'dynamic-range-int8'"):
         export_tflite(copy_of(mlp), like=sources("float32"), recipe="dynamic-range")
 
 
@@ -279,3 +279,128 @@ def test_single_named_output_is_kept():
     new, report = export_tflite(keras.Model(inputs, logits), like=source, return_report=True)
     assert report.ok, str(report)
     assert list(TFLiteModel(new).signature().outputs) == ["logits"]
+
+
+# ---- models shaped like real ones: detector, landmarks, spectral audio -------------------------
+
+import roundtrip_models as rm  # noqa: E402
+
+from mlflow_tflite_keras.export import _constant_types, normalize_recipe  # noqa: E402
+
+ROUND_TRIP_RECIPES = ["float32", "float16", "weight-only-int8", "dynamic-range-int8",
+                      "weight-only-int4", "dynamic-range-int4", "full-int8"]
+# The export against the Keras model it was made from. Int4 weights of a float model are far
+# off (16 levels): judged loosely here, and tightly against the source below.
+AGAINST_KERAS = {"float32": (1e-4, 0.99999), "float16": (1e-2, 0.9999),
+                 "weight-only-int8": (5e-2, 0.999), "dynamic-range-int8": (5e-2, 0.999),
+                 "weight-only-int4": (0.5, 0.8), "dynamic-range-int4": (0.5, 0.8),
+                 "dynamic-range-int4-blockwise-32": (0.5, 0.8), "full-int8": (0.1, 0.99),
+                 "int16x8": (0.1, 0.99)}
+
+
+def ordered_interface(model_bytes) -> dict:
+    """What an app sees, in order: signature key, signature and subgraph inputs / outputs
+    (name, tensor name, dtype, shape signature), and the recipe as stored."""
+    model = TFLiteModel(model_bytes)
+    sig = model.signature()
+    sg = model.subgraphs[sig.subgraph_index]
+
+    def tensors(which):
+        return [(name, sg.tensors[i].name, sg.tensors[i].type_name,
+                 list(sg.tensors[i].shape_signature)) for name, i in getattr(sig, which).items()]
+
+    return {"key": sig.key, "inputs": tensors("inputs"), "outputs": tensors("outputs"),
+            "subgraph_inputs": [sg.tensors[i].name for i in sg.inputs],
+            "subgraph_outputs": [sg.tensors[i].name for i in sg.outputs],
+            "recipe": _source_recipe(model), "constants": _constant_types(model)}
+
+
+def no_flex_ops(model_bytes):
+    model = TFLiteModel(model_bytes)
+    flex = [op for op in model.operator_names if op.startswith("Flex")]
+    assert not flex and not model.custom_ops, (flex, model.custom_ops)
+
+
+def run(model_bytes, x) -> dict:
+    from mlflow_tflite_keras.runtime import TFLiteRunner
+
+    runner = TFLiteRunner(TFLiteModel(model_bytes))
+    name = runner.signature().inputs[0].name
+    # Batch of 1 fixed: one row at a time, as the app runs it.
+    rows = [runner.predict({name: x[i:i + 1]}) for i in range(len(x))]
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def rebuilt(kind: str, recipe: str):
+    """to_keras of the recipe's source; int4 sources are not read by the converter on this
+    branch: their Keras model is rebuilt from the float source (the same float weights)."""
+    from mlflow_tflite_keras.converter import to_keras
+
+    return to_keras(rm.model(kind, "float32" if "int4" in recipe else recipe))
+
+
+@pytest.mark.parametrize("recipe", ROUND_TRIP_RECIPES)
+@pytest.mark.parametrize("kind", ["detector", "landmarks", "spectral"])
+def test_real_shaped_round_trip(kind, recipe):
+    from mlflow_tflite_keras.converter.parity import check_parity
+
+    source = rm.model(kind, recipe)
+    assert normalize_recipe(_source_recipe(TFLiteModel(source))) == recipe
+    keras_model = rebuilt(kind, recipe)
+    # Calibrated like the source was, so a full-integer export reproduces its scales.
+    new, report = export_tflite(keras_model, like=source,
+                                representative_data=rm.inputs(kind, 32, seed=1),
+                                return_report=True)
+    assert report.ok, str(report)
+    assert ordered_interface(new) == ordered_interface(source)
+    no_flex_ops(new)
+
+    x = rm.inputs(kind, 8, seed=5)
+    rel, cosine = AGAINST_KERAS[recipe]
+    parity = check_parity(new, keras_model, x, max_rel_error=rel, min_cosine=cosine,
+                          max_steps=1e9, min_top1=0.0)
+    assert parity.passed, str(parity)
+    # The same weights quantized the same way: the export answers like the source.
+    got, want = run(new, x), run(source, x)
+    assert list(got) == list(want)
+    src = TFLiteModel(source)
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape
+        spread = float(expected.max() - expected.min()) or 1.0
+        q = src.main.tensors[src.signature().outputs[name]].quantization
+        # Recalibrated activations: within 2 quantization steps or 3% of the range.
+        limit = max(3e-2 * spread, 2 * float(q.scale[0]) if q is not None else 0.0) \
+            if recipe in ("full-int8", "int16x8") else 1e-4 * spread
+        assert np.max(np.abs(got[name] - expected)) <= limit, name
+
+
+@pytest.mark.parametrize("kind,recipe", [("landmarks", "dynamic-range-int4-blockwise-32"),
+                                         ("detector", "int16x8")])
+def test_real_shaped_round_trip_more_recipes(kind, recipe):
+    test_real_shaped_round_trip(kind, recipe)
+
+
+def test_blockwise_recipe_keeps_block_size_and_report_compares_it():
+    float_source = rm.model("landmarks", "float32")
+    blockwise = rm.model("landmarks", "dynamic-range-int4-blockwise-32")
+    assert _constant_types(TFLiteModel(blockwise)) == {"types": ["INT4"], "block_sizes": [32]}
+    keras_model = rebuilt("landmarks", "dynamic-range-int4")
+    channelwise = export_tflite(keras_model, like=float_source, recipe="dynamic-range-int4",
+                                allow_interface_changes=True)
+    report = compare_interfaces(blockwise, channelwise)
+    found = {(d.what, str(d.source), str(d.new)) for d in report.differences}
+    assert ("quantization kind", "dynamic-range-int4-blockwise-32", "dynamic-range-int4") in found
+    assert ("block sizes", "[32]", "[]") in found
+    with pytest.raises(MlflowException, match="none of the model's ops supports it"):
+        export_tflite(rebuilt("detector", "float32"), recipe="dynamic-range-int4-blockwise-32")
+
+
+def test_batch_and_order_changes_are_reported():
+    """The old export (dynamic batch, outputs sorted by name) is what the report catches."""
+    source = rm.model("detector", "float32")
+    plain = export_tflite(rebuilt("detector", "float32"), like=source, align_names=False,
+                          allow_interface_changes=True)
+    report = compare_interfaces(source, plain)
+    found = {(d.what, d.where) for d in report.differences}
+    assert ("shape", "input 'input'") in found  # [1, 16, 16, 3] -> [-1, 16, 16, 3]
+    assert ("order", "subgraph outputs") in found or ("order", "signature outputs") in found
