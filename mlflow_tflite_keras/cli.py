@@ -188,22 +188,29 @@ def convert(model_uri, registered_model_name, alias, experiment_id, method, unsu
 @cli.command()
 @click.argument("model_uri")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Training data: .npz with arrays x and y, or CSV (target column y or last).")
+              help="Training data: .npz with array x and either y (one output) or one "
+                   "y_<output name> per output to train; or CSV (target column y or last).")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-4, show_default=True)
-@click.option("--registered-model-name", help="Keras version's name (default: the source's).")
-@click.option("--tflite-registered-model-name",
+@click.option("--registered-model-name", callback=_unset_if_empty,
+              help="Keras version's name (default: the source's).")
+@click.option("--tflite-registered-model-name", callback=_unset_if_empty,
               help="Exported .tflite's name (default: the source .tflite's).")
 @click.option("--allow-interface-changes", is_flag=True,
               help="Export even if inputs/outputs differ from the source .tflite.")
+@click.option("--quiet", is_flag=True, help="Do not print each epoch's metrics.")
 def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered_model_name,
-             tflite_registered_model_name, allow_interface_changes):
+             tflite_registered_model_name, allow_interface_changes, quiet):
     """Fine-tune a Keras version (or a .tflite flavor model, reconstructed first) on your data,
     then register the fine-tuned Keras model and a .tflite exported with the source's
-    quantization recipe and interface, chained in the lineage tags."""
+    quantization recipe and interface, chained in the lineage tags.
+
+    Exits 1, registering nothing, when the exported .tflite does not answer like the
+    fine-tuned Keras model."""
     from mlflow.exceptions import MlflowException
 
+    from mlflow_tflite_keras.finetune import ExportParityError
     from mlflow_tflite_keras.finetune import finetune as run_finetune
 
     _tracking()
@@ -213,7 +220,9 @@ def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered
                               registered_model_name=registered_model_name,
                               tflite_registered_model_name=tflite_registered_model_name,
                               allow_interface_changes=allow_interface_changes,
-                              progress=_progress)
+                              progress=_progress, verbose=not quiet)
+    except ExportParityError as e:
+        _fail(e, EXIT_CHECK_FAILED)
     except MlflowException as e:
         _fail(e)
     k, t = result.keras_version, result.tflite_version

@@ -28,6 +28,7 @@ _logger = logging.getLogger(__name__)
 
 ROLE_FINETUNED = "finetuned-keras"
 ROLE_EXPORTED = "exported-tflite"
+RECIPE_SOURCE = lineage.TAG_PREFIX + "recipe_source"  # the .tflite whose recipe is reused
 
 
 @dataclass
@@ -41,18 +42,28 @@ class FinetuneResult:
 
 
 def load_training_data(path: str, *, target: str | None = None, input_shape=None):
-    """``(x, y)`` from ``.npz`` (arrays ``x`` and ``y``) or CSV (the ``target`` column, by
-    default ``y`` or the last column, is y; the other columns, reshaped to ``input_shape``,
-    are x)."""
+    """``(x, y)`` from ``.npz`` or CSV.
+
+    ``.npz``: array ``x`` (the inputs) and either ``y`` (the targets of a single-output
+    model) or one array ``y_<output name>`` per output to train (``y`` is then a dict by
+    output name). CSV: the ``target`` column (by default ``y`` or the last column) is y; the
+    other columns, reshaped to ``input_shape``, are x.
+    """
     if not os.path.isfile(path):
         raise MlflowException(f"No training data at '{path}'.", error_code=INVALID_PARAMETER_VALUE)
     if path.endswith(".npz"):
         with np.load(path) as data:
-            missing = {"x", "y"} - set(data.files)
-            if missing:
-                raise MlflowException(f"'{path}' lacks array(s) {sorted(missing)}; it has "
-                                      f"{data.files}.", error_code=INVALID_PARAMETER_VALUE)
-            return data["x"], data["y"]
+            per_output = {k[2:]: data[k] for k in data.files if k.startswith("y_")}
+            if "x" not in data.files or not ("y" in data.files or per_output):
+                raise MlflowException(
+                    f"'{path}' lacks array(s): it needs 'x' and either 'y' or one "
+                    f"'y_<output name>' per output; it has {data.files}.",
+                    error_code=INVALID_PARAMETER_VALUE)
+            if "y" in data.files and per_output:
+                raise MlflowException(f"'{path}' has both 'y' and per-output targets "
+                                      f"{sorted(per_output)}: keep one form.",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            return data["x"], (data["y"] if "y" in data.files else per_output)
     if path.endswith(".csv"):
         import pandas as pd
 
@@ -86,19 +97,141 @@ def _chain(client: MlflowClient, name: str | None, version: str | None) -> list[
     return [parent, _ref(mv)] if parent else [_ref(mv)]
 
 
-def _default_loss(model, y):
-    """Sparse categorical cross-entropy for integer labels on a multi-class output (on
-    probabilities when the model ends in softmax), mean squared error otherwise."""
+class ExportParityError(MlflowException):
+    """The exported ``.tflite`` does not answer like the fine-tuned Keras model."""
+
+
+def _output_tensors(keras_model) -> dict:
+    """Keras output name -> output KerasTensor, in the model's output order."""
+    from mlflow_tflite_keras.export import _keras_io_names
+
+    names = _keras_io_names(keras_model)
+    if names is None:
+        raise MlflowException("finetune needs a functional Keras model (with inputs and "
+                              "outputs); got an unbuilt or subclassed model.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    out = keras_model.output
+    if isinstance(out, dict):
+        return {k: out[k] for k in names[1]}
+    return dict(zip(names[1], keras_model.outputs))
+
+
+def _targets(keras_model, y, source_outputs: list) -> dict:
+    """Targets by Keras output name, from a dict by output name (the source signature's
+    names, or the Keras model's), a list / tuple in output order (None skips an output) or
+    one array (single-output models). Outputs without targets are left out."""
+    from mlflow_tflite_keras.export import _name_map
+
+    outputs = list(_output_tensors(keras_model))
+    source_outputs = source_outputs if len(source_outputs) == len(outputs) else outputs
+    to_keras = _pair_names_safe(outputs, source_outputs)
+    described = ", ".join(f"'{n}'" for n in source_outputs)
+    if isinstance(y, dict):
+        found = {}
+        for key, value in y.items():
+            name = key if key in outputs else to_keras.get(key)
+            if name is None:
+                matches = _name_map([key], outputs)
+                name = matches.get(key)
+            if name is None:
+                raise MlflowException(
+                    f"Targets for '{key}', which is not an output of the model; its outputs "
+                    f"are {described}.", error_code=INVALID_PARAMETER_VALUE)
+            if value is not None:
+                found[name] = value
+    elif isinstance(y, (list, tuple)):
+        if len(y) != len(outputs):
+            raise MlflowException(
+                f"{len(y)} target arrays for {len(outputs)} outputs ({described}): give one "
+                "per output in this order (None for an output not to train), or a dict by "
+                "output name.", error_code=INVALID_PARAMETER_VALUE)
+        found = {to_keras[s]: v for s, v in zip(source_outputs, y) if v is not None}
+    else:
+        if len(outputs) != 1:
+            raise MlflowException(
+                f"The model has {len(outputs)} outputs ({described}): give targets as a dict "
+                "by output name, or a list in this order.", error_code=INVALID_PARAMETER_VALUE)
+        found = {outputs[0]: y}
+    if not found:
+        raise MlflowException(f"No targets for any output ({described}).",
+                              error_code=INVALID_PARAMETER_VALUE)
+    return {k: np.asarray(v) for k, v in found.items()}
+
+
+def _activation(tensor) -> str | None:
+    """'softmax' / 'sigmoid' when the output comes from such an activation (through layout
+    layers such as Reshape), else None."""
     import keras
 
-    out_dim = model.outputs[0].shape[-1]
-    if np.issubdtype(np.asarray(y).dtype, np.integer) and np.asarray(y).ndim == 1 and \
-            out_dim and out_dim > 1:
-        last = model.layers[-1]
-        probabilities = getattr(last, "__class__", None).__name__ == "Softmax" or \
-            getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    for _ in range(4):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation
+        if isinstance(layer, keras.layers.Softmax):
+            return "softmax"
+        name = getattr(getattr(layer, "activation", None), "__name__", "")
+        if name in ("softmax", "sigmoid"):
+            return name
+        if isinstance(layer, (keras.layers.Reshape, keras.layers.Flatten,
+                              keras.layers.Identity)) and layer._inbound_nodes:
+            tensor = layer._inbound_nodes[0].input_tensors[0]
+            continue
+        return None
+    return None
+
+
+def _default_loss(tensor, y: np.ndarray):
+    """By output kind: integer class labels -> sparse categorical cross-entropy (on
+    probabilities after a softmax, else on logits), softmax outputs with one-hot targets ->
+    categorical, sigmoid outputs -> binary cross-entropy; mean squared error otherwise."""
+    import keras
+
+    activation = _activation(tensor)
+    out_dim = tensor.shape[-1]
+    labels = np.issubdtype(y.dtype, np.integer) and y.ndim == len(tensor.shape) - 1 and \
+        bool(out_dim and out_dim > 1)
+    if labels:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
+    if activation == "softmax":
+        return keras.losses.CategoricalCrossentropy()
+    if activation == "sigmoid":
+        return keras.losses.BinaryCrossentropy()
     return keras.losses.MeanSquaredError()
+
+
+def _losses(tensors: dict, targets: dict, loss, source_names: dict) -> dict:
+    """A loss per trained output: ``loss`` (one loss for all, or a dict by output name,
+    source or Keras) overrides the defaults."""
+    if loss is None or isinstance(loss, dict):
+        given = {}
+        for key, value in (loss or {}).items():
+            name = key if key in tensors else source_names.get(key)
+            if name is None:
+                raise MlflowException(f"A loss for '{key}', which is not an output of the "
+                                      f"model ({sorted(source_names)}).",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            given[name] = value
+        return {k: given.get(k) or _default_loss(tensors[k], targets[k]) for k in targets}
+    return {k: loss for k in targets}
+
+
+def _loss_name(loss) -> str:
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or str(loss)
+
+
+def _epoch_callback(say, epochs: int):
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            values = ", ".join(f"{k}={logs[k]:.4g}" for k in sorted(
+                logs, key=lambda k: (k not in ("loss", "val_loss"), k))
+                if isinstance(logs[k], (int, float)))
+            say(f"epoch {epoch + 1}/{epochs}: {values}")
+
+    return EpochProgress()
 
 
 def finetune(
@@ -117,23 +250,42 @@ def finetune(
     experiment_id: str | None = None,
     await_registration_for: int = 300,
     progress=None,
+    verbose: bool = True,
+    parity_tolerances: dict | None = None,
 ) -> FinetuneResult:
-    """Train a Keras version (or a reconstructed ``.tflite`` flavor model) on ``data``
-    (``(x, y)`` arrays or a ``.npz``/CSV path), register the fine-tuned Keras model, export a
-    ``.tflite`` with the source's recipe and interface, and register that too.
+    """Train a Keras version (or a reconstructed ``.tflite`` flavor model) on ``data``,
+    register the fine-tuned Keras model, export a ``.tflite`` with the source's recipe and
+    interface, and register that too.
+
+    Args:
+        data: ``(x, y)`` or a ``.npz`` / CSV path (see :func:`load_training_data`). ``y`` is
+            one array for a single-output model; for several outputs a dict by output name
+            (the names of the source ``.tflite``'s signature, or the Keras model's) or a list
+            in the source's output order. Outputs without targets (missing from the dict, or
+            None in the list) are left out of the loss and keep training only through the
+            layers they share.
+        loss: one loss for every trained output, or a dict by output name. By default per
+            output: integer labels get sparse categorical cross-entropy, softmax outputs
+            categorical and sigmoid outputs binary cross-entropy, others mean squared error.
+        representative_data: calibration data for a full-integer recipe; by default the
+            first 200 training inputs.
+        progress: a callable receiving progress messages (default: the logger).
+        verbose: report every epoch's metrics through ``progress`` (default: printed).
+        parity_tolerances: overrides for :func:`~mlflow_tflite_keras.converter.parity.check_parity`.
 
     Both new versions go next to their parents by default (the Keras version's registered
     model, the source ``.tflite``'s registered model). Per-epoch metrics are logged with
-    ``mlflow.keras.MlflowCallback``; the exported model's parity against the fine-tuned Keras
-    model is measured and logged. Fails before registering anything if training data, the
-    interface check or the export fail.
+    ``mlflow.keras.MlflowCallback``. Nothing is registered, and the run ends FAILED with the
+    reason, if the training data, the interface check, the export, or the exported model's
+    parity against the fine-tuned Keras model fail (:class:`ExportParityError`).
     """
     import keras
 
     from mlflow_tflite_keras.converter.parity import check_parity
-    from mlflow_tflite_keras.export import compare_interfaces, export_tflite
+    from mlflow_tflite_keras.export import compare_interfaces, export_tflite, load_like
 
     say = progress or _logger.info
+    epoch_say = progress or (lambda message: print(message, flush=True))
     client = MlflowClient()
     source = lineage.resolve_source(model_uri, client)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +296,9 @@ def finetune(
             keras_model = mlflow.keras.load_model(local)
             tags = client.get_model_version(source.registered_name, source.version).tags \
                 if source.registered_name else {}
-            tflite_uri = tags.get(lineage.SOURCE_URI)
+            # A fine-tuned version names the .tflite its recipe came from; a reconstructed
+            # one, its source.
+            tflite_uri = tags.get(RECIPE_SOURCE) or tags.get(lineage.SOURCE_URI)
             if not tflite_uri:
                 raise MlflowException(f"'{model_uri}' has no {lineage.SOURCE_URI} tag: cannot "
                                       "tell which .tflite to take the recipe from.",
@@ -160,10 +314,18 @@ def finetune(
                                   error_code=INVALID_PARAMETER_VALUE)
     tflite_source = lineage.resolve_source(tflite_uri, client)
     tflite_bytes = mlflow.tflite_keras.load_model(tflite_uri).model_bytes
+    source_outputs = list(load_like(tflite_bytes).signature().outputs)
     input_shape = tuple(keras_model.inputs[0].shape[1:])
     x, y = (load_training_data(data, input_shape=input_shape) if isinstance(data, str)
             else data)
     x = np.asarray(x, dtype=keras_model.inputs[0].dtype or "float32")
+    outputs = _output_tensors(keras_model)
+    targets = _targets(keras_model, y, source_outputs)
+    for name, values in targets.items():
+        if len(values) != len(x):
+            raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
+                                  f"{len(x)} input rows.", error_code=INVALID_PARAMETER_VALUE)
+    losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
     parent_chain = (_chain(client, source.registered_name, source.version)
                     if source.registered_name else [model_uri])
     keras_name = registered_model_name or source.registered_name
@@ -176,27 +338,38 @@ def finetune(
                    run_name=f"finetune-{keras_name}") as run:
         try:
             mlflow.set_tags({lineage.ROLE: ROLE_FINETUNED, lineage.SOURCE_URI: model_uri})
-            loss = loss or _default_loss(keras_model, y)
             mlflow.log_params({"source_model_uri": model_uri, "epochs": epochs,
                                "batch_size": batch_size, "learning_rate": learning_rate,
-                               "loss": getattr(loss, "name", str(loss)), "train_rows": len(x),
+                               "loss": ", ".join(f"{k}: {_loss_name(v)}"
+                                                 for k, v in losses.items()),
+                               "trained_outputs": ", ".join(targets), "train_rows": len(x),
                                "converter_version": __version__})
-            keras_model.compile(keras.optimizers.Adam(learning_rate), loss=loss,
-                                metrics=["accuracy"] if isinstance(
-                                    loss, keras.losses.SparseCategoricalCrossentropy) else [])
-            say(f"Fine-tuning for {epochs} epoch(s) on {len(x)} rows ...")
-            history = keras_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
-                                      validation_data=validation_data,
-                                      callbacks=[mlflow.keras.MlflowCallback()])
+            # A model of the trained outputs only, sharing the layers (and weights): outputs
+            # without targets are not in the loss.
+            trainer = keras.Model(keras_model.input, {k: outputs[k] for k in targets})
+            metrics = {k: ["accuracy"] for k, v in losses.items()
+                       if isinstance(v, keras.losses.SparseCategoricalCrossentropy)}
+            trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses,
+                            metrics=metrics or None)
+            say(f"Fine-tuning {', '.join(targets)} for {epochs} epoch(s) on {len(x)} rows ...")
+            callbacks = [mlflow.keras.MlflowCallback()]
+            if verbose:
+                callbacks.append(_epoch_callback(epoch_say, epochs))
+            history = trainer.fit(x, targets, epochs=epochs, batch_size=batch_size, verbose=0,
+                                  validation_data=validation_data, callbacks=callbacks)
             say("Exporting a .tflite with the source's recipe and interface ...")
             rep = representative_data if representative_data is not None else x[:200]
             new_bytes = export_tflite(keras_model, like=tflite_bytes, representative_data=rep,
                                       allow_interface_changes=allow_interface_changes)
             interface = compare_interfaces(tflite_bytes, new_bytes)
             mlflow.log_dict(interface.to_dict(), "interface_report.json")
-            parity = check_parity(new_bytes, keras_model, x[:32])
+            parity = check_parity(new_bytes, keras_model, x[:32], **(parity_tolerances or {}))
             mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
             mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
+            if not parity.passed:
+                raise ExportParityError(
+                    "The exported .tflite does not answer like the fine-tuned Keras model; "
+                    f"nothing was registered.\n{parity}")
 
             say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
             keras_info = Model.log(artifact_path=None, name="keras_model",
@@ -204,7 +377,7 @@ def finetune(
                                    signature=lineage._keras_signature(
                                        Model.load(tflite_uri)))
             keras_tags = {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
-                          lineage.SOURCE_URI: model_uri,
+                          lineage.SOURCE_URI: model_uri, RECIPE_SOURCE: tflite_uri,
                           lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id}
             keras_version = mlflow.register_model(keras_info.model_uri, keras_name,
                                                   await_registration_for, tags=keras_tags)
@@ -216,7 +389,7 @@ def finetune(
             tflite_info = mlflow.tflite_keras.log_model(new_bytes, name="tflite_model",
                                                         input_example=x[:2])
             tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
-                           lineage.TAG_PREFIX + "recipe_source": tflite_uri,
+                           RECIPE_SOURCE: tflite_uri,
                            lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,
                            **{lineage.PARITY_PREFIX + k: f"{v:.6g}"
                               for k, v in parity.metrics(prefix="").items()}}
@@ -232,3 +405,10 @@ def finetune(
         keras_version=client.get_model_version(keras_name, keras_version.version),
         tflite_version=client.get_model_version(tflite_name, tflite_version.version),
         history=history.history, parity=parity, interface=interface, run_id=run.info.run_id)
+
+
+def _pair_names_safe(keras_names: list, source_names: list) -> dict:
+    """source output name -> Keras output name (identity when they cannot be paired)."""
+    from mlflow_tflite_keras.export import _pair_names
+
+    return _pair_names(keras_names, source_names) or {n: n for n in keras_names}
