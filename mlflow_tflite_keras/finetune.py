@@ -346,16 +346,23 @@ def finetune(
                                "converter_version": __version__})
             # A model of the trained outputs only, sharing the layers (and weights): outputs
             # without targets are not in the loss.
-            trainer = keras.Model(keras_model.input, {k: outputs[k] for k in targets})
             metrics = {k: ["accuracy"] for k, v in losses.items()
                        if isinstance(v, keras.losses.SparseCategoricalCrossentropy)}
-            trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses,
-                            metrics=metrics or None)
+            if len(targets) == 1:  # plain metric names ("loss", "accuracy")
+                (name, y_train), = targets.items()
+                trainer = keras.Model(keras_model.input, outputs[name])
+                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses[name],
+                                metrics=metrics.get(name))
+            else:
+                y_train = targets
+                trainer = keras.Model(keras_model.input, {k: outputs[k] for k in targets})
+                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses,
+                                metrics=metrics or None)
             say(f"Fine-tuning {', '.join(targets)} for {epochs} epoch(s) on {len(x)} rows ...")
             callbacks = [mlflow.keras.MlflowCallback()]
             if verbose:
                 callbacks.append(_epoch_callback(epoch_say, epochs))
-            history = trainer.fit(x, targets, epochs=epochs, batch_size=batch_size, verbose=0,
+            history = trainer.fit(x, y_train, epochs=epochs, batch_size=batch_size, verbose=0,
                                   validation_data=validation_data, callbacks=callbacks)
             say("Exporting a .tflite with the source's recipe and interface ...")
             rep = representative_data if representative_data is not None else x[:200]

@@ -56,7 +56,7 @@ def test_finetune_registers_keras_and_tflite_with_chain(registered):
     assert len(client.get_metric_history(result.run_id, "loss")) == 3
     assert run.data.metrics["export_parity_passed"] == 1.0
     assert run.data.params["epochs"] == "3"
-    assert len(result.history["loss"]) == 3
+    assert len(result.history["loss"]) == 3 and "accuracy" in result.history
 
 
 def test_export_refuses_changed_interface(registered):
