@@ -284,6 +284,12 @@ def one_hot_tflite(indices, depth=1, on=1.0, off=0.0, axis=-1, dtype="float32"):
 @extra_op
 def where_indices(condition):
     """Single-argument TFLite WHERE: coordinates of true elements, ``[n, rank]`` int64."""
+    if keras.backend.backend() == "tensorflow":
+        # The op itself: it exports back to the builtin WHERE. keras.ops.nonzero unstacks
+        # int64 coordinates (tf.Unpack), which TFLite has no builtin kernel for.
+        import tensorflow as tf
+
+        return tf.where(condition)
     return ops.cast(ops.stack(ops.nonzero(condition), axis=1), "int64")
 
 

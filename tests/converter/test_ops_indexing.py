@@ -59,6 +59,19 @@ def test_where_dynamic_size():
     check_op("WHERE", lambda x: tf.where(x > 0), [((None, 5), F)])
 
 
+def test_where_exports_with_builtins_only():
+    """keras.ops.nonzero would export an int64 tf.Unpack, which has no builtin kernel."""
+    from converter.op_harness import _feeds, check_export, op_tflite
+    from mlflow_tflite_keras.converter import to_keras
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    inputs = [((None, 5), F)]
+    source = op_tflite("where", lambda x: tf.where(x > 0), inputs)
+    feeds = _feeds(TFLiteModel(source), inputs, np.random.default_rng(3))
+    exported = check_export(source, to_keras(source), feeds)
+    assert "WHERE" in exported.operator_names
+
+
 @pytest.mark.parametrize("fn", [
     lambda i: tf.one_hot(i, 10),
     lambda i: tf.one_hot(i, 6, on_value=2.0, off_value=-1.0, axis=1),
