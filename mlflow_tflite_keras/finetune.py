@@ -120,7 +120,7 @@ def _targets(keras_model, y, source_outputs: list) -> dict:
     """Targets by Keras output name, from a dict by output name (the source signature's
     names, or the Keras model's), a list / tuple in output order (None skips an output) or
     one array (single-output models). Outputs without targets are left out."""
-    from mlflow_tflite_keras.export import _name_map
+    from mlflow_tflite_keras.export import _norm
 
     outputs = list(_output_tensors(keras_model))
     source_outputs = source_outputs if len(source_outputs) == len(outputs) else outputs
@@ -130,9 +130,9 @@ def _targets(keras_model, y, source_outputs: list) -> dict:
         found = {}
         for key, value in y.items():
             name = key if key in outputs else to_keras.get(key)
-            if name is None:
-                matches = _name_map([key], outputs)
-                name = matches.get(key)
+            if name is None:  # up to case and punctuation
+                matches = [o for o in outputs if _norm(o) == _norm(key)]
+                name = matches[0] if len(matches) == 1 else None
             if name is None:
                 raise MlflowException(
                     f"Targets for '{key}', which is not an output of the model; its outputs "
@@ -325,6 +325,15 @@ def finetune(
         if len(values) != len(x):
             raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
                                   f"{len(x)} input rows.", error_code=INVALID_PARAMETER_VALUE)
+        shape = tuple(outputs[name].shape[1:])
+        labels = np.issubdtype(values.dtype, np.integer) and values.ndim == len(shape)
+        if not labels and (values.ndim != len(shape) + 1 or any(
+                d is not None and d != v for d, v in zip(shape, values.shape[1:]))):
+            raise MlflowException(
+                f"Targets for output '{name}' have shape {list(values.shape)}; the output "
+                f"is [N, {', '.join(str(d) for d in shape)}] (or integer class labels "
+                f"[N{', ' if len(shape) > 1 else ''}{', '.join(str(d) for d in shape[:-1])}]).",
+                error_code=INVALID_PARAMETER_VALUE)
     losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
     parent_chain = (_chain(client, source.registered_name, source.version)
                     if source.registered_name else [model_uri])

@@ -178,6 +178,11 @@ def test_finetune_trains_only_outputs_with_targets(detector):
     assert "classificators_loss" not in result.history
     run = MlflowClient().get_run(result.run_id)
     assert run.data.params["trained_outputs"] == "regressors"
+    # A list in the source's output order; None leaves an output out.
+    result = finetune(f"models:/detector/{keras_version.version}",
+                      (x, [None, targets["classificators"]]), epochs=1, verbose=False)
+    assert MlflowClient().get_run(result.run_id).data.params["trained_outputs"] == \
+        "classificators"
 
 
 def test_finetune_bad_targets_are_clear(detector):
@@ -190,6 +195,9 @@ def test_finetune_bad_targets_are_clear(detector):
         finetune(uri, (x, {"boxes": targets["regressors"]}))
     with pytest.raises(MlflowException, match=r"1 target arrays for 2 outputs"):
         finetune(uri, (x, [targets["regressors"]]))
+    with pytest.raises(MlflowException, match=r"Targets for output 'regressors' have shape "
+                                              r"\[160, 160, 4\]; the output is \[N, 160, 8\]"):
+        finetune(uri, (x, {"regressors": targets["regressors"][..., :4]}))
     assert len(MlflowClient().search_model_versions("name = 'detector'")) == 2
 
 
