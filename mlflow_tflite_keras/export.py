@@ -451,8 +451,12 @@ def compare_interfaces(source, new) -> InterfaceReport:
     if src_kind != dst_kind:
         diffs.append(InterfaceDifference("quantization kind", "model", src_kind, dst_kind))
     src_consts, dst_consts = _constant_types(src), _constant_types(dst)
+    # In a full-integer model every constant operand is quantized, weights or not (an
+    # epsilon, a resize size): its kind says all there is to say about the recipe.
+    compared = ("block_sizes",) if src_kind == dst_kind and src_kind in _FULL_INTEGER \
+        else ("types", "block_sizes")
     for key, what in (("types", "constant types"), ("block_sizes", "block sizes")):
-        if src_consts[key] != dst_consts[key]:
+        if key in compared and src_consts[key] != dst_consts[key]:
             diffs.append(InterfaceDifference(what, "weights", src_consts[key], dst_consts[key]))
     if src.signatures:
         new_keys = {s.key: s for s in dst.signatures}

@@ -295,6 +295,13 @@ def where_indices(condition):
 
 @extra_op
 def arg_reduce(x, axis=-1, mode="max", dtype="int64"):
+    if keras.backend.backend() == "tensorflow":
+        # The op itself: it exports back to the builtin ARG_MAX / ARG_MIN. keras.ops.argmax
+        # works around flushed subnormals with tf.bitwise ops, which TFLite only runs as Flex.
+        import tensorflow as tf
+
+        fn = tf.math.argmax if mode == "max" else tf.math.argmin
+        return fn(x, axis=axis, output_type=dtype)
     fn = ops.argmax if mode == "max" else ops.argmin
     return ops.cast(fn(x, axis=axis), dtype)
 

@@ -152,14 +152,14 @@ def _check(data, op_types, inputs_list, roundtrip, tolerances):
     return model, reports[0]
 
 
-def check_export(source, model, feeds, **tolerances):
+def check_export(source, model, feeds, representative_data=None, **tolerances):
     """``export_tflite(model, like=source)``: TFLite builtins only (no Flex or custom op), the
     source's interface, and answers like the Keras model on ``feeds``. Returns the export."""
     from mlflow_tflite_keras.converter.parity import check_parity
     from mlflow_tflite_keras.export import export_tflite
     from mlflow_tflite_keras.tflite_model import TFLiteModel
 
-    new = export_tflite(model, like=source)
+    new = export_tflite(model, like=source, representative_data=representative_data)
     exported = TFLiteModel(new)
     assert not exported.custom_ops, exported.custom_ops
     assert not [op for op in exported.operator_names if op.startswith("Flex")]

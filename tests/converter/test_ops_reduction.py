@@ -80,3 +80,21 @@ def test_arg(op_type, fn, shape):
 ], ids=["mean", "argmax"])
 def test_full_int8(op_type, fn):
     check_op(op_type, fn, [((None, 2, 6), F)], recipe="full-int8", min_top1=0.0)
+
+
+@pytest.mark.parametrize("recipe", ["float32", "full-int8"])
+def test_arg_max_exports_with_builtins_only(recipe):
+    """keras.ops.argmax would export tf.BitwiseAnd (its subnormal workaround): a Flex op."""
+    import numpy as np
+
+    from converter.op_harness import _feeds, check_export, op_tflite
+    from mlflow_tflite_keras.converter import to_keras
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    inputs = [((None, 2, 6), F)]
+    source = op_tflite("arg_max", lambda x: tf.argmax(x, -1), inputs, recipe)
+    feeds = _feeds(TFLiteModel(source), inputs, np.random.default_rng(3))
+    rep = np.random.default_rng(4).uniform(-1, 1, (16, 2, 6)).astype(np.float32)
+    exported = check_export(source, to_keras(source), feeds, representative_data=rep,
+                            min_top1=0.0)
+    assert "ARG_MAX" in exported.operator_names
