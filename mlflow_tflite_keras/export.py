@@ -723,7 +723,9 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             ``num_samples`` samples are drawn.
         allow_interface_changes: accept (with a warning) a result whose interface differs;
             otherwise an :class:`InterfaceChangedError` lists every difference.
-        align_names: give the export the source's signature names.
+        align_names: build the export from the source's signature (the default). False
+            exports the Keras model with its own signature (Keras' SavedModel export: a
+            dynamic batch, outputs sorted by name) and only compares.
         return_report: return ``(bytes, InterfaceReport)`` instead of the bytes.
     """
     source = load_like(like) if like is not None else None
