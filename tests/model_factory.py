@@ -74,6 +74,23 @@ def digits():
     return x, d.target.astype(np.int64)
 
 
+def calibrate_batch_norm(model, x):
+    """Set every BatchNormalization's moving statistics to those of ``x`` (one training-mode
+    pass with momentum 0). Freshly initialized statistics make the signal vanish through deep
+    networks, so their outputs would not depend on the input and parity would prove nothing."""
+    import keras
+
+    bns = [layer for layer in model._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model
+
+
 def keras_model_tflite(name: str, make_model, recipe: str = "float32", representative=None,
                        **convert_kwargs) -> bytes:
     """Build a Keras model with ``make_model()`` and convert it with a recipe, cached."""
