@@ -96,6 +96,18 @@ def test_convolution_2d_transpose_bias(in_hw, kernel, strides, padding, tmp_path
     assert eager[0].std() > 0.1  # depends on the input, not a constant
 
 
+def test_transpose_bias_trains():
+    """The rebuilt Conv2DTranspose is trainable: compiled fit moves it towards a target."""
+    data, shape = transpose_bias_model((4, 6), (4, 4), (2, 2), SAME)
+    model = to_keras(data)
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(16, *shape[1:])).astype(np.float32)
+    target = np.asarray(model(x)["output_0"] if isinstance(model(x), dict) else model(x)) * 0.5
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    history = model.fit(x, target, epochs=5, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
+
+
 def test_transpose_bias_parity_rejects_perturbed_kernel():
     data, shape = transpose_bias_model((5, 7), (3, 3), (2, 2), SAME)
     feeds = {"input_0": np.random.default_rng(2).normal(size=shape).astype(np.float32)}
@@ -396,3 +408,30 @@ def test_unsupported_error_lists_only_unknown_custom_codes():
         to_keras(b.finish())
     assert info.value.unsupported == {"CUSTOM:VendorSecretOp": 1}
     assert not any(code in str(info.value) for code in CUSTOM_CODES)
+
+
+def test_keras_loads_custom_op_layers_after_import_mlflow(tmp_path):
+    """A fresh process that only imports mlflow and keras loads a .keras file with these
+    layers (safe_mode=True): the Keras hook registers them, no converter import needed."""
+    import subprocess
+    import sys
+
+    b = FlatModel()
+    x = b.input((1, 4, 4, 2))
+    pooled, argmax = b.intermediate((1, 2, 2, 2)), b.intermediate((1, 2, 2, 2))
+    y = b.output((1, 4, 4, 2))
+    options = pool_options(VALID, (2, 2), (2, 2))
+    b.custom_op("MaxPoolingWithArgmax2D", [x], [pooled, argmax], options)
+    b.custom_op("MaxUnpooling2D", [pooled, argmax], [y], options)
+    paths = []
+    for i, data in enumerate([b.finish(), detection_model()]):
+        paths.append(str(tmp_path / f"m{i}.keras"))
+        to_keras(data).save(paths[-1])
+    code = ("import mlflow, keras\n"
+            f"for p in {paths!r}:\n"
+            "    m = keras.saving.load_model(p, safe_mode=True)\n"
+            "    print(sorted({type(l).__name__ for l in m.layers}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MaxUnpooling2D" in result.stdout and "DetectionPostProcess" in result.stdout
