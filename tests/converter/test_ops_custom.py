@@ -1,11 +1,13 @@
 """Custom operators (converter/ops/custom.py): models written with the schema's object API,
 custom options encoded as each op's kernel reads them (C parameter structs for MediaPipe's
-ops, a flexbuffer map for TFLite_Detection_PostProcess).
+convolution / pooling ops, flexbuffer maps for TFLite_Detection_PostProcess and the face
+mesh ops).
 
 Parity against LiteRT where LiteRT runs the op (Convolution2DTransposeBias and the
 MaxPoolingWithArgmax2D -> MaxUnpooling2D pair through XNNPACK, TFLite_Detection_PostProcess
 through its kernel); against NumPy references of MediaPipe's kernels where it cannot (the
-argmax output itself, which XNNPACK encodes differently, and unpooling on its own).
+argmax output itself, which XNNPACK encodes differently, unpooling on its own, and the
+attention face mesh ops, which LiteRT has no kernel for).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 CUSTOM_CODES = ["Convolution2DTransposeBias", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
-                "TFLite_Detection_PostProcess"]
+                "TFLite_Detection_PostProcess", "Landmarks2TransformMatrix",
+                "TransformTensorBilinear", "TransformLandmarks"]
 SAME, VALID = 1, 2  # TfLitePadding
 
 
@@ -44,8 +47,9 @@ def _outputs(result, names=None):
     return [np.asarray(r) for r in result]
 
 
-def predict_reload(model, feeds, tmp_path):
-    """Eager outputs; ``model.predict`` and the ``.keras`` reload (safe_mode) give the same."""
+def predict_reload(model, feeds, tmp_path, atol=1e-6):
+    """Eager outputs; ``model.predict`` (a compiled graph: float rounding may differ by
+    ``atol``) and the ``.keras`` reload (safe_mode) give the same."""
     result = model(feeds)
     names = list(result) if isinstance(result, dict) else None
     eager = _outputs(result, names)
@@ -56,7 +60,7 @@ def predict_reload(model, feeds, tmp_path):
     again = _outputs(reloaded(feeds), names)
     for e, p, r in zip(eager, predicted, again):
         assert e.shape == p.shape == r.shape
-        np.testing.assert_allclose(p, e, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(p, e, rtol=1e-6, atol=atol)
         np.testing.assert_array_equal(r, e)
     return eager
 
@@ -435,3 +439,130 @@ def test_keras_loads_custom_op_layers_after_import_mlflow(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MaxUnpooling2D" in result.stdout and "DetectionPostProcess" in result.stdout
+
+
+# ---- attention face mesh ops (LiteRT has no kernel for them) --------------------------------
+
+
+MESH_OPTIONS = dict(subset_idxs=[0, 3, 5, 7, 2, 9, 11], left_rotation_idx=1,
+                    right_rotation_idx=4, target_rotation_radians=0.0, output_height=12,
+                    output_width=10, scale_x=1.5, scale_y=1.3)
+
+
+def mesh_options_bytes(options):
+    """The flexbuffer map MediaPipe's parser reads (subset_idxs as a typed vector)."""
+    b = flexbuffers.Builder()
+    with b.Map():
+        b.Key("subset_idxs")
+        b.TypedVectorFromElements(options["subset_idxs"])
+        for key in ("left_rotation_idx", "right_rotation_idx", "output_height",
+                    "output_width"):
+            b.Int(key, options[key])
+        for key in ("target_rotation_radians", "scale_x", "scale_y"):
+            b.Float(key, options[key])
+    return b.Finish()
+
+
+def ref_landmarks_to_matrix(points, o):
+    """landmarks_to_transform_matrix.cc, version 2, with its Mat3/Mat4 products."""
+    f = np.float32
+    idx = list(o["subset_idxs"])
+    if len(idx) % 2:
+        idx.append(idx[-1])
+    left, right = points[o["left_rotation_idx"]], points[o["right_rotation_idx"]]
+    r = f(o["target_rotation_radians"]) - np.arctan2(f(right[1] - left[1]),
+                                                     f(right[0] - left[0]))
+    rot = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]], f)
+    inv = np.array([[np.cos(-r), -np.sin(-r), 0], [np.sin(-r), np.cos(-r), 0], [0, 0, 1]], f)
+    xy1 = np.stack([points[idx, 0], points[idx, 1], np.ones(len(idx), f)], axis=1)
+    turned = xy1 @ rot.T
+    lo, hi = turned.min(axis=0), turned.max(axis=0)
+    width, height = hi[0] - lo[0], hi[1] - lo[1]
+    center = inv @ np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, 1], f)
+    a = -r
+    shift = np.eye(4, dtype=f)
+    shift[:2, 3] = center[:2]
+    rotate = np.eye(4, dtype=f)
+    rotate[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    scale = np.diag([o["scale_x"] * width / o["output_width"],
+                     o["scale_y"] * height / o["output_height"], 1, 1]).astype(f)
+    shift2 = np.eye(4, dtype=f)
+    shift2[:2, 3] = [-o["output_width"] / 2.0, -o["output_height"] / 2.0]
+    return shift @ rotate @ scale @ shift2
+
+
+def ref_transform_tensor_bilinear(image, matrix, out_hw):
+    """transform_tensor_bilinear.cc, version 2 (align-corners correction), pixel by pixel."""
+    h, w, c = image.shape
+    xt, yt = [float(v) for v in matrix[0]], [float(v) for v in matrix[1]]
+    xt[3] = float(np.float32(xt[3] + (xt[0] * 0.5 + xt[1] * 0.5 - 0.5)))
+    yt[3] = float(np.float32(yt[3] + (yt[0] * 0.5 + yt[1] * 0.5 - 0.5)))
+    out = np.zeros((*out_hw, c), np.float32)
+
+    def read(y, x):
+        return image[y, x] if 0 <= y < h and 0 <= x < w else np.zeros(c, np.float32)
+
+    for oy in range(out_hw[0]):
+        for ox in range(out_hw[1]):
+            tx = np.float32(np.float32(xt[0]) * ox + np.float32(xt[1]) * oy) + np.float32(xt[3])
+            ty = np.float32(np.float32(yt[0]) * ox + np.float32(yt[1]) * oy) + np.float32(yt[3])
+            if tx < 0 or tx > w - 1 or ty < 0 or ty > h - 1:
+                continue
+            fx, fy = int(np.floor(tx)), int(np.floor(ty))
+            rc, lc = float(tx - fx), float(ty - fy)
+            upper = (1 - rc) * read(fy, fx) + rc * read(fy, fx + 1)
+            lower = (1 - rc) * read(fy + 1, fx) + rc * read(fy + 1, fx + 1)
+            out[oy, ox] = lc * lower + (1 - lc) * upper
+    return out
+
+
+def ref_transform_landmarks(points, matrix):
+    """transform_landmarks.cc, version 2: x, y through the matrix's first two rows."""
+    out = points.copy()
+    for i, (x, y) in enumerate(points[:, :2]):
+        out[i, 0] = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 3]
+        out[i, 1] = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 3]
+    return out
+
+
+def mesh_model(options=MESH_OPTIONS, image_hw=(32, 28), channels=2):
+    oh, ow = options["output_height"], options["output_width"]
+    b = FlatModel()
+    landmarks = b.input((1, 20, 3))
+    image = b.input((1, *image_hw, channels))
+    local = b.input((1, 9, 3))
+    matrix = b.output((1, 4, 4))
+    crop = b.output((1, oh, ow, channels))
+    moved = b.output((1, 9, 3))
+    b.custom_op("Landmarks2TransformMatrix", [landmarks], [matrix], mesh_options_bytes(options),
+                version=2)
+    b.custom_op("TransformTensorBilinear", [image, matrix], [crop],
+                flexbuffers.Dumps({"output_height": oh, "output_width": ow}), version=2)
+    b.custom_op("TransformLandmarks", [local, matrix], [moved], b"", version=2)
+    return b.finish()
+
+
+@pytest.mark.parametrize("target", [0.0, 0.7], ids=["upright", "rotated"])
+def test_attention_mesh_ops_reference(target, tmp_path):
+    options = {**MESH_OPTIONS, "target_rotation_radians": target}
+    model = to_keras(mesh_model(options))
+    rng = np.random.default_rng(15)
+    crops = []
+    for _ in range(2):
+        points = np.concatenate([rng.uniform(6, 22, size=(1, 20, 2)),
+                                 rng.normal(size=(1, 20, 1))], axis=-1).astype(np.float32)
+        image = rng.normal(size=(1, 32, 28, 2)).astype(np.float32)
+        local = np.concatenate([rng.uniform(0, 10, size=(1, 9, 2)),
+                                rng.normal(size=(1, 9, 1))], axis=-1).astype(np.float32)
+        feeds = {"input_0": points, "input_1": image, "input_2": local}
+        matrix, crop, moved = predict_reload(model, feeds, tmp_path, atol=2e-5)
+        want_matrix = ref_landmarks_to_matrix(points[0], options)
+        np.testing.assert_allclose(matrix[0], want_matrix, rtol=1e-5, atol=1e-4)
+        want_crop = ref_transform_tensor_bilinear(image[0], want_matrix, (12, 10))
+        assert crop.shape == (1, 12, 10, 2)
+        np.testing.assert_allclose(crop[0], want_crop, atol=1e-4)
+        assert np.count_nonzero(want_crop) > want_crop.size // 2  # the crop is mostly inside
+        np.testing.assert_allclose(moved[0], ref_transform_landmarks(local[0], want_matrix),
+                                   rtol=1e-5, atol=1e-4)
+        crops.append(crop)
+    assert not np.allclose(crops[0], crops[1])

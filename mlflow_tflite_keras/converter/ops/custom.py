@@ -22,6 +22,13 @@ Each op's custom options are decoded as its kernel reads them:
   NMS: past ``num_detections``) are zeros here. Regular NMS follows the kernel run on one
   thread: LiteRT's multi-threaded path (``num_threads > 1``) never visits class index
   ``num_threads`` (its shared column counter is pre-incremented), so it can differ there.
+* The attention face mesh's ``Landmarks2TransformMatrix``, ``TransformTensorBilinear`` and
+  ``TransformLandmarks`` (MediaPipe, version 2 as that model uses; options are flexbuffer
+  maps read by TFLite's GPU-delegate parsers, ``delegates/gpu/common/mediapipe``): the crop
+  matrix from landmarks, a bilinear crop through it (align-corners correction, zeros
+  outside the image), landmarks mapped back through it. LiteRT has no kernel for them.
+  ``TransformLandmarks`` version 1 (``[1, H, W, C]`` with ``dimensions`` / ``scale``
+  options) is rebuilt too; ``Landmarks2TransformMatrix`` version 1 is not.
 """
 
 from __future__ import annotations
@@ -491,3 +498,217 @@ def detection_postprocess(op, ctx):
         w_scale=options["w_scale"], name=ctx.name(op))
     layer.anchors.assign(anchors)
     return list(ctx.apply(layer, encodings, class_scores))
+
+
+# ---- attention face mesh: Landmarks2TransformMatrix, TransformTensorBilinear, TransformLandmarks
+
+
+def _rows(matrix):
+    """The first two rows of each ``[4, 4]`` transform, as ``[B, 1, 4]`` float32 columns."""
+    m = ops.reshape(ops.cast(matrix, "float32"), (-1, 16))
+    return [ops.reshape(m[:, i], (-1, 1, 1)) for i in range(8)]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Landmarks2TransformMatrix(keras.layers.Layer):
+    """MediaPipe's ``Landmarks2TransformMatrix`` (version 2): from landmarks ``[B, N, 3]``
+    (pixels), the ``[B, 4, 4]`` matrix mapping a crop of ``output_height x output_width``
+    onto the image: rotation so the left -> right landmarks lie at
+    ``target_rotation_radians``, centred on and scaled to the rotated bounding box of the
+    ``subset_idxs`` landmarks (times ``scale_x`` / ``scale_y``)."""
+
+    def __init__(self, subset_idxs=(), left_rotation_idx=0, right_rotation_idx=1,
+                 target_rotation_radians=0.0, output_height=1, output_width=1, scale_x=1.0,
+                 scale_y=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.subset_idxs = [int(v) for v in subset_idxs]
+        self.left_rotation_idx, self.right_rotation_idx = int(left_rotation_idx), \
+            int(right_rotation_idx)
+        self.target_rotation_radians = float(target_rotation_radians)
+        self.output_height, self.output_width = int(output_height), int(output_width)
+        self.scale_x, self.scale_y = float(scale_x), float(scale_y)
+
+    def call(self, landmarks):
+        points = ops.reshape(ops.cast(landmarks, "float32"), (ops.shape(landmarks)[0], -1, 3))
+        left = points[:, self.left_rotation_idx]
+        right = points[:, self.right_rotation_idx]
+        rotation = np.float32(self.target_rotation_radians) - ops.arctan2(
+            right[:, 1] - left[:, 1], right[:, 0] - left[:, 0])  # [B]
+        cos, sin = ops.cos(rotation)[:, None], ops.sin(rotation)[:, None]
+        subset = ops.take(points, np.asarray(self.subset_idxs, np.int32), axis=1)  # [B, K, 3]
+        x, y = subset[..., 0], subset[..., 1]
+        rx, ry = cos * x - sin * y, sin * x + cos * y
+        x_min, x_max = ops.min(rx, axis=1), ops.max(rx, axis=1)
+        y_min, y_max = ops.min(ry, axis=1), ops.max(ry, axis=1)
+        width, height = x_max - x_min, y_max - y_min
+        mx, my = (x_min + x_max) / 2, (y_min + y_max) / 2
+        cos, sin = cos[:, 0], sin[:, 0]
+        # The centre back in image coordinates (rotation by -r), then
+        # T = shift(centre) . rotate(-r) . scale . shift(-output / 2).
+        cx, cy = cos * mx + sin * my, -sin * mx + cos * my
+        sx = self.scale_x * width / self.output_width
+        sy = self.scale_y * height / self.output_height
+        a00, a01, a10, a11 = cos * sx, sin * sy, -sin * sx, cos * sy
+        hw, hh = self.output_width / 2.0, self.output_height / 2.0
+        tx = cx - a00 * hw - a01 * hh
+        ty = cy - a10 * hw - a11 * hh
+        zero, one = ops.zeros_like(cos), ops.ones_like(cos)
+        rows = [a00, a01, zero, tx, a10, a11, zero, ty, zero, zero, one, zero,
+                zero, zero, zero, one]
+        return ops.reshape(ops.stack(rows, axis=-1), (-1, 4, 4))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 4, 4)
+
+    def get_config(self):
+        return {**super().get_config(), "subset_idxs": self.subset_idxs,
+                "left_rotation_idx": self.left_rotation_idx,
+                "right_rotation_idx": self.right_rotation_idx,
+                "target_rotation_radians": self.target_rotation_radians,
+                "output_height": self.output_height, "output_width": self.output_width,
+                "scale_x": self.scale_x, "scale_y": self.scale_y}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TransformTensorBilinear(keras.layers.Layer):
+    """MediaPipe's ``TransformTensorBilinear`` (version 2): samples ``x [B, H, W, C]`` at
+    ``matrix . (out_x, out_y, 0, 1)`` for each output pixel of ``output_size``, bilinearly;
+    pixels mapped outside ``[0, W-1] x [0, H-1]`` are zero. ``align_corners`` applies the
+    kernel's half-pixel correction to the matrix's translation."""
+
+    def __init__(self, output_size=(1, 1), align_corners=True, **kwargs):
+        super().__init__(**kwargs)
+        self.output_size = tuple(int(v) for v in output_size)
+        self.align_corners = bool(align_corners)
+
+    def call(self, x, matrix):
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        oh, ow = self.output_size
+        x0, x1, _, x3, y0, y1, _, y3 = _rows(matrix)
+        if self.align_corners:  # in double precision, as the kernel's += of a double
+            x3 = ops.cast(ops.cast(x3, "float64") + ops.cast(x0, "float64") * 0.5
+                          + ops.cast(x1, "float64") * 0.5 - 0.5, "float32")
+            y3 = ops.cast(ops.cast(y3, "float64") + ops.cast(y0, "float64") * 0.5
+                          + ops.cast(y1, "float64") * 0.5 - 0.5, "float32")
+        out_x = np.arange(ow, dtype=np.float32).reshape(1, 1, ow)
+        out_y = np.arange(oh, dtype=np.float32).reshape(1, oh, 1)
+        tx = x0 * out_x + x1 * out_y + x3  # [B, oh, ow]
+        ty = y0 * out_x + y1 * out_y + y3
+        inside = (tx >= 0) & (tx <= width - 1) & (ty >= 0) & (ty <= height - 1)
+        fx, fy = ops.floor(tx), ops.floor(ty)
+        right, lower = tx - fx, ty - fy
+        # One zero row and column past the edge: the kernel reads those corners as 0.
+        padded = ops.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
+        flat = ops.reshape(padded, (-1, (height + 1) * (width + 1), channels))
+        ix = ops.cast(ops.clip(fx, 0, width), "int32")
+        iy = ops.cast(ops.clip(fy, 0, height), "int32")
+
+        def corner(dy, dx):
+            index = (ops.minimum(iy + dy, height)) * (width + 1) + ops.minimum(ix + dx, width)
+            index = ops.reshape(index, (-1, oh * ow, 1))
+            values = ops.take_along_axis(flat, ops.repeat(index, channels, axis=2), axis=1)
+            return ops.reshape(values, (-1, oh, ow, channels))
+
+        right, lower = right[..., None], lower[..., None]
+        upper = (1.0 - right) * corner(0, 0) + right * corner(0, 1)
+        below = (1.0 - right) * corner(1, 0) + right * corner(1, 1)
+        result = lower * below + (1.0 - lower) * upper
+        return ops.where(inside[..., None], result, 0.0)
+
+    def compute_output_shape(self, x_shape, matrix_shape=None):
+        return (x_shape[0], *self.output_size, x_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": list(self.output_size),
+                "align_corners": self.align_corners}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TransformLandmarks(keras.layers.Layer):
+    """MediaPipe's ``TransformLandmarks``: each landmark (groups of ``dimensions`` values
+    along the last axis) mapped by the matrix's first two rows, ``x' = m00 x + m01 y + m03 *
+    scale``, ``y' = m10 x + m11 y + m13 * scale``; a third value (z) passes through."""
+
+    def __init__(self, dimensions=3, scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dimensions = int(dimensions)
+        self.scale = float(scale)
+
+    def call(self, landmarks, matrix):
+        shape = landmarks.shape
+        d = self.dimensions
+        points = ops.reshape(landmarks, (-1, int(np.prod(shape[1:-1])) * (shape[-1] // d), d))
+        x0, x1, _, x3, y0, y1, _, y3 = _rows(matrix)
+        x3, y3 = x3 * np.float32(self.scale), y3 * np.float32(self.scale)
+        x, y = points[..., 0:1], points[..., 1:2]
+        moved = [x0[:, 0] * x + x1[:, 0] * y + x3[:, 0], y0[:, 0] * x + y1[:, 0] * y + y3[:, 0]]
+        out = ops.concatenate(moved + ([points[..., 2:]] if d > 2 else []), axis=-1)
+        return ops.reshape(out, (-1, *shape[1:]))
+
+    def compute_output_shape(self, landmarks_shape, matrix_shape=None):
+        return landmarks_shape
+
+    def get_config(self):
+        return {**super().get_config(), "dimensions": self.dimensions, "scale": self.scale}
+
+
+def _computed(ctx, op, *values):
+    if any(ctx.is_const(v) for v in values):
+        raise ConversionError(f"{op.type}: both inputs must be computed by the model (a "
+                              "constant input is not supported).")
+
+
+@register_custom("Landmarks2TransformMatrix", layer="Landmarks2TransformMatrix")
+def landmarks_to_transform_matrix(op, ctx):
+    t = op.inputs[0]
+    if t.rank != 3:
+        raise ConversionError(f"{op.type}: only version 2 (landmarks [1, N, 3]) is supported; "
+                              f"the input has rank {t.rank}.")
+    o = flex_options(op)
+    subset = [int(v) for v in o.get("subset_idxs", [])]
+    if len(subset) % 2:  # the kernel pairs an odd last index with itself
+        subset.append(subset[-1])
+    if not subset:
+        raise ConversionError(f"{op.type}: empty subset_idxs in its custom options.")
+    layer = Landmarks2TransformMatrix(
+        subset_idxs=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
+        right_rotation_idx=o.get("right_rotation_idx", 0),
+        target_rotation_radians=o.get("target_rotation_radians", 0.0),
+        output_height=o.get("output_height", 0), output_width=o.get("output_width", 0),
+        scale_x=o.get("scale_x", 0.0), scale_y=o.get("scale_y", 0.0), name=ctx.name(op))
+    if min(layer.output_height, layer.output_width) <= 0 or min(layer.scale_x,
+                                                                 layer.scale_y) <= 0:
+        raise ConversionError(f"{op.type}: output size and scales must be positive.")
+    return [ctx.apply(layer, ctx.value(t))]
+
+
+@register_custom("TransformTensorBilinear", layer="TransformTensorBilinear")
+def transform_tensor_bilinear(op, ctx):
+    _static_hw(op, op.inputs[0])
+    out = op.outputs[0]
+    if out.rank != 4 or any(d <= 0 for d in out.shape[1:3]):
+        raise ConversionError(f"{op.type}: needs a static output height and width.")
+    layer = TransformTensorBilinear(output_size=out.shape[1:3], align_corners=True,
+                                    name=ctx.name(op))
+    x, matrix = ctx.inputs(op)[:2]
+    _computed(ctx, op, x, matrix)
+    return [ctx.apply(layer, x, matrix)]
+
+
+@register_custom("TransformLandmarks", layer="TransformLandmarks")
+def transform_landmarks(op, ctx):
+    t = op.inputs[0]
+    if t.rank == 3:  # version 2: dimensions from the output's last axis, no scale
+        dimensions, scale = op.outputs[0].shape[-1], 1.0
+    else:  # version 1: [1, H, W, C] with flexbuffer options
+        o = flex_options(op)
+        dimensions, scale = o.get("dimensions", 0), o.get("scale", 0.0)
+        if scale == 0:
+            raise ConversionError(f"{op.type}: scale 0 in its custom options.")
+    if dimensions not in (2, 3) or t.shape[-1] % dimensions:
+        raise ConversionError(f"{op.type}: {dimensions} values per landmark; the kernel "
+                              "supports 2 or 3.")
+    layer = TransformLandmarks(dimensions=dimensions, scale=scale, name=ctx.name(op))
+    landmarks, matrix = ctx.inputs(op)[:2]
+    _computed(ctx, op, landmarks, matrix)
+    return [ctx.apply(layer, landmarks, matrix)]
