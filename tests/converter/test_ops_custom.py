@@ -545,7 +545,10 @@ def mesh_model(options=MESH_OPTIONS, image_hw=(32, 28), channels=2):
 @pytest.mark.parametrize("target", [0.0, 0.7], ids=["upright", "rotated"])
 def test_attention_mesh_ops_reference(target, tmp_path):
     options = {**MESH_OPTIONS, "target_rotation_radians": target}
-    model = to_keras(mesh_model(options))
+    data = mesh_model(options)
+    assert {"Landmarks2TransformMatrix", "TransformTensorBilinear", "TransformLandmarks"} <= \
+        set(TFLiteModel(data).operator_names)
+    model = to_keras(data)
     rng = np.random.default_rng(15)
     crops = []
     for _ in range(2):
@@ -566,3 +569,24 @@ def test_attention_mesh_ops_reference(target, tmp_path):
                                    rtol=1e-5, atol=1e-4)
         crops.append(crop)
     assert not np.allclose(crops[0], crops[1])
+
+
+@pytest.mark.parametrize("dimensions", [2, 3])
+def test_transform_landmarks_version_1(dimensions, tmp_path):
+    """Version 1: landmarks ``[1, H, W, C]``, ``dimensions`` and ``scale`` (applied to the
+    translation) in a flexbuffer map."""
+    b = FlatModel()
+    points = b.input((1, 2, 3, 4 * dimensions))
+    matrix = b.input((1, 4, 4))
+    y = b.output((1, 2, 3, 4 * dimensions))
+    b.custom_op("TransformLandmarks", [points, matrix], [y],
+                flexbuffers.Dumps({"dimensions": dimensions, "scale": 2.5}), version=1)
+    model = to_keras(b.finish())
+    rng = np.random.default_rng(16)
+    value = rng.normal(size=(1, 2, 3, 4 * dimensions)).astype(np.float32)
+    m = rng.normal(size=(1, 4, 4)).astype(np.float32)
+    got = predict_reload(model, {"input_0": value, "input_1": m}, tmp_path)[0]
+    scaled = m[0].copy()
+    scaled[:2, 3] *= 2.5
+    want = ref_transform_landmarks(value.reshape(-1, dimensions), scaled).reshape(value.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
