@@ -68,19 +68,23 @@ def predict_reload(model, feeds, tmp_path, atol=1e-6):
 # ---- Convolution2DTransposeBias ----------------------------------------------------------------
 
 
-def transpose_bias_model(in_hw, kernel, strides, padding, cin=3, cout=4, seed=0):
+def transpose_bias_model(in_hw, kernel, strides, padding, cin=3, cout=4, seed=0,
+                         out_hw=None, options=None):
+    """``out_hw``: the stored output size (default: what MediaPipe's kernel computes)."""
     rng = np.random.default_rng(seed)
-    out_hw = []
-    for n, k, s in zip(in_hw, kernel, strides):
-        total = max(0, k - (n - 1) % s - 1) if padding == SAME else 0
-        out_hw.append(s * (n - 1) + k - total)
+    if out_hw is None:
+        out_hw = []
+        for n, k, s in zip(in_hw, kernel, strides):
+            total = max(0, k - (n - 1) % s - 1) if padding == SAME else 0
+            out_hw.append(s * (n - 1) + k - total)
     b = FlatModel()
     x = b.input((1, *in_hw, cin))
     w = b.const(rng.normal(size=(cout, *kernel, cin)).astype(np.float32))
     bias = b.const(rng.normal(size=(cout,)).astype(np.float32))
     y = b.output((1, *out_hw, cout))
     b.custom_op("Convolution2DTransposeBias", [x, w, bias], [y],
-                struct.pack("<3i", padding, strides[1], strides[0]))
+                struct.pack("<3i", padding, strides[1], strides[0]) if options is None
+                else options)
     return b.finish(), (1, *in_hw, cin)
 
 
@@ -98,6 +102,30 @@ def test_convolution_2d_transpose_bias(in_hw, kernel, strides, padding, tmp_path
     assert layer.use_bias and len(layer.trainable_weights) == 2
     eager = predict_reload(model, feeds[0], tmp_path)
     assert eager[0].std() > 0.1  # depends on the input, not a constant
+
+
+def test_transpose_bias_stored_output_size():
+    """A file storing another output size than MediaPipe's kernel computes (5 -> 10 instead
+    of 9): LiteRT (XNNPACK) takes the stored size, so does the converter, with a note."""
+    from mlflow_tflite_keras.converter import convert
+
+    data, shape = transpose_bias_model((5, 7), (3, 3), (2, 2), SAME, out_hw=(10, 14))
+    feeds = {"input_0": np.random.default_rng(17).normal(size=shape).astype(np.float32)}
+    result = convert(data)
+    assert any("stored output size [10, 14]" in n for n in result.report.notes)
+    report = check_parity(data, result.model, feeds)
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("options,message", [
+    (b"\x01\x00", "expected a parameter struct"),
+    (struct.pack("<3i", SAME, 0, 2), "stride_width=0"),
+    (struct.pack("<3i", 7, 2, 2), "unsupported padding 7"),
+])
+def test_transpose_bias_bad_options(options, message):
+    data, _ = transpose_bias_model((4, 4), (3, 3), (2, 2), SAME, options=options)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+        to_keras(data)
 
 
 def test_transpose_bias_trains():

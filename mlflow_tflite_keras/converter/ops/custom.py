@@ -77,6 +77,13 @@ def flex_options(op) -> dict:
     return options
 
 
+def _positive(op, params, *names):
+    bad = [f"{n}={params[n]}" for n in names if params[n] <= 0]
+    if bad:
+        raise ConversionError(f"{op.type}: {', '.join(bad)} in its custom options; "
+                              "expected positive values.")
+
+
 def _c_padding(op, code):
     if code not in C_PADDING:
         raise ConversionError(f"{op.type}: unsupported padding {code} in its custom options.")
@@ -95,6 +102,7 @@ def _static_hw(op, t):
 @register_custom("Convolution2DTransposeBias", layer="keras.layers.Conv2DTranspose")
 def convolution_2d_transpose_bias(op, ctx):
     params = struct_options(op, ("padding", "stride_width", "stride_height"))
+    _positive(op, params, "stride_width", "stride_height")
     pad = _c_padding(op, params["padding"])
     strides = (params["stride_height"], params["stride_width"])
     x = ctx.value(op.inputs[0])
@@ -243,6 +251,7 @@ class MaxUnpooling2D(keras.layers.Layer):
 @register_custom("MaxPoolingWithArgmax2D", layer="MaxPoolingWithArgmax2D")
 def max_pooling_with_argmax_2d(op, ctx):
     params = struct_options(op, POOL_PARAMS)
+    _positive(op, params, *POOL_PARAMS[1:5])
     _static_hw(op, op.inputs[0])
     layer = MaxPoolingWithArgmax2D(
         pool_size=(params["filter_height"], params["filter_width"]),
@@ -258,6 +267,7 @@ def max_pooling_with_argmax_2d(op, ctx):
 @register_custom("MaxUnpooling2D", layer="MaxUnpooling2D")
 def max_unpooling_2d(op, ctx):
     params = struct_options(op, POOL_PARAMS)
+    _positive(op, params, *POOL_PARAMS[1:5])
     _static_hw(op, op.inputs[0])
     layer = MaxUnpooling2D(pool_size=(params["filter_height"], params["filter_width"]),
                            strides=(params["stride_height"], params["stride_width"]),
