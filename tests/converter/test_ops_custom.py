@@ -618,3 +618,63 @@ def test_transform_landmarks_version_1(dimensions, tmp_path):
     scaled[:2, 3] *= 2.5
     want = ref_transform_landmarks(value.reshape(-1, dimensions), scaled).reshape(value.shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def ref_landmarks_to_matrix_v1(points, o):
+    """landmarks_to_transform_matrix.cc, version 1, as its Mat3 products."""
+    f = np.float32
+    left, right = points[o["left_rotation_idx"]], points[o["right_rotation_idx"]]
+    alpha = -np.arctan(f(right[1] - left[1]) / f(right[0] - left[0]))
+    hi, lo = np.full(2, -100000, f), np.full(2, 100000, f)
+    for i in o["subset"]:
+        x, y = points[i, 0], points[i, 1]
+        p = np.array([x * np.cos(alpha) - y * np.sin(alpha),
+                      x * np.sin(alpha) + y * np.cos(alpha)], f)
+        hi, lo = np.maximum(hi, p), np.minimum(lo, p)
+    r = o["landmarks_range"]
+    box = (hi - lo) * o["bbox_size_multiplier"]
+    mid = (hi + lo) / 2
+    b = -alpha
+    rmid = [mid[0] * np.cos(b) - mid[1] * np.sin(b), mid[0] * np.sin(b) + mid[1] * np.cos(b)]
+    scale = np.diag([box[0] / r, box[1] / r, 1]).astype(f)
+    rotation = np.array([[np.cos(b), -np.sin(b), rmid[0] / r * 2 - 1],
+                         [np.sin(b), np.cos(b), rmid[1] / r * 2 - 1], [0, 0, 1]], f)
+    (ih, iw), (oh, ow) = o["input_hw"], o["output_hw"]
+    to_relative = np.array([[2 / (ow - 1), 0, -1], [0, 2 / (oh - 1), -1], [0, 0, 1]], f)
+    to_absolute = np.array([[(iw - 1) / 2, 0, (iw - 1) / 2], [0, (ih - 1) / 2, (ih - 1) / 2],
+                            [0, 0, 1]], f)
+    itm = to_absolute @ rotation @ scale @ to_relative
+    out = np.zeros((4, 4), f)
+    out[0] = [itm[0, 0], itm[0, 1], 0, itm[0, 2]]
+    out[1] = [itm[1, 0], itm[1, 1], 0, itm[1, 2]]
+    out[2] = [itm[2, 0], itm[2, 1], itm[2, 2], 0]
+    out[3, 3] = 1
+    return out
+
+
+def test_landmarks_to_transform_matrix_version_1(tmp_path):
+    options = dict(dimensions=3, landmarks_range=64, left_rotation_idx=2, right_rotation_idx=6,
+                   bbox_size_multiplier=1.5, input_hw=[48, 40], output_hw=[16, 12],
+                   subset=[0, 1, 3, 4, 5, 7, 8])
+    b = FlatModel()
+    landmarks = b.input((1, 1, 1, 30))
+    matrix = b.output((1, 4, 4))
+    fb = flexbuffers.Builder()
+    with fb.Map():
+        for key in ("subset", "input_hw", "output_hw"):
+            fb.Key(key)
+            fb.TypedVectorFromElements(options[key])
+        for key in ("dimensions", "landmarks_range", "left_rotation_idx", "right_rotation_idx"):
+            fb.Int(key, options[key])
+        fb.Float("bbox_size_multiplier", options["bbox_size_multiplier"])
+    b.custom_op("Landmarks2TransformMatrix", [landmarks], [matrix], fb.Finish(), version=1)
+    model = to_keras(b.finish())
+    rng = np.random.default_rng(18)
+    got = []
+    for _ in range(2):
+        points = rng.uniform(10, 54, size=(1, 1, 1, 30)).astype(np.float32)
+        out = predict_reload(model, {"input_0": points}, tmp_path, atol=2e-5)[0]
+        want = ref_landmarks_to_matrix_v1(points.reshape(10, 3), options)
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-4)
+        got.append(out)
+    assert not np.allclose(got[0], got[1])

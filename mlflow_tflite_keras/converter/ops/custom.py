@@ -27,8 +27,9 @@ Each op's custom options are decoded as its kernel reads them:
   maps read by TFLite's GPU-delegate parsers, ``delegates/gpu/common/mediapipe``): the crop
   matrix from landmarks, a bilinear crop through it (align-corners correction, zeros
   outside the image), landmarks mapped back through it. LiteRT has no kernel for them.
-  ``TransformLandmarks`` version 1 (``[1, H, W, C]`` with ``dimensions`` / ``scale``
-  options) is rebuilt too; ``Landmarks2TransformMatrix`` version 1 is not.
+  Version 1 of ``Landmarks2TransformMatrix`` (landmarks ``[1, 1, 1, 3N]``) and of
+  ``TransformLandmarks`` (``[1, H, W, C]``, ``dimensions`` / ``scale`` options) are rebuilt
+  too, told apart by the input rank as the kernels' Prepare checks it.
 """
 
 from __future__ import annotations
@@ -668,27 +669,131 @@ def _computed(ctx, op, *values):
                               "constant input is not supported).")
 
 
-@register_custom("Landmarks2TransformMatrix", layer="Landmarks2TransformMatrix")
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Landmarks2TransformMatrixV1(keras.layers.Layer):
+    """MediaPipe's ``Landmarks2TransformMatrix`` version 1: from landmarks ``[B, 1, 1, 3N]``
+    (in ``[0, landmarks_range]``), the ``[B, 4, 4]`` matrix ``to_absolute . rotation .
+    scale . to_relative`` mapping an ``output_hw`` crop onto an ``input_hw`` image: rotated
+    by ``-atan(dy / dx)`` of the left -> right landmarks, the ``subset`` landmarks' rotated
+    bounding box times ``bbox_size_multiplier``. The kernel writes the 3x3 product into the
+    4x4 output with a zero third column and an identity last row."""
+
+    def __init__(self, subset=(), left_rotation_idx=0, right_rotation_idx=1,
+                 landmarks_range=1, bbox_size_multiplier=1.0, input_hw=(1, 1),
+                 output_hw=(1, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.subset = [int(v) for v in subset]
+        self.left_rotation_idx, self.right_rotation_idx = int(left_rotation_idx), \
+            int(right_rotation_idx)
+        self.landmarks_range = int(landmarks_range)
+        self.bbox_size_multiplier = float(bbox_size_multiplier)
+        self.input_hw = tuple(int(v) for v in input_hw)
+        self.output_hw = tuple(int(v) for v in output_hw)
+
+    def call(self, landmarks):
+        points = ops.reshape(ops.cast(landmarks, "float32"), (ops.shape(landmarks)[0], -1, 3))
+        left = points[:, self.left_rotation_idx]
+        right = points[:, self.right_rotation_idx]
+        alpha = -ops.arctan((right[:, 1] - left[:, 1]) / (right[:, 0] - left[:, 0]))
+        cos, sin = ops.cos(alpha), ops.sin(alpha)
+        subset = ops.take(points, np.asarray(self.subset, np.int32), axis=1)
+        x, y = subset[..., 0], subset[..., 1]
+        rx = x * cos[:, None] - y * sin[:, None]
+        ry = x * sin[:, None] + y * cos[:, None]
+        # The kernel starts its running max / min at -1e5 / 1e5.
+        x_max, y_max = ops.maximum(ops.max(rx, axis=1), -1e5), ops.maximum(ops.max(ry, axis=1),
+                                                                           -1e5)
+        x_min, y_min = ops.minimum(ops.min(rx, axis=1), 1e5), ops.minimum(ops.min(ry, axis=1),
+                                                                          1e5)
+        r = float(self.landmarks_range)
+        bx = (x_max - x_min) * self.bbox_size_multiplier
+        by = (y_max - y_min) * self.bbox_size_multiplier
+        mx, my = (x_max + x_min) / 2.0, (y_max + y_min) / 2.0
+        # rotation by -alpha: cos(-a) = cos a, sin(-a) = -sin a
+        rmx, rmy = mx * cos + my * sin, -mx * sin + my * cos
+        zero, one = ops.zeros_like(cos), ops.ones_like(cos)
+
+        def mat(rows):
+            return ops.reshape(ops.stack([v if not isinstance(v, float) else v * one
+                                          for v in rows], axis=-1), (-1, 3, 3))
+
+        (ih, iw), (oh, ow) = self.input_hw, self.output_hw
+        to_absolute = mat([(iw - 1) / 2.0 * one, zero, (iw - 1) / 2.0 * one,
+                           zero, (ih - 1) / 2.0 * one, (ih - 1) / 2.0 * one, zero, zero, one])
+        rotation = mat([cos, sin, rmx / r * 2.0 - 1.0, -sin, cos, rmy / r * 2.0 - 1.0,
+                        zero, zero, one])
+        scale = mat([bx / r, zero, zero, zero, by / r, zero, zero, zero, one])
+        to_relative = mat([2.0 / (ow - 1.0) * one, zero, -one, zero, 2.0 / (oh - 1.0) * one,
+                           -one, zero, zero, one])
+        itm = ops.matmul(ops.matmul(ops.matmul(to_absolute, rotation), scale), to_relative)
+        rows = [itm[:, 0, 0], itm[:, 0, 1], zero, itm[:, 0, 2],
+                itm[:, 1, 0], itm[:, 1, 1], zero, itm[:, 1, 2],
+                itm[:, 2, 0], itm[:, 2, 1], itm[:, 2, 2], zero,
+                zero, zero, zero, one]
+        return ops.reshape(ops.stack(rows, axis=-1), (-1, 4, 4))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 4, 4)
+
+    def get_config(self):
+        return {**super().get_config(), "subset": self.subset,
+                "left_rotation_idx": self.left_rotation_idx,
+                "right_rotation_idx": self.right_rotation_idx,
+                "landmarks_range": self.landmarks_range,
+                "bbox_size_multiplier": self.bbox_size_multiplier,
+                "input_hw": list(self.input_hw), "output_hw": list(self.output_hw)}
+
+
+def _index_pairs(op, values, key):
+    """An index list read as pairs; the kernel pairs an odd last index with itself."""
+    values = [int(v) for v in values]
+    if len(values) % 2:
+        values.append(values[-1])
+    if not values:
+        raise ConversionError(f"{op.type}: empty {key} in its custom options.")
+    return values
+
+
+@register_custom("Landmarks2TransformMatrix",
+                 layer="Landmarks2TransformMatrix / Landmarks2TransformMatrixV1")
 def landmarks_to_transform_matrix(op, ctx):
     t = op.inputs[0]
-    if t.rank != 3:
-        raise ConversionError(f"{op.type}: only version 2 (landmarks [1, N, 3]) is supported; "
-                              f"the input has rank {t.rank}.")
     o = flex_options(op)
-    subset = [int(v) for v in o.get("subset_idxs", [])]
-    if len(subset) % 2:  # the kernel pairs an odd last index with itself
-        subset.append(subset[-1])
-    if not subset:
-        raise ConversionError(f"{op.type}: empty subset_idxs in its custom options.")
-    layer = Landmarks2TransformMatrix(
-        subset_idxs=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
-        right_rotation_idx=o.get("right_rotation_idx", 0),
-        target_rotation_radians=o.get("target_rotation_radians", 0.0),
-        output_height=o.get("output_height", 0), output_width=o.get("output_width", 0),
-        scale_x=o.get("scale_x", 0.0), scale_y=o.get("scale_y", 0.0), name=ctx.name(op))
-    if min(layer.output_height, layer.output_width) <= 0 or min(layer.scale_x,
-                                                                 layer.scale_y) <= 0:
-        raise ConversionError(f"{op.type}: output size and scales must be positive.")
+    count = int(np.prod(t.shape)) // 3
+    if t.rank == 3:  # version 2
+        subset = _index_pairs(op, o.get("subset_idxs", []), "subset_idxs")
+        layer = Landmarks2TransformMatrix(
+            subset_idxs=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
+            right_rotation_idx=o.get("right_rotation_idx", 0),
+            target_rotation_radians=o.get("target_rotation_radians", 0.0),
+            output_height=o.get("output_height", 0), output_width=o.get("output_width", 0),
+            scale_x=o.get("scale_x", 0.0), scale_y=o.get("scale_y", 0.0), name=ctx.name(op))
+        if min(layer.output_height, layer.output_width) <= 0 or \
+                min(layer.scale_x, layer.scale_y) <= 0:
+            raise ConversionError(f"{op.type}: output size and scales must be positive.")
+    elif t.rank == 4:  # version 1
+        subset = _index_pairs(op, o.get("subset", []), "subset")
+        if o.get("dimensions") != 3:
+            raise ConversionError(f"{op.type}: dimensions {o.get('dimensions')}; the kernel "
+                                  "needs 3.")
+        input_hw, output_hw = list(o.get("input_hw", [])), list(o.get("output_hw", []))
+        if len(input_hw) != 2 or len(output_hw) != 2 or min(input_hw + output_hw) <= 0 \
+                or o.get("landmarks_range", 0) <= 0 or not o.get("bbox_size_multiplier"):
+            raise ConversionError(f"{op.type}: input_hw, output_hw, landmarks_range and "
+                                  "bbox_size_multiplier must be positive.")
+        layer = Landmarks2TransformMatrixV1(
+            subset=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
+            right_rotation_idx=o.get("right_rotation_idx", 0),
+            landmarks_range=o["landmarks_range"],
+            bbox_size_multiplier=o["bbox_size_multiplier"], input_hw=input_hw,
+            output_hw=output_hw, name=ctx.name(op))
+    else:
+        raise ConversionError(f"{op.type}: landmarks of rank {t.rank}; expected [1, N, 3] "
+                              "(version 2) or [1, 1, 1, 3N] (version 1).")
+    used = subset + [layer.left_rotation_idx, layer.right_rotation_idx]
+    if min(used) < 0 or max(used) >= count:
+        raise ConversionError(f"{op.type}: landmark indices {min(used)}..{max(used)} outside "
+                              f"the {count} landmarks.")
     return [ctx.apply(layer, ctx.value(t))]
 
 
