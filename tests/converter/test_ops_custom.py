@@ -678,3 +678,21 @@ def test_landmarks_to_transform_matrix_version_1(tmp_path):
         np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-4)
         got.append(out)
     assert not np.allclose(got[0], got[1])
+
+
+def test_detection_postprocess_model_in_the_flavor(tmp_path):
+    """The flavor saves and serves a model ending in TFLite_Detection_PostProcess (LiteRT
+    runs its kernel); fast NMS, so LiteRT's thread count does not matter."""
+    data = detection_model()
+    feeds = detection_feeds(data, 19)
+    path = tmp_path / "model"
+    mlflow.tflite_keras.save_model(data, str(path))
+    loaded = mlflow.tflite_keras.load_model(str(path))
+    assert loaded.description["custom_ops"] == ["TFLite_Detection_PostProcess"]
+    pyfunc = mlflow.pyfunc.load_model(str(path))
+    served = pyfunc.predict(feeds)
+    expected = TFLiteRunner(TFLiteModel(data)).predict(feeds)
+    rebuilt = to_keras(data)(feeds)
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.asarray(served[name]).reshape(value.shape), value)
+        np.testing.assert_allclose(np.asarray(rebuilt[name]), value, rtol=1e-6, atol=1e-6)
