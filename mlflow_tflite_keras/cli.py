@@ -75,9 +75,13 @@ def inspect(path_or_uri, as_json, no_converter):
     description["size_bytes"] = len(model.model_bytes)
     supported = None
     if not no_converter:
-        from mlflow_tflite_keras.converter import supported_operators
+        from mlflow_tflite_keras.converter import (
+            supported_custom_operators,
+            supported_operators,
+        )
 
-        supported = set(supported_operators())
+        # operator names: builtin names, and custom codes for custom operators
+        supported = set(supported_operators()) | set(supported_custom_operators())
         description["unsupported_operators"] = [op for op in description["operators"]
                                                 if op not in supported]
     if as_json:

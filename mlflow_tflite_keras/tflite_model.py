@@ -558,7 +558,11 @@ def _check_vector_lengths(data: bytes):
             lengths += [tensor.ShapeLength(), tensor.ShapeSignatureLength()]
         for o in range(min(sg.OperatorsLength(), limit)):
             op = sg.Operators(o)
-            lengths += [op.InputsLength(), op.OutputsLength(), op.CustomOptionsLength()]
+            lengths += [op.InputsLength(), op.OutputsLength()]
+            # Custom options are bytes, one byte an element: bounded by the file size.
+            if op.CustomOptionsLength() > len(data):
+                raise _invalid(f"Not a valid TFLite flatbuffer: the custom options of "
+                               f"operator {o} are longer than the file.")
     for b in range(min(model.BuffersLength(), limit)):
         # Byte vectors are one byte an element: bound them by the file size itself.
         if model.Buffers(b).DataLength() > len(data):

@@ -51,6 +51,7 @@ import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.converter.registry import handles
 
 FILE_IDENTIFIER = b"TFL3"
 _UNCROSSABLE = ("RESOURCE", "VARIANT")
@@ -194,12 +195,13 @@ def select_ops(graph: Graph, handlers, *, wrap_unsupported: bool, wrap_ops=()) -
     selected: dict[int, str] = {}
     if wrap_unsupported:
         for op in graph.ops:
-            if op.type not in handlers:
+            if not handles(handlers, op.type, op.is_custom):
                 selected[op.index] = "unsupported"
                 continue
             model = graph.model
             for sg in _reachable(model, [op])[1:]:
-                if any(o.name not in handlers for o in model.subgraphs[sg].operators):
+                if any(not handles(handlers, o.name, o.opcode == "CUSTOM")
+                       for o in model.subgraphs[sg].operators):
                     selected[op.index] = "unsupported"
                     break
     unmatched = []
