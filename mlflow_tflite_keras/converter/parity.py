@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mlflow_tflite_keras.runtime import TFLiteRunner
-from mlflow_tflite_keras.tflite_model import TFLiteModel
+from mlflow_tflite_keras.tflite_model import TFLiteModel, tolerance_family
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
@@ -15,6 +15,8 @@ from mlflow_tflite_keras.tflite_model import TFLiteModel
 DEFAULT_TOLERANCES = {
     "none": {"max_rel_error": 1e-4},
     "float16": {"max_rel_error": 1e-3},
+    # float compute on the dequantized weights, as the Keras model does: float noise
+    "weight-only": {"max_rel_error": 1e-4},
     "dynamic-range": {"max_rel_error": 5e-2, "min_cosine": 0.99},
     "full-int8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
     "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
@@ -161,7 +163,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
     actual = _keras_predict(keras_model, spec, inputs)
-    limits = {**DEFAULT_TOLERANCES.get(model.quantization_kind, {}), **tolerances}
+    limits = {**DEFAULT_TOLERANCES.get(tolerance_family(model.quantization_kind), {}),
+              **tolerances}
     outputs = [
         _compare(o, expected[o.name], actual[i], limits) for i, o in enumerate(spec.outputs)
     ]
@@ -355,8 +358,8 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
         from mlflow_tflite_keras.converter.convert import convert
 
         tensor_map = convert(model, signature_key=signature_key).report.tensor_map
-    limits = {k: v for k, v in {**DEFAULT_TOLERANCES.get(model.quantization_kind, {}),
-                                **tolerances}.items() if k not in _OUTPUT_ONLY_LIMITS}
+    defaults = DEFAULT_TOLERANCES.get(tolerance_family(model.quantization_kind), {})
+    limits = {k: v for k, v in {**defaults, **tolerances}.items() if k not in _OUTPUT_ONLY_LIMITS}
 
     from mlflow_tflite_keras.converter.ir import build_graph
 
@@ -446,7 +449,7 @@ def _interpreter_tensors(model: TFLiteModel, runner: TFLiteRunner, spec, inputs:
                 continue
             q = tensors[i].quantization
             if q is not None and value.dtype.kind in "iu" and q.scale.size:
-                value = _dequantize(value, q)
+                value = q.dequantize(value)
             rows[i].append(value)
     out = {}
     for i, parts in rows.items():
@@ -459,18 +462,6 @@ def _interpreter_tensors(model: TFLiteModel, runner: TFLiteRunner, spec, inputs:
         else:
             out[i] = np.stack(parts)
     return out
-
-
-def _dequantize(values: np.ndarray, q) -> np.ndarray:
-    scale = q.scale.astype(np.float64).reshape(-1)
-    zero_point = q.zero_point.astype(np.float64).reshape(-1)
-    if scale.size > 1 and values.ndim:
-        shape = [1] * values.ndim
-        shape[q.quantized_dimension] = scale.size
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    else:
-        scale, zero_point = scale[0], zero_point[0]
-    return ((values.astype(np.float64) - zero_point) * scale).astype(np.float32)
 
 
 def _compare_tensor(op, t, label: str, expected: np.ndarray, actual: np.ndarray,
