@@ -257,6 +257,9 @@ def test_converter_weights_match_the_numpy_reference():
 
 # ---- EMBEDDING_LOOKUP: a hybrid kernel with an int8 / int4 table ----------------------------
 
+LOOKUP = "EMBEDDING_LOOKUP"
+
+
 def embedding_model() -> bytes:
     """ids -> EMBEDDING_LOOKUP(table [40, 64]) -> FULLY_CONNECTED (64 -> 10)."""
     rng = np.random.default_rng(3)
@@ -267,7 +270,7 @@ def embedding_model() -> bytes:
     w = b.const(rng.normal(0, 0.2, (10, 64)).astype(np.float32), name="w")
     bias = b.const(rng.normal(0, 0.1, 10).astype(np.float32), name="bias")
     y = b.output((6, 10))
-    b.op("EMBEDDING_LOOKUP", [ids, table], [rows])
+    b.op(LOOKUP, [ids, table], [rows])
     b.op("FULLY_CONNECTED", [rows, w, bias], [y], "FullyConnectedOptions")
     return b.finish()
 
@@ -277,6 +280,7 @@ def test_embedding_lookup_hybrid(kind):
     float_data = embedding_model()
     data = quantized_tflite("quant-embedding", float_data, kind)
     tflite = TFLiteModel(data)
+    assert tflite.operator_names == ["EMBEDDING_LOOKUP", "FULLY_CONNECTED"]  # hybrid kernels
     assert tflite.quantization_kind == kind
     assert tflite.quantization_breakdown == {"table": kind, "w": kind}
     keras_model = to_keras(data)
@@ -444,3 +448,16 @@ def test_inspect_shows_the_kind_and_the_mixed_breakdown():
     assert result.exit_code == 0, result.output
     assert "quantization  mixed" in result.output
     assert "dynamic-range-int4" in result.output and "dynamic-range-int8" in result.output
+
+
+def test_wrapped_blockwise_region_keeps_its_scales():
+    """A FULLY_CONNECTED with blockwise int4 weights left to LiteRT inside a TFLiteLayer:
+    the region's model carries the scales tensor its weight's quantization names."""
+    from mlflow_tflite_keras.converter import convert
+    from mlflow_tflite_keras.tflite_layer import TFLiteLayer
+
+    data, x = variant("cnn", "dynamic-range-int4-blockwise-32"), images()
+    result = convert(data, unsupported="wrap", wrap_ops=("FULLY_CONNECTED",))
+    assert [type(layer) for layer in result.model.layers].count(TFLiteLayer) >= 1
+    report = check_parity(data, result.model, x)
+    assert report.passed, str(report)
