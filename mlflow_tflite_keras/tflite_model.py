@@ -131,38 +131,40 @@ class Quantization:
         """Elements per block along the blocked dimension (0 unless blockwise)."""
         return max(self.block_shape) if self.block_shape else 0
 
-    def broadcast(self, ndim: int):
-        """``(scale, zero_point)`` as float64, broadcastable against a rank-``ndim`` array:
+    def broadcast(self, ndim: int, dtype=np.float64):
+        """``(scale, zero_point)`` as ``dtype``, broadcastable against a rank-``ndim`` array:
         along ``quantized_dimension`` when per-channel, scalars when per-tensor (blockwise
         parameters need the tensor's shape: use :meth:`dequantize` / :meth:`quantize`)."""
         if self.block_shape is not None:
             raise ValueError("blockwise quantization parameters broadcast by block")
-        scale = self.scale.astype(np.float64)
-        zero_point = self.zero_point.astype(np.float64)
+        scale = self.scale.astype(dtype)
+        zero_point = self.zero_point.astype(dtype)
         if self.per_channel and ndim:
             shape = [1] * ndim
             shape[self.quantized_dimension] = scale.size
             return scale.reshape(shape), zero_point.reshape(shape)
         return scale.reshape(-1)[0], zero_point.reshape(-1)[0]
 
-    def _affine(self, values: np.ndarray):
-        """``(values', scale, zero_point, shape)``: float64 values and parameters that
+    def _affine(self, values: np.ndarray, dtype=np.float64):
+        """``(values', scale, zero_point, shape)``: values and parameters as ``dtype`` that
         broadcast together (blockwise: values viewed as ``[n0, b0, n1, b1, ...]`` and the
         parameters as ``[n0, 1, n1, 1, ...]``, no per-element copy of the scales)."""
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values, dtype=dtype)
         shape = values.shape
         if self.block_shape is None:
-            scale, zero_point = self.broadcast(values.ndim)
+            scale, zero_point = self.broadcast(values.ndim, dtype)
             return values, scale, zero_point, shape
         split = [d for n, b in zip(self.scale.shape, self.block_shape) for d in (n, b)]
         param = [d for n in self.scale.shape for d in (n, 1)]
-        return (values.reshape(split), self.scale.astype(np.float64).reshape(param),
-                self.zero_point.astype(np.float64).reshape(param), shape)
+        return (values.reshape(split), self.scale.astype(dtype).reshape(param),
+                self.zero_point.astype(dtype).reshape(param), shape)
 
-    def dequantize(self, values) -> np.ndarray:
+    def dequantize(self, values, arithmetic=np.float64) -> np.ndarray:
         """Integers -> real values (float32). The one dequantization of stored integers: the
-        converter's constants, the parity checker's tensors and the metadata use it."""
-        values, scale, zero_point, shape = self._affine(values)
+        converter's constants, the parity checker's tensors, the runtime's outputs.
+        ``arithmetic``: float64 for weights (exact to float32), float32 where results must
+        match what LiteRT users compute from the interpreter's integers."""
+        values, scale, zero_point, shape = self._affine(values, arithmetic)
         # asarray: a 0-d constant would otherwise come back as a numpy scalar, not an ndarray.
         return np.asarray(((values - zero_point) * scale).astype(np.float32).reshape(shape))
 
