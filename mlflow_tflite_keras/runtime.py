@@ -128,6 +128,7 @@ class TFLiteRunner:
     def new_interpreter(self, **options):
         from ai_edge_litert.interpreter import Interpreter
 
+        self.model.check_litert_support()
         try:
             interpreter = Interpreter(
                 model_content=self.model.model_bytes, num_threads=self.num_threads, **options

@@ -112,24 +112,22 @@ class Quantization:
     """Affine quantization of one tensor: ``real = (q - zero_point) * scale``.
 
     Per-tensor when ``scale`` has one element, per-channel along ``quantized_dimension``, or
-    blockwise (``block_shape`` set): ``scale`` / ``zero_point`` then have the tensor's rank,
-    one entry per block of ``block_shape`` elements (the schema's ``BlockwiseQuantization``:
-    ai-edge-quantizer's int4 blockwise weights have ``[out, in / block_size]`` scales).
+    given by parameter tensors (the schema's ``BlockwiseQuantization`` /
+    ``MultiAxisQuantization``, ``block_shape`` set): ``scale`` / ``zero_point`` then have the
+    tensor's rank, one entry per tile of ``block_shape`` elements. ai-edge-quantizer's int4
+    blockwise weights have ``[out, in / block_size]`` scales; ``block_size`` is the schema's
+    (0: no blocks, e.g. multi-axis per-channel parameters).
     """
 
     scale: np.ndarray
     zero_point: np.ndarray
     quantized_dimension: int = 0
     block_shape: tuple[int, ...] | None = None
+    block_size: int = 0
 
     @property
     def per_channel(self) -> bool:
         return self.scale.size > 1 and self.block_shape is None
-
-    @property
-    def block_size(self) -> int:
-        """Elements per block along the blocked dimension (0 unless blockwise)."""
-        return max(self.block_shape) if self.block_shape else 0
 
     def broadcast(self, ndim: int, dtype=np.float64):
         """``(scale, zero_point)`` as ``dtype``, broadcastable against a rank-``ndim`` array:
@@ -452,6 +450,12 @@ class TFLiteModel:
         scale = parameter(int(details.scales), "scales").astype(np.float32)
         zero_point = np.zeros(scale.shape, np.int64) if int(details.zeroPoints) < 0 else \
             parameter(int(details.zeroPoints), "zero points").astype(np.int64)
+        axes = [int(a) for a in _seq(getattr(details, "quantizedDimensions", None))]
+        if axes and scale.ndim == len(axes) < len(t.shape) and axes == sorted(set(axes)) and \
+                axes[-1] < len(t.shape) and zero_point.shape == scale.shape:
+            # MultiAxisQuantization may give parameters only along its quantized dimensions.
+            full = [scale.shape[axes.index(d)] if d in axes else 1 for d in range(len(t.shape))]
+            scale, zero_point = scale.reshape(full), zero_point.reshape(full)
         if scale.ndim != len(t.shape) or zero_point.shape != scale.shape or any(
                 s == 0 or n % s for n, s in zip(t.shape, scale.shape)):
             raise _invalid(f"{where}: blockwise scales of shape {list(scale.shape)} (zero "
@@ -459,12 +463,20 @@ class TFLiteModel:
                            f"{list(t.shape)}.")
         block = tuple(n // s for n, s in zip(t.shape, scale.shape))
         size = int(details.blockSize or 0)
-        if size and any(b not in (1, n, size) for b, n in zip(block, t.shape)):
+        block_shape = [int(b) for b in _seq(getattr(details, "blockShape", None))]
+        if block_shape:  # a block shape instead of one size
+            wrong = len(block_shape) != len(block) or any(
+                b not in (s, n) for b, s, n in zip(block, block_shape, t.shape))
+            size = max(block_shape)
+        else:
+            wrong = size and any(b not in (1, n, size) for b, n in zip(block, t.shape))
+        if wrong:
             raise _invalid(f"{where}: scales of shape {list(scale.shape)} make blocks of "
-                           f"{list(block)}, not of block_size {size}.")
+                           f"{list(block)}, not of block "
+                           f"{block_shape or size}.")
         if not np.all(np.isfinite(scale)):
             raise _invalid(f"Tensor {t_index} has a NaN or infinite quantization scale.")
-        return Quantization(scale, zero_point, 0, block)
+        return Quantization(scale, zero_point, 0, block, size)
 
     def _raw_buffer(self, buffer_index: int) -> memoryview | None:
         """A buffer's bytes as a view into ``model_bytes`` (never a copy: weights can be
@@ -572,6 +584,37 @@ class TFLiteModel:
         )
 
     @cached_property
+    def litert_unsupported(self) -> list[str]:
+        """What LiteRT 2.3 mishandles in this file (measured): it crashes allocating a
+        model with MultiAxisQuantization tensors (XNNPACK; its builtin kernels read them as
+        zeros), and its DEQUANTIZE outputs zeros for blockwise-quantized constants (its
+        hybrid FULLY_CONNECTED / EMBEDDING_LOOKUP read them right). The converter reads both;
+        the runtime refuses them rather than crash or serve wrong numbers."""
+        problems = []
+        for sg in self.subgraphs:
+            raw = self._model.subgraphs[sg.index].tensors or []
+            for t, t_raw in zip(sg.tensors, raw):
+                if isinstance(getattr(t_raw.quantization, "details", None),
+                              schema.MultiAxisQuantizationT):
+                    problems.append(f"tensor '{t.name}' has MultiAxisQuantization")
+            for op in sg.operators:
+                if op.opcode == "DEQUANTIZE" and op.inputs and op.inputs[0] >= 0:
+                    t = sg.tensors[op.inputs[0]]
+                    if t.quantization is not None and t.quantization.block_size:
+                        problems.append(f"DEQUANTIZE of the blockwise-quantized '{t.name}'")
+        return problems
+
+    def check_litert_support(self):
+        """Raise :class:`MlflowException` for a file LiteRT would crash on or compute wrong
+        (:attr:`litert_unsupported`)."""
+        if self.litert_unsupported:
+            problems = self.litert_unsupported
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise _invalid("LiteRT cannot run this model correctly: " + "; ".join(problems[:3])
+                           + more + ". Convert it to Keras (mlflow_tflite_keras.converter) to "
+                           "run it.")
+
+    @cached_property
     def _quantization_scan(self) -> tuple[set[str], dict[str, str]]:
         """(types of quantized activations, :attr:`quantization_breakdown`)."""
         activation_types: set[str] = set()
@@ -676,7 +719,7 @@ def _weight_scheme(t: TensorInfo, dequantized: bool, integer_op: bool) -> str | 
     if t.quantization is None or t.type_name not in QUANTIZED_TYPES or \
             (integer_op and not dequantized):
         return None
-    blockwise = f"-blockwise-{t.quantization.block_size}" if t.quantization.block_shape else ""
+    blockwise = f"-blockwise-{t.quantization.block_size}" if t.quantization.block_size else ""
     return f"{'weight-only' if dequantized else 'dynamic-range'}-{t.type_name.lower()}{blockwise}"
 
 

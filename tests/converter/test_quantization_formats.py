@@ -344,6 +344,17 @@ def dequantize_fc(case: str):
         w = b.stored_const(_pack(q, 4), (N, K), "INT4", "w", quant)
         expected = (q - np.repeat(block_zero, 16, axis=1)) * \
             np.repeat(block_scale.astype(np.float64), 16, axis=1)
+    elif case == "int8-multi-axis":  # MultiAxisQuantization: scales [6] along dimension 0
+        q = rng.integers(-128, 128, (N, K)).astype(np.int8)
+        s = b.const(scale.astype(np.float32), name="w_scales")
+        details = schema.MultiAxisQuantizationT()
+        details.scales, details.zeroPoints, details.blockSize = s, -1, 0
+        details.quantizedDimensions = [0]
+        quant = schema.QuantizationParametersT()
+        quant.detailsType, quant.details = schema.QuantizationDetails.MultiAxisQuantization, \
+            details
+        w = b.const(q, name="w", quantization=quant)
+        expected = q * scale[:, None]
     elif case == "bfloat16":  # the upper half of float32: exact once widened
         values = rng.normal(0, 0.3, (N, K)).astype(np.float32)
         upper = (values.view(np.uint32) >> 16).astype(np.uint16)
@@ -367,9 +378,11 @@ HANDMADE = {  # case -> (kind, what LiteRT 2.3 does with its DEQUANTIZE)
     "uint4": ("weight-only-uint4", "runs"),
     "int2": ("weight-only-int2", "runs"),
     "int4": ("weight-only-int4", "runs"),
-    # Measured: LiteRT's DEQUANTIZE ignores BlockwiseQuantization (it outputs zeros: the
-    # model returns its bias); the NumPy reference is the judge.
-    "int4-blockwise-16": ("weight-only-int4-blockwise-16", "wrong"),
+    # Measured: LiteRT's DEQUANTIZE outputs zeros for blockwise constants (the model returns
+    # its bias) and LiteRT crashes allocating MultiAxisQuantization under XNNPACK: the
+    # runtime refuses both; the NumPy reference is the judge.
+    "int4-blockwise-16": ("weight-only-int4-blockwise-16", "refuses"),
+    "int8-multi-axis": ("weight-only-int8", "refuses"),
     "bfloat16": ("bfloat16", "refuses"),  # dequantize.cc: unsupported input type
     "float16": ("float16", "runs"),
 }
@@ -398,8 +411,16 @@ def test_handmade_constants(case):
 
         from mlflow_tflite_keras.runtime import TFLiteRunner
 
-        with pytest.raises((MlflowException, RuntimeError)):
+        with pytest.raises(MlflowException, match="LiteRT cannot"):
             TFLiteRunner(tflite).predict(x)
+        import mlflow  # the flavor still saves it (with a warning) for the converter
+
+        with tempfile.TemporaryDirectory() as d:
+            mlflow.tflite_keras.save_model(data, os.path.join(d, "m"))
+            loaded = mlflow.tflite_keras.load_model(os.path.join(d, "m"))
+            assert loaded.description["quantization"] == kind
+            with pytest.raises(MlflowException, match="LiteRT cannot"):
+                loaded.predict(x)
 
 
 # ---- malformed quantization parameters --------------------------------------------------------
