@@ -587,9 +587,11 @@ class TFLiteModel:
     def litert_unsupported(self) -> list[str]:
         """What LiteRT 2.3 mishandles in this file (measured): it crashes allocating a
         model with MultiAxisQuantization tensors (XNNPACK; its builtin kernels read them as
-        zeros), and its DEQUANTIZE outputs zeros for blockwise-quantized constants (its
-        hybrid FULLY_CONNECTED / EMBEDDING_LOOKUP read them right). The converter reads both;
-        the runtime refuses them rather than crash or serve wrong numbers."""
+        zeros), its DEQUANTIZE outputs zeros for blockwise-quantized constants (its hybrid
+        FULLY_CONNECTED / EMBEDDING_LOOKUP read them right), and its hybrid CONV_2D gives NaN
+        or wrong values with INT2 filters (FULLY_CONNECTED and DEQUANTIZE read INT2 right).
+        The converter reads all of them; the runtime refuses them rather than crash or serve
+        wrong numbers."""
         problems = []
         for sg in self.subgraphs:
             raw = self._model.subgraphs[sg.index].tensors or []
@@ -602,6 +604,10 @@ class TFLiteModel:
                     t = sg.tensors[op.inputs[0]]
                     if t.quantization is not None and t.quantization.block_size:
                         problems.append(f"DEQUANTIZE of the blockwise-quantized '{t.name}'")
+                if op.opcode == "CONV_2D" and len(op.inputs) > 1 and op.inputs[1] >= 0 and \
+                        sg.tensors[op.inputs[1]].type_name == "INT2":
+                    problems.append(f"CONV_2D with the INT2 filter "
+                                    f"'{sg.tensors[op.inputs[1]].name}'")
         return problems
 
     def check_litert_support(self):
