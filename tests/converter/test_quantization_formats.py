@@ -488,3 +488,19 @@ def test_wrapped_blockwise_region_keeps_its_scales():
     assert [type(layer) for layer in result.model.layers].count(TFLiteLayer) >= 1
     report = check_parity(data, result.model, x)
     assert report.passed, str(report)
+
+
+def test_every_kind_has_a_tolerance_family():
+    from mlflow_tflite_keras.converter.parity import DEFAULT_TOLERANCES
+    from mlflow_tflite_keras.tflite_model import tolerance_family
+
+    expected = {
+        "none": "none", "float16": "float16", "bfloat16": "float16",
+        "weight-only-int8": "weight-only", "weight-only-int4-blockwise-16": "weight-only",
+        "dynamic-range-int8": "dynamic-range", "dynamic-range-int4-blockwise-32":
+            "dynamic-range", "dynamic-range-int2": "dynamic-range", "mixed": "dynamic-range",
+        "full-int8": "full-int8", "full-uint8": "full-uint8", "int16x8": "int16x8",
+    }
+    for kind, family in expected.items():
+        assert tolerance_family(kind) == family
+        assert family in DEFAULT_TOLERANCES
