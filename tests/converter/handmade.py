@@ -68,6 +68,18 @@ class FlatModel:
                             buffer=len(self.buffers) - 1, sparsity=sparsity,
                             quantization=quantization)
 
+    def stored_const(self, data: bytes, shape, type_name: str, name=None,
+                     quantization=None) -> int:
+        """A constant given as its buffer's bytes, of any TensorType (packed INT4 / UINT4 /
+        INT2, BFLOAT16, ...)."""
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(bytes(data), dtype=np.uint8)
+        self.buffers.append(buf)
+        i = self._tensor(shape, np.float32, name, buffer=len(self.buffers) - 1,
+                         quantization=quantization)
+        self.tensors[i].type = getattr(schema.TensorType, type_name)
+        return i
+
     def variable(self, shape, dtype=np.float32, name=None) -> int:
         return self._tensor(shape, dtype, name, variable=True)
 
