@@ -189,51 +189,9 @@ _WEIGHT_TYPES = {"INT8": 8, "INT4": 4}
 
 
 def _source_recipe(model) -> str:
-    """The quantization kind of a :class:`TFLiteModel`, named like the recipe that makes it:
-    ``none``, ``float16``, ``weight-only-int8`` (int8 weights DEQUANTIZEd before float ops),
-    ``dynamic-range-int8`` (int8 weights consumed by hybrid ops that quantize activations on
-    the fly), the same for ``int4``, with ``-blockwise-<N>`` for blockwise weights,
-    ``full-int8`` / ``full-uint8`` / ``int16x8`` (quantized activations), ``mixed``.
-
-    The lead swaps this for ``TFLiteModel.quantization_kind`` once that reads these kinds."""
-    kinds, float16 = set(), False
-    activation_types = set()
-    for sg_info, sg in zip(model.subgraphs, model._model.subgraphs):
-        constant = {t.index for t in sg_info.tensors if model._raw_buffer(t.buffer) is not None}
-        for op in sg_info.operators:  # a densified constant is still a weight
-            if op.opcode == "DENSIFY" and op.inputs and op.inputs[0] in constant:
-                constant.update(op.outputs)
-        for op in sg_info.operators:
-            for i in op.inputs:
-                if i < 0:
-                    continue
-                t = sg_info.tensors[i]
-                if i not in constant:
-                    if op.opcode not in ("QUANTIZE", "DEQUANTIZE") and \
-                            t.quantization is not None and t.type_name in ("INT8", "UINT8",
-                                                                          "INT16"):
-                        activation_types.add(t.type_name)
-                    continue
-                if t.type_name == "FLOAT16":
-                    float16 = True
-                elif t.type_name in _WEIGHT_TYPES and op.opcode != "QUANTIZE" and (
-                        t.quantization is not None or _block_size(sg, i)):
-                    mode = "weight-only" if op.opcode == "DEQUANTIZE" else "dynamic-range"
-                    kinds.add((mode, _WEIGHT_TYPES[t.type_name], _block_size(sg, i)))
-    for kind, name in (("INT16", "int16x8"), ("INT8", "full-int8"), ("UINT8", "full-uint8")):
-        if kind in activation_types:
-            return name
-    # TFLiteConverter's dynamic range leaves weights of ops without a hybrid kernel
-    # dequantized: one recipe still, named by its hybrid part.
-    if {k[0] for k in kinds} == {"weight-only", "dynamic-range"} and \
-            len({k[1:] for k in kinds}) == 1:
-        kinds = {k for k in kinds if k[0] == "dynamic-range"}
-    if len(kinds) > 1:
-        return "mixed"
-    if kinds:
-        mode, bits, block = kinds.pop()
-        return f"{mode}-int{bits}" + (f"-blockwise-{block}" if block else "")
-    return "float16" if float16 else "none"
+    """The quantization kind of a :class:`TFLiteModel` (named like the recipe that makes it,
+    ``none`` for float32)."""
+    return model.quantization_kind
 
 
 def _block_size(subgraph, index: int) -> int:
@@ -274,7 +232,13 @@ def recipe_for(model) -> str:
             "The source model mixes quantization recipes (weights of different types or "
             "modes); there is no single recipe to recreate it: pass recipe= explicitly.",
             error_code=INVALID_PARAMETER_VALUE)
-    return normalize_recipe(kind)
+    try:
+        return normalize_recipe(kind)
+    except MlflowException:
+        raise MlflowException(
+            f"No export recipe reproduces the source's quantization kind '{kind}'; pass "
+            f"recipe= (one of {RECIPES}, or a blockwise one).",
+            error_code=INVALID_PARAMETER_VALUE) from None
 
 
 _FULL_INTEGER = ("full-int8", "full-uint8", "int16x8")

@@ -379,7 +379,8 @@ def finetune(
                                       allow_interface_changes=allow_interface_changes)
             interface = compare_interfaces(tflite_bytes, new_bytes)
             mlflow.log_dict(interface.to_dict(), "interface_report.json")
-            parity = check_parity(new_bytes, keras_model, x[:32], **(parity_tolerances or {}))
+            parity = check_parity(new_bytes, keras_model, x[:32], compiled="isolated",
+                                  **(parity_tolerances or {}))
             mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
             mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
             if not parity.passed:

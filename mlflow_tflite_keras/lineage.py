@@ -172,9 +172,14 @@ def register_keras_version(
                 mlflow.set_tag(METHOD, chosen)
                 mlflow.log_dict({"method": chosen, **conversion.to_dict()},
                                 "conversion_report.json")
-                say("Checking parity against the LiteRT interpreter ...")
+                say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
+                    "separate process) ...")
                 inputs = parity_inputs if parity_inputs is not None else input_example
-                report = check_parity(loaded.model_bytes, keras_model, inputs, **(tolerances or {}))
+                # Compiled in a child process: a graph that crashes TensorFlow's runtime is
+                # reported as a failed check, and never registered.
+                report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
+                                      tensor_map=conversion.tensor_map or None,
+                                      **(tolerances or {}))
                 mlflow.log_metrics(report.metrics())
                 mlflow.log_dict(report.to_dict(), "parity_report.json")
                 if not report.passed:
