@@ -218,8 +218,7 @@ def finetune(
             tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
                            lineage.TAG_PREFIX + "recipe_source": tflite_uri,
                            lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,
-                           **{lineage.PARITY_PREFIX + k: f"{v:.6g}"
-                              for k, v in parity.metrics(prefix="").items()}}
+                           lineage.PARITY_PASSED: str(int(parity.passed))}
             tflite_version = mlflow.register_model(tflite_info.model_uri, tflite_name,
                                                    await_registration_for, tags=tflite_tags)
             client.set_model_version_tag(tflite_name, tflite_version.version, lineage.CHAIN,

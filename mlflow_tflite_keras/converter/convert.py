@@ -12,15 +12,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
 from mlflow_tflite_keras.converter.registry import load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
+from mlflow_tflite_keras.errors import UnsupportedOperatorsError  # noqa: F401  (re-exported)
 from mlflow_tflite_keras.tflite_model import TFLiteModel
-
-
-class UnsupportedOperatorsError(MlflowException):
-    """The model has operators the converter cannot rebuild (all listed at once)."""
-
-    def __init__(self, message, unsupported: dict[str, int]):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-        self.unsupported = unsupported
 
 
 @dataclass

@@ -6,12 +6,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
 # top-1 agreement because a float model cannot reproduce integer rounding exactly.
+# What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``.
+TOLERANCES = ("max_rel_error", "max_abs_error", "max_steps", "min_cosine", "min_top1")
 DEFAULT_TOLERANCES = {
     "none": {"max_rel_error": 1e-4},
     "float16": {"max_rel_error": 1e-3},
@@ -157,6 +160,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
+    reject_unknown_keywords("check_parity", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
@@ -349,6 +353,7 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
     """
     import keras
 
+    reject_unknown_keywords("locate_divergence", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     if tensor_map is None:
