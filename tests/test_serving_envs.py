@@ -62,12 +62,12 @@ def test_flavor_requirements_have_no_tensorflow(logged):
 @pytest.mark.parametrize("env_manager", ["virtualenv", "uv"])
 def test_serve_in_the_models_own_environment(logged, env_manager, tmp_path):
     model_dir, expected = logged
+    env_root = tmp_path / "envs"
+    env = clean_env(MLFLOW_ENV_ROOT=str(env_root))  # this venv's bin (uv) first on PATH
     needs = {"virtualenv": "pyenv", "uv": "uv"}[env_manager]
-    if not shutil.which(needs):
+    if not shutil.which(needs, path=env["PATH"]):
         pytest.skip(f"--env-manager {env_manager} needs `{needs}` on PATH (uv: the test extra "
                     "installs it; pyenv: https://github.com/pyenv/pyenv)")
-    env_root = tmp_path / "envs"
-    env = clean_env(MLFLOW_ENV_ROOT=str(env_root))
     with model_server(str(model_dir), tmp_path / "serve.log", env=env, env_manager=env_manager,
                       timeout=ENV_BUILD_TIMEOUT) as base:
         response = requests.post(f"{base}/invocations",
