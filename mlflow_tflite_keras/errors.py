@@ -8,19 +8,44 @@ from __future__ import annotations
 
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-__all__ = ["InterfaceChangedError", "ParityCheckError", "UnsupportedOperatorsError"]
+__all__ = ["ActionableError", "InterfaceChangedError", "ParityCheckError",
+           "UnsupportedOperatorsError", "reject_unknown_keywords"]
 
 
-class UnsupportedOperatorsError(MlflowException):
+class ActionableError(MlflowException):
+    """An error the caller fixes by passing parameters.
+
+    ``reason`` says what is wrong; ``remedy`` maps each parameter to the value to pass
+    (``None``: a value of the caller's choosing) and ``purpose`` says what passing it does. The
+    message spells them as Python keyword arguments; the CLI spells its flags instead (see
+    :meth:`advice`), so neither parses the other's text.
+    """
+
+    def __init__(self, reason: str, remedy: dict, purpose: str,
+                 error_code=INVALID_PARAMETER_VALUE):
+        self.reason, self.remedy, self.purpose = reason, dict(remedy), purpose
+        super().__init__(f"{reason}\n{self.advice(_python_spelling)}", error_code=error_code)
+
+    def advice(self, spell) -> str:
+        """"Pass <parameters> <purpose>.", each parameter spelled by ``spell(name, value)``."""
+        return f"Pass {' and '.join(spell(k, v) for k, v in self.remedy.items())} {self.purpose}."
+
+
+def _python_spelling(name, value) -> str:
+    return name if value is None else f"{name}={value!r}"
+
+
+class UnsupportedOperatorsError(ActionableError):
     """The model has operators the converter cannot rebuild (all listed at once, with their
     counts, in ``unsupported``)."""
 
-    def __init__(self, message, unsupported: dict[str, int]):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, reason: str, unsupported: dict[str, int]):
+        super().__init__(reason, {"unsupported": "wrap"},
+                         "to run them as embedded, frozen TFLiteLayers (hybrid conversion)")
         self.unsupported = unsupported
 
 
-class InterfaceChangedError(MlflowException):
+class InterfaceChangedError(ActionableError):
     """``export_tflite`` produced a model whose interface (inputs, outputs, signatures)
     differs from the source's; ``report`` is the ``InterfaceReport`` listing the
     differences."""
@@ -29,9 +54,8 @@ class InterfaceChangedError(MlflowException):
         super().__init__(
             "The exported model's interface differs from the source model's "
             f"({len(report.differences)} difference(s)):\n"
-            + "\n".join(f"  - {d}" for d in report.differences)
-            + "\nPass allow_interface_changes=True to accept these changes.",
-            error_code=INVALID_PARAMETER_VALUE)
+            + "\n".join(f"  - {d}" for d in report.differences),
+            {"allow_interface_changes": True}, "to accept these changes")
         self.report = report
 
 

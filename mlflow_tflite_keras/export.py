@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-from mlflow_tflite_keras.errors import InterfaceChangedError  # noqa: F401  (re-exported)
+from mlflow_tflite_keras.errors import InterfaceChangedError
 
 RECIPES = ("float32", "float16", "dynamic-range", "full-int8", "full-uint8", "int16x8")
 _ALIASES = {"none": "float32", "fp32": "float32", "fp16": "float16", "dynamic": "dynamic-range",

@@ -21,7 +21,8 @@ from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__
-from mlflow_tflite_keras.errors import ParityCheckError
+from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
 
 _logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def model_id_of(mv) -> str | None:
     return match.group(1) if match else None
 
 
+@keras_noise_silenced()
 def register_keras_version(
     model_uri: str,
     *,
@@ -127,9 +129,9 @@ def register_keras_version(
     source = resolve_source(model_uri, client)
     target_name = registered_model_name or source.registered_name
     if not target_name:
-        raise MlflowException(
-            f"'{model_uri}' is not a registered model version; pass registered_model_name.",
-            error_code=INVALID_PARAMETER_VALUE)
+        raise ActionableError(f"'{model_uri}' is not a registered model version.",
+                              {"registered_model_name": None},
+                              "to choose the registered model of the Keras version")
 
     say(f"Loading {model_uri} ...")
     # The download stays until the end: a kept Keras source is loaded from it.

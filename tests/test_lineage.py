@@ -135,7 +135,7 @@ def test_other_registered_name_and_alias_uri(store):
 def test_unregistered_source_needs_a_name(store):
     with mlflow.start_run():
         info = mlflow.tflite_keras.log_model(fm.cnn(), name="model")
-    with pytest.raises(MlflowException, match="pass registered_model_name"):
+    with pytest.raises(MlflowException, match="Pass registered_model_name to choose"):
         lineage.register_keras_version(info.model_uri)
     version = lineage.register_keras_version(info.model_uri,
                                              registered_model_name=f"from-run-{store}")

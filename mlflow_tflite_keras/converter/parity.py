@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mlflow_tflite_keras.errors import reject_unknown_keywords
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
@@ -148,6 +149,7 @@ def _prepare(tflite_model, inputs, n_samples, seed, signature_key):
     return model, runner, spec, inputs
 
 
+@keras_noise_silenced()
 def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                  signature_key=None, seed: int = 0, debug: bool = False, tensor_map=None,
                  **tolerances) -> ParityReport:
@@ -334,6 +336,7 @@ class DivergenceReport:
         return "\n".join(rows)
 
 
+@keras_noise_silenced()
 def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None,
                       n_samples: int = 2, signature_key=None, seed: int = 0,
                       **tolerances) -> DivergenceReport:
