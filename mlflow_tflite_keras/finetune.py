@@ -26,6 +26,8 @@ from mlflow_tflite_keras.errors import ActionableError
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
 
+__all__ = ["FinetuneResult", "ROLE_EXPORTED", "ROLE_FINETUNED", "finetune", "load_training_data"]
+
 _logger = logging.getLogger(__name__)
 
 ROLE_FINETUNED = "finetuned-keras"

@@ -59,6 +59,10 @@ from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
 
+__all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
+           "get_default_pip_requirements", "infer_signature", "load_model", "log_model",
+           "save_model"]
+
 FLAVOR_NAME = "tflite_keras"
 RUNTIME_PACKAGE = "ai-edge-litert"
 

@@ -25,6 +25,10 @@ from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
 
+__all__ = ["CHAIN", "KERAS_VERSIONS", "METHOD", "PARENT", "PARITY_PASSED", "ROLE", "ROLE_KERAS",
+           "ROLE_SOURCE", "SOURCE_SHA256", "SOURCE_URI", "SourceModel", "keras_pip_requirements",
+           "keras_versions_of", "model_id_of", "register_keras_version", "resolve_source"]
+
 _logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "tflite_keras."

@@ -16,6 +16,9 @@ from mlflow_tflite_keras.errors import UnsupportedOperatorsError
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
+__all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "check_supported",
+           "convert", "to_keras"]
+
 
 @dataclass
 class ConversionReport:

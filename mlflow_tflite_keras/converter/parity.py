@@ -11,6 +11,9 @@ from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
+__all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_parity",
+           "locate_divergence", "sample_inputs"]
+
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
 # top-1 agreement because a float model cannot reproduce integer rounding exactly.
