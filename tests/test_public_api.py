@@ -88,12 +88,15 @@ def test_keyword_typo_is_a_type_error_naming_the_right_one(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(fm.cnn("float32"))
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    experiment = mlflow.set_experiment("typo")  # not an id left active by another test
     try:
         with pytest.raises(TypeError, match=r"'registred_model_name' \(did you mean "
                                             r"'registered_model_name'\?\)"):
             mlflow.tflite_keras.log_model(str(path), name="m", registred_model_name="x")
         # Refused before anything was logged: no run, no logged model, no registered model.
         assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+        assert mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                           output_format="list") == []
         assert mlflow.search_registered_models() == []
         with pytest.raises(TypeError, match="did you mean 'input_example'"):
             mlflow.tflite_keras.save_model(str(path), tmp_path / "saved", input_exmple=None)
