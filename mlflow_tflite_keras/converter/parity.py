@@ -17,8 +17,6 @@ __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
 # top-1 agreement because a float model cannot reproduce integer rounding exactly.
-# What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``.
-TOLERANCES = ("max_rel_error", "max_abs_error", "max_steps", "min_cosine", "min_top1")
 DEFAULT_TOLERANCES = {
     "none": {"max_rel_error": 1e-4},
     "float16": {"max_rel_error": 1e-3},
@@ -27,6 +25,11 @@ DEFAULT_TOLERANCES = {
     "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
     "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99},
 }
+# What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``: every limit a
+# default uses, and those only callers set.
+TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key in limits}
+                          | {"max_abs_error", "max_rel_error", "max_steps", "min_cosine",
+                             "min_top1"}))
 
 
 @dataclass
