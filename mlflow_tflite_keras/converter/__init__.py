@@ -13,4 +13,7 @@ from mlflow_tflite_keras.converter.registry import (  # noqa: F401
     supported_operators,
 )
 
+__all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "convert",
+           "load_handlers", "supported_operators", "to_keras"]
+
 load_handlers()  # registers every handler and every package layer

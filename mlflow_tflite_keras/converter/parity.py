@@ -15,12 +15,18 @@ from mlflow_tflite_keras.converter.compiled import (
     compare_compiled,
     predict_compiled,
 )
+from mlflow_tflite_keras.errors import reject_unknown_keywords
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, tolerance_family
 
 # Each op of a full-integer model, fed the interpreter's own (integer) inputs, is within this
 # many quantization steps of the integer kernel (measured: <= 0.8 on every builtin's tests).
 OP_MAX_STEPS = 1.0
+
+__all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
+           "check_parity", "locate_divergence", "output_roles", "sample_inputs",
+           "snap_to_input_grid"]
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
@@ -35,6 +41,11 @@ DEFAULT_TOLERANCES = {
     "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
     "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99},
 }
+# What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``: every limit a
+# default uses, and those only callers set.
+TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key in limits}
+                          | {"max_abs_error", "max_rel_error", "max_steps", "min_cosine",
+                             "min_top1"}))
 
 # Kinds whose activations the interpreter quantizes are checked op by op (check_ops): each op
 # fed the interpreter's own inputs is within 1 step of its integer kernel (full-integer), or
@@ -288,6 +299,7 @@ def _prepare(tflite_model, inputs, n_samples, seed, signature_key):
     return model, runner, spec, inputs
 
 
+@keras_noise_silenced()
 def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                  signature_key=None, seed: int = 0, debug: bool = False, tensor_map=None,
                  compiled=True, **tolerances) -> ParityReport:
@@ -310,6 +322,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
+    reject_unknown_keywords("check_parity", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
@@ -523,6 +536,7 @@ class DivergenceReport:
         return "\n".join(rows)
 
 
+@keras_noise_silenced()
 def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None,
                       n_samples: int = 2, signature_key=None, seed: int = 0,
                       **tolerances) -> DivergenceReport:
@@ -542,6 +556,7 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
     """
     import keras
 
+    reject_unknown_keywords("locate_divergence", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     if tensor_map is None:
