@@ -181,7 +181,7 @@ def register_keras_version(
                 # Compiled in a child process: a graph that crashes TensorFlow's runtime is
                 # reported as a failed check, and never registered.
                 report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
-                                      tensor_map=conversion.tensor_map or None,
+                                      tensor_map=conversion.tensor_map,
                                       **(tolerances or {}))
                 mlflow.log_metrics(report.metrics())
                 mlflow.log_dict(report.to_dict(), "parity_report.json")

@@ -652,8 +652,11 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
         # LiteRT's reference hybrid kernels (the only ones that keep intermediate tensors)
         # disagree with its XNNPACK kernels on blockwise weights; judge those end to end.
         raise ValueError("blockwise-quantized weights")
-    input_tensors = (list(keras_model.input.values()) if isinstance(keras_model.input, dict)
-                     else list(keras_model.inputs))
+    try:
+        input_tensors = (list(keras_model.input.values())
+                         if isinstance(keras_model.input, dict) else list(keras_model.inputs))
+    except (AttributeError, ValueError) as e:  # e.g. a Sequential model never called
+        raise ValueError(f"the Keras model has no functional graph ({e})") from e
     known = {s.index: kt for s, kt in zip(spec.inputs, input_tensors)}
     skipped: list[str] = []
     for index, (layer_name, node, out) in tensor_map.items():
