@@ -157,6 +157,9 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
+    if _is_streaming_source(tflite_model):  # state carried across invokes: compare sequences
+        return check_sequence_parity(tflite_model, keras_model, inputs, seed=seed,
+                                     signature_key=signature_key, **tolerances)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
@@ -243,6 +246,95 @@ def _compare(spec, expected: np.ndarray, actual: np.ndarray, limits: dict) -> Ou
                             f"outside {key}={limits[key]}")
     return OutputParity(spec.name, max_abs, max_rel, cosine, top1, decisive, step, steps,
                         not failures, failures)
+
+
+# ---- streaming (stateful) models: sequences, one frame per invoke ------------------------------
+
+#: Frames per sequence that :func:`check_sequence_parity` compares by default.
+DEFAULT_TIME_STEPS = 32
+
+
+def _is_streaming_source(tflite_model) -> bool:
+    from mlflow_tflite_keras.converter.streaming import is_streaming
+
+    return is_streaming(TFLiteModel.load(tflite_model))
+
+
+def sample_sequences(tflite_model, n: int = 4, time_steps: int = DEFAULT_TIME_STEPS,
+                     seed: int = 0, signature_key=None) -> dict[str, np.ndarray]:
+    """Random frame sequences ``[n, time_steps, *frame]`` for a streaming model's inputs (each
+    frame drawn as :func:`sample_inputs` draws a row)."""
+    model = TFLiteModel.load(tflite_model)
+    spec = TFLiteRunner(model).signature(signature_key)
+    rows = sample_inputs(model, n * time_steps, seed, signature_key)
+    return {s.name: rows[s.name].reshape(n, time_steps, *s.shape[1:]) for s in spec.inputs}
+
+
+def streaming_reference(tflite_model, sequences: dict, signature_key=None
+                        ) -> dict[str, np.ndarray]:
+    """What the interpreter answers to each sequence fed one frame per invoke, from the
+    model's initial state (a fresh interpreter per sequence): name -> ``[n, time, *out]``."""
+    model = TFLiteModel.load(tflite_model)
+    runner = TFLiteRunner(model)
+    spec = runner.signature(signature_key)
+    n = next(iter(sequences.values())).shape[0]
+    per_sequence = []
+    for i in range(n):
+        # A stateful model gets a fresh interpreter per call and runs the rows in order.
+        frames = {s.name: np.asarray(sequences[s.name][i]) for s in spec.inputs}
+        per_sequence.append(runner.predict(frames, signature_key=signature_key,
+                                           dequantize=True))
+    return {o.name: np.stack([p[o.name] for p in per_sequence]) for o in spec.outputs}
+
+
+def _keras_sequences(keras_model, sequences: np.ndarray) -> np.ndarray:
+    """The Keras model's outputs on ``[n, time, *frame]``: the sequence model in one call, a
+    stateful (one frame per call) model frame by frame, reset before each sequence."""
+    import keras
+
+    from mlflow_tflite_keras.converter.streaming import reset_streaming_state, streaming_layer
+
+    layer = streaming_layer(keras_model)
+    if layer is None or not layer.stateful:
+        return np.asarray(keras.ops.convert_to_numpy(keras_model(sequences, training=False)))
+    out = []
+    for sequence in sequences:
+        reset_streaming_state(keras_model)
+        out.append(np.stack([np.asarray(keras.ops.convert_to_numpy(
+            keras_model(frame[None], training=False)))[0] for frame in sequence]))
+    reset_streaming_state(keras_model)
+    return np.stack(out)
+
+
+def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
+                          time_steps: int = DEFAULT_TIME_STEPS, n_samples: int = 4,
+                          signature_key=None, seed: int = 0, **tolerances) -> ParityReport:
+    """Parity of a streaming model: the interpreter fed ``time_steps`` frames one invoke at a
+    time against the Keras model (from ``to_keras``) fed the same frames as a sequence.
+
+    ``inputs``: ``[n, time, *frame]`` frames (an array, or a dict by input name) in the float
+    domain; random when None (``n_samples`` sequences of ``time_steps`` frames, each frame
+    within the input's range). Every step of every sequence is compared, with the same
+    tolerances as :func:`check_parity` (quantized outputs in quantization steps);
+    ``report.n_samples`` counts frames.
+    """
+    if int(time_steps) < 1:
+        raise ValueError(f"time_steps must be >= 1, got {time_steps}.")
+    model = TFLiteModel.load(tflite_model)
+    spec = TFLiteRunner(model).signature(signature_key)
+    if len(spec.inputs) != 1:
+        raise ValueError("check_sequence_parity takes streaming models with one input.")
+    if inputs is None:
+        inputs = sample_sequences(model, n_samples, int(time_steps), seed, signature_key)
+    elif not isinstance(inputs, dict):
+        inputs = {spec.inputs[0].name: np.asarray(inputs)}
+    sequences = np.asarray(inputs[spec.inputs[0].name])
+    expected = streaming_reference(model, inputs, signature_key)
+    actual = _keras_sequences(keras_model, sequences)
+    limits = {**DEFAULT_TOLERANCES.get(model.quantization_kind, {}), **tolerances}
+    outputs = [_compare(o, expected[o.name], actual, limits) for o in spec.outputs]
+    return ParityReport(model.quantization_kind, int(sequences.shape[0] * sequences.shape[1]),
+                        limits, outputs)
 
 
 # ---- debug mode: where does the Keras model start to differ? --------------------------------

@@ -18,10 +18,15 @@ FEATURES = 8  # features per frame (e.g. MFCCs)
 
 
 def frames(n: int, time: int, seed: int = 0) -> np.ndarray:
-    """``[n, time, 1, FEATURES]`` frames: smooth random tracks in about [-1, 1]."""
+    """``[n, time, 1, FEATURES]`` frames: a stationary, smooth random process (each feature
+    ``x_t = 0.6 x_(t-1) + noise``, standard deviation 0.5, clipped to [-1.4, 1.4])."""
     rng = np.random.default_rng(seed)
-    steps = rng.normal(0, 0.35, (n, time, 1, FEATURES))
-    return np.clip(np.cumsum(steps, axis=1) * 0.5, -1.5, 1.5).astype(np.float32)
+    noise = rng.normal(0, 0.4, (n, time, 1, FEATURES))
+    x = np.zeros_like(noise)
+    x[:, 0] = noise[:, 0] / 0.8
+    for t in range(1, time):
+        x[:, t] = 0.6 * x[:, t - 1] + noise[:, t]
+    return np.clip(x, -1.4, 1.4).astype(np.float32)
 
 
 def _convert(make_module, recipe: str) -> bytes:
@@ -39,7 +44,7 @@ def _convert(make_module, recipe: str) -> bytes:
         converter.experimental_enable_resource_variables = True
         if recipe == "full-int8":
             def representative():
-                for sequence in frames(6, 24, seed=11):
+                for sequence in frames(16, 32, seed=11):
                     for frame in sequence:
                         yield {"frame": frame[None]}
 

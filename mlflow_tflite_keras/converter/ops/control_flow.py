@@ -24,7 +24,8 @@ Resource variables: a variable that is only read, and initialized once by a ``CA
 initializer subgraph, becomes a constant (its initial value). A variable assigned at run time
 (state carried from one invoke to the next, streaming models) cannot be expressed by a Keras
 functional model, which has no per-call persistent state: conversion fails and names the
-variables.
+variables -- unless the signature's own subgraph assigns them: then it is a streaming model,
+converted to a recurrent model by :mod:`mlflow_tflite_keras.converter.streaming`.
 """
 
 from __future__ import annotations
@@ -515,7 +516,11 @@ class _VariableState:
 
 
 def _state(ctx) -> _VariableState:
-    model = ctx.graph.model
+    return variable_state(ctx.graph.model)
+
+
+def variable_state(model) -> _VariableState:
+    """The model's resource variables (initial values, where they are assigned), cached."""
     state = model.__dict__.get("_converter_variable_state")
     if state is None:
         state = model.__dict__["_converter_variable_state"] = _VariableState(model)

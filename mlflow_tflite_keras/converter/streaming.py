@@ -1,0 +1,312 @@
+"""Streaming (stateful) models as Keras recurrent models.
+
+A streaming ``.tflite`` (keyword spotter, wake-word detector) takes one frame per invoke and
+keeps ring buffers in resource variables: ``VAR_HANDLE`` / ``READ_VARIABLE`` /
+``ASSIGN_VARIABLE``, initialised by a ``CALL_ONCE`` subgraph. Its one-step graph is a
+recurrent cell: ``(frame, state) -> (output, new state)``.
+
+The step graph is rebuilt by the ordinary handlers (:func:`~mlflow_tflite_keras.converter.
+subgraph.build_subgraph`) with three handlers replaced: ``READ_VARIABLE`` of an assigned
+variable reads the current state (a Keras input of the step model, or the value assigned
+earlier in the same step), ``ASSIGN_VARIABLE`` records the new state, ``CALL_ONCE`` does
+nothing (its initial values are the cell's initial state). Variables that are only read stay
+constants (the ordinary ``READ_VARIABLE`` handler). The step model becomes a
+:class:`StreamingCell` (a registered, serializable layer holding the step model and the
+initial state), run over time by :class:`StreamingRNN` (``keras.layers.RNN`` with
+multi-dimensional states and outputs, and a reset to the initial state, not zeros):
+
+* ``to_keras(model)``: input ``[batch, time, *frame]``, output ``[batch, time, *output]``;
+  each sequence starts from the initial state. Trains with ``fit`` through time (BPTT).
+* ``to_keras(model, stateful=True)``: input one frame ``[batch, *frame]`` per call, output
+  ``[batch, *output]``; the state persists across calls until :func:`reset_streaming_state`.
+
+The frame's batch dimension (1 in the ``.tflite``) becomes the Keras batch, so state
+variables must have a leading dimension of 1 too (one stream per interpreter).
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+from keras import ops
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+from mlflow_tflite_keras.converter.builder import ConversionError
+from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp
+from mlflow_tflite_keras.converter.registry import Handler
+
+# ---- layers -----------------------------------------------------------------------------------
+
+
+def _call_list(model, xs):
+    out = model(list(xs))
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StreamingCell(keras.layers.Layer):
+    """One step of a streaming model: ``step_model([frame, *states]) -> [output,
+    *new_states]``. ``state_shapes`` are the states' shapes without the batch dimension;
+    their initial values are stored as non-trainable weights (the ``CALL_ONCE`` values)."""
+
+    def __init__(self, step_model, state_shapes, state_names=None, initial_state=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.step_model = step_model
+        self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
+        self.state_names = list(state_names or [f"state_{i}" for i in
+                                                range(len(self.state_shapes))])
+        values = initial_state if initial_state is not None else \
+            [np.zeros(s, np.float32) for s in self.state_shapes]
+        self.initial_weights = [
+            self.add_weight(name=f"initial_{_sanitize(n)}", shape=s, dtype="float32",
+                            trainable=False,
+                            initializer=keras.initializers.Constant(np.asarray(v, np.float32)))
+            for n, s, v in zip(self.state_names, self.state_shapes, values)]
+
+    @property
+    def state_size(self):
+        return [list(s) for s in self.state_shapes]
+
+    @property
+    def output_shape_per_step(self):
+        return tuple(self.step_model.outputs[0].shape[1:])
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.broadcast_to(ops.expand_dims(ops.convert_to_tensor(w), 0),
+                                 (batch_size, *s))
+                for w, s in zip(self.initial_weights, self.state_shapes)]
+
+    def call(self, inputs, states):
+        states = list(states) if isinstance(states, (list, tuple)) else [states]
+        out = _call_list(self.step_model, [inputs, *states])
+        return out[0], out[1:]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(step_model=keras.saving.serialize_keras_object(self.step_model),
+                      state_shapes=[list(s) for s in self.state_shapes],
+                      state_names=self.state_names)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["step_model"] = keras.saving.deserialize_keras_object(config["step_model"])
+        return cls(**config)  # initial values come back with the weights
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StreamingRNN(keras.layers.RNN):
+    """``keras.layers.RNN`` over a :class:`StreamingCell`: states and per-step outputs of
+    any rank, and :meth:`reset_state` back to the cell's initial state."""
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        batch = sequences_shape[0]
+        step = self.cell.output_shape_per_step
+        out = (batch, sequences_shape[1], *step) if self.return_sequences else (batch, *step)
+        if self.return_state:
+            return out, *[(batch, *s) for s in self.cell.state_shapes]
+        return out
+
+    def reset_state(self):
+        if self.states is not None:
+            batch = int(self.states[0].shape[0])
+            for variable, value in zip(self.states, self.cell.get_initial_state(batch)):
+                variable.assign(value)
+
+
+def reset_streaming_state(model) -> None:
+    """Reset every stateful :class:`StreamingRNN` of ``model`` (``to_keras(...,
+    stateful=True)``) to the model's initial state: the next frame starts a new stream."""
+    found = False
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, StreamingRNN) and layer.stateful:
+            layer.reset_state()
+            found = True
+    if not found:
+        raise MlflowException("The model has no stateful streaming layer to reset (convert "
+                              "with to_keras(model, stateful=True)).",
+                              error_code=INVALID_PARAMETER_VALUE)
+
+
+def streaming_layer(model):
+    """The :class:`StreamingRNN` of a converted streaming model, or None."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, StreamingRNN):
+            return layer
+    return None
+
+
+# ---- conversion -------------------------------------------------------------------------------
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", str(name)).strip("_") or "state"
+
+
+class StateVariable:
+    """A resource variable assigned by the step graph: its handle, name, initial value and
+    the tensor holding its value at the end of the step."""
+
+    def __init__(self, handle, initial: np.ndarray, final_tensor: int, dtype: str):
+        self.handle = handle
+        self.initial = np.asarray(initial, np.float32)
+        self.final_tensor = final_tensor
+        self.dtype = dtype
+
+    @property
+    def name(self) -> str:
+        return _sanitize(self.handle.shared_name or self.handle.label)
+
+
+def is_streaming(model) -> bool:
+    """Resource variables assigned at run time (outside ``CALL_ONCE`` initializers)."""
+    if not model.is_stateful:
+        return False
+    from mlflow_tflite_keras.converter.ops.control_flow import variable_state
+
+    return bool(variable_state(model).assigned)
+
+
+def state_variables(model, graph) -> list[StateVariable]:
+    """The variables the step graph (``graph``, the signature's subgraph) assigns, in order
+    of first use; errors when state is assigned anywhere else or has no initial value."""
+    from mlflow_tflite_keras.converter.ops.control_flow import _handle_of, variable_state
+
+    state = variable_state(model)
+    here = f"subgraph {graph.subgraph_index} "
+    elsewhere = [w for ws in state.assigned.values() for w in ws if not w.startswith(here)]
+    if elsewhere:
+        raise ConversionError(f"resource variables are assigned outside the model's step graph "
+                              f"({', '.join(elsewhere[:3])}); only a step graph that assigns "
+                              "its state itself converts to a recurrent cell.")
+    handles = {op.outputs[0].index: _handle_of(op) for op in graph.ops
+               if op.type == "VAR_HANDLE"}
+    order, final = [], {}
+    for op in graph.ops:
+        if op.type in ("READ_VARIABLE", "ASSIGN_VARIABLE"):
+            handle = handles.get(op.inputs[0].index)
+            if handle is None:
+                raise ConversionError(f"{op.type} (op {op.index}) of a resource that is not a "
+                                      "VAR_HANDLE of the step graph.")
+            if handle not in order:
+                order.append(handle)
+            if op.type == "ASSIGN_VARIABLE":
+                final[handle] = op.inputs[1]
+    result = []
+    for handle in order:
+        if handle not in final:
+            continue  # read only: a constant
+        if handle not in state.initial:
+            raise ConversionError(f"state variable '{handle.label}' has no initial value from a "
+                                  "CALL_ONCE initializer.")
+        tensor = final[handle]
+        result.append(StateVariable(handle, state.initial[handle], tensor.index,
+                                    tensor.float_dtype))
+    return result
+
+
+def _step_handlers(handlers, states: list[StateVariable], inputs: dict):
+    """``handlers`` with READ_VARIABLE / ASSIGN_VARIABLE / CALL_ONCE acting on the step's
+    state: ``inputs`` maps each state handle to its step-model input tensor index."""
+    from mlflow_tflite_keras.converter.ops.control_flow import VariableHandle
+
+    current: dict = {}
+    stateful = {s.handle for s in states}
+
+    def read(op, ctx):
+        handle = ctx.value(op.inputs[0])
+        if isinstance(handle, VariableHandle) and handle in stateful:
+            value = current.get(handle)
+            return [ctx.values[inputs[handle]] if value is None else value]
+        return handlers["READ_VARIABLE"].convert(op, ctx)
+
+    def assign(op, ctx):
+        handle = ctx.value(op.inputs[0])
+        if not (isinstance(handle, VariableHandle) and handle in stateful):
+            raise ConversionError("ASSIGN_VARIABLE of a resource that is not a state variable.")
+        current[handle] = ctx.value(op.inputs[1])
+        return []
+
+    return {**handlers,
+            "READ_VARIABLE": Handler("READ_VARIABLE", read, "(the step's current state)",
+                                     __name__),
+            "ASSIGN_VARIABLE": Handler("ASSIGN_VARIABLE", assign, "(the step's new state)",
+                                       __name__),
+            "CALL_ONCE": Handler("CALL_ONCE", lambda op, ctx: [],
+                                 "(initial state of the StreamingCell)", __name__)}
+
+
+def convert_streaming(model, signature, graph, handlers, report, name: str, *,
+                      stateful: bool = False, steps=None) -> keras.Model:
+    """The Keras model of a streaming ``.tflite`` (see the module docstring)."""
+    from mlflow_tflite_keras.converter.convert import _sanitize as sanitize_name
+    from mlflow_tflite_keras.converter.ops.control_flow import _constant_output
+    from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
+
+    states = state_variables(model, graph)
+    in_names, out_names = graph.signature_names
+    if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+        raise ConversionError(
+            f"a streaming model with {len(signature.inputs)} inputs and "
+            f"{len(signature.outputs)} outputs; the recurrent conversion takes one frame input "
+            "and one output.")
+    frame = graph.tensors[next(iter(signature.inputs.values()))]
+    if frame.rank < 1 or frame.shape_signature[0] not in (1, -1):
+        raise ConversionError(f"the streaming input '{frame.name}' has no batch dimension "
+                              f"(shape {list(frame.shape_signature)}).")
+    if any(d == -1 for d in frame.shape_signature[1:]):
+        raise ConversionError(f"the streaming input '{frame.name}' has a dynamic frame shape "
+                              f"{list(frame.shape_signature)}.")
+    for s in states:
+        if s.initial.ndim < 1 or s.initial.shape[0] != 1:
+            raise ConversionError(
+                f"state variable '{s.handle.label}' has shape {list(s.initial.shape)}: the "
+                "recurrent conversion needs a leading batch dimension of 1 on every state.")
+        if s.dtype != "float32":
+            raise ConversionError(f"state variable '{s.handle.label}' is {s.dtype}; only "
+                                  "float (or quantized) state converts.")
+    frame_shape = tuple(int(d) for d in frame.shape[1:])
+    input_name = sanitize_name(in_names.get(frame.index, frame.name))
+    output_index = next(iter(signature.outputs.values()))
+    output_name = sanitize_name(out_names.get(output_index, graph.tensors[output_index].name))
+
+    state_inputs = {s.handle: -(k + 1) for k, s in enumerate(states)}  # no real tensor
+    specs = [InputSpec(frame.index, input_name, (None, *frame_shape), frame.float_dtype)]
+    specs += [InputSpec(state_inputs[s.handle], f"state_{s.name}", (None, *s.initial.shape[1:]),
+                        "float32") for s in states]
+    step = build_subgraph(
+        model, signature.subgraph_index, specs, [output_index] + [s.final_tensor for s in states],
+        name=f"{name}_step", handlers=_step_handlers(handlers, states, state_inputs),
+        report=report, graph=graph, constant_output=_constant_output(f"{name}_step"),
+        steps=steps)
+    for s, out in zip(states, step.model.outputs[1:]):
+        if tuple(out.shape[1:]) != s.initial.shape[1:]:
+            raise ConversionError(f"state variable '{s.handle.label}' changes shape in a step: "
+                                  f"{list(s.initial.shape[1:])} -> {list(out.shape[1:])}.")
+    report.notes.extend(step.ctx.notes)
+    report.notes.append(
+        f"Streaming model: the step graph is a StreamingCell with {len(states)} state "
+        f"variable(s) ({', '.join(s.handle.label for s in states)}), run over time by "
+        "StreamingRNN" + (" (stateful: one frame per call)." if stateful else
+                          ": input [batch, time, *frame], output [batch, time, *output]."))
+    cell = StreamingCell(step.model, [s.initial.shape[1:] for s in states],
+                         state_names=[s.name for s in states],
+                         initial_state=[s.initial[0] for s in states], name=f"{name}_cell")
+    if stateful:
+        batch = max(int(frame.shape[0]), 1)
+        x = keras.Input(batch_shape=(batch, *frame_shape), dtype=frame.float_dtype,
+                        name=input_name)
+        sequence = KerasOp("expand_dims", fn_kwargs={"axis": 1}, name="one_frame")(x)
+        y = StreamingRNN(cell, stateful=True, name=output_name)(sequence)
+    else:
+        x = keras.Input(batch_shape=(None, None, *frame_shape), dtype=frame.float_dtype,
+                        name=input_name)
+        y = StreamingRNN(cell, return_sequences=True, name=output_name)(x)
+    return keras.Model(x, y, name=name)
