@@ -536,6 +536,12 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     import tensorflow as tf
 
     source = load_like(like) if like is not None else None
+    if _streaming_layer(keras_model) is not None:  # a streaming source, converted: one frame per invoke
+        return export_streaming_tflite(
+            keras_model, source=source, recipe=recipe, representative_data=representative_data,
+            allow_interface_changes=allow_interface_changes, num_samples=num_samples,
+            inference_input_type=inference_input_type,
+            inference_output_type=inference_output_type, return_report=return_report)
     if recipe is None:
         recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
     recipe = normalize_recipe(recipe)
@@ -575,6 +581,153 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     if source is None:
         return (result, None) if return_report else result
 
+    report = compare_interfaces(source, result)
+    if not report.ok:
+        if not allow_interface_changes:
+            raise InterfaceChangedError(report)
+        _log.warning("The exported model's interface differs from the source's:\n%s", report)
+    return (result, report) if return_report else result
+
+
+# ---- streaming models: one frame per invoke, state in resource variables ----------------------
+
+
+def _streaming_layer(keras_model):
+    """The ``StreamingRNN`` of a model converted from a streaming ``.tflite``, or None (also
+    when the converter, and so TensorFlow, was never imported: no such layer can exist)."""
+    import sys
+
+    if "mlflow_tflite_keras.converter.streaming" not in sys.modules:
+        return None
+    from mlflow_tflite_keras.converter.streaming import streaming_layer
+
+    try:
+        return streaming_layer(keras_model)
+    except AttributeError:
+        return None
+
+
+def _streaming_frames(data, frame_shape: tuple, limit: int):
+    """Calibration frames, in time order, from ``[n, time, *frame]`` sequences, ``[n, *frame]``
+    frames, or a callable yielding either (a dict with one entry, or a one-array list)."""
+    def frames_of(value):
+        if isinstance(value, dict):
+            if len(value) != 1:
+                raise MlflowException("A streaming model has one input; representative_data "
+                                      f"names {sorted(value)}.", error_code=INVALID_PARAMETER_VALUE)
+            value = next(iter(value.values()))
+        elif isinstance(value, (list, tuple)):
+            value = value[0] if len(value) == 1 else np.asarray(value)
+        value = np.asarray(value, np.float32)
+        rank = len(frame_shape)
+        if value.ndim == rank + 2:
+            return value.reshape(-1, *value.shape[2:])
+        if value.ndim == rank + 1:
+            return value
+        if value.ndim == rank:
+            return value[None]
+        raise MlflowException(
+            f"representative_data of shape {list(value.shape)} for frames of shape "
+            f"{list(frame_shape)}: give [n, time, *frame] sequences or [n, *frame] frames.",
+            error_code=INVALID_PARAMETER_VALUE)
+
+    def generate():
+        count = 0
+        chunks = data() if callable(data) else [data]
+        for chunk in chunks:
+            for frame in frames_of(chunk):
+                if count >= limit:
+                    return
+                count += 1
+                yield [frame[None].astype(np.float32)]
+
+    return generate
+
+
+def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = None,
+                            representative_data=None, allow_interface_changes: bool = False,
+                            num_samples: int = 1000, inference_input_type=None,
+                            inference_output_type=None, return_report: bool = False):
+    """:func:`export_tflite` for a model converted from a streaming ``.tflite``
+    (:mod:`mlflow_tflite_keras.converter.streaming`): the cell's one-step model, its state in
+    ``tf.Variable``s (initialised to the cell's initial state) updated with ``assign``, one
+    frame per invoke, converted with resource variables. The interface is the source's
+    (signature key, input/output names, frame shape with its batch of 1, dtypes); a
+    full-integer recipe quantizes the state variables too, and calibrates on
+    ``representative_data`` frames fed in time order (``[n, time, *frame]`` sequences or
+    ``[n, *frame]`` frames; up to ``num_samples`` frames), so the state ranges are the ones
+    a stream reaches."""
+    import keras
+    import tensorflow as tf
+
+    layer = _streaming_layer(keras_model)
+    outputs = list(keras_model.outputs)
+    if len(outputs) != 1 or outputs[0]._keras_history.operation is not layer:
+        raise MlflowException(
+            "Only the streaming model itself exports to a streaming .tflite (its output must "
+            "be the StreamingRNN's); layers added around it would not run per frame.",
+            error_code=INVALID_PARAMETER_VALUE)
+    cell = layer.cell
+    frame_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1 if layer.stateful else 2:])
+    in_name, out_name, batch = keras_model.inputs[0].name, layer.name, 1
+    signature_key = "serving_default"
+    if source is not None:
+        sig = source.signature()
+        signature_key = sig.key or signature_key
+        tensors = source.subgraphs[sig.subgraph_index].tensors
+        if len(sig.inputs) == 1 and len(sig.outputs) == 1:
+            in_name, out_name = next(iter(sig.inputs)), next(iter(sig.outputs))
+            batch = max(int(tensors[next(iter(sig.inputs.values()))].shape[0]), 1)
+    if recipe is None:
+        recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
+    recipe = normalize_recipe(recipe)
+    dataset = None
+    if recipe in _FULL_INTEGER:
+        if representative_data is None:
+            raise MlflowException(
+                f"Recipe '{recipe}' needs representative_data: frame sequences "
+                "[n, time, *frame] (or frames [n, *frame]) to calibrate the activations and the "
+                "state.", error_code=INVALID_PARAMETER_VALUE)
+        if source is not None:
+            in_type, out_type = _interface_types(source, recipe)
+            inference_input_type = inference_input_type or in_type
+            inference_output_type = inference_output_type or out_type
+        dataset = _streaming_frames(representative_data, frame_shape, num_samples)
+
+    initial = [np.broadcast_to(keras.ops.convert_to_numpy(w), (batch, *s)).copy()
+               for w, s in zip(cell.initial_weights, cell.state_shapes)]
+
+    # The step's weights enter the graph as constants (read through a StatelessScope), so
+    # the only resource variables of the export are the state.
+    weights = [(w, tf.constant(keras.ops.convert_to_numpy(w))) for w in cell.step_model.weights]
+
+    class Streaming(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.states = [tf.Variable(v, name=n) for v, n in zip(initial, cell.state_names)]
+
+        @tf.function(input_signature=[tf.TensorSpec((batch, *frame_shape), tf.float32,
+                                                    name=in_name)])
+        def step(self, frame):
+            with keras.StatelessScope(state_mapping=weights):
+                values = cell.step_model([frame, *[v.read_value() for v in self.states]],
+                                         training=False)
+            for variable, value in zip(self.states, values[1:]):
+                variable.assign(value)
+            return {out_name: values[0]}
+
+    module = Streaming()
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        with contextlib.redirect_stdout(io.StringIO()):
+            tf.saved_model.save(module, saved_model_dir, signatures={signature_key: module.step})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.experimental_enable_resource_variables = True
+        if recipe in _FULL_INTEGER:
+            converter._experimental_variable_quantization = True
+        result = _convert(converter, recipe, dataset, inference_input_type,
+                          inference_output_type)
+    if source is None:
+        return (result, None) if return_report else result
     report = compare_interfaces(source, result)
     if not report.ok:
         if not allow_interface_changes:
