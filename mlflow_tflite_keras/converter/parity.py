@@ -158,8 +158,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     ``report.divergence``.
     """
     if _is_streaming_source(tflite_model):  # state carried across invokes: compare sequences
-        return check_sequence_parity(tflite_model, keras_model, inputs, seed=seed,
-                                     signature_key=signature_key, **tolerances)
+        return check_sequence_parity(tflite_model, keras_model, inputs, n_samples=n_samples,
+                                     seed=seed, signature_key=signature_key, **tolerances)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)

@@ -260,10 +260,13 @@ def stateful_tflite():
     return cached("cf-stateful-running-total", build)
 
 
-def test_stateful_model_is_refused_naming_the_variables():
+def test_stateful_model_without_a_batch_dimension_on_its_state_is_refused():
+    """Streaming models convert to recurrent models (tests/converter/test_streaming.py), with
+    the frame's batch of 1 as the Keras batch; a state without that leading 1 is refused,
+    naming the variable."""
     data = stateful_tflite()
     assert {"CALL_ONCE", "VAR_HANDLE", "ASSIGN_VARIABLE"} <= set(TFLiteModel(data).operator_names)
-    with pytest.raises(Exception, match=r"stateful.*running_total.*per-call persistent state"):
+    with pytest.raises(Exception, match=r"streaming.*running_total.*leading batch dimension"):
         to_keras(data)
 
 
