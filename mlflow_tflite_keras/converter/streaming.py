@@ -19,6 +19,9 @@ multi-dimensional states and outputs, and a reset to the initial state, not zero
   each sequence starts from the initial state. Trains with ``fit`` through time (BPTT).
 * ``to_keras(model, stateful=True)``: input one frame ``[batch, *frame]`` per call, output
   ``[batch, *output]``; the state persists across calls until :func:`reset_streaming_state`.
+* Hybrid conversion (``unsupported="wrap"`` / ``wrap_ops``) wraps stateless ops of the step
+  graph as ``TFLiteLayer``s inside the cell (they run once per frame); a region holding the
+  state (variable ops) is refused.
 
 The frame's batch dimension (1 in the ``.tflite``) becomes the Keras batch, so state
 variables must have a leading dimension of 1 too (one stream per interpreter).
@@ -145,6 +148,8 @@ def streaming_layer(model):
 
 # ---- conversion -------------------------------------------------------------------------------
 
+_VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+
 
 def _sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", str(name)).strip("_") or "state"
@@ -251,6 +256,14 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 
     states = state_variables(model, graph)
+    for region in steps or ():  # hybrid conversion: wrapped regions of the step graph
+        touched = sorted({f"{op.index}:{op.type}" for op in getattr(region, "ops", ())
+                          if op.type in _VARIABLE_OPS})
+        if touched:
+            raise ConversionError(
+                f"a wrapped region holds the streaming state ({', '.join(touched)}): a "
+                "TFLiteLayer would keep it across sequences and batch rows. Only stateless ops "
+                "of a streaming model can be wrapped.")
     in_names, out_names = graph.signature_names
     if len(signature.inputs) != 1 or len(signature.outputs) != 1:
         raise ConversionError(

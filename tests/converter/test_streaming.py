@@ -242,3 +242,20 @@ def test_export_refuses_layers_added_around_the_streaming_layer():
     head = keras.layers.Dense(2)(model.output)
     with pytest.raises(MlflowException, match="Only the streaming model itself"):
         export_tflite(keras.Model(model.input, head), like=data)
+
+
+def test_hybrid_wraps_stateless_ops_of_the_step_and_refuses_the_state():
+    data = streaming_multi_state()
+    result = convert(data, wrap_ops=("FULLY_CONNECTED",))
+    assert [r["ops"] for r in result.report.wrapped_regions] == [["20:FULLY_CONNECTED"]]
+    x = _sequences(data, n=2, time=16)
+    assert check_sequence_parity(data, result.model, x, max_rel_error=1e-5).passed
+    np.testing.assert_allclose(result.model.predict(x, verbose=0), _numpy(result.model(x)),
+                               atol=1e-6)
+    # The state cannot be wrapped: a region cutting a variable is refused by the region
+    # planner, one holding it whole (a TFLiteLayer would keep it across sequences) here.
+    with pytest.raises(MlflowException, match="resource/variant"):
+        convert(data, wrap_ops=("READ_VARIABLE",))
+    everything = list(TFLiteModel(streaming_conv()).operator_counts())
+    with pytest.raises(MlflowException, match="wrapped region holds the streaming state"):
+        convert(streaming_conv(), wrap_ops=everything)
