@@ -536,7 +536,8 @@ def _stateful_error(state) -> ConversionError:
         "read-only (initialized once by CALL_ONCE) convert.")
 
 
-@register("CALL_ONCE", layer="(initializer: variables become constants)")
+@register("CALL_ONCE", layer="(initializer: read-only variables become constants; state: "
+          "the StreamingCell's initial state)")
 def call_once(op, ctx):
     state = _state(ctx)
     if state.assigned:
@@ -550,7 +551,8 @@ def var_handle(op, ctx):
     return [_handle_of(op)]
 
 
-@register("READ_VARIABLE", layer="(constant: the variable's initial value)")
+@register("READ_VARIABLE", layer="(constant: the variable's initial value; state: the "
+          "StreamingCell's state input)")
 def read_variable(op, ctx):
     handle = ctx.value(op.inputs[0])
     if not isinstance(handle, VariableHandle):
@@ -564,6 +566,7 @@ def read_variable(op, ctx):
     return [np.array(state.initial[handle])]
 
 
-@register("ASSIGN_VARIABLE", layer="(only in CALL_ONCE initializers)")
+@register("ASSIGN_VARIABLE", layer="(CALL_ONCE initializers; state: the StreamingCell's new "
+          "state)")
 def assign_variable(op, ctx):
     raise _stateful_error(_state(ctx))
