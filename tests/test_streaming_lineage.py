@@ -92,3 +92,30 @@ def test_cli_convert_and_verify_a_streaming_source(store, tmp_path):
     verified = run("verify", "models:/kws@champion")
     assert verified.returncode == 0, verified.stderr[-3000:]
     assert "parity PASSED" in verified.stdout
+
+
+@pytest.mark.parametrize("targets", ["per-sequence", "per-step"])
+def test_finetune_a_streaming_source_on_sequences(store, targets):
+    """The .tflite source is reconstructed, trained on [N, time, *frame] sequences (one label
+    per sequence: its last step is trained; or a target per step), exported like the source
+    (one frame per invoke, state in resource variables) and registered."""
+    from mlflow_tflite_keras.finetune import finetune
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    name = f"kws-finetune-{targets}"
+    data = streaming_conv()
+    _log(name, data)
+    x = frames(48, 24, seed=13)
+    if targets == "per-sequence":  # wake word or not: the mean of feature 0 at the end
+        y = (x[:, -6:, 0, 0].mean(axis=1) > 0).astype(np.int64)
+    else:
+        y = np.cumsum(x[..., 0, :4], axis=1) * 0.2  # [N, T, 4]
+    result = finetune(f"models:/{name}/1", (x, y), epochs=4, batch_size=16,
+                      learning_rate=1e-2)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert result.interface.ok, str(result.interface)
+    assert result.parity.passed, str(result.parity)
+    new = TFLiteModel(mlflow.tflite_keras.load_model(
+        f"models:/{result.tflite_version.name}/{result.tflite_version.version}").model_bytes)
+    assert new.is_stateful and "ASSIGN_VARIABLE" in new.operator_names
+    assert new.sha256 != TFLiteModel(data).sha256
