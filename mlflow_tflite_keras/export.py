@@ -694,7 +694,9 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
             inference_output_type = inference_output_type or out_type
         dataset = _streaming_frames(representative_data, frame_shape, num_samples)
 
-    initial = [np.broadcast_to(keras.ops.convert_to_numpy(w), (batch, *s)).copy()
+    # Per-example cells hold the variables' exact shapes; others lack the stream's batch.
+    initial = [np.asarray(keras.ops.convert_to_numpy(w)) if cell.per_example else
+               np.broadcast_to(keras.ops.convert_to_numpy(w), (batch, *s)).copy()
                for w, s in zip(cell.initial_weights, cell.state_shapes)]
 
     # The step's weights enter the graph as constants (read through a StatelessScope), so

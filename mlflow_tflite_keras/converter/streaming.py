@@ -23,8 +23,10 @@ multi-dimensional states and outputs, and a reset to the initial state, not zero
   graph as ``TFLiteLayer``s inside the cell (they run once per frame); a region holding the
   state (variable ops) is refused.
 
-The frame's batch dimension (1 in the ``.tflite``) becomes the Keras batch, so state
-variables must have a leading dimension of 1 too (one stream per interpreter).
+The frame's batch dimension (1 in the ``.tflite``) becomes the Keras batch when every state
+variable has that leading 1 too (ring buffers ``[1, time, channels]``); otherwise (a state
+``[4]``, say) the step is built at the ``.tflite``'s exact shapes and mapped over the batch
+(``StreamingCell(per_example=True)``), one stream per example as one interpreter per stream.
 """
 
 from __future__ import annotations
@@ -51,13 +53,21 @@ def _call_list(model, xs):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class StreamingCell(keras.layers.Layer):
     """One step of a streaming model: ``step_model([frame, *states]) -> [output,
-    *new_states]``. ``state_shapes`` are the states' shapes without the batch dimension;
-    their initial values are stored as non-trainable weights (the ``CALL_ONCE`` values)."""
+    *new_states]``. ``state_shapes`` are the states' shapes per example (the RNN adds the
+    batch dimension); their initial values are stored as non-trainable weights (the
+    ``CALL_ONCE`` values).
+
+    ``per_example=False``: the step model takes the batch (the ``.tflite``'s batch of 1 made
+    dynamic; each state's leading 1 is that batch). ``per_example=True``: the step model is
+    the ``.tflite``'s graph at its exact shapes (one frame ``[1, *frame]``, states at their
+    variable shapes) and runs once per example of the batch, as the interpreter does (one
+    interpreter per stream)."""
 
     def __init__(self, step_model, state_shapes, state_names=None, initial_state=None,
-                 **kwargs):
+                 per_example: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.step_model = step_model
+        self.per_example = bool(per_example)
         self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
         self.state_names = list(state_names or [f"state_{i}" for i in
                                                 range(len(self.state_shapes))])
@@ -75,7 +85,7 @@ class StreamingCell(keras.layers.Layer):
 
     @property
     def output_shape_per_step(self):
-        return tuple(self.step_model.outputs[0].shape[1:])
+        return tuple(self.step_model.outputs[0].shape[1:])  # per example: without its 1
 
     def build(self, *args, **kwargs):
         self.built = True
@@ -87,14 +97,31 @@ class StreamingCell(keras.layers.Layer):
 
     def call(self, inputs, states):
         states = list(states) if isinstance(states, (list, tuple)) else [states]
-        out = _call_list(self.step_model, [inputs, *states])
+        if self.per_example:
+            out = self._per_example(inputs, states)
+        else:
+            out = _call_list(self.step_model, [inputs, *states])
         return out[0], out[1:]
+
+    def _per_example(self, inputs, states):
+        def one(args):
+            frame, *state = args
+            out = _call_list(self.step_model, [ops.expand_dims(frame, 0), *state])
+            return (ops.squeeze(out[0], 0), *out[1:])
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            signature = (tf.TensorSpec(self.output_shape_per_step, self.compute_dtype),
+                         *[tf.TensorSpec(s, self.compute_dtype) for s in self.state_shapes])
+            return list(tf.map_fn(one, (inputs, *states), fn_output_signature=signature))
+        return list(ops.map(one, (inputs, *states)))
 
     def get_config(self):
         config = super().get_config()
         config.update(step_model=keras.saving.serialize_keras_object(self.step_model),
                       state_shapes=[list(s) for s in self.state_shapes],
-                      state_names=self.state_names)
+                      state_names=self.state_names, per_example=self.per_example)
         return config
 
     @classmethod
@@ -277,11 +304,18 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     if any(d == -1 for d in frame.shape_signature[1:]):
         raise ConversionError(f"the streaming input '{frame.name}' has a dynamic frame shape "
                               f"{list(frame.shape_signature)}.")
+    # Batch-native when every state has the frame's leading 1 (the usual ring buffers): the
+    # step runs on the whole batch. Otherwise the step is built at the exact shapes and runs
+    # once per example (a fixed batch of 1 then: which state a row of a bigger batch would
+    # share is not defined).
+    per_example = any(s.initial.ndim < 1 or s.initial.shape[0] != 1 for s in states)
+    if per_example and frame.shape_signature[0] != 1:
+        odd = next(s for s in states if s.initial.ndim < 1 or s.initial.shape[0] != 1)
+        raise ConversionError(
+            f"state variable '{odd.handle.label}' has shape {list(odd.initial.shape)} and the "
+            f"input '{frame.name}' a dynamic batch: the recurrent conversion needs a leading "
+            "batch dimension of 1 on every state, or a fixed batch of 1.")
     for s in states:
-        if s.initial.ndim < 1 or s.initial.shape[0] != 1:
-            raise ConversionError(
-                f"state variable '{s.handle.label}' has shape {list(s.initial.shape)}: the "
-                "recurrent conversion needs a leading batch dimension of 1 on every state.")
         if s.dtype != "float32":
             raise ConversionError(f"state variable '{s.handle.label}' is {s.dtype}; only "
                                   "float (or quantized) state converts.")
@@ -291,27 +325,35 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     output_name = sanitize_name(out_names.get(output_index, graph.tensors[output_index].name))
 
     state_inputs = {s.handle: -(k + 1) for k, s in enumerate(states)}  # no real tensor
-    specs = [InputSpec(frame.index, input_name, (None, *frame_shape), frame.float_dtype)]
-    specs += [InputSpec(state_inputs[s.handle], f"state_{s.name}", (None, *s.initial.shape[1:]),
-                        "float32") for s in states]
+    step_batch = 1 if per_example else None
+    state_shapes = [s.initial.shape if per_example else s.initial.shape[1:] for s in states]
+    specs = [InputSpec(frame.index, input_name, (step_batch, *frame_shape), frame.float_dtype)]
+    specs += [InputSpec(state_inputs[s.handle], f"state_{s.name}",
+                        shape if per_example else (None, *shape), "float32")
+              for s, shape in zip(states, state_shapes)]
     step = build_subgraph(
         model, signature.subgraph_index, specs, [output_index] + [s.final_tensor for s in states],
         name=f"{name}_step", handlers=_step_handlers(handlers, states, state_inputs),
         report=report, graph=graph, constant_output=_constant_output(f"{name}_step"),
         steps=steps)
     for s, out in zip(states, step.model.outputs[1:]):
-        if tuple(out.shape[1:]) != s.initial.shape[1:]:
+        if tuple(out.shape) != tuple(s.initial.shape if per_example else
+                                     (None, *s.initial.shape[1:])):
             raise ConversionError(f"state variable '{s.handle.label}' changes shape in a step: "
-                                  f"{list(s.initial.shape[1:])} -> {list(out.shape[1:])}.")
+                                  f"{list(s.initial.shape)} -> {list(out.shape)}.")
+    if per_example and tuple(step.model.outputs[0].shape[:1]) != (1,):
+        raise ConversionError(f"the output has shape {list(step.model.outputs[0].shape)}, "
+                              "without the batch dimension of 1 of the input frame.")
     report.notes.extend(step.ctx.notes)
     report.notes.append(
         f"Streaming model: the step graph is a StreamingCell with {len(states)} state "
         f"variable(s) ({', '.join(s.handle.label for s in states)}), run over time by "
         "StreamingRNN" + (" (stateful: one frame per call)." if stateful else
                           ": input [batch, time, *frame], output [batch, time, *output]."))
-    cell = StreamingCell(step.model, [s.initial.shape[1:] for s in states],
-                         state_names=[s.name for s in states],
-                         initial_state=[s.initial[0] for s in states], name=f"{name}_cell")
+    cell = StreamingCell(step.model, state_shapes, state_names=[s.name for s in states],
+                         initial_state=[s.initial if per_example else s.initial[0]
+                                        for s in states],
+                         per_example=per_example, name=f"{name}_cell")
     if stateful:
         batch = max(int(frame.shape[0]), 1)
         x = keras.Input(batch_shape=(batch, *frame_shape), dtype=frame.float_dtype,

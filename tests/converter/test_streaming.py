@@ -259,3 +259,23 @@ def test_hybrid_wraps_stateless_ops_of_the_step_and_refuses_the_state():
     everything = list(TFLiteModel(streaming_conv()).operator_counts())
     with pytest.raises(MlflowException, match="wrapped region holds the streaming state"):
         convert(streaming_conv(), wrap_ops=everything)
+
+
+def test_per_example_state_reloads_streams_and_exports(tmp_path):
+    """A state without the batch's leading 1 (a running total [4]): the step runs once per
+    example; reload, stateful mode and export keep working."""
+    from converter.test_ops_control_flow import stateful_tflite
+    from mlflow_tflite_keras.export import export_tflite
+
+    data = stateful_tflite()
+    model = to_keras(data)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 16, 4)).astype(np.float32)
+    model.save(tmp_path / "total.keras")
+    loaded = keras.models.load_model(tmp_path / "total.keras", safe_mode=True)
+    np.testing.assert_array_equal(_numpy(loaded(x)), _numpy(model(x)))
+    stream = to_keras(data, stateful=True)
+    got = np.stack([_numpy(stream(frame[None]))[0] for frame in x[0]])
+    np.testing.assert_allclose(got, _numpy(model(x))[0], rtol=1e-5, atol=1e-6)
+    new, report = export_tflite(model, like=data, return_report=True)
+    assert report.ok, str(report)
+    assert check_sequence_parity(new, model, x, max_rel_error=1e-5).passed
