@@ -672,7 +672,12 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
     in_name, out_name, batch = keras_model.inputs[0].name, layer.name, 1
     signature_key = "serving_default"
     if source is not None:
-        sig = source.signature()
+        from mlflow_tflite_keras.converter.streaming import is_streaming
+
+        # The source's step signature (an app may ship reset / setter signatures too).
+        steps = [s for s in source.signatures if len(s.inputs) == 1 and len(s.outputs) == 1
+                 and is_streaming(source, s.subgraph_index)]
+        sig = steps[0] if steps else source.signature()
         signature_key = sig.key or signature_key
         tensors = source.subgraphs[sig.subgraph_index].tensors
         if len(sig.inputs) == 1 and len(sig.outputs) == 1:

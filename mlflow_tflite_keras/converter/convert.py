@@ -113,9 +113,9 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
     from mlflow_tflite_keras.converter import streaming
 
-    if streaming.is_streaming(model):
+    if streaming.is_streaming(model, signature.subgraph_index):
         return ConversionResult(_streaming(model, signature, graph, handlers, report,
-                                           model_name, stateful, steps), report)
+                                           model_name, stateful, steps, per_example), report)
     if stateful:
         raise MlflowException("stateful=True applies to streaming models (resource variables "
                               "assigned at run time); this model keeps no state.",
@@ -136,13 +136,13 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     return ConversionResult(keras_model, report)
 
 
-def _streaming(model, signature, graph, handlers, report, name, stateful, steps):
+def _streaming(model, signature, graph, handlers, report, name, stateful, steps, per_example):
     from mlflow_tflite_keras.converter.builder import ConversionError
     from mlflow_tflite_keras.converter.streaming import convert_streaming
 
     try:
         return convert_streaming(model, signature, graph, handlers, report, name,
-                                 stateful=stateful, steps=steps)
+                                 stateful=stateful, steps=steps, per_example=per_example)
     except ConversionError as e:
         raise MlflowException(f"Cannot convert the streaming model: {e}",
                               error_code=INVALID_PARAMETER_VALUE) from e

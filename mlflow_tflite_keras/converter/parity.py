@@ -157,7 +157,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
-    if _is_streaming_source(tflite_model):  # state carried across invokes: compare sequences
+    if _is_streaming_source(tflite_model, signature_key):  # state across invokes: sequences
         return check_sequence_parity(tflite_model, keras_model, inputs, n_samples=n_samples,
                                      seed=seed, signature_key=signature_key, **tolerances)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
@@ -254,10 +254,11 @@ def _compare(spec, expected: np.ndarray, actual: np.ndarray, limits: dict) -> Ou
 DEFAULT_TIME_STEPS = 32
 
 
-def _is_streaming_source(tflite_model) -> bool:
+def _is_streaming_source(tflite_model, signature_key=None) -> bool:
     from mlflow_tflite_keras.converter.streaming import is_streaming
 
-    return is_streaming(TFLiteModel.load(tflite_model))
+    model = TFLiteModel.load(tflite_model)
+    return is_streaming(model, model.signature(signature_key).subgraph_index)
 
 
 def sample_sequences(tflite_model, n: int = 4, time_steps: int = DEFAULT_TIME_STEPS,

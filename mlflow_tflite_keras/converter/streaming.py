@@ -197,27 +197,44 @@ class StateVariable:
         return _sanitize(self.handle.shared_name or self.handle.label)
 
 
-def is_streaming(model) -> bool:
-    """Resource variables assigned at run time (outside ``CALL_ONCE`` initializers)."""
-    if not model.is_stateful:
-        return False
+def _assigning_subgraphs(model) -> set[int]:
+    """Subgraphs with an ``ASSIGN_VARIABLE`` outside the ``CALL_ONCE`` initializers."""
     from mlflow_tflite_keras.converter.ops.control_flow import variable_state
 
-    return bool(variable_state(model).assigned)
+    init = variable_state(model).init_subgraphs
+    return {sg.index for sg in model.subgraphs if sg.index not in init
+            and any(op.name == "ASSIGN_VARIABLE" for op in sg.operators)}
+
+
+def is_streaming(model, subgraph_index: int | None = None) -> bool:
+    """The signature's subgraph (default: the first signature's) assigns resource variables
+    at run time (outside ``CALL_ONCE`` initializers): state carried across invokes."""
+    if not model.is_stateful:
+        return False
+    from mlflow_tflite_keras.converter.ops.control_flow import reachable_subgraphs
+
+    if subgraph_index is None:
+        subgraph_index = model.signature().subgraph_index
+    return bool(_assigning_subgraphs(model) & reachable_subgraphs(model, subgraph_index))
 
 
 def state_variables(model, graph) -> list[StateVariable]:
     """The variables the step graph (``graph``, the signature's subgraph) assigns, in order
-    of first use; errors when state is assigned anywhere else or has no initial value."""
-    from mlflow_tflite_keras.converter.ops.control_flow import _handle_of, variable_state
+    of first use; errors when a subgraph it calls assigns state or a state variable has no
+    initial value. (Assignments by other signatures are not part of the step.)"""
+    from mlflow_tflite_keras.converter.ops.control_flow import (
+        _handle_of,
+        reachable_subgraphs,
+        variable_state,
+    )
 
     state = variable_state(model)
-    here = f"subgraph {graph.subgraph_index} "
-    elsewhere = [w for ws in state.assigned.values() for w in ws if not w.startswith(here)]
+    called = reachable_subgraphs(model, graph.subgraph_index) - {graph.subgraph_index}
+    elsewhere = sorted(_assigning_subgraphs(model) & called)
     if elsewhere:
-        raise ConversionError(f"resource variables are assigned outside the model's step graph "
-                              f"({', '.join(elsewhere[:3])}); only a step graph that assigns "
-                              "its state itself converts to a recurrent cell.")
+        raise ConversionError(f"resource variables are assigned inside subgraph(s) {elsewhere} "
+                              "that the step graph calls (a loop or branch); only a step graph "
+                              "that assigns its state itself converts to a recurrent cell.")
     handles = {op.outputs[0].index: _handle_of(op) for op in graph.ops
                if op.type == "VAR_HANDLE"}
     order, final = [], {}
@@ -244,9 +261,10 @@ def state_variables(model, graph) -> list[StateVariable]:
     return result
 
 
-def _step_handlers(handlers, states: list[StateVariable], inputs: dict):
+def _step_handlers(handlers, states: list[StateVariable], inputs: dict, initial: dict):
     """``handlers`` with READ_VARIABLE / ASSIGN_VARIABLE / CALL_ONCE acting on the step's
-    state: ``inputs`` maps each state handle to its step-model input tensor index."""
+    state: ``inputs`` maps each state handle to its step-model input tensor index; other
+    variables read their ``initial`` value (a constant)."""
     from mlflow_tflite_keras.converter.ops.control_flow import VariableHandle
 
     current: dict = {}
@@ -254,10 +272,15 @@ def _step_handlers(handlers, states: list[StateVariable], inputs: dict):
 
     def read(op, ctx):
         handle = ctx.value(op.inputs[0])
-        if isinstance(handle, VariableHandle) and handle in stateful:
+        if not isinstance(handle, VariableHandle):
+            raise ConversionError("READ_VARIABLE of a resource that is not a variable handle.")
+        if handle in stateful:
             value = current.get(handle)
             return [ctx.values[inputs[handle]] if value is None else value]
-        return handlers["READ_VARIABLE"].convert(op, ctx)
+        if handle not in initial:  # read only here (maybe set by another signature)
+            raise ConversionError(f"resource variable '{handle.label}' is read but no CALL_ONCE "
+                                  "initializer assigns it a constant value.")
+        return [np.array(initial[handle])]
 
     def assign(op, ctx):
         handle = ctx.value(op.inputs[0])
@@ -276,10 +299,18 @@ def _step_handlers(handlers, states: list[StateVariable], inputs: dict):
 
 
 def convert_streaming(model, signature, graph, handlers, report, name: str, *,
-                      stateful: bool = False, steps=None) -> keras.Model:
-    """The Keras model of a streaming ``.tflite`` (see the module docstring)."""
+                      stateful: bool = False, steps=None, per_example: bool = False
+                      ) -> keras.Model:
+    """The Keras model of a streaming ``.tflite`` (see the module docstring).
+    ``per_example``: build the step at the exact shapes and map it over the batch even when
+    every state has a leading 1 (a fixed batch of 1 with loops or branches baked in, as
+    :func:`~mlflow_tflite_keras.converter.convert.convert` decides)."""
     from mlflow_tflite_keras.converter.convert import _sanitize as sanitize_name
-    from mlflow_tflite_keras.converter.ops.control_flow import _constant_output
+    from mlflow_tflite_keras.converter.ops.control_flow import (
+        _constant_output,
+        reachable_subgraphs,
+        variable_state,
+    )
     from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 
     states = state_variables(model, graph)
@@ -293,10 +324,13 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
                 "of a streaming model can be wrapped.")
     in_names, out_names = graph.signature_names
     if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+        keys = [s.key for s in model.signatures]
+        hint = f" Signatures: {keys}; pass signature_key= to choose the step." \
+            if len(keys) > 1 else ""
         raise ConversionError(
-            f"a streaming model with {len(signature.inputs)} inputs and "
+            f"signature '{signature.key}' has {len(signature.inputs)} inputs and "
             f"{len(signature.outputs)} outputs; the recurrent conversion takes one frame input "
-            "and one output.")
+            f"and one output.{hint}")
     frame = graph.tensors[next(iter(signature.inputs.values()))]
     if frame.rank < 1 or frame.shape_signature[0] not in (1, -1):
         raise ConversionError(f"the streaming input '{frame.name}' has no batch dimension "
@@ -308,7 +342,8 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     # step runs on the whole batch. Otherwise the step is built at the exact shapes and runs
     # once per example (a fixed batch of 1 then: which state a row of a bigger batch would
     # share is not defined).
-    per_example = any(s.initial.ndim < 1 or s.initial.shape[0] != 1 for s in states)
+    per_example = per_example or any(s.initial.ndim < 1 or s.initial.shape[0] != 1
+                                     for s in states)
     if per_example and frame.shape_signature[0] != 1:
         odd = next(s for s in states if s.initial.ndim < 1 or s.initial.shape[0] != 1)
         raise ConversionError(
@@ -333,7 +368,8 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
               for s, shape in zip(states, state_shapes)]
     step = build_subgraph(
         model, signature.subgraph_index, specs, [output_index] + [s.final_tensor for s in states],
-        name=f"{name}_step", handlers=_step_handlers(handlers, states, state_inputs),
+        name=f"{name}_step", handlers=_step_handlers(handlers, states, state_inputs,
+                                                     variable_state(model).initial),
         report=report, graph=graph, constant_output=_constant_output(f"{name}_step"),
         steps=steps)
     for s, out in zip(states, step.model.outputs[1:]):
@@ -345,6 +381,11 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
         raise ConversionError(f"the output has shape {list(step.model.outputs[0].shape)}, "
                               "without the batch dimension of 1 of the input frame.")
     report.notes.extend(step.ctx.notes)
+    others = sorted(_assigning_subgraphs(model) - reachable_subgraphs(model, graph.subgraph_index))
+    if others:
+        report.notes.append(
+            f"Subgraph(s) {others} of other signatures also assign variables; the Keras model "
+            "is this signature's step, starting from the CALL_ONCE values.")
     report.notes.append(
         f"Streaming model: the step graph is a StreamingCell with {len(states)} state "
         f"variable(s) ({', '.join(s.handle.label for s in states)}), run over time by "

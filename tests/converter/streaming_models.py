@@ -132,3 +132,58 @@ def streaming_conv(recipe: str = "float32") -> bytes:
 
 def streaming_multi_state(recipe: str = "float32") -> bytes:
     return _build("multi-state", make_streaming_multi_state, recipe)
+
+
+def make_streaming_with_controls():
+    """A streaming conv with two more signatures, as apps ship them: ``reset`` (zero the ring
+    buffer) and ``set_gain`` (a variable the step only reads). The step is
+    ``serving_default``; the other signatures' assignments are not part of it."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(23)
+    kernel = tf.constant(rng.normal(0, 0.4, (3, FEATURES, 6)).astype(np.float32))
+
+    class WithControls(tf.Module):
+        def __init__(self):
+            self.buffer = tf.Variable(tf.zeros([1, 2, FEATURES]), name="ring_buffer")
+            self.gain = tf.Variable(rng.uniform(0.5, 1.5, (6,)).astype(np.float32),
+                                    name="gain")
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 1, FEATURES], tf.float32,
+                                                    name="frame")])
+        def step(self, frame):
+            window = tf.concat([self.buffer, frame], axis=1)
+            self.buffer.assign(window[:, 1:])
+            h = tf.reshape(tf.nn.conv1d(window, kernel, 1, "VALID"), [1, 6])
+            return {"scores": tf.tanh(h) * self.gain}
+
+        @tf.function(input_signature=[])
+        def reset(self):
+            self.buffer.assign(tf.zeros([1, 2, FEATURES]))
+            return {"done": tf.constant(1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([6], tf.float32, name="gain")])
+        def set_gain(self, gain):
+            self.gain.assign(gain)
+            return {"gain": gain + 0.0}
+
+    module = WithControls()
+    return module, {"serving_default": module.step, "reset": module.reset,
+                    "set_gain": module.set_gain}
+
+
+def streaming_with_controls() -> bytes:
+    def build():
+        import tempfile
+
+        import tensorflow as tf
+
+        module, signatures = make_streaming_with_controls()
+        with tempfile.TemporaryDirectory() as d:
+            tf.saved_model.save(module, d, signatures=signatures)
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                d, signature_keys=list(signatures))
+            converter.experimental_enable_resource_variables = True
+            return converter.convert()
+
+    return cached("streaming-with-controls", build, inspect.getsource(make_streaming_with_controls))

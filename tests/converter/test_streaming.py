@@ -279,3 +279,24 @@ def test_per_example_state_reloads_streams_and_exports(tmp_path):
     new, report = export_tflite(model, like=data, return_report=True)
     assert report.ok, str(report)
     assert check_sequence_parity(new, model, x, max_rel_error=1e-5).passed
+
+
+def test_step_signature_of_a_model_with_reset_and_setter_signatures():
+    """``reset`` and ``set_gain`` signatures assign variables too; the step signature
+    converts (its read-only ``gain`` a constant), the others are named in the error."""
+    from converter.streaming_models import streaming_with_controls
+    from mlflow_tflite_keras.export import InterfaceChangedError, export_tflite
+
+    data = streaming_with_controls()
+    with pytest.raises(MlflowException, match=r"signature 'reset'.*pass signature_key"):
+        to_keras(data)
+    result = convert(data, signature_key="serving_default")
+    assert any("other signatures also assign" in note for note in result.report.notes)
+    assert result.model.get_layer("scores").cell.state_names == ["ring_buffer"]
+    x = frames(3, 20)
+    report = check_parity(data, result.model, x, signature_key="serving_default",
+                          max_rel_error=1e-5)
+    assert report.passed and report.n_samples == 60, str(report)
+    # The export has the step only: the app's other signatures are missing, and said so.
+    with pytest.raises(InterfaceChangedError, match="signature 'reset'"):
+        export_tflite(result.model, like=data)
