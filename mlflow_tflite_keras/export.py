@@ -536,7 +536,7 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     import tensorflow as tf
 
     source = load_like(like) if like is not None else None
-    if _streaming_layer(keras_model) is not None:  # a streaming source, converted: one frame per invoke
+    if _streaming_layer(keras_model) is not None:  # streaming: one frame per invoke
         return export_streaming_tflite(
             keras_model, source=source, recipe=recipe, representative_data=representative_data,
             allow_interface_changes=allow_interface_changes, num_samples=num_samples,

@@ -159,7 +159,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     """
     if _is_streaming_source(tflite_model, signature_key):  # state across invokes: sequences
         return check_sequence_parity(tflite_model, keras_model, inputs, n_samples=n_samples,
-                                     seed=seed, signature_key=signature_key, **tolerances)
+                                     seed=seed, signature_key=signature_key, debug=debug,
+                                     **tolerances)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
@@ -309,7 +310,8 @@ def _keras_sequences(keras_model, sequences: np.ndarray) -> np.ndarray:
 
 def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
                           time_steps: int = DEFAULT_TIME_STEPS, n_samples: int = 4,
-                          signature_key=None, seed: int = 0, **tolerances) -> ParityReport:
+                          signature_key=None, seed: int = 0, debug: bool = False,
+                          **tolerances) -> ParityReport:
     """Parity of a streaming model: the interpreter fed ``time_steps`` frames one invoke at a
     time against the Keras model (from ``to_keras``) fed the same frames as a sequence.
 
@@ -317,8 +319,12 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
     domain; random when None (``n_samples`` sequences of ``time_steps`` frames, each frame
     within the input's range). Every step of every sequence is compared, with the same
     tolerances as :func:`check_parity` (quantized outputs in quantization steps);
-    ``report.n_samples`` counts frames.
+    ``report.n_samples`` counts frames. ``debug`` (intermediate tensors of one invoke) is
+    not available for streaming models.
     """
+    if debug:
+        raise ValueError("debug=True compares the intermediate tensors of one invoke; a "
+                         "streaming model is compared as frame sequences, without it.")
     if int(time_steps) < 1:
         raise ValueError(f"time_steps must be >= 1, got {time_steps}.")
     model = TFLiteModel.load(tflite_model)
