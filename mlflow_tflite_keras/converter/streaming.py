@@ -9,8 +9,9 @@ The step graph is rebuilt by the ordinary handlers (:func:`~mlflow_tflite_keras.
 subgraph.build_subgraph`) with three handlers replaced: ``READ_VARIABLE`` of an assigned
 variable reads the current state (a Keras input of the step model, or the value assigned
 earlier in the same step), ``ASSIGN_VARIABLE`` records the new state, ``CALL_ONCE`` does
-nothing (its initial values are the cell's initial state). Variables that are only read stay
-constants (the ordinary ``READ_VARIABLE`` handler). The step model becomes a
+nothing (its initial values are the cell's initial state). Variables the step only reads
+are constants, their ``CALL_ONCE`` values (another signature, e.g. a setter, may assign
+them; the step does not). The step model becomes a
 :class:`StreamingCell` (a registered, serializable layer holding the step model and the
 initial state), run over time by :class:`StreamingRNN` (``keras.layers.RNN`` with
 multi-dimensional states and outputs, and a reset to the initial state, not zeros):
@@ -345,11 +346,12 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     per_example = per_example or any(s.initial.ndim < 1 or s.initial.shape[0] != 1
                                      for s in states)
     if per_example and frame.shape_signature[0] != 1:
-        odd = next(s for s in states if s.initial.ndim < 1 or s.initial.shape[0] != 1)
+        odd = [f"'{s.handle.label}' {list(s.initial.shape)}" for s in states
+               if s.initial.ndim < 1 or s.initial.shape[0] != 1]
         raise ConversionError(
-            f"state variable '{odd.handle.label}' has shape {list(odd.initial.shape)} and the "
-            f"input '{frame.name}' a dynamic batch: the recurrent conversion needs a leading "
-            "batch dimension of 1 on every state, or a fixed batch of 1.")
+            f"state variable(s) {', '.join(odd)} and the input '{frame.name}' with a dynamic "
+            "batch: the recurrent conversion needs a leading batch dimension of 1 on every "
+            "state, or a fixed batch of 1.")
     for s in states:
         if s.dtype != "float32":
             raise ConversionError(f"state variable '{s.handle.label}' is {s.dtype}; only "
