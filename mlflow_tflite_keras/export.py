@@ -661,27 +661,37 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
     import tensorflow as tf
 
     layer = _streaming_layer(keras_model)
+    cell = layer.cell
+
+    def from_layer(t):  # the RNN's output, or one output split from it
+        op = t._keras_history.operation
+        if op is layer:
+            return True
+        return getattr(op, "fn", None) == "streaming_output" and \
+            op._inbound_nodes[0].input_tensors[0]._keras_history.operation is layer
+
     outputs = list(keras_model.outputs)
-    if len(outputs) != 1 or outputs[0]._keras_history.operation is not layer:
+    if len(outputs) != cell.n_outputs or not all(from_layer(t) for t in outputs):
         raise MlflowException(
-            "Only the streaming model itself exports to a streaming .tflite (its output must "
+            "Only the streaming model itself exports to a streaming .tflite (its outputs must "
             "be the StreamingRNN's); layers added around it would not run per frame.",
             error_code=INVALID_PARAMETER_VALUE)
-    cell = layer.cell
+    struct = getattr(keras_model, "_outputs_struct", None)
+    out_names = list(struct) if isinstance(struct, dict) else [layer.name]
     frame_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1 if layer.stateful else 2:])
-    in_name, out_name, batch = keras_model.inputs[0].name, layer.name, 1
+    in_name, batch = keras_model.inputs[0].name, 1
     signature_key = "serving_default"
     if source is not None:
         from mlflow_tflite_keras.converter.streaming import is_streaming
 
         # The source's step signature (an app may ship reset / setter signatures too).
-        steps = [s for s in source.signatures if len(s.inputs) == 1 and len(s.outputs) == 1
-                 and is_streaming(source, s.subgraph_index)]
+        steps = [s for s in source.signatures if len(s.inputs) == 1
+                 and len(s.outputs) == cell.n_outputs and is_streaming(source, s.subgraph_index)]
         sig = steps[0] if steps else source.signature()
         signature_key = sig.key or signature_key
         tensors = source.subgraphs[sig.subgraph_index].tensors
-        if len(sig.inputs) == 1 and len(sig.outputs) == 1:
-            in_name, out_name = next(iter(sig.inputs)), next(iter(sig.outputs))
+        if len(sig.inputs) == 1 and len(sig.outputs) == cell.n_outputs:
+            in_name, out_names = next(iter(sig.inputs)), list(sig.outputs)
             batch = max(int(tensors[next(iter(sig.inputs.values()))].shape[0]), 1)
     if recipe is None:
         recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
@@ -719,9 +729,10 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
             with keras.StatelessScope(state_mapping=weights):
                 values = cell.step_model([frame, *[v.read_value() for v in self.states]],
                                          training=False)
-            for variable, value in zip(self.states, values[1:]):
+            n = cell.n_outputs
+            for variable, value in zip(self.states, values[n:]):
                 variable.assign(value)
-            return {out_name: values[0]}
+            return dict(zip(out_names, values[:n]))
 
     module = Streaming()
     with tempfile.TemporaryDirectory() as saved_model_dir:

@@ -289,23 +289,29 @@ def streaming_reference(tflite_model, sequences: dict, signature_key=None
     return {o.name: np.stack([p[o.name] for p in per_sequence]) for o in spec.outputs}
 
 
-def _keras_sequences(keras_model, sequences: np.ndarray) -> np.ndarray:
-    """The Keras model's outputs on ``[n, time, *frame]``: the sequence model in one call, a
-    stateful (one frame per call) model frame by frame, reset before each sequence."""
+def _keras_sequences(keras_model, sequences: np.ndarray) -> list[np.ndarray]:
+    """The Keras model's outputs (in order) on ``[n, time, *frame]``: the sequence model in
+    one call, a stateful (one frame per call) model frame by frame, reset before each
+    sequence."""
     import keras
 
     from mlflow_tflite_keras.converter.streaming import reset_streaming_state, streaming_layer
 
+    def as_list(result):
+        result = list(result.values()) if isinstance(result, dict) else \
+            list(result) if isinstance(result, (list, tuple)) else [result]
+        return [np.asarray(keras.ops.convert_to_numpy(r)) for r in result]
+
     layer = streaming_layer(keras_model)
     if layer is None or not layer.stateful:
-        return np.asarray(keras.ops.convert_to_numpy(keras_model(sequences, training=False)))
-    out = []
+        return as_list(keras_model(sequences, training=False))
+    per_sequence = []
     for sequence in sequences:
         reset_streaming_state(keras_model)
-        out.append(np.stack([np.asarray(keras.ops.convert_to_numpy(
-            keras_model(frame[None], training=False)))[0] for frame in sequence]))
+        steps = [as_list(keras_model(frame[None], training=False)) for frame in sequence]
+        per_sequence.append([np.stack([s[k][0] for s in steps]) for k in range(len(steps[0]))])
     reset_streaming_state(keras_model)
-    return np.stack(out)
+    return [np.stack([p[k] for p in per_sequence]) for k in range(len(per_sequence[0]))]
 
 
 def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
@@ -339,7 +345,10 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
     expected = streaming_reference(model, inputs, signature_key)
     actual = _keras_sequences(keras_model, sequences)
     limits = {**DEFAULT_TOLERANCES.get(model.quantization_kind, {}), **tolerances}
-    outputs = [_compare(o, expected[o.name], actual, limits) for o in spec.outputs]
+    if len(actual) != len(spec.outputs):
+        raise ValueError(f"The Keras model has {len(actual)} outputs, the .tflite "
+                         f"{len(spec.outputs)}.")
+    outputs = [_compare(o, expected[o.name], a, limits) for o, a in zip(spec.outputs, actual)]
     return ParityReport(model.quantization_kind, int(sequences.shape[0] * sequences.shape[1]),
                         limits, outputs)
 

@@ -40,7 +40,7 @@ from keras import ops
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp
+from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
 from mlflow_tflite_keras.converter.registry import Handler
 
 # ---- layers -----------------------------------------------------------------------------------
@@ -62,13 +62,20 @@ class StreamingCell(keras.layers.Layer):
     dynamic; each state's leading 1 is that batch). ``per_example=True``: the step model is
     the ``.tflite``'s graph at its exact shapes (one frame ``[1, *frame]``, states at their
     variable shapes) and runs once per example of the batch, as the interpreter does (one
-    interpreter per stream)."""
+    interpreter per stream).
+
+    ``n_outputs``: the step model's first ``n_outputs`` outputs are the model's (the rest the
+    new states). A ``keras.layers.RNN`` carries one output per step, so several are flattened
+    and concatenated (:attr:`output_slices`) and split again after it
+    (:func:`streaming_output`).
+    """
 
     def __init__(self, step_model, state_shapes, state_names=None, initial_state=None,
-                 per_example: bool = False, **kwargs):
+                 per_example: bool = False, n_outputs: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.step_model = step_model
         self.per_example = bool(per_example)
+        self.n_outputs = int(n_outputs)
         self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
         self.state_names = list(state_names or [f"state_{i}" for i in
                                                 range(len(self.state_shapes))])
@@ -85,8 +92,28 @@ class StreamingCell(keras.layers.Layer):
         return [list(s) for s in self.state_shapes]
 
     @property
+    def output_shapes(self) -> list[tuple]:
+        """Each output's shape per example (the step model's, without its batch)."""
+        return [tuple(t.shape[1:]) for t in self.step_model.outputs[:self.n_outputs]]
+
+    @property
+    def output_slices(self) -> list[tuple[int, int]]:
+        """Where each output lies in the concatenated step output (several outputs)."""
+        sizes = [int(np.prod(shape)) for shape in self.output_shapes]
+        ends = np.cumsum(sizes).tolist()
+        return [(end - size, end) for size, end in zip(sizes, ends)]
+
+    @property
     def output_shape_per_step(self):
-        return tuple(self.step_model.outputs[0].shape[1:])  # per example: without its 1
+        if self.n_outputs == 1:
+            return self.output_shapes[0]
+        return (self.output_slices[-1][1],)
+
+    def _pack(self, outputs):
+        if self.n_outputs == 1:
+            return outputs[0]
+        return ops.concatenate([ops.reshape(o, (ops.shape(o)[0], -1)) for o in outputs],
+                               axis=-1)
 
     def build(self, *args, **kwargs):
         self.built = True
@@ -99,30 +126,32 @@ class StreamingCell(keras.layers.Layer):
     def call(self, inputs, states):
         states = list(states) if isinstance(states, (list, tuple)) else [states]
         if self.per_example:
-            out = self._per_example(inputs, states)
-        else:
-            out = _call_list(self.step_model, [inputs, *states])
-        return out[0], out[1:]
+            return self._per_example(inputs, states)
+        out = _call_list(self.step_model, [inputs, *states])
+        return self._pack(out[:self.n_outputs]), out[self.n_outputs:]
 
     def _per_example(self, inputs, states):
         def one(args):
             frame, *state = args
             out = _call_list(self.step_model, [ops.expand_dims(frame, 0), *state])
-            return (ops.squeeze(out[0], 0), *out[1:])
+            return (ops.squeeze(self._pack(out[:self.n_outputs]), 0), *out[self.n_outputs:])
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
             signature = (tf.TensorSpec(self.output_shape_per_step, self.compute_dtype),
                          *[tf.TensorSpec(s, self.compute_dtype) for s in self.state_shapes])
-            return list(tf.map_fn(one, (inputs, *states), fn_output_signature=signature))
-        return list(ops.map(one, (inputs, *states)))
+            out = list(tf.map_fn(one, (inputs, *states), fn_output_signature=signature))
+        else:
+            out = list(ops.map(one, (inputs, *states)))
+        return out[0], out[1:]
 
     def get_config(self):
         config = super().get_config()
         config.update(step_model=keras.saving.serialize_keras_object(self.step_model),
                       state_shapes=[list(s) for s in self.state_shapes],
-                      state_names=self.state_names, per_example=self.per_example)
+                      state_names=self.state_names, per_example=self.per_example,
+                      n_outputs=self.n_outputs)
         return config
 
     @classmethod
@@ -150,6 +179,15 @@ class StreamingRNN(keras.layers.RNN):
             batch = int(self.states[0].shape[0])
             for variable, value in zip(self.states, self.cell.get_initial_state(batch)):
                 variable.assign(value)
+
+
+@extra_op
+def streaming_output(x, start=0, stop=None, shape=()):
+    """One output of a several-output :class:`StreamingCell`: its slice of the last axis,
+    reshaped to its shape (the leading batch / time dimensions kept)."""
+    y = x[..., int(start):int(stop)]
+    lead = [ops.shape(x)[i] for i in range(len(x.shape) - 1)]
+    return ops.reshape(y, (*lead, *[int(d) for d in shape]))
 
 
 def reset_streaming_state(model) -> None:
@@ -324,14 +362,14 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
                 "TFLiteLayer would keep it across sequences and batch rows. Only stateless ops "
                 "of a streaming model can be wrapped.")
     in_names, out_names = graph.signature_names
-    if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+    if len(signature.inputs) != 1 or not signature.outputs:
         keys = [s.key for s in model.signatures]
         hint = f" Signatures: {keys}; pass signature_key= to choose the step." \
             if len(keys) > 1 else ""
         raise ConversionError(
             f"signature '{signature.key}' has {len(signature.inputs)} inputs and "
             f"{len(signature.outputs)} outputs; the recurrent conversion takes one frame input "
-            f"and one output.{hint}")
+            f"and at least one output.{hint}")
     frame = graph.tensors[next(iter(signature.inputs.values()))]
     if frame.rank < 1 or frame.shape_signature[0] not in (1, -1):
         raise ConversionError(f"the streaming input '{frame.name}' has no batch dimension "
@@ -358,8 +396,9 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
                                   "float (or quantized) state converts.")
     frame_shape = tuple(int(d) for d in frame.shape[1:])
     input_name = sanitize_name(in_names.get(frame.index, frame.name))
-    output_index = next(iter(signature.outputs.values()))
-    output_name = sanitize_name(out_names.get(output_index, graph.tensors[output_index].name))
+    output_indices = list(signature.outputs.values())
+    output_names = [sanitize_name(out_names.get(i, name))
+                    for name, i in signature.outputs.items()]
 
     state_inputs = {s.handle: -(k + 1) for k, s in enumerate(states)}  # no real tensor
     step_batch = 1 if per_example else None
@@ -369,19 +408,23 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
                         shape if per_example else (None, *shape), "float32")
               for s, shape in zip(states, state_shapes)]
     step = build_subgraph(
-        model, signature.subgraph_index, specs, [output_index] + [s.final_tensor for s in states],
+        model, signature.subgraph_index, specs, output_indices + [s.final_tensor for s in states],
         name=f"{name}_step", handlers=_step_handlers(handlers, states, state_inputs,
                                                      variable_state(model).initial),
         report=report, graph=graph, constant_output=_constant_output(f"{name}_step"),
         steps=steps)
-    for s, out in zip(states, step.model.outputs[1:]):
+    n_outputs = len(output_indices)
+    for s, out in zip(states, step.model.outputs[n_outputs:]):
         if tuple(out.shape) != tuple(s.initial.shape if per_example else
                                      (None, *s.initial.shape[1:])):
             raise ConversionError(f"state variable '{s.handle.label}' changes shape in a step: "
                                   f"{list(s.initial.shape)} -> {list(out.shape)}.")
-    if per_example and tuple(step.model.outputs[0].shape[:1]) != (1,):
-        raise ConversionError(f"the output has shape {list(step.model.outputs[0].shape)}, "
-                              "without the batch dimension of 1 of the input frame.")
+    for name, out in zip(output_names, step.model.outputs[:n_outputs]):
+        if per_example and tuple(out.shape[:1]) != (1,):
+            raise ConversionError(f"output '{name}' has shape {list(out.shape)}, without the "
+                                  "batch dimension of 1 of the input frame.")
+        if any(d is None for d in out.shape[1:]) and n_outputs > 1:
+            raise ConversionError(f"output '{name}' has a dynamic shape {list(out.shape)}.")
     report.notes.extend(step.ctx.notes)
     others = sorted(_assigning_subgraphs(model) - reachable_subgraphs(model, graph.subgraph_index))
     if others:
@@ -396,15 +439,21 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     cell = StreamingCell(step.model, state_shapes, state_names=[s.name for s in states],
                          initial_state=[s.initial if per_example else s.initial[0]
                                         for s in states],
-                         per_example=per_example, name=f"{name}_cell")
+                         per_example=per_example, n_outputs=n_outputs, name=f"{name}_cell")
+    rnn_name = output_names[0] if n_outputs == 1 else "streaming"
     if stateful:
         batch = max(int(frame.shape[0]), 1)
         x = keras.Input(batch_shape=(batch, *frame_shape), dtype=frame.float_dtype,
                         name=input_name)
         sequence = KerasOp("expand_dims", fn_kwargs={"axis": 1}, name="one_frame")(x)
-        y = StreamingRNN(cell, stateful=True, name=output_name)(sequence)
+        y = StreamingRNN(cell, stateful=True, name=rnn_name)(sequence)
     else:
         x = keras.Input(batch_shape=(None, None, *frame_shape), dtype=frame.float_dtype,
                         name=input_name)
-        y = StreamingRNN(cell, return_sequences=True, name=output_name)(x)
+        y = StreamingRNN(cell, return_sequences=True, name=rnn_name)(x)
+    if n_outputs > 1:
+        y = {out_name: KerasOp("streaming_output", name=out_name, fn_kwargs={
+                 "start": start, "stop": stop, "shape": list(shape)})(y)
+             for out_name, (start, stop), shape in zip(output_names, cell.output_slices,
+                                                        cell.output_shapes)}
     return keras.Model(x, y, name=name)

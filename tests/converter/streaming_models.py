@@ -29,6 +29,11 @@ def frames(n: int, time: int, seed: int = 0) -> np.ndarray:
     return np.clip(x, -1.4, 1.4).astype(np.float32)
 
 
+def calibration_frames() -> np.ndarray:
+    """The frames full-int8 models are calibrated on (sources and exports)."""
+    return frames(32, 32, seed=11)
+
+
 def _convert(make_module, recipe: str) -> bytes:
     """Save ``make_module() -> (module, step function)`` and convert it with resource
     variables; ``full-int8`` quantizes everything (variables too) with int8 I/O, calibrated
@@ -44,7 +49,7 @@ def _convert(make_module, recipe: str) -> bytes:
         converter.experimental_enable_resource_variables = True
         if recipe == "full-int8":
             def representative():
-                for sequence in frames(16, 32, seed=11):
+                for sequence in calibration_frames():
                     for frame in sequence:
                         yield {"frame": frame[None]}
 
@@ -187,3 +192,36 @@ def streaming_with_controls() -> bytes:
             return converter.convert()
 
     return cached("streaming-with-controls", build, inspect.getsource(make_streaming_with_controls))
+
+
+def make_streaming_two_heads():
+    """A streaming conv with two outputs of different shapes: ``scores`` [1, 4] and a voice
+    activity probability ``activity`` [1, 1] from a running average state [1, 6]."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(24)
+    kernel = tf.constant(rng.normal(0, 0.4, (3, FEATURES, 6)).astype(np.float32))
+    dense = tf.constant(rng.normal(0, 0.4, (6, 4)).astype(np.float32))
+    activity = tf.constant(rng.normal(0, 0.6, (6, 1)).astype(np.float32))
+
+    class TwoHeads(tf.Module):
+        def __init__(self):
+            self.buffer = tf.Variable(tf.zeros([1, 2, FEATURES]), name="buffer")
+            self.energy = tf.Variable(tf.zeros([1, 6]), name="energy")
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 1, FEATURES], tf.float32,
+                                                    name="frame")])
+        def step(self, frame):
+            window = tf.concat([self.buffer, frame], axis=1)
+            self.buffer.assign(window[:, 1:])
+            h = tf.nn.relu(tf.reshape(tf.nn.conv1d(window, kernel, 1, "VALID"), [1, 6]))
+            energy = 0.7 * self.energy + 0.3 * h
+            self.energy.assign(energy)
+            return {"scores": h @ dense, "activity": tf.sigmoid(energy @ activity)}
+
+    module = TwoHeads()
+    return module, module.step
+
+
+def streaming_two_heads(recipe: str = "float32") -> bytes:
+    return _build("two-heads", make_streaming_two_heads, recipe)

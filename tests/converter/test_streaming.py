@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from converter.streaming_models import FEATURES, frames, streaming_conv, streaming_multi_state
+from converter.streaming_models import (
+    FEATURES,
+    calibration_frames,
+    frames,
+    streaming_conv,
+    streaming_multi_state,
+)
 from mlflow_tflite_keras.converter import convert, reset_streaming_state, to_keras
 from mlflow_tflite_keras.converter.parity import (
     DEFAULT_TIME_STEPS,
@@ -25,7 +31,7 @@ MODELS = {"conv": streaming_conv, "multi-state": streaming_multi_state}
 CASES = [(name, recipe) for name in MODELS for recipe in ("float32", "full-int8")]
 # Full-int8: a float model cannot reproduce integer rounding (and the state carries it from
 # frame to frame); judged in output quantization steps on frames like the calibration data.
-TOLERANCES = {"float32": {"max_rel_error": 1e-5}, "full-int8": {"max_steps": 8.0}}
+TOLERANCES = {"float32": {"max_rel_error": 1e-5}, "full-int8": {"max_steps": 4.0}}
 
 
 def _source(name, recipe):
@@ -94,10 +100,11 @@ def test_int8_parity_rejects_a_perturbed_kernel():
     data = streaming_conv("full-int8")
     model = to_keras(data)
     x = _sequences(data)
-    assert check_sequence_parity(data, model, x, max_steps=8.0).passed
+    # Within a few output steps (about 1 here); the perturbed kernel is more than 5 off.
+    assert check_sequence_parity(data, model, x, **TOLERANCES["full-int8"]).passed
     kernel = next(w for w in model.trainable_weights if len(w.shape) == 4)
     kernel.assign(_numpy(kernel) * 1.05)
-    assert not check_sequence_parity(data, model, x, max_steps=8.0).passed
+    assert not check_sequence_parity(data, model, x, **TOLERANCES["full-int8"]).passed
 
 
 def test_gradients_through_time_and_fit_on_sequences():
@@ -201,7 +208,7 @@ def test_export_like_a_streaming_source(name, recipe):
     x = _sequences(data, n=8, time=24, seed=7)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     model.fit(x, _numpy(model(x)) * 0.9, epochs=1, verbose=0)
-    new, report = export_tflite(model, like=data, representative_data=frames(16, 32, seed=11),
+    new, report = export_tflite(model, like=data, representative_data=calibration_frames(),
                                 return_report=True)
     assert report.ok, str(report)
     source, exported = TFLiteModel(data), TFLiteModel(new)
@@ -227,8 +234,11 @@ def test_export_like_a_streaming_source(name, recipe):
 
     assert states(exported) == states(source)
     # The exported model, run frame by frame on LiteRT, answers like the Keras model.
+    # (int8: the export quantizes the fine-tuned weights and state afresh; its own rounding
+    # accumulates over the frames: up to about 4.3 steps here, so 5.)
     x = _sequences(new, n=4, time=32, seed=5)
-    report = check_sequence_parity(new, model, x, **TOLERANCES[recipe])
+    limits = {"max_steps": 5.0} if recipe == "full-int8" else TOLERANCES[recipe]
+    report = check_sequence_parity(new, model, x, **limits)
     assert report.passed, str(report)
     # and differs from the source (the weights changed).
     assert not check_sequence_parity(data, model, x, max_rel_error=1e-5).passed
@@ -300,3 +310,35 @@ def test_step_signature_of_a_model_with_reset_and_setter_signatures():
     # The export has the step only: the app's other signatures are missing, and said so.
     with pytest.raises(InterfaceChangedError, match="signature 'reset'"):
         export_tflite(result.model, like=data)
+
+
+@pytest.mark.parametrize("recipe", ["float32", "full-int8"])
+def test_several_outputs(recipe, tmp_path):
+    """Two outputs of different shapes: the RNN carries them concatenated, split again after
+    it; parity, stateful mode, reload and export keep both, in the source's order."""
+    from converter.streaming_models import streaming_two_heads
+    from mlflow_tflite_keras.export import export_tflite
+
+    data = streaming_two_heads(recipe)
+    names = list(TFLiteModel(data).signature().outputs)
+    assert sorted(names) == ["activity", "scores"]
+    model = to_keras(data)
+    # Frames the int8 model was calibrated on: its `scores` saturate at the calibrated range
+    # (test frames of other seeds reach beyond it), which a float model does not reproduce.
+    x = _on_input_grid(data, calibration_frames()[:3])
+    out = model(x)
+    assert list(out) == names
+    assert tuple(out["scores"].shape) == (3, 32, 4) and tuple(out["activity"].shape) == (3, 32, 1)
+    report = check_sequence_parity(data, model, x, **TOLERANCES[recipe])
+    assert report.passed and [o.name for o in report.outputs] == names, str(report)
+    stream = to_keras(data, stateful=True)
+    assert check_sequence_parity(data, stream, x[:1], **TOLERANCES[recipe]).passed
+    model.save(tmp_path / "two.keras")
+    loaded = keras.models.load_model(tmp_path / "two.keras", safe_mode=True)
+    np.testing.assert_array_equal(_numpy(loaded(x)["activity"]), _numpy(out["activity"]))
+    new, interface = export_tflite(model, like=data, representative_data=calibration_frames(),
+                                   return_report=True)
+    assert interface.ok, str(interface)
+    assert list(TFLiteModel(new).signature().outputs) == names
+    assert check_sequence_parity(new, model, _on_input_grid(new, calibration_frames()[:3]),
+                                 **TOLERANCES[recipe]).passed
