@@ -75,9 +75,13 @@ def inspect(path_or_uri, as_json, no_converter):
     description["size_bytes"] = len(model.model_bytes)
     supported = None
     if not no_converter:
-        from mlflow_tflite_keras.converter import supported_operators
+        from mlflow_tflite_keras.converter import (
+            supported_custom_operators,
+            supported_operators,
+        )
 
-        supported = set(supported_operators())
+        # operator names: builtin names, and custom codes for custom operators
+        supported = set(supported_operators()) | set(supported_custom_operators())
         description["unsupported_operators"] = [op for op in description["operators"]
                                                 if op not in supported]
     if as_json:
@@ -88,6 +92,10 @@ def inspect(path_or_uri, as_json, no_converter):
     click.echo(f"schema        version {description['schema_version']}, "
                f"{description['subgraphs']} subgraph(s)")
     click.echo(f"quantization  {description['quantization']}")
+    breakdown = description.get("quantization_breakdown", {})
+    for scheme in sorted(set(breakdown.values())):  # mixed: how many weights each way
+        count = sum(1 for s in breakdown.values() if s == scheme)
+        click.echo(f"  {scheme:<36} {count} weight tensor(s)")
     click.echo(f"stateful      {description['stateful']}")
     for key, sig in description["signatures"].items():
         click.echo(f"signature     {key}")

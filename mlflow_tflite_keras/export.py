@@ -124,7 +124,7 @@ def _convert(converter, recipe, representative_data, inference_input_type,
 _log = logging.getLogger(__name__)
 
 #: ``TFLiteModel.quantization_kind`` -> the recipe that reproduces it.
-RECIPE_FOR_KIND = {"none": "float32", "float16": "float16", "dynamic-range": "dynamic-range",
+RECIPE_FOR_KIND = {"none": "float32", "float16": "float16", "dynamic-range-int8": "dynamic-range",
                    "full-int8": "full-int8", "full-uint8": "full-uint8", "int16x8": "int16x8"}
 _FULL_INTEGER = ("full-int8", "full-uint8", "int16x8")
 # What TFLiteConverter accepts as interface types per recipe (float32 keeps float I/O).
@@ -543,7 +543,13 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             inference_input_type=inference_input_type,
             inference_output_type=inference_output_type, return_report=return_report)
     if recipe is None:
-        recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
+        recipe = RECIPE_FOR_KIND.get(source.quantization_kind) if source is not None else \
+            "float32"
+        if recipe is None:
+            raise MlflowException(
+                f"No export recipe reproduces the source's quantization kind "
+                f"'{source.quantization_kind}'; pass recipe= (one of {RECIPES}).",
+                error_code=INVALID_PARAMETER_VALUE)
     recipe = normalize_recipe(recipe)
     if recipe in _FULL_INTEGER:
         if representative_data is None:
@@ -694,7 +700,13 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
             in_name, out_names = next(iter(sig.inputs)), list(sig.outputs)
             batch = max(int(tensors[next(iter(sig.inputs.values()))].shape[0]), 1)
     if recipe is None:
-        recipe = RECIPE_FOR_KIND[source.quantization_kind] if source is not None else "float32"
+        recipe = RECIPE_FOR_KIND.get(source.quantization_kind) if source is not None else \
+            "float32"
+        if recipe is None:
+            raise MlflowException(
+                f"No export recipe reproduces the source's quantization kind "
+                f"'{source.quantization_kind}'; pass recipe= (one of {RECIPES}).",
+                error_code=INVALID_PARAMETER_VALUE)
     recipe = normalize_recipe(recipe)
     dataset = None
     if recipe in _FULL_INTEGER:

@@ -223,7 +223,7 @@ def finetune(
                                       allow_interface_changes=allow_interface_changes)
             interface = compare_interfaces(tflite_bytes, new_bytes)
             mlflow.log_dict(interface.to_dict(), "interface_report.json")
-            parity = check_parity(new_bytes, keras_model, x[:32])
+            parity = check_parity(new_bytes, keras_model, x[:32], compiled="isolated")
             mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
             mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
 

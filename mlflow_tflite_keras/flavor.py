@@ -451,6 +451,7 @@ class LoadedTFLiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         options.setdefault("num_threads", self.num_threads)
+        self.model.check_litert_support()
         interpreter = Interpreter(model_content=self.model_bytes, **options)
         interpreter.allocate_tensors()
         return interpreter

@@ -177,7 +177,8 @@ def register_keras_version(
                 mlflow.set_tag(METHOD, chosen)
                 mlflow.log_dict({"method": chosen, **conversion.to_dict()},
                                 "conversion_report.json")
-                say("Checking parity against the LiteRT interpreter ...")
+                say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
+                    "separate process) ...")
                 from mlflow_tflite_keras.converter.streaming import is_streaming
 
                 # A streaming source is compared on frame sequences (check_parity does it);
@@ -185,7 +186,11 @@ def register_keras_version(
                 streaming = is_streaming(loaded.model)
                 inputs = parity_inputs if parity_inputs is not None else \
                     (None if streaming else input_example)
-                report = check_parity(loaded.model_bytes, keras_model, inputs, **(tolerances or {}))
+                # Compiled in a child process: a graph that crashes TensorFlow's runtime is
+                # reported as a failed check, and never registered.
+                report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
+                                      tensor_map=conversion.tensor_map or None,
+                                      **(tolerances or {}))
                 mlflow.log_metrics(report.metrics())
                 mlflow.log_dict(report.to_dict(), "parity_report.json")
                 if not report.passed:

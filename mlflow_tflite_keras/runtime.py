@@ -55,9 +55,7 @@ class TensorSpec:
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
         # float32 arithmetic, as LiteRT users compute it: results match the raw interpreter's.
-        scale, zero_point = self.quantization.broadcast(values.ndim)
-        return ((values.astype(np.float32) - zero_point.astype(np.float32))
-                * scale.astype(np.float32)).astype(np.float32)
+        return self.quantization.dequantize(values, arithmetic=np.float32)
 
 
 class SignatureSpec:
@@ -130,6 +128,7 @@ class TFLiteRunner:
     def new_interpreter(self, **options):
         from ai_edge_litert.interpreter import Interpreter
 
+        self.model.check_litert_support()
         try:
             interpreter = Interpreter(
                 model_content=self.model.model_bytes, num_threads=self.num_threads, **options

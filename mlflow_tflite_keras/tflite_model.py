@@ -28,7 +28,16 @@ NUMPY_DTYPES = {
     "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "UINT16": np.uint16,
     "INT32": np.int32, "UINT32": np.uint32, "INT64": np.int64, "UINT64": np.uint64,
     "BOOL": np.bool_, "COMPLEX64": np.complex64, "COMPLEX128": np.complex128,
+    # Sub-byte integers, held one value a byte once unpacked (see PACKED_BITS).
+    "INT2": np.int8, "INT4": np.int8, "UINT4": np.uint8,
 }
+# Integer types whose values are packed several to a byte in a buffer: the flattened tensor,
+# element k in byte k // (8 // bits) at bit offset (k % (8 // bits)) * bits (lowest bits
+# first, the last byte padded), as LiteRT unpacks them and ai-edge-quantizer packs them.
+PACKED_BITS = {"INT2": 2, "INT4": 4, "UINT4": 4}
+# The integer types that carry affine-quantized values (with a Quantization): weights of
+# every width, activations (INT8 / UINT8 / INT16) and the INT32 / INT64 biases of integer ops.
+QUANTIZED_TYPES = ("INT2", "INT4", "UINT4", "INT8", "UINT8", "INT16", "INT32", "INT64")
 _BUILTIN_NAMES = {
     v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")
 }
@@ -48,42 +57,143 @@ def builtin_name(code: int) -> str:
     return _BUILTIN_NAMES.get(code, f"UNKNOWN_BUILTIN_{code}")
 
 
+def integer_range(type_name: str) -> tuple[int, int]:
+    """The values a quantized integer type holds (INT4: -8..7, UINT4: 0..15, INT8: -128..127)."""
+    bits = PACKED_BITS.get(type_name)
+    if bits is None:
+        info = np.iinfo(NUMPY_DTYPES[type_name])
+        return int(info.min), int(info.max)
+    if type_name.startswith("U"):
+        return 0, 2 ** bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def storage_nbytes(type_name: str, n: int) -> int | None:
+    """Bytes a constant of ``n`` elements of ``type_name`` holds in its buffer."""
+    if type_name in PACKED_BITS:
+        return -(-n * PACKED_BITS[type_name] // 8)
+    if type_name == "BFLOAT16":
+        return 2 * n
+    dtype = NUMPY_DTYPES.get(type_name)
+    return None if dtype is None else n * np.dtype(dtype).itemsize
+
+
+def unpack_integers(data, type_name: str, n: int) -> np.ndarray:
+    """The ``n`` values of a packed INT2 / INT4 / UINT4 buffer, one a byte (int8 / uint8)."""
+    bits = PACKED_BITS[type_name]
+    per_byte = 8 // bits
+    packed = np.frombuffer(data, dtype=np.uint8)
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    values = ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
+    if type_name.startswith("U"):
+        return values.astype(np.uint8)
+    values = values.astype(np.int8)
+    return np.where(values >= 2 ** (bits - 1), values - 2 ** bits, values).astype(np.int8)
+
+
+def pack_integers(values, type_name: str) -> bytes:
+    """The inverse of :func:`unpack_integers`: values (within the type's range) packed."""
+    bits = PACKED_BITS[type_name]
+    per_byte = 8 // bits
+    flat = (np.asarray(values).reshape(-1).astype(np.int64) & ((1 << bits) - 1)).astype(np.uint8)
+    flat = np.concatenate([flat, np.zeros(-len(flat) % per_byte, np.uint8)])
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    return np.bitwise_or.reduce(flat.reshape(-1, per_byte) << shifts, axis=1).astype(
+        np.uint8).tobytes()
+
+
+def bfloat16_to_float32(data) -> np.ndarray:
+    """bfloat16 is the upper half of a float32: widening it is exact."""
+    return (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 @dataclass(frozen=True)
 class Quantization:
-    """Affine quantization of one tensor (per-tensor when ``scale`` has one element)."""
+    """Affine quantization of one tensor: ``real = (q - zero_point) * scale``.
+
+    Per-tensor when ``scale`` has one element, per-channel along ``quantized_dimension``, or
+    given by parameter tensors (the schema's ``BlockwiseQuantization`` /
+    ``MultiAxisQuantization``, ``block_shape`` set): ``scale`` / ``zero_point`` then have the
+    tensor's rank, one entry per tile of ``block_shape`` elements. ai-edge-quantizer's int4
+    blockwise weights have ``[out, in / block_size]`` scales; ``block_size`` is the schema's
+    (0: no blocks, e.g. multi-axis per-channel parameters).
+    """
 
     scale: np.ndarray
     zero_point: np.ndarray
     quantized_dimension: int = 0
+    block_shape: tuple[int, ...] | None = None
+    block_size: int = 0
 
     @property
     def per_channel(self) -> bool:
-        return self.scale.size > 1
+        return self.scale.size > 1 and self.block_shape is None
 
-    def broadcast(self, ndim: int):
-        """``(scale, zero_point)`` as float64, broadcastable against a rank-``ndim`` array:
-        along ``quantized_dimension`` when per-channel, scalars otherwise."""
-        scale = self.scale.astype(np.float64)
-        zero_point = self.zero_point.astype(np.float64)
+    def broadcast(self, ndim: int, dtype=np.float64):
+        """``(scale, zero_point)`` as ``dtype``, broadcastable against a rank-``ndim`` array:
+        along ``quantized_dimension`` when per-channel, scalars when per-tensor (blockwise
+        parameters need the tensor's shape: use :meth:`dequantize` / :meth:`quantize`)."""
+        if self.block_shape is not None:
+            raise ValueError("blockwise quantization parameters broadcast by block")
+        scale = self.scale.astype(dtype)
+        zero_point = self.zero_point.astype(dtype)
         if self.per_channel and ndim:
             shape = [1] * ndim
             shape[self.quantized_dimension] = scale.size
             return scale.reshape(shape), zero_point.reshape(shape)
         return scale.reshape(-1)[0], zero_point.reshape(-1)[0]
 
+    def _affine(self, values: np.ndarray, dtype=np.float64):
+        """``(values', scale, zero_point, shape)``: values and parameters as ``dtype`` that
+        broadcast together (blockwise: values viewed as ``[n0, b0, n1, b1, ...]`` and the
+        parameters as ``[n0, 1, n1, 1, ...]``, no per-element copy of the scales)."""
+        values = np.asarray(values, dtype=dtype)
+        shape = values.shape
+        if self.block_shape is None:
+            scale, zero_point = self.broadcast(values.ndim, dtype)
+            return values, scale, zero_point, shape
+        split = [d for n, b in zip(self.scale.shape, self.block_shape) for d in (n, b)]
+        param = [d for n in self.scale.shape for d in (n, 1)]
+        return (values.reshape(split), self.scale.astype(dtype).reshape(param),
+                self.zero_point.astype(dtype).reshape(param), shape)
+
+    def dequantize(self, values, arithmetic=None) -> np.ndarray:
+        """Integers -> real values (float32). The one dequantization of stored integers: the
+        converter's constants, the parity checker's tensors, the runtime's outputs.
+
+        ``arithmetic`` (default: by width): for integers of 16 bits or fewer float32 gives
+        the float64 result bit for bit ((q - zero_point) and the float32 scale are exact, the
+        product is rounded once) at half the memory of a large weight; INT32 / INT64 biases
+        need float64. The runtime passes float32, as LiteRT users compute it."""
+        if arithmetic is None:
+            arithmetic = np.float32 if np.asarray(values).dtype.itemsize <= 2 else np.float64
+        values, scale, zero_point, shape = self._affine(values, arithmetic)
+        real = np.asarray(values - zero_point)  # 0-d stays an ndarray, not a numpy scalar
+        real *= scale
+        return real.astype(np.float32, copy=False).reshape(shape)
+
     def quantize(self, values, dtype) -> np.ndarray:
-        """Real values -> integers of ``dtype`` (rounded, saturated to the dtype's range)."""
-        scale, zero_point = self.broadcast(np.ndim(values))
-        info = np.iinfo(dtype)
-        quantized = np.round(np.asarray(values, dtype=np.float64) / scale) + zero_point
-        return np.clip(quantized, info.min, info.max).astype(dtype)
+        """Real values -> integers of ``dtype`` (a numpy dtype, or a TensorType name such as
+        ``"INT4"`` for the sub-byte types), rounded and saturated to its range."""
+        if isinstance(dtype, str):
+            low, high = integer_range(dtype)
+            dtype = NUMPY_DTYPES[dtype]
+        else:
+            info = np.iinfo(dtype)
+            low, high = info.min, info.max
+        values, scale, zero_point, shape = self._affine(values)
+        quantized = np.round(values / scale) + zero_point
+        return np.clip(quantized, low, high).astype(dtype).reshape(shape)
 
     def to_dict(self) -> dict:
-        return {
-            "scale": [float(s) for s in self.scale],
-            "zero_point": [int(z) for z in self.zero_point],
+        out = {
+            "scale": [float(s) for s in self.scale.reshape(-1)],
+            "zero_point": [int(z) for z in self.zero_point.reshape(-1)],
             "quantized_dimension": int(self.quantized_dimension),
         }
+        if self.block_shape is not None:
+            out["block_shape"] = [int(b) for b in self.block_shape]
+        return out
 
 
 @dataclass
@@ -310,14 +420,63 @@ class TFLiteModel:
         )
         for t in tensors:
             data = self._raw_buffer(t.buffer)
-            if data is not None and t.sparsity is None and t.dtype is not None:
-                expected = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+            expected = storage_nbytes(t.type_name, int(np.prod(t.shape, dtype=np.int64)))
+            if data is not None and t.sparsity is None and expected is not None:
                 if len(data) != expected:
                     raise _invalid(
                         f"Constant tensor '{t.name}' holds {len(data)} bytes, its shape "
                         f"{list(t.shape)} of {t.type_name} needs {expected}."
                     )
+        for t_index, t in enumerate(sg.tensors or []):
+            details = t.quantization.details if t.quantization is not None else None
+            if isinstance(details, (schema.BlockwiseQuantizationT,
+                                    schema.MultiAxisQuantizationT)):
+                tensors[t_index].quantization = self._blockwise(details, tensors, t_index)
         return info
+
+    def _blockwise(self, details, tensors: list[TensorInfo], t_index: int) -> Quantization:
+        """Blockwise parameters: the scales (and zero points, -1: none) are constant tensors
+        of the weight's rank, one entry per block; a block spans ``shape / scales.shape``."""
+        t = tensors[t_index]
+        where = f"Tensor {t_index} ('{t.name}')"
+
+        def parameter(index: int, what: str) -> np.ndarray:
+            value = self.constant(tensors[index]) if 0 <= index < len(tensors) else None
+            if value is None:
+                raise _invalid(f"{where} takes its blockwise {what} from tensor {index}, "
+                               "which is not a constant of this subgraph.")
+            return np.asarray(value)
+
+        scale = parameter(int(details.scales), "scales").astype(np.float32)
+        zero_point = np.zeros(scale.shape, np.int64) if int(details.zeroPoints) < 0 else \
+            parameter(int(details.zeroPoints), "zero points").astype(np.int64)
+        axes = [int(a) for a in _seq(getattr(details, "quantizedDimensions", None))]
+        if axes and scale.ndim == len(axes) < len(t.shape) and axes == sorted(set(axes)) and \
+                axes[-1] < len(t.shape) and zero_point.shape == scale.shape:
+            # MultiAxisQuantization may give parameters only along its quantized dimensions.
+            full = [scale.shape[axes.index(d)] if d in axes else 1 for d in range(len(t.shape))]
+            scale, zero_point = scale.reshape(full), zero_point.reshape(full)
+        if scale.ndim != len(t.shape) or zero_point.shape != scale.shape or any(
+                s == 0 or n % s for n, s in zip(t.shape, scale.shape)):
+            raise _invalid(f"{where}: blockwise scales of shape {list(scale.shape)} (zero "
+                           f"points {list(zero_point.shape)}) do not tile its shape "
+                           f"{list(t.shape)}.")
+        block = tuple(n // s for n, s in zip(t.shape, scale.shape))
+        size = int(details.blockSize or 0)
+        block_shape = [int(b) for b in _seq(getattr(details, "blockShape", None))]
+        if block_shape:  # a block shape instead of one size
+            wrong = len(block_shape) != len(block) or any(
+                b not in (s, n) for b, s, n in zip(block, block_shape, t.shape))
+            size = max(block_shape)
+        else:
+            wrong = size and any(b not in (1, n, size) for b, n in zip(block, t.shape))
+        if wrong:
+            raise _invalid(f"{where}: scales of shape {list(scale.shape)} make blocks of "
+                           f"{list(block)}, not of block "
+                           f"{block_shape or size}.")
+        if not np.all(np.isfinite(scale)):
+            raise _invalid(f"Tensor {t_index} has a NaN or infinite quantization scale.")
+        return Quantization(scale, zero_point, 0, block, size)
 
     def _raw_buffer(self, buffer_index: int) -> memoryview | None:
         """A buffer's bytes as a view into ``model_bytes`` (never a copy: weights can be
@@ -341,14 +500,24 @@ class TFLiteModel:
         return self.subgraphs[0]
 
     def constant(self, tensor: TensorInfo) -> np.ndarray | None:
-        """The raw (still quantized, still sparse-encoded) constant data of a tensor."""
+        """The raw (still quantized, still sparse-encoded) constant data of a tensor; packed
+        sub-byte integers come unpacked (int8 / uint8), bfloat16 widened to float32."""
         data = self._raw_buffer(tensor.buffer)
         if data is None and tensor.buffer > 0 and tensor.dtype is not None and \
                 tensor.sparsity is None and 0 in tensor.shape:
             return np.zeros(tensor.shape, dtype=tensor.dtype)  # an empty constant
-        if data is None or tensor.dtype is None:
+        if data is None:
             return None
-        array = np.frombuffer(data, dtype=tensor.dtype)
+        if tensor.type_name in PACKED_BITS:  # unpacked to one value a byte
+            n = int(np.prod(tensor.shape, dtype=np.int64)) if tensor.sparsity is None else \
+                len(data) * 8 // PACKED_BITS[tensor.type_name]
+            array = unpack_integers(data, tensor.type_name, n)
+        elif tensor.type_name == "BFLOAT16":  # widened to float32 (exact)
+            array = bfloat16_to_float32(data)
+        elif tensor.dtype is None:
+            return None
+        else:
+            array = np.frombuffer(data, dtype=tensor.dtype)
         return array if tensor.sparsity is not None else array.reshape(tensor.shape)
 
     def metadata_bytes(self, name: str) -> bytes | None:
@@ -415,47 +584,106 @@ class TFLiteModel:
         )
 
     @cached_property
-    def quantization_kind(self) -> str:
-        """One of: none, float16, dynamic-range, full-int8, full-uint8, int16x8."""
-        activation_types = set()
-        quantized_constants = set()
-        float16_constants = False
+    def litert_unsupported(self) -> list[str]:
+        """What LiteRT 2.3 mishandles in this file (measured): it crashes allocating a
+        model with MultiAxisQuantization tensors (XNNPACK; its builtin kernels read them as
+        zeros), its DEQUANTIZE outputs zeros for blockwise-quantized constants (its hybrid
+        FULLY_CONNECTED / EMBEDDING_LOOKUP read them right), and its hybrid CONV_2D gives NaN
+        or wrong values with INT2 filters (FULLY_CONNECTED and DEQUANTIZE read INT2 right).
+        The converter reads all of them; the runtime refuses them rather than crash or serve
+        wrong numbers."""
+        problems = []
         for sg in self.subgraphs:
-            constant = {t.index for t in sg.tensors if self._raw_buffer(t.buffer) is not None}
-            for op in sg.operators:  # a densified constant is still a weight, not an activation
-                if op.opcode == "DENSIFY" and op.inputs and op.inputs[0] in constant:
-                    constant.update(op.outputs)
+            raw = self._model.subgraphs[sg.index].tensors or []
+            for t, t_raw in zip(sg.tensors, raw):
+                if isinstance(getattr(t_raw.quantization, "details", None),
+                              schema.MultiAxisQuantizationT):
+                    problems.append(f"tensor '{t.name}' has MultiAxisQuantization")
             for op in sg.operators:
-                if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
-                    if op.opcode == "DEQUANTIZE" and op.inputs and op.inputs[0] in constant:
-                        t = sg.tensors[op.inputs[0]]
-                        if t.type_name == "FLOAT16":
-                            float16_constants = True
-                        elif t.quantization is not None:
-                            quantized_constants.add(t.type_name)
+                if op.opcode == "DEQUANTIZE" and op.inputs and op.inputs[0] >= 0:
+                    t = sg.tensors[op.inputs[0]]
+                    if t.quantization is not None and t.quantization.block_size:
+                        problems.append(f"DEQUANTIZE of the blockwise-quantized '{t.name}'")
+                if op.opcode == "CONV_2D" and len(op.inputs) > 1 and op.inputs[1] >= 0 and \
+                        sg.tensors[op.inputs[1]].type_name == "INT2":
+                    problems.append(f"CONV_2D with the INT2 filter "
+                                    f"'{sg.tensors[op.inputs[1]].name}'")
+        return problems
+
+    def check_litert_support(self):
+        """Raise :class:`MlflowException` for a file LiteRT would crash on or compute wrong
+        (:attr:`litert_unsupported`)."""
+        if self.litert_unsupported:
+            problems = self.litert_unsupported
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise _invalid("LiteRT cannot run this model correctly: " + "; ".join(problems[:3])
+                           + more + ". Convert it to Keras (mlflow_tflite_keras.converter) to "
+                           "run it.")
+
+    @cached_property
+    def _quantization_scan(self) -> tuple[set[str], dict[str, str]]:
+        """(types of quantized activations, :attr:`quantization_breakdown`)."""
+        activation_types: set[str] = set()
+        schemes: dict[str, str] = {}
+        for sg in self.subgraphs:
+            # Weight-derived tensor -> (its stored constant, dequantized on the way?). A
+            # densified constant is still a weight, not an activation.
+            weights = {t.index: (t.index, False) for t in sg.tensors
+                       if self._raw_buffer(t.buffer) is not None}
+            for op in sg.operators:
+                if op.opcode in ("DENSIFY", "DEQUANTIZE") and op.inputs and \
+                        op.inputs[0] in weights:
+                    source, dequantized = weights[op.inputs[0]]
+                    dequantized = dequantized or op.opcode == "DEQUANTIZE"
+                    weights.update((o, (source, dequantized)) for o in op.outputs)
+            for op in sg.operators:
+                if op.opcode in ("QUANTIZE", "DEQUANTIZE", "DENSIFY"):
                     continue
+                activations = [sg.tensors[i] for i in op.inputs if i >= 0 and i not in weights]
+                quantized = {t.type_name for t in activations if t.quantization is not None
+                             and t.type_name in ("INT8", "UINT8", "INT16")}
+                activation_types |= quantized
                 for i in op.inputs:
-                    if i < 0:
-                        continue
-                    t = sg.tensors[i]
-                    if i in constant:
-                        if t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT4"):
-                            quantized_constants.add(t.type_name)
-                        elif t.type_name == "FLOAT16":
-                            float16_constants = True
-                    elif t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT16"):
-                        activation_types.add(t.type_name)
+                    if i in weights:
+                        source, dequantized = weights[i]
+                        scheme = _weight_scheme(sg.tensors[source], dequantized,
+                                                integer_op=bool(quantized))
+                        if scheme is not None:
+                            schemes[sg.tensors[source].name] = scheme
+        return activation_types, schemes
+
+    @property
+    def quantization_breakdown(self) -> dict[str, str]:
+        """Every reduced-precision weight (by tensor name) -> how the model computes with
+        it: ``weight-only-int4`` (a DEQUANTIZE in front of float compute),
+        ``dynamic-range-int8`` (a hybrid kernel: quantized weights, float activations it
+        quantizes on the fly), with ``-blockwise-<N>`` for blockwise scales; ``float16`` /
+        ``bfloat16`` (float weights stored narrow). Weights of integer-only ops (full-integer
+        models) are not listed: their activations say what the model is."""
+        return dict(self._quantization_scan[1])
+
+    @cached_property
+    def quantization_kind(self) -> str:
+        """What the file is: ``none``, ``float16``, ``bfloat16``, ``weight-only-<int>``,
+        ``dynamic-range-<int>`` (``<int>``: int8, int4, uint4, int2...; blockwise with
+        ``-blockwise-<N>``), ``full-int8``, ``full-uint8``, ``int16x8``, or ``mixed``
+        (weights quantized several ways: see :attr:`quantization_breakdown`)."""
+        activation_types, breakdown = self._quantization_scan
         if "INT16" in activation_types:
             return "int16x8"
         if "INT8" in activation_types:
             return "full-int8"
         if "UINT8" in activation_types:
             return "full-uint8"
-        if quantized_constants:
-            return "dynamic-range"
-        if float16_constants:
-            return "float16"
-        return "none"
+        schemes = set(breakdown.values())
+        if len(schemes) <= 1:
+            return schemes.pop() if schemes else "none"
+        # TFLiteConverter's dynamic-range recipe dequantizes the weights of ops that have no
+        # hybrid kernel: weight-only and dynamic-range of one width are still that recipe.
+        hybrid = {s.replace("weight-only-", "dynamic-range-") for s in schemes}
+        if len(hybrid) == 1:
+            return hybrid.pop()
+        return "mixed"
 
     def describe(self) -> dict:
         """A YAML/JSON-friendly summary, recorded in the MLmodel flavor."""
@@ -476,6 +704,8 @@ class TFLiteModel:
             "operator_counts": self.operator_counts(),
             "custom_ops": self.custom_ops,
             "quantization": self.quantization_kind,
+            **({"quantization_breakdown": self.quantization_breakdown}
+               if self.quantization_kind == "mixed" else {}),
             "stateful": self.is_stateful,
             "inputs": [main.tensors[i].to_dict() for i in main.inputs],
             "outputs": [main.tensors[i].to_dict() for i in main.outputs],
@@ -486,6 +716,32 @@ class TFLiteModel:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _weight_scheme(t: TensorInfo, dequantized: bool, integer_op: bool) -> str | None:
+    """How an op computes with a stored weight (see ``quantization_breakdown``)."""
+    if t.type_name in ("FLOAT16", "BFLOAT16"):
+        return t.type_name.lower()
+    if t.quantization is None or t.type_name not in QUANTIZED_TYPES or \
+            (integer_op and not dequantized):
+        return None
+    blockwise = f"-blockwise-{t.quantization.block_size}" if t.quantization.block_size else ""
+    return f"{'weight-only' if dequantized else 'dynamic-range'}-{t.type_name.lower()}{blockwise}"
+
+
+def tolerance_family(kind: str) -> str:
+    """The family of a quantization kind that sets parity tolerances: ``none``, ``float16``,
+    ``weight-only``, ``dynamic-range``, ``full-int8``, ``full-uint8`` or ``int16x8``.
+    Weight-only models compute in float with the dequantized weights (float noise); mixed
+    ones are judged like the loosest weight scheme, dynamic range."""
+    if kind == "bfloat16":
+        return "float16"
+    if kind.startswith("weight-only"):
+        return "weight-only"
+    if kind.startswith("dynamic-range") or kind == "mixed":
+        return "dynamic-range"
+    return kind
+
 
 
 def _text(value) -> str | None:
@@ -558,7 +814,11 @@ def _check_vector_lengths(data: bytes):
             lengths += [tensor.ShapeLength(), tensor.ShapeSignatureLength()]
         for o in range(min(sg.OperatorsLength(), limit)):
             op = sg.Operators(o)
-            lengths += [op.InputsLength(), op.OutputsLength(), op.CustomOptionsLength()]
+            lengths += [op.InputsLength(), op.OutputsLength()]
+            # Custom options are bytes, one byte an element: bounded by the file size.
+            if op.CustomOptionsLength() > len(data):
+                raise _invalid(f"Not a valid TFLite flatbuffer: the custom options of "
+                               f"operator {o} are longer than the file.")
     for b in range(min(model.BuffersLength(), limit)):
         # Byte vectors are one byte an element: bound them by the file size itself.
         if model.Buffers(b).DataLength() > len(data):

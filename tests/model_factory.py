@@ -74,6 +74,23 @@ def digits():
     return x, d.target.astype(np.int64)
 
 
+def calibrate_batch_norm(model, x):
+    """Set every BatchNormalization's moving statistics to those of ``x`` (one training-mode
+    pass with momentum 0). Freshly initialized statistics make the signal vanish through deep
+    networks, so their outputs would not depend on the input and parity would prove nothing."""
+    import keras
+
+    bns = [layer for layer in model._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model
+
+
 def keras_model_tflite(name: str, make_model, recipe: str = "float32", representative=None,
                        **convert_kwargs) -> bytes:
     """Build a Keras model with ``make_model()`` and convert it with a recipe, cached."""
@@ -123,3 +140,62 @@ def saved_model_tflite(name: str, make_module, signature_keys=None, **converter_
 
     return cached(name, build, inspect.getsource(make_module), signature_keys,
                   sorted(converter_attrs))
+
+
+def digits_trained_tflite(name: str, make_model, epochs: int = 3) -> bytes:
+    """``make_model()`` (an 8x8x1 -> 10 softmax classifier) trained ``epochs`` on the digits,
+    as a float32 ``.tflite``, cached: its outputs depend on its input."""
+
+    def make():
+        model = make_model()
+        model.compile("adam", "sparse_categorical_crossentropy")
+        x, y = digits()
+        model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=False)
+        return model
+
+    return keras_model_tflite(f"{name}-digits{epochs}", make)
+
+
+#: ai-edge-quantizer recipe per quantization kind it makes (TFLiteModel.quantization_kind).
+QUANTIZER_KINDS = ("weight-only-int8", "dynamic-range-int8", "weight-only-int4",
+                   "dynamic-range-int4", "dynamic-range-int4-blockwise-32", "dynamic-range-int2",
+                   "mixed")
+
+
+def _quantizer_recipe(kind: str):
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+
+    if kind == "mixed":  # int4 fully-connected weights, int8 elsewhere (LLM-style)
+        manager = recipe_manager.RecipeManager()
+        manager.add_dynamic_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+        manager.add_dynamic_config(".*", qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4)
+        return manager.get_quantization_recipe()
+    return {
+        "weight-only-int8": recipe.weight_only_wi8_afp32,
+        "dynamic-range-int8": recipe.dynamic_wi8_afp32,
+        "weight-only-int4": recipe.weight_only_wi4_afp32,
+        "dynamic-range-int4": recipe.dynamic_wi4_afp32,
+        "dynamic-range-int4-blockwise-32": recipe.dynamic_wi4b32_afp32,
+        "dynamic-range-int2": recipe.dynamic_wi2c_afp32,
+    }[kind]()
+
+
+_FLOAT_MODELS: dict[str, bytes] = {}
+
+
+def quantized_tflite(name: str, float_tflite: bytes, kind: str) -> bytes:
+    """``float_tflite`` quantized by ai-edge-quantizer (the pinned test dependency) with the
+    recipe of :data:`QUANTIZER_KINDS` named ``kind``; cached by the float model's content."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(float_tflite).hexdigest()
+    _FLOAT_MODELS[digest] = float_tflite  # held outside the builder: the digest is its key
+
+    def build():
+        from ai_edge_quantizer import quantizer
+
+        result = quantizer.Quantizer(bytearray(_FLOAT_MODELS[digest]), _quantizer_recipe(kind)
+                                     ).quantize(enable_progress_report=False)
+        return bytes(result.quantized_model)
+
+    return cached(f"{name}-{kind}", build, digest, kind, version("ai-edge-quantizer"))

@@ -15,7 +15,7 @@ from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 keras = pytest.importorskip("keras")
 
-RECIPE_KIND = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range",
+RECIPE_KIND = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range-int8",
                "full-int8": "full-int8", "int16x8": "int16x8"}
 
 
@@ -135,7 +135,7 @@ def test_missing_representative_data_for_full_int8(mlp, sources):
 
 def test_explicit_recipe_overrides_and_report_shows_the_change(mlp, sources):
     with pytest.raises(InterfaceChangedError, match=r"quantization kind: source 'none', "
-                                                    r"new 'dynamic-range'"):
+                                                    r"new 'dynamic-range-int8'"):
         export_tflite(copy_of(mlp), like=sources("float32"), recipe="dynamic-range")
 
 

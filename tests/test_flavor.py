@@ -100,7 +100,7 @@ def test_signature_inference(tmp_path, recipe):
     assert inp.name == next(iter(TFLiteModel(data).signatures[0].inputs))  # SignatureDef name
     params = {p.name: p.default for p in model.signature.params.params}
     assert params == {"signature_key": "serving_default", "dequantize": True}
-    expected = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range",
+    expected = {"float32": "none", "float16": "float16", "dynamic-range": "dynamic-range-int8",
                 "full-int8": "full-int8"}[recipe]
     tk = model.flavors["tflite_keras"]
     assert tk["quantization"] == expected

@@ -87,8 +87,10 @@ def test_convert_registers_keras_version_next_to_source(store):
     x = fm.digits()[0][:16]
     tflite_scores = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(x)
     keras_scores = np.asarray(keras_model.predict(x, verbose=0))
-    assert np.mean(tflite_scores.argmax(-1) == keras_scores.argmax(-1)) >= 0.8
-    np.testing.assert_allclose(keras_scores, tflite_scores, atol=0.05)
+    assert np.mean(tflite_scores.argmax(-1) == keras_scores.argmax(-1)) >= 0.9
+    # The model is trained: confident, input-dependent scores that a constant cannot match.
+    assert np.mean(keras_scores.argmax(-1) == fm.digits()[1][:16]) >= 0.8
+    np.testing.assert_allclose(keras_scores, tflite_scores, atol=0.03)
 
 
 def test_two_conversions_are_both_linked(store):
@@ -206,8 +208,9 @@ def test_served_keras_version_matches_served_tflite(tmp_path):
                 assert response.status_code == 200, response.text
                 answers[version] = np.asarray(response.json()["predictions"], np.float32)
         assert answers["1"].shape == answers["2"].shape == (8, 10)
-        np.testing.assert_allclose(answers["2"], answers["1"], atol=0.05)
-        assert np.mean(answers["1"].argmax(-1) == answers["2"].argmax(-1)) >= 0.75
+        np.testing.assert_allclose(answers["2"], answers["1"], atol=0.03)
+        assert np.mean(answers["1"].argmax(-1) == answers["2"].argmax(-1)) >= 0.875
+        assert np.mean(answers["2"].argmax(-1) == fm.digits()[1][100:108]) >= 0.75
     finally:
         mlflow.set_tracking_uri(None)
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

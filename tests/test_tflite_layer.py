@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import flavor_models as fm
-from model_factory import concrete_functions_tflite, keras_model_tflite
+from model_factory import calibrate_batch_norm, concrete_functions_tflite, keras_model_tflite
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -36,14 +36,8 @@ def make_mobilenet_backbone():
                                            include_top=False, pooling="avg")
     # With freshly initialized BatchNorm statistics the signal vanishes through the network
     # (features ~1e-12, all zeros once int8-quantized), so a head on top could learn nothing.
-    # Calibrate them on one batch (momentum 0: moving statistics = that batch's) instead.
-    x = np.random.default_rng(11).uniform(-1, 1, (32, 64, 64, 3)).astype(np.float32)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(x, training=True)
-    for bn in bns:
-        bn.momentum = 0.99
+    calibrate_batch_norm(model, np.random.default_rng(11).uniform(-1, 1, (32, 64, 64, 3))
+                         .astype(np.float32))
     return model
 
 

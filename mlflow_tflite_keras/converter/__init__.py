@@ -7,7 +7,11 @@ from mlflow_tflite_keras.converter.convert import (  # noqa: F401
     convert,
     to_keras,
 )
-from mlflow_tflite_keras.converter.registry import load_handlers, supported_operators  # noqa: F401
+from mlflow_tflite_keras.converter.registry import (  # noqa: F401
+    load_handlers,
+    supported_custom_operators,
+    supported_operators,
+)
 from mlflow_tflite_keras.converter.streaming import reset_streaming_state  # noqa: F401
 
 load_handlers()  # registers every handler and every package layer

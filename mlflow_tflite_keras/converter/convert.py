@@ -10,7 +10,7 @@ import keras
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
-from mlflow_tflite_keras.converter.registry import load_handlers
+from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
@@ -187,7 +187,7 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
     for index in sorted(called - {graph.subgraph_index}):  # bodies, branches, initializers
         ops += build_graph(graph.model, index).ops
     for op in ops:
-        if op.type not in handlers:
+        if not handles(handlers, op.type, op.is_custom):
             label = f"CUSTOM:{op.type}" if op.is_custom else op.type
             missing[label] += 1
             tensors = [t.name for t in op.outputs][:2]

@@ -1,5 +1,6 @@
-"""Generate ``docs/operators.md`` from the handler registry: one row per operator with its
-Keras layer, its family module and the tests that exercise it.
+"""Generate ``docs/operators.md`` from the handler registry: one row per operator (builtins,
+then custom operators by custom code) with its Keras layer, its family module and the tests
+that exercise it.
 
 Run: ``python -m mlflow_tflite_keras.converter.docs > docs/operators.md`` (``make docs``).
 """
@@ -23,7 +24,8 @@ def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
     for path in sorted(tests_dir.rglob("test_*.py")):
         tree = ast.parse(path.read_text())
         for node in tree.body:
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    or not node.name.startswith("test"):
                 continue
             literals = {n.value for n in ast.walk(node)
                         if isinstance(n, ast.Constant) and isinstance(n.value, str)}
@@ -38,6 +40,8 @@ def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
 def operators_markdown(tests_dir: Path | None = None) -> str:
     handlers = load_handlers()
     tests = tests_by_operator(tests_dir or REPO / "tests")
+    builtins = sorted(op for op, h in handlers.items() if not h.custom)
+    custom = sorted(op for op, h in handlers.items() if h.custom)
     lines = [
         "# Supported operators",
         "",
@@ -45,18 +49,28 @@ def operators_markdown(tests_dir: Path | None = None) -> str:
         "`python -m mlflow_tflite_keras.converter.docs` (`make docs`); a test checks it is "
         "current.",
         "",
-        f"{len(handlers)} TFLite builtin operators.",
+        f"{len(builtins)} TFLite builtin operators.",
         "",
-        "| operator | Keras layer | family | tests |",
-        "|---|---|---|---|",
+        *_table(builtins, handlers, tests),
+        "",
+        "## Custom operators",
+        "",
+        f"{len(custom)} custom operators, by custom code (options decoded as each op's "
+        "kernel reads them).",
+        "",
+        *_table(custom, handlers, tests),
     ]
-    for op in sorted(handlers):
+    return "\n".join(lines) + "\n"
+
+
+def _table(names, handlers, tests) -> list[str]:
+    lines = ["| operator | Keras layer | family | tests |", "|---|---|---|---|"]
+    for op in names:
         h = handlers[op]
         family = h.module.rsplit(".", 1)[-1]
         test_refs = "<br>".join(f"`{t}`" for t in tests.get(op, [])[:3]) or "—"
         lines.append(f"| `{op}` | {h.layer} | {family} | {test_refs} |")
-    return "\n".join(lines) + "\n"
-
+    return lines
 
 if __name__ == "__main__":
     sys.stdout.write(operators_markdown())

@@ -2,8 +2,9 @@
 
 Built from one subgraph of a :class:`~mlflow_tflite_keras.tflite_model.TFLiteModel`. Constant
 data is decoded once here, so handlers never see storage details: quantized constants are
-dequantized to float32 (per-tensor or per-channel along ``quantized_dimension``), float16
-becomes float32, sparse constants are densified. Index-like integer constants stay integers.
+dequantized to float32 (per-tensor, per-channel along ``quantized_dimension`` or blockwise;
+INT2 / INT4 / UINT4 unpacked first), float16 and bfloat16 become float32, sparse constants
+are densified. Index-like integer constants stay integers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from mlflow_tflite_keras.tflite_model import (
+    QUANTIZED_TYPES,
     OperatorInfo,
     Quantization,
     SubgraphInfo,
@@ -43,8 +45,7 @@ class Tensor:
 
     @property
     def is_quantized(self) -> bool:
-        return self.quantization is not None and self.type_name in (
-            "INT8", "UINT8", "INT16", "INT4", "INT32", "INT64")
+        return self.quantization is not None and self.type_name in QUANTIZED_TYPES
 
     @property
     def float_dtype(self) -> str:
@@ -167,14 +168,8 @@ def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
         from mlflow_tflite_keras.converter.sparsity import densify
 
         raw = densify(raw, t.sparsity, t.shape)
-    if t.quantization is not None and t.type_name in ("INT8", "UINT8", "INT16", "INT32", "INT64"):
-        return dequantize(raw, t.quantization)
+    if t.quantization is not None and t.type_name in QUANTIZED_TYPES:
+        return t.quantization.dequantize(raw)
     if raw.dtype == np.float16:
         return raw.astype(np.float32)
     return raw  # a read-only view into the model bytes: weights are not copied twice
-
-
-def dequantize(values: np.ndarray, q: Quantization) -> np.ndarray:
-    scale, zero_point = q.broadcast(values.ndim)
-    # asarray: a 0-d constant would otherwise come back as a numpy scalar, not an ndarray.
-    return np.asarray(((values.astype(np.float64) - zero_point) * scale).astype(np.float32))

@@ -114,6 +114,24 @@ def squared_difference(x, y):
 
 
 @extra_op
+def zero_pad_by_concat(x, pad_width):
+    """Zero padding written as concatenation with zero blocks. TensorFlow 2.21's oneDNN graph
+    rewrite crashes (SIGSEGV under ``tf.function``) when a zero ``Pad`` feeds the ``Add`` it
+    fuses into a biased 1x1 convolution, as in channel-padded residual shortcuts; a
+    concatenation computes the same values without that pattern."""
+    for axis, (before, after) in enumerate(pad_width):
+        if not before and not after:
+            continue
+        # zeros_like of a gathered slice keeps every other (possibly dynamic) dimension.
+        parts = [ops.zeros_like(ops.take(x, [0] * int(before), axis=axis))] if before else []
+        parts.append(x)
+        if after:
+            parts.append(ops.zeros_like(ops.take(x, [0] * int(after), axis=axis)))
+        x = ops.concatenate(parts, axis=axis)
+    return x
+
+
+@extra_op
 def truncate_divide(x, y):
     """Integer division rounding toward zero (TFLite integer DIV), in the inputs' dtype."""
     return ops.cast(ops.trunc(ops.divide(x, y)), keras.backend.result_type(x.dtype, y.dtype))

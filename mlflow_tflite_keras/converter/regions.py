@@ -51,6 +51,7 @@ import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.converter.registry import handles
 
 FILE_IDENTIFIER = b"TFL3"
 _UNCROSSABLE = ("RESOURCE", "VARIANT")
@@ -194,12 +195,13 @@ def select_ops(graph: Graph, handlers, *, wrap_unsupported: bool, wrap_ops=()) -
     selected: dict[int, str] = {}
     if wrap_unsupported:
         for op in graph.ops:
-            if op.type not in handlers:
+            if not handles(handlers, op.type, op.is_custom):
                 selected[op.index] = "unsupported"
                 continue
             model = graph.model
             for sg in _reachable(model, [op])[1:]:
-                if any(o.name not in handlers for o in model.subgraphs[sg].operators):
+                if any(not handles(handlers, o.name, o.opcode == "CUSTOM")
+                       for o in model.subgraphs[sg].operators):
                     selected[op.index] = "unsupported"
                     break
     unmatched = []
@@ -517,6 +519,7 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
                                     as_input=i in input_set,
                                     known=(known_shapes or {}).get(i)))
             tensor_map[i] = len(tensors) - 1
+            _renumber_quantization_tensors(tensors[-1], new_tensor)
         return tensor_map[i]
 
     for t in inputs:
@@ -572,13 +575,31 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
     return bytes(builder.Output())
 
 
+def _renumber_quantization_tensors(tensor, new_tensor):
+    """Blockwise quantization names its scales / zero points by tensor index: copy those
+    tensors too and point at their new numbers (on a copy: the source model is shared)."""
+    q = tensor.quantization
+    details = getattr(q, "details", None)
+    if not hasattr(details, "scales"):
+        return
+    q, details = copy.copy(q), copy.copy(details)
+    details.scales = new_tensor(int(details.scales))
+    if int(details.zeroPoints) >= 0:
+        details.zeroPoints = new_tensor(int(details.zeroPoints))
+    q.details = details
+    tensor.quantization = q
+
+
 def _encode(t: Tensor, value) -> np.ndarray:
-    """A float-domain build-time value in the tensor's storage type."""
-    from mlflow_tflite_keras.tflite_model import NUMPY_DTYPES
+    """A float-domain build-time value in the tensor's storage type (packed for INT4...)."""
+    from mlflow_tflite_keras.tflite_model import NUMPY_DTYPES, PACKED_BITS, pack_integers
 
     dtype = np.dtype(NUMPY_DTYPES.get(t.type_name) or np.float32)
     value = np.asarray(value)
     if t.quantization is not None and np.issubdtype(dtype, np.integer) and \
             np.issubdtype(value.dtype, np.floating):
-        value = t.quantization.quantize(value, dtype)
-    return np.ascontiguousarray(value.astype(dtype).reshape(t.shape))
+        value = t.quantization.quantize(value, t.type_name)
+    value = np.ascontiguousarray(value.astype(dtype).reshape(t.shape))
+    if t.type_name in PACKED_BITS:
+        return np.frombuffer(pack_integers(value, t.type_name), dtype=np.uint8)
+    return value

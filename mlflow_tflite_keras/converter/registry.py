@@ -3,6 +3,11 @@
 A handler is ``handler(op: ir.Op, ctx: BuildContext) -> list`` returning one value per output
 of ``op`` (a KerasTensor, or a numpy array when the result is constant). It is registered with
 the Keras layer(s) it produces, which ``docs/operators.md`` lists.
+
+Builtin operators are keyed by their schema name (``@register("CONV_2D", ...)``), custom
+operators by their custom code (``@register_custom("Convolution2DTransposeBias", ...)``): an
+``ir.Op``'s ``type`` is the one or the other. Both live in one table, so every lookup
+(``op.type in handlers``) serves both; a custom code equal to a builtin name is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ class Handler:
     convert: Callable
     layer: str  # the Keras layer(s) this op becomes, for docs and conversion reports
     module: str
+    custom: bool = False  # keyed by a custom code (a CUSTOM operator), not a builtin name
 
 
 HANDLERS: dict[str, Handler] = {}
@@ -24,13 +30,22 @@ HANDLERS: dict[str, Handler] = {}
 
 def register(*op_types: str, layer: str):
     """Decorator: ``@register("ADD", "SUB", layer="keras.layers.Add / KerasOp")``."""
+    return _register(op_types, layer, custom=False)
 
+
+def register_custom(*custom_codes: str, layer: str):
+    """Decorator for custom operators, keyed by custom code:
+    ``@register_custom("MaxUnpooling2D", layer="MaxUnpooling2D")``."""
+    return _register(custom_codes, layer, custom=True)
+
+
+def _register(keys, layer, custom):
     def decorate(fn):
-        for op_type in op_types:
-            if op_type in HANDLERS:
-                raise ValueError(f"Two handlers for {op_type}: {HANDLERS[op_type].module} "
+        for key in keys:
+            if key in HANDLERS:
+                raise ValueError(f"Two handlers for {key}: {HANDLERS[key].module} "
                                  f"and {fn.__module__}")
-            HANDLERS[op_type] = Handler(op_type, fn, layer, fn.__module__)
+            HANDLERS[key] = Handler(key, fn, layer, fn.__module__, custom)
         return fn
 
     return decorate
@@ -49,5 +64,17 @@ def load_handlers() -> dict[str, Handler]:
 
 
 def supported_operators() -> list[str]:
-    """Sorted names of the TFLite operators the converter rebuilds."""
-    return sorted(load_handlers())
+    """Sorted names of the TFLite builtin operators the converter rebuilds."""
+    return sorted(name for name, h in load_handlers().items() if not h.custom)
+
+
+def supported_custom_operators() -> list[str]:
+    """Sorted custom codes of the custom operators the converter rebuilds."""
+    return sorted(name for name, h in load_handlers().items() if h.custom)
+
+
+def handles(handlers: dict[str, Handler], op_type: str, is_custom: bool) -> bool:
+    """Whether ``handlers`` rebuild this operator: a builtin by name, a custom op by code
+    (a custom op whose code happens to equal a builtin name is not that builtin)."""
+    handler = handlers.get(op_type)
+    return handler is not None and handler.custom == is_custom

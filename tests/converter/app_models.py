@@ -1,11 +1,12 @@
-"""Whole-model test cases: Keras applications (weights=None), LSTM/GRU text models, a small
+"""Whole-model test cases: Keras applications (random weights, batch-norm statistics
+calibrated on data so that their outputs depend on the input), LSTM/GRU text models, a small
 transformer encoder and a U-Net, each converted with TFLiteConverter in several recipes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model_factory import keras_model_tflite
+from model_factory import calibrate_batch_norm, keras_model_tflite
 
 IMAGE = 64  # small inputs keep conversion and calibration fast; the graphs are the real ones
 
@@ -15,7 +16,8 @@ def _app(name, **kwargs):
 
     keras.utils.set_random_seed(0)
     cls = getattr(keras.applications, name)
-    return cls(weights=None, input_shape=(IMAGE, IMAGE, 3), classes=10, **kwargs)
+    model = cls(weights=None, input_shape=(IMAGE, IMAGE, 3), classes=10, **kwargs)
+    return calibrate_batch_norm(model, image_batch(32, seed=2))
 
 
 def make_mobilenet_v2():
@@ -53,7 +55,7 @@ def image_batch(n=16, seed=0):
 
 
 def app_tflite(name: str, recipe: str) -> bytes:
-    return keras_model_tflite(f"app-{name}", APPS[name], recipe,
+    return keras_model_tflite(f"app-calibrated-{name}", APPS[name], recipe,
                               representative=lambda: image_batch(16, seed=1))
 
 

@@ -9,6 +9,9 @@
     y = b.output((1, 5, 4))
     b.op("UNIDIRECTIONAL_SEQUENCE_RNN", [x, w, ...], [y], "SequenceRNNOptions", timeMajor=False)
     data = b.finish()
+
+Custom ops: ``b.custom_op("Convolution2DTransposeBias", [x, w, bias], [y], options_bytes)``
+(the options encoded as the op's kernel reads them).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class FlatModel:
         self.tensors: list = []
         self.buffers = [schema.BufferT()]
         self.operators: list = []
-        self.opcodes: list[str] = []
+        self.opcodes: list = []  # builtin names, or ("CUSTOM", code, version)
         self.inputs: list[int] = []
         self.outputs: list[int] = []
 
@@ -65,6 +68,18 @@ class FlatModel:
                             buffer=len(self.buffers) - 1, sparsity=sparsity,
                             quantization=quantization)
 
+    def stored_const(self, data: bytes, shape, type_name: str, name=None,
+                     quantization=None) -> int:
+        """A constant given as its buffer's bytes, of any TensorType (packed INT4 / UINT4 /
+        INT2, BFLOAT16, ...)."""
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(bytes(data), dtype=np.uint8)
+        self.buffers.append(buf)
+        i = self._tensor(shape, np.float32, name, buffer=len(self.buffers) - 1,
+                         quantization=quantization)
+        self.tensors[i].type = getattr(schema.TensorType, type_name)
+        return i
+
     def variable(self, shape, dtype=np.float32, name=None) -> int:
         return self._tensor(shape, dtype, name, variable=True)
 
@@ -75,6 +90,10 @@ class FlatModel:
         o.opcodeIndex = self.opcodes.index(name)
         o.inputs = [-1 if i is None else i for i in inputs]
         o.outputs = list(outputs)
+        custom_options = options.pop("custom_options", None)
+        if custom_options is not None:
+            o.customOptions = np.frombuffer(bytes(custom_options), dtype=np.uint8)
+            o.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
         if options_type:
             opts = getattr(schema, options_type + "T")()
             for k, v in options.items():
@@ -82,6 +101,11 @@ class FlatModel:
             o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
             o.builtinOptions = opts
         self.operators.append(o)
+
+    def custom_op(self, custom_code: str, inputs, outputs, custom_options: bytes = b"",
+                  version: int = 1):
+        self.op(("CUSTOM", custom_code, version), inputs, outputs,
+                custom_options=custom_options)
 
     def finish(self) -> bytes:
         sg = schema.SubGraphT()
@@ -95,8 +119,13 @@ class FlatModel:
         codes = []
         for name in self.opcodes:
             c = schema.OperatorCodeT()
+            if isinstance(name, tuple):  # ("CUSTOM", custom code, version)
+                _, c.customCode, c.version = name
+                name = "CUSTOM"
+            else:
+                c.version = 1
             code = getattr(schema.BuiltinOperator, name)
-            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            c.builtinCode, c.deprecatedBuiltinCode = code, min(code, 127)
             codes.append(c)
         model.operatorCodes = codes
         b = flatbuffers.Builder(1024)

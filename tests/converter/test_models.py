@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from converter.app_models import APPS, SMALL, app_tflite, image_batch, small_tflite
+from converter.op_harness import perturbed
 from mlflow_tflite_keras.converter import convert
 from mlflow_tflite_keras.converter.parity import check_parity
 
@@ -22,16 +23,45 @@ def reload(model, tmp_path):
     return keras.saving.load_model(path, safe_mode=True)
 
 
+# End-to-end tolerances for cases where the integer model itself drifts from the float
+# network it was made from (quantization noise amplified by random weights): each op is
+# still judged op by op (check_ops, within 1 step), so a wrong reconstruction fails anyway.
+APP_TOLERANCES = {}
+
+
+def assert_depends_on_input(outputs):
+    """Different inputs give different outputs (a constant model proves nothing)."""
+    for out in outputs:
+        spread = float(np.std(out, axis=0).max())
+        assert spread > 1e-3 * max(float(np.abs(out).max()), 1e-6), \
+            f"the outputs do not depend on the input (std {spread:.3g})"
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("app", list(APPS))
 def test_keras_application(app, recipe, tmp_path):
+    """Parity eager and compiled; quantized kinds also op by op; a 5% kernel change in the
+    middle of the network is rejected."""
     data = app_tflite(app, recipe)
     result = convert(data)
     x = image_batch(4)
-    report = check_parity(data, result.model, x)
+    tolerances = APP_TOLERANCES.get((app, recipe), {})
+    report = check_parity(data, result.model, x, tensor_map=result.report.tensor_map,
+                          **tolerances)
     assert report.passed, f"{app} {recipe}\n{report}"
+    assert report.compiled.passed and report.compiled.max_rel_diff <= 1e-5, str(report)
+    if recipe in ("dynamic-range", "full-int8"):
+        assert report.ops is not None and len(report.ops.tensors) >= 20, str(report)
+    assert_depends_on_input([np.asarray(result.model.predict_on_batch(x))])
+    undo = perturbed(result.model)
+    try:
+        wrong = check_parity(data, result.model, x, tensor_map=result.report.tensor_map,
+                             compiled=False, **tolerances)
+    finally:
+        undo()
+    assert not wrong.passed, f"{app} {recipe}: a 5% kernel change passed\n{wrong}"
     if recipe in ("float32", "full-int8"):
-        again = check_parity(data, reload(result.model, tmp_path), x)
+        again = check_parity(data, reload(result.model, tmp_path), x, **tolerances)
         assert again.passed, str(again)
 
 
@@ -41,8 +71,16 @@ def test_small_models(name, recipe, tmp_path):
     data = small_tflite(name, recipe)
     result = convert(data)
     x = SMALL[name][1](6)
-    report = check_parity(data, result.model, x)
+    report = check_parity(data, result.model, x, tensor_map=result.report.tensor_map)
     assert report.passed, f"{name} {recipe}\n{report}"
+    assert report.compiled.passed, str(report)
+    undo = perturbed(result.model)
+    try:
+        wrong = check_parity(data, result.model, x, tensor_map=result.report.tensor_map,
+                             compiled=False)
+    finally:
+        undo()
+    assert not wrong.passed, f"{name} {recipe}: a 5% kernel change passed\n{wrong}"
     again = check_parity(data, reload(result.model, tmp_path), x)
     assert again.passed, str(again)
 

@@ -83,7 +83,8 @@ def test_recurrent_text_model(kind, recipe):
     data = text_tflite(kind, recipe)
     tflite = TFLiteModel(data)
     assert "WHILE" in tflite.operator_names
-    assert tflite.quantization_kind == ("none" if recipe == "float32" else "dynamic-range")
+    assert tflite.quantization_kind == ("none" if recipe == "float32" else
+                                         "dynamic-range-int8")
     result = convert(data)
     model = result.model
     assert nested_layers(model, PerExample) and nested_layers(model, WhileLoop)

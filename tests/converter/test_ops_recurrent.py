@@ -129,7 +129,7 @@ def test_unidirectional_lstm_dynamic_range():
     # Weights under 1024 values stay float: 32x32 gate matrices are quantized to int8.
     data, _ = fused_lstm_tflite("dr", units=32, features=32, recipe="dynamic-range")
     tflite = TFLiteModel(data)
-    assert tflite.quantization_kind == "dynamic-range"
+    assert tflite.quantization_kind == "dynamic-range-int8"
     assert any(t.type_name == "INT8" for t in tflite.main.tensors)
     check_model(data, ["UNIDIRECTIONAL_SEQUENCE_LSTM"], rows((1, T, 32)))
 

@@ -1,6 +1,7 @@
 """Quantization family. The Keras model computes in float32, so QUANTIZE / DEQUANTIZE of
 activations are identities there (a requantize too); constants arrive already dequantized
-from the IR, so DEQUANTIZE of a float16 / int8 weight just passes the float value on."""
+from the IR (int8 / int4 / int2 / uint4, per-channel or blockwise; float16 / bfloat16), so
+DEQUANTIZE of a weight just passes the float value on."""
 
 from __future__ import annotations
 

@@ -476,6 +476,10 @@ def pad(op, ctx):
     if op.type == "PADV2" and op.input(2) is not None:
         value = float(np.asarray(ctx.const(op.input(2), "the pad value")).reshape(-1)[0])
     rank = len(pads)
+    if value == 0 and not ctx.is_const(x) and not _feeds_only_windows(op, ctx):
+        # A zero Pad feeding anything but a convolution/pooling window (e.g. the Add of a
+        # channel-padded shortcut) is written as a concatenation: see zero_pad_by_concat.
+        return [ctx.op(op, "zero_pad_by_concat", x, pad_width=pads)]
     if (batched(ctx, x) and value == 0 and rank in _ZERO_PADDING and pads[0] == [0, 0]
             and pads[-1] == [0, 0] and "float" in str(x.dtype)):
         spatial = [tuple(p) for p in pads[1:-1]]
@@ -486,6 +490,19 @@ def pad(op, ctx):
         if value == int(value):
             kwargs = {"constant_values": int(value)} if value else {}
     return [ctx.op(op, "pad", x, pad_width=pads, **kwargs)]
+
+
+_WINDOW_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "AVERAGE_POOL_2D",
+                         "MAX_POOL_2D", "L2_POOL_2D", "TRANSPOSE_CONV", "CONV_3D_TRANSPOSE"})
+
+
+def _feeds_only_windows(op, ctx) -> bool:
+    """Every consumer of the pad's output is a windowed op (the usual explicit padding of a
+    strided convolution or pooling), and no model output is taken from it."""
+    out = op.outputs[0].index
+    consumers = ctx.graph.consumers.get(out, [])
+    return bool(consumers) and all(c.type in _WINDOW_OPS for c in consumers) and \
+        out not in {t.index for t in ctx.graph.outputs}
 
 
 @register("MIRROR_PAD", layer="KerasOp(pad, reflect/symmetric)")

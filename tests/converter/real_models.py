@@ -1,0 +1,73 @@
+"""Test models shaped like real vendor models, generated and cached (model_factory).
+
+``blazeface``: a MediaPipe-style face detector: depthwise 3x3 + 1x1 convolution added to a
+max-pooled, channel-padded shortcut (the pattern that crashes TensorFlow 2.21's oneDNN graph
+rewrite when emitted as a zero Pad), two heads at two scales reshaped and concatenated into
+``regressors [1, 896, 16]`` and ``classificators [1, 896, 1]``, fixed batch 1 as shipped.
+Weights are random but the outputs depend on the input (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_factory import keras_model_tflite
+
+BLAZEFACE_INPUT = (128, 128, 3)
+
+
+def make_blazeface():
+    import keras
+    from keras import ops
+
+    class ChannelPad(keras.layers.Layer):
+        """The shortcut's zero channels (TFLite PAD), as MediaPipe's models have it."""
+
+        def __init__(self, extra, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = extra
+
+        def call(self, x):
+            return ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+    def blaze_block(x, out, stride=1):
+        cin = x.shape[-1]
+        h = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same")(x)
+        h = keras.layers.Conv2D(out, 1)(h)
+        shortcut = keras.layers.MaxPooling2D()(x) if stride == 2 else x
+        if out > cin:
+            shortcut = ChannelPad(out - cin)(shortcut)
+        return keras.layers.ReLU()(keras.layers.Add()([h, shortcut]))
+
+    keras.utils.set_random_seed(7)
+    image = keras.Input(BLAZEFACE_INPUT, batch_size=1, name="input")
+    x = keras.layers.Conv2D(24, 5, strides=2, padding="same", activation="relu")(image)
+    for out, stride in [(24, 1), (28, 1), (32, 2), (36, 1), (42, 1), (48, 2), (56, 1),
+                        (64, 1), (72, 1), (80, 1), (88, 1)]:
+        x = blaze_block(x, out, stride)
+    fine = x  # 16 x 16 x 88: 2 anchors per cell
+    for out, stride in [(96, 2), (96, 1), (96, 1)]:
+        x = blaze_block(x, out, stride)
+    coarse = x  # 8 x 8 x 96: 6 anchors per cell
+
+    def head(features, anchors, width, name):
+        y = keras.layers.Conv2D(anchors * width, 1, name=f"{name}_{anchors}")(features)
+        return keras.layers.Reshape((-1, width))(y)
+
+    regressors = keras.layers.Concatenate(axis=1, name="regressors")(
+        [head(fine, 2, 16, "reg"), head(coarse, 6, 16, "reg")])
+    classificators = keras.layers.Concatenate(axis=1, name="classificators")(
+        [head(fine, 2, 1, "cls"), head(coarse, 6, 1, "cls")])
+    return keras.Model(image, {"regressors": regressors, "classificators": classificators})
+
+
+def face_images(n: int = 2, seed: int = 0) -> np.ndarray:
+    """Smooth random images in [-1, 1] (MediaPipe's input range), batch of n."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (n, 16, 16, 3))
+    return np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2).astype(np.float32)
+
+
+def blazeface(recipe: str = "float32") -> bytes:
+    return keras_model_tflite("real-blazeface", make_blazeface, recipe,
+                              representative=lambda: face_images(16, seed=1))
