@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+from mlflow_tflite_keras.errors import InterfaceChangedError
+
+__all__ = ["RECIPES", "InterfaceChangedError", "InterfaceDifference", "InterfaceReport",
+           "compare_interfaces", "export_saved_model", "export_tflite", "keras_to_tflite",
+           "load_like", "normalize_recipe", "representative_dataset"]
+
 RECIPES = ("float32", "float16", "dynamic-range", "full-int8", "full-uint8", "int16x8")
 _ALIASES = {"none": "float32", "fp32": "float32", "fp16": "float16", "dynamic": "dynamic-range",
             "int8": "full-int8", "uint8": "full-uint8"}
@@ -180,19 +186,6 @@ class InterfaceReport:
         lines += [f"  - {d}" for d in self.differences]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-class InterfaceChangedError(MlflowException):
-    """``export_tflite`` produced a model whose interface differs from the source's."""
-
-    def __init__(self, report: InterfaceReport):
-        super().__init__(
-            "The exported model's interface differs from the source model's "
-            f"({len(report.differences)} difference(s)):\n"
-            + "\n".join(f"  - {d}" for d in report.differences)
-            + "\nPass allow_interface_changes=True to accept these changes.",
-            error_code=INVALID_PARAMETER_VALUE)
-        self.report = report
 
 
 def _fmt(value) -> str:

@@ -22,7 +22,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__, lineage
+from mlflow_tflite_keras.errors import ActionableError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
+
+__all__ = ["FinetuneResult", "ROLE_EXPORTED", "ROLE_FINETUNED", "finetune", "load_training_data"]
 
 _logger = logging.getLogger(__name__)
 
@@ -124,6 +128,7 @@ def _training_view(keras_model, y, streaming: bool):
     return keras_model
 
 
+@keras_noise_silenced()
 def finetune(
     model_uri: str,
     data,
@@ -198,8 +203,11 @@ def finetune(
     keras_name = registered_model_name or source.registered_name
     tflite_name = tflite_registered_model_name or tflite_source.registered_name
     if not keras_name or not tflite_name:
-        raise MlflowException("The source is not registered: pass registered_model_name and "
-                              "tflite_registered_model_name.", error_code=INVALID_PARAMETER_VALUE)
+        raise ActionableError(
+            f"'{model_uri}' is not a registered model version.",
+            {k: None for k, v in (("registered_model_name", keras_name),
+                                  ("tflite_registered_model_name", tflite_name)) if not v},
+            "to choose where the new versions are registered")
 
     with start_run(experiment_id=experiment_id or source.experiment_id,
                    run_name=f"finetune-{keras_name}") as run:
@@ -248,8 +256,7 @@ def finetune(
             tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
                            lineage.TAG_PREFIX + "recipe_source": tflite_uri,
                            lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,
-                           **{lineage.PARITY_PREFIX + k: f"{v:.6g}"
-                              for k, v in parity.metrics(prefix="").items()}}
+                           lineage.PARITY_PASSED: str(int(parity.passed))}
             tflite_version = mlflow.register_model(tflite_info.model_uri, tflite_name,
                                                    await_registration_for, tags=tflite_tags)
             client.set_model_version_tag(tflite_name, tflite_version.version, lineage.CHAIN,

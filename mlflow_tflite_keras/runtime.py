@@ -17,6 +17,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
 
+__all__ = ["SignatureSpec", "TFLiteRunner", "TensorSpec"]
+
 
 # Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
 # interpreter arena, outputs of one invoke) stays bounded whatever the request size.

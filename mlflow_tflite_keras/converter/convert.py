@@ -12,15 +12,12 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
 from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
+from mlflow_tflite_keras.errors import UnsupportedOperatorsError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
-
-class UnsupportedOperatorsError(MlflowException):
-    """The model has operators the converter cannot rebuild (all listed at once)."""
-
-    def __init__(self, message, unsupported: dict[str, int]):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-        self.unsupported = unsupported
+__all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "check_supported",
+           "convert", "to_keras"]
 
 
 @dataclass
@@ -69,6 +66,7 @@ def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None
                    unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful).model
 
 
+@keras_noise_silenced()
 def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None,
             unsupported: str = "error", wrap_ops=(), stateful: bool = False
             ) -> ConversionResult:
@@ -198,8 +196,7 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
                  sorted(missing.items())]
         raise UnsupportedOperatorsError(
             f"The model has {sum(missing.values())} operator(s) the converter cannot rebuild:\n"
-            + "\n".join(lines) + "\nPass unsupported='wrap' to run them as embedded, frozen "
-            "TFLiteLayers (hybrid conversion).", dict(missing))
+            + "\n".join(lines), dict(missing))
 
 
 def _batched(graph: Graph) -> bool:

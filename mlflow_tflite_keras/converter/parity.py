@@ -15,12 +15,18 @@ from mlflow_tflite_keras.converter.compiled import (
     compare_compiled,
     predict_compiled,
 )
+from mlflow_tflite_keras.errors import reject_unknown_keywords
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, tolerance_family
 
 # Each op of a full-integer model, fed the interpreter's own (integer) inputs, is within this
 # many quantization steps of the integer kernel (measured: <= 0.8 on every builtin's tests).
 OP_MAX_STEPS = 1.0
+
+__all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
+           "check_parity", "locate_divergence", "output_roles", "sample_inputs",
+           "snap_to_input_grid"]
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
@@ -30,15 +36,30 @@ DEFAULT_TOLERANCES = {
     "float16": {"max_rel_error": 1e-3},
     # float compute on the dequantized weights, as the Keras model does: float noise
     "weight-only": {"max_rel_error": 1e-4},
-    # Hybrid kernels quantize activations on the fly: end to end, judged by direction and
-    # decisions; each op within 1% of its output range by check_ops (measured <= 0.4%).
-    "dynamic-range": {"min_cosine": 0.99, "min_top1": 0.8, "op_max_rel_error": 1e-2},
-    # Full-integer kinds: rounding accumulates over layers, so end to end a float model is
-    # judged by direction and decisions; each op is judged in steps by check_ops.
-    "full-int8": {"min_cosine": 0.95, "min_top1": 0.8, "op_max_steps": OP_MAX_STEPS},
-    "full-uint8": {"min_cosine": 0.95, "min_top1": 0.8, "op_max_steps": OP_MAX_STEPS},
-    "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99, "op_max_steps": OP_MAX_STEPS},
+    "dynamic-range": {"max_rel_error": 5e-2, "min_cosine": 0.99},
+    "full-int8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
+    "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
+    "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99},
 }
+# What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``: every limit a
+# default uses, and those only callers set.
+TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key in limits}
+                          | {"max_abs_error", "max_rel_error", "max_steps", "min_cosine",
+                             "min_top1"}))
+
+# Kinds whose activations the interpreter quantizes are checked op by op (check_ops): each op
+# fed the interpreter's own inputs is within 1 step of its integer kernel (full-integer), or
+# 1% of its range for hybrid kernels (measured: <= 0.8 steps, <= 0.4%). Rounding accumulates
+# over layers, so where the op-by-op check runs, end to end only top-1 decisions are judged
+# by default (the other figures are reported); where it cannot run (a Keras model that is
+# not a reconstruction), the end-to-end defaults above apply.
+OP_BY_OP_TOLERANCES = {
+    "dynamic-range": {"op_max_rel_error": 1e-2},
+    "full-int8": {"op_max_steps": OP_MAX_STEPS},
+    "full-uint8": {"op_max_steps": OP_MAX_STEPS},
+    "int16x8": {"op_max_steps": OP_MAX_STEPS},
+}
+_OP_LIMITS = ("op_max_steps", "op_max_rel_error")
 
 
 @dataclass
@@ -278,6 +299,7 @@ def _prepare(tflite_model, inputs, n_samples, seed, signature_key):
     return model, runner, spec, inputs
 
 
+@keras_noise_silenced()
 def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                  signature_key=None, seed: int = 0, debug: bool = False, tensor_map=None,
                  compiled=True, **tolerances) -> ParityReport:
@@ -304,13 +326,29 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
         return check_sequence_parity(tflite_model, keras_model, inputs, n_samples=n_samples,
                                      seed=seed, signature_key=signature_key, debug=debug,
                                      compiled=compiled, **tolerances)
+    reject_unknown_keywords("check_parity", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
     feed = _keras_feed(keras_model, spec, inputs)
     actual = as_output_list(keras_model(feed, training=False))
-    limits = {**DEFAULT_TOLERANCES.get(tolerance_family(model.quantization_kind), {}),
-              **tolerances}
+    family = tolerance_family(model.quantization_kind)
+    op_limits = {**OP_BY_OP_TOLERANCES.get(family, {}),
+                 **{k: v for k, v in tolerances.items() if k in _OP_LIMITS}}
+    ops = notes = None
+    if op_limits:
+        try:
+            ops = check_ops(model, keras_model, inputs, tensor_map=tensor_map,
+                            signature_key=signature_key,
+                            max_steps=op_limits.get("op_max_steps", OP_MAX_STEPS),
+                            max_rel_error=op_limits.get("op_max_rel_error", 1e-4))
+        except ValueError as e:
+            notes = [f"not checked op by op ({e}): judged end to end"]
+    defaults = DEFAULT_TOLERANCES.get(family, {})
+    if ops is not None:
+        defaults = {k: v for k, v in defaults.items() if k == "min_top1"}
+    limits = {**defaults, **op_limits, **{k: v for k, v in tolerances.items()
+                                           if k not in _OP_LIMITS}}
     roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
 
     def compare_all(values):
@@ -333,14 +371,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
             report.compiled = compare_compiled(actual, values)
             report.compiled_outputs = compare_all(values) if len(values) == len(actual) \
                 else None
-    if "op_max_steps" in limits or "op_max_rel_error" in limits:
-        try:
-            report.ops = check_ops(model, keras_model, inputs, tensor_map=tensor_map,
-                                   signature_key=signature_key,
-                                   max_steps=limits.get("op_max_steps", OP_MAX_STEPS),
-                                   max_rel_error=limits.get("op_max_rel_error", 1e-4))
-        except ValueError as e:
-            report.notes.append(f"not checked op by op: {e}")
+    report.ops = ops
+    report.notes = notes or []
     if debug:
         report.divergence = locate_divergence(model, keras_model, inputs,
                                               signature_key=signature_key,
@@ -503,6 +535,7 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
     only). ``debug`` (intermediate tensors of one invoke) is not available for streaming
     models.
     """
+    reject_unknown_keywords("check_sequence_parity", tolerances, TOLERANCES)
     if debug:
         raise ValueError("debug=True compares the intermediate tensors of one invoke; a "
                          "streaming model is compared as frame sequences, without it.")
@@ -553,10 +586,7 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
 # ---- debug mode: where does the Keras model start to differ? --------------------------------
 
 # Tolerances that judge a whole model's outputs but not an intermediate tensor.
-_OUTPUT_ONLY_LIMITS = ("min_top1", "op_max_steps", "op_max_rel_error")
-# Intermediate tensors compared end to end (locate_divergence) accumulate rounding.
-_CUMULATIVE_LIMITS = {"full-int8": {"max_steps": 8.0}, "full-uint8": {"max_steps": 8.0},
-                      "int16x8": {"max_steps": 8.0}, "dynamic-range": {"max_rel_error": 5e-2}}
+_OUTPUT_ONLY_LIMITS = ("min_top1", *_OP_LIMITS)
 
 
 @dataclass
@@ -639,6 +669,7 @@ class DivergenceReport:
         return "\n".join(rows)
 
 
+@keras_noise_silenced()
 def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None,
                       n_samples: int = 2, signature_key=None, seed: int = 0,
                       **tolerances) -> DivergenceReport:
@@ -658,16 +689,16 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
     """
     import keras
 
+    reject_unknown_keywords("locate_divergence", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
     if tensor_map is None:
         from mlflow_tflite_keras.converter.convert import convert
 
         tensor_map = convert(model, signature_key=signature_key).report.tensor_map
-    family = tolerance_family(model.quantization_kind)
-    limits = dict(_CUMULATIVE_LIMITS.get(family, {}))
-    limits.update({k: v for k, v in {**DEFAULT_TOLERANCES.get(family, {}),
-                                     **tolerances}.items() if k not in _OUTPUT_ONLY_LIMITS})
+    defaults = DEFAULT_TOLERANCES.get(tolerance_family(model.quantization_kind), {})
+    limits = {k: v for k, v in {**defaults, **tolerances}.items()
+              if k not in _OUTPUT_ONLY_LIMITS}
 
     from mlflow_tflite_keras.converter.ir import build_graph
 
