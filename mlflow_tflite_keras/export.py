@@ -23,7 +23,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.errors import InterfaceChangedError
 
 __all__ = ["RECIPES", "InterfaceChangedError", "InterfaceDifference", "InterfaceReport",
-           "compare_interfaces", "export_saved_model", "export_tflite", "keras_to_tflite",
+           "compare_interfaces", "export_saved_model", "export_streaming_tflite",
+           "export_tflite", "keras_to_tflite",
            "load_like", "normalize_recipe", "representative_dataset"]
 
 RECIPES = ("float32", "float16", "dynamic-range", "full-int8", "full-uint8", "int16x8")

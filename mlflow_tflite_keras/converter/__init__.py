@@ -15,6 +15,6 @@ from mlflow_tflite_keras.converter.registry import (  # noqa: F401
 from mlflow_tflite_keras.converter.streaming import reset_streaming_state  # noqa: F401
 
 __all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "convert",
-           "load_handlers", "supported_operators", "to_keras"]
+           "load_handlers", "reset_streaming_state", "supported_operators", "to_keras"]
 
 load_handlers()  # registers every handler and every package layer

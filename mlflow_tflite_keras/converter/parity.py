@@ -25,8 +25,8 @@ from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, toleran
 OP_MAX_STEPS = 1.0
 
 __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
-           "check_parity", "locate_divergence", "output_roles", "sample_inputs",
-           "snap_to_input_grid"]
+           "check_parity", "check_sequence_parity", "locate_divergence", "output_roles",
+           "sample_inputs", "sample_sequences", "snap_to_input_grid", "streaming_reference"]
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by

@@ -43,6 +43,9 @@ from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
 from mlflow_tflite_keras.converter.registry import Handler
 
+__all__ = ["StreamingCell", "StreamingRNN", "convert_streaming", "is_streaming",
+           "reset_streaming_state", "state_variables", "streaming_layer"]
+
 # ---- layers -----------------------------------------------------------------------------------
 
 
