@@ -303,9 +303,13 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
 @click.option("--max-rel-error", type=float, help="Parity tolerance override.")
 @click.option("--min-cosine", type=float, help="Parity tolerance override.")
 @click.option("--min-top1", type=float, help="Parity tolerance override.")
+@click.option("--max-steps", type=float,
+              help="Parity tolerance override (quantized outputs, in quantization steps).")
+@click.option("--time-steps", type=click.IntRange(min=1),
+              help="Streaming (stateful) models: frames per sequence compared (default 32).")
 @_verbose_option
 def convert(model_uri, registered_model_name, alias, experiment_id, method, unsupported,
-            wrap_ops, max_rel_error, min_cosine, min_top1):
+            wrap_ops, max_rel_error, min_cosine, min_top1, max_steps, time_steps):
     """Reconstruct a logged .tflite model (a model URI, or a local .tflite file with
     --registered-model-name) as Keras, check parity, and register the Keras version next to
     the source version with lineage tags both ways."""
@@ -321,7 +325,8 @@ def convert(model_uri, registered_model_name, alias, experiment_id, method, unsu
     else:
         _tracking()
     tolerances = {k: v for k, v in (("max_rel_error", max_rel_error), ("min_cosine", min_cosine),
-                                    ("min_top1", min_top1)) if v is not None}
+                                    ("min_top1", min_top1), ("max_steps", max_steps),
+                                    ("time_steps", time_steps)) if v is not None}
     try:
         version = register_keras_version(model_uri, registered_model_name=registered_model_name,
                                          alias=alias, experiment_id=experiment_id,

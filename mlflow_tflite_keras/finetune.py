@@ -90,19 +90,42 @@ def _chain(client: MlflowClient, name: str | None, version: str | None) -> list[
     return [parent, _ref(mv)] if parent else [_ref(mv)]
 
 
-def _default_loss(model, y):
+def _default_loss(model, y, head=None):
     """Sparse categorical cross-entropy for integer labels on a multi-class output (on
     probabilities when the model ends in softmax), mean squared error otherwise."""
     import keras
 
     out_dim = model.outputs[0].shape[-1]
-    if np.issubdtype(np.asarray(y).dtype, np.integer) and np.asarray(y).ndim == 1 and \
-            out_dim and out_dim > 1:
-        last = model.layers[-1]
+    # One integer label per output row: [N] for [N, C] outputs, [N, T] for [N, T, C].
+    if np.issubdtype(np.asarray(y).dtype, np.integer) and \
+            np.asarray(y).ndim == len(model.outputs[0].shape) - 1 and out_dim and out_dim > 1:
+        last = (head or model).layers[-1]
+        if hasattr(last, "cell") and hasattr(last.cell, "step_model"):  # streaming model
+            last = last.cell.step_model.layers[-1]
         probabilities = getattr(last, "__class__", None).__name__ == "Softmax" or \
             getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
         return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
     return keras.losses.MeanSquaredError()
+
+
+def _training_view(keras_model, y, streaming: bool):
+    """The model ``fit`` trains: ``keras_model`` itself, or for a streaming model with one
+    target per sequence (``y`` without the time axis) a view of it answering with the last
+    step's output (same weights, so training it trains ``keras_model``)."""
+    import keras
+
+    if not streaming:
+        return keras_model
+    per_step_rank = len(keras_model.outputs[0].shape)  # [N, T, *out]
+    y = np.asarray(y)
+    integer = np.issubdtype(y.dtype, np.integer)
+    if y.ndim == per_step_rank - (2 if integer else 1):  # no time axis: one per sequence
+        from mlflow_tflite_keras.converter.layers import KerasOp
+
+        last = KerasOp("getitem", fn_kwargs={"index": [[None, None, None], -1]},
+                       name="last_step")(keras_model.outputs[0])
+        return keras.Model(keras_model.inputs, last, name=f"{keras_model.name}_last_step")
+    return keras_model
 
 
 @keras_noise_silenced()
@@ -169,6 +192,12 @@ def finetune(
     x, y = (load_training_data(data, input_shape=input_shape) if isinstance(data, str)
             else data)
     x = np.asarray(x, dtype=keras_model.inputs[0].dtype or "float32")
+    from mlflow_tflite_keras.export import _streaming_layer
+
+    # A streaming model trains on sequences [N, time, *frame], with targets per step or per
+    # sequence; its .tflite takes frames, one per invoke.
+    streaming = _streaming_layer(keras_model) is not None
+    trained = _training_view(keras_model, y, streaming)
     parent_chain = (_chain(client, source.registered_name, source.version)
                     if source.registered_name else [model_uri])
     keras_name = registered_model_name or source.registered_name
@@ -184,16 +213,16 @@ def finetune(
                    run_name=f"finetune-{keras_name}") as run:
         try:
             mlflow.set_tags({lineage.ROLE: ROLE_FINETUNED, lineage.SOURCE_URI: model_uri})
-            loss = loss or _default_loss(keras_model, y)
+            loss = loss or _default_loss(trained, y, head=keras_model)
             mlflow.log_params({"source_model_uri": model_uri, "epochs": epochs,
                                "batch_size": batch_size, "learning_rate": learning_rate,
                                "loss": getattr(loss, "name", str(loss)), "train_rows": len(x),
                                "converter_version": __version__})
-            keras_model.compile(keras.optimizers.Adam(learning_rate), loss=loss,
-                                metrics=["accuracy"] if isinstance(
-                                    loss, keras.losses.SparseCategoricalCrossentropy) else [])
+            trained.compile(keras.optimizers.Adam(learning_rate), loss=loss,
+                            metrics=["accuracy"] if isinstance(
+                                loss, keras.losses.SparseCategoricalCrossentropy) else [])
             say(f"Fine-tuning for {epochs} epoch(s) on {len(x)} rows ...")
-            history = keras_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+            history = trained.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
                                       validation_data=validation_data,
                                       callbacks=[mlflow.keras.MlflowCallback()])
             say("Exporting a .tflite with the source's recipe and interface ...")
@@ -209,7 +238,7 @@ def finetune(
             say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
             keras_info = Model.log(artifact_path=None, name="keras_model",
                                    flavor=lineage._KERAS_FLAVOR, model=keras_model,
-                                   signature=lineage._keras_signature(
+                                   signature=None if streaming else lineage._keras_signature(
                                        Model.load(tflite_uri)))
             keras_tags = {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
                           lineage.SOURCE_URI: model_uri,
@@ -222,7 +251,8 @@ def finetune(
 
             say(f"Registering the exported .tflite under '{tflite_name}' ...")
             tflite_info = mlflow.tflite_keras.log_model(new_bytes, name="tflite_model",
-                                                        input_example=x[:2])
+                                                        input_example=x[0, :8] if streaming
+                                                        else x[:2])
             tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
                            lineage.TAG_PREFIX + "recipe_source": tflite_uri,
                            lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,

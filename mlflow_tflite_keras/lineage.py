@@ -122,6 +122,11 @@ def register_keras_version(
     regions it cannot rebuild are embedded as frozen ``TFLiteLayer``s (listed in the
     conversion report) instead of failing.
 
+    A streaming (stateful) source becomes a recurrent Keras model over frame sequences
+    (:mod:`mlflow_tflite_keras.converter.streaming`); parity then compares sequences fed to
+    the interpreter one frame per invoke (``parity_inputs``: ``[n, time, *frame]``; random
+    sequences by default, ``tolerances={"time_steps": T}`` sets their length).
+
     Atomic: if conversion or parity fails, no version is created, the source is untouched,
     and the run ends FAILED with the reason logged (tag ``tflite_keras.failure``).
     """
@@ -177,7 +182,13 @@ def register_keras_version(
                                 "conversion_report.json")
                 say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
                     "separate process) ...")
-                inputs = parity_inputs if parity_inputs is not None else input_example
+                from mlflow_tflite_keras.converter.streaming import is_streaming
+
+                # A streaming source is compared on frame sequences (check_parity does it);
+                # its input example is a handful of frames, so random sequences by default.
+                streaming = is_streaming(loaded.model)
+                inputs = parity_inputs if parity_inputs is not None else \
+                    (None if streaming else input_example)
                 # Compiled in a child process: a graph that crashes TensorFlow's runtime is
                 # reported as a failed check, and never registered.
                 report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
@@ -190,8 +201,9 @@ def register_keras_version(
                 say("Logging the Keras model ...")
                 info = Model.log(
                     artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
-                    model=keras_model, signature=_keras_signature(source_info),
-                    input_example=_keras_input_example(input_example, source_info),
+                    model=keras_model,
+                    signature=None if streaming else _keras_signature(source_info),
+                    input_example=_keras_input_example(input_example, source_info, streaming),
                 )
                 tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, chosen)
                 mlflow.set_logged_model_tags(info.model_id, tags)
@@ -367,12 +379,14 @@ def _keras_signature(source_info: Model):
     return ModelSignature(inputs=signature.inputs, outputs=signature.outputs)
 
 
-def _keras_input_example(example, source_info):
+def _keras_input_example(example, source_info, streaming: bool = False):
     if example is None or isinstance(example, dict):
         return example
     schema = source_info.get_input_schema()
     if schema is not None and schema.is_tensor_spec():
-        return np.asarray(example, dtype=schema.numpy_types()[0])
+        example = np.asarray(example, dtype=schema.numpy_types()[0])
+    if streaming:  # the source's rows are frames of one stream: one sequence for the RNN
+        example = np.asarray(example, dtype=np.float32)[None]
     return example
 
 

@@ -239,6 +239,9 @@ class _Session:
         self.wrapper = interpreter._interpreter
         self.shapes: dict[tuple[int, int], tuple[int, ...]] = {}
         self.refuses: set[tuple[int, tuple]] = set()
+        # allocate_tensors() allocates the primary subgraph only; another signature's
+        # subgraph is allocated on its first use.
+        self.allocated: set[int] = {0}
 
     def _resize(self, sg: int, spec: SignatureSpec, arrays):
         changed = False
@@ -249,8 +252,9 @@ class _Session:
                                                False, sg)
                 self.shapes[key] = tuple(a.shape)
                 changed = True
-        if changed:
+        if changed or sg not in self.allocated:
             self.wrapper.AllocateTensors(sg)
+            self.allocated.add(sg)
 
     def can_resize(self, sg, spec, arrays) -> bool:
         key = (sg, tuple(a.shape for a in arrays))

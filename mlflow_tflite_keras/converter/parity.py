@@ -25,8 +25,8 @@ from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, toleran
 OP_MAX_STEPS = 1.0
 
 __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
-           "check_parity", "locate_divergence", "output_roles", "sample_inputs",
-           "snap_to_input_grid"]
+           "check_parity", "check_sequence_parity", "locate_divergence", "output_roles",
+           "sample_inputs", "sample_sequences", "snap_to_input_grid", "streaming_reference"]
 
 # Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
 # by the output's value range; quantized kinds are judged in output quantization steps and by
@@ -323,6 +323,10 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     (:func:`locate_divergence`, ``tensor_map`` as there) and stores the result in
     ``report.divergence``.
     """
+    if _is_streaming_source(tflite_model, signature_key):  # state across invokes: sequences
+        return check_sequence_parity(tflite_model, keras_model, inputs, n_samples=n_samples,
+                                     seed=seed, signature_key=signature_key, debug=debug,
+                                     compiled=compiled, **tolerances)
     reject_unknown_keywords("check_parity", tolerances, TOLERANCES)
     model, runner, spec, inputs = _prepare(tflite_model, inputs, n_samples, seed,
                                            signature_key)
@@ -449,6 +453,135 @@ def _beyond_saturation(err, expected, actual, quantization, bounds) -> np.ndarra
     at_high, at_low = expected >= high - tol, expected <= low + tol
     err = np.where(at_high, np.maximum(expected - actual, 0.0), err)
     return np.where(at_low, np.maximum(actual - expected, 0.0), err)
+
+
+# ---- streaming (stateful) models: sequences, one frame per invoke ------------------------------
+
+#: Frames per sequence that :func:`check_sequence_parity` compares by default.
+DEFAULT_TIME_STEPS = 32
+
+
+def _is_streaming_source(tflite_model, signature_key=None) -> bool:
+    from mlflow_tflite_keras.converter.streaming import is_streaming
+
+    model = TFLiteModel.load(tflite_model)
+    return is_streaming(model, model.signature(signature_key).subgraph_index)
+
+
+def sample_sequences(tflite_model, n: int = 4, time_steps: int = DEFAULT_TIME_STEPS,
+                     seed: int = 0, signature_key=None) -> dict[str, np.ndarray]:
+    """Random frame sequences ``[n, time_steps, *frame]`` for a streaming model's inputs (each
+    frame drawn as :func:`sample_inputs` draws a row)."""
+    model = TFLiteModel.load(tflite_model)
+    spec = TFLiteRunner(model).signature(signature_key)
+    rows = sample_inputs(model, n * time_steps, seed, signature_key)
+    return {s.name: rows[s.name].reshape(n, time_steps, *s.shape[1:]) for s in spec.inputs}
+
+
+def streaming_reference(tflite_model, sequences: dict, signature_key=None
+                        ) -> dict[str, np.ndarray]:
+    """What the interpreter answers to each sequence fed one frame per invoke, from the
+    model's initial state (a fresh interpreter per sequence): name -> ``[n, time, *out]``."""
+    model = TFLiteModel.load(tflite_model)
+    runner = TFLiteRunner(model)
+    spec = runner.signature(signature_key)
+    n = next(iter(sequences.values())).shape[0]
+    per_sequence = []
+    for i in range(n):
+        # A stateful model gets a fresh interpreter per call and runs the rows in order.
+        frames = {s.name: np.asarray(sequences[s.name][i]) for s in spec.inputs}
+        per_sequence.append(runner.predict(frames, signature_key=signature_key,
+                                           dequantize=True))
+    return {o.name: np.stack([p[o.name] for p in per_sequence]) for o in spec.outputs}
+
+
+def _keras_sequences(keras_model, sequences: np.ndarray) -> list[np.ndarray]:
+    """The Keras model's outputs (in order) on ``[n, time, *frame]``: the sequence model in
+    one call, a stateful (one frame per call) model frame by frame, reset before each
+    sequence."""
+    import keras
+
+    from mlflow_tflite_keras.converter.streaming import reset_streaming_state, streaming_layer
+
+    def as_list(result):
+        result = list(result.values()) if isinstance(result, dict) else \
+            list(result) if isinstance(result, (list, tuple)) else [result]
+        return [np.asarray(keras.ops.convert_to_numpy(r)) for r in result]
+
+    layer = streaming_layer(keras_model)
+    if layer is None or not layer.stateful:
+        return as_list(keras_model(sequences, training=False))
+    per_sequence = []
+    for sequence in sequences:
+        reset_streaming_state(keras_model)
+        steps = [as_list(keras_model(frame[None], training=False)) for frame in sequence]
+        per_sequence.append([np.stack([s[k][0] for s in steps]) for k in range(len(steps[0]))])
+    reset_streaming_state(keras_model)
+    return [np.stack([p[k] for p in per_sequence]) for k in range(len(per_sequence[0]))]
+
+
+def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
+                          time_steps: int = DEFAULT_TIME_STEPS, n_samples: int = 4,
+                          signature_key=None, seed: int = 0, debug: bool = False,
+                          compiled=True, **tolerances) -> ParityReport:
+    """Parity of a streaming model: the interpreter fed ``time_steps`` frames one invoke at a
+    time against the Keras model (from ``to_keras``) fed the same frames as a sequence.
+
+    ``inputs``: ``[n, time, *frame]`` frames (an array, or a dict by input name) in the float
+    domain; random when None (``n_samples`` sequences of ``time_steps`` frames, each frame
+    within the input's range). Every step of every sequence is compared, with the same
+    tolerances as :func:`check_parity` (quantized outputs in quantization steps);
+    ``report.n_samples`` counts frames. ``compiled`` as in :func:`check_parity` (the sequence
+    model through ``model.predict`` too; a stateful one-frame model is run frame by frame
+    only). ``debug`` (intermediate tensors of one invoke) is not available for streaming
+    models.
+    """
+    reject_unknown_keywords("check_sequence_parity", tolerances, TOLERANCES)
+    if debug:
+        raise ValueError("debug=True compares the intermediate tensors of one invoke; a "
+                         "streaming model is compared as frame sequences, without it.")
+    if int(time_steps) < 1:
+        raise ValueError(f"time_steps must be >= 1, got {time_steps}.")
+    model = TFLiteModel.load(tflite_model)
+    spec = TFLiteRunner(model).signature(signature_key)
+    if len(spec.inputs) != 1:
+        raise ValueError("check_sequence_parity takes streaming models with one input.")
+    if inputs is None:
+        inputs = sample_sequences(model, n_samples, int(time_steps), seed, signature_key)
+    elif not isinstance(inputs, dict):
+        inputs = {spec.inputs[0].name: np.asarray(inputs)}
+    sequences = np.asarray(inputs[spec.inputs[0].name])
+    expected = streaming_reference(model, inputs, signature_key)
+    actual = _keras_sequences(keras_model, sequences)
+    limits = {**DEFAULT_TOLERANCES.get(tolerance_family(model.quantization_kind), {}),
+              **tolerances}
+    roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
+
+    def compare_all(values):
+        if len(values) != len(spec.outputs):
+            raise MlflowException(
+                f"The Keras model has {len(values)} outputs; the .tflite signature has "
+                f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
+                error_code=INVALID_PARAMETER_VALUE)
+        return [_compare(o, expected[o.name], values[i], limits, *roles[i])
+                for i, o in enumerate(spec.outputs)]
+
+    report = ParityReport(model.quantization_kind,
+                          int(sequences.shape[0] * sequences.shape[1]), limits,
+                          compare_all(actual))
+    from mlflow_tflite_keras.converter.streaming import streaming_layer
+
+    layer = streaming_layer(keras_model)
+    if compiled and not (layer is not None and layer.stateful):
+        try:
+            values = predict_compiled(keras_model, sequences, isolated=compiled == "isolated")
+        except CompiledInferenceError as e:
+            report.compiled = CompiledCheck(False, None, str(e))
+        else:
+            report.compiled = compare_compiled(actual, values)
+            report.compiled_outputs = compare_all(values) if len(values) == len(actual) \
+                else None
+    return report
 
 
 # ---- debug mode: where does the Keras model start to differ? --------------------------------
