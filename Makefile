@@ -1,10 +1,17 @@
 # Two entry points: `make demo` and `make test`. Both create .venv and install pinned versions.
+# `make serve` / `make ui` then serve the demo's model / open the MLflow UI on its store.
+# Nothing needs an activated venv: MLflow starts uvicorn by name, so .venv/bin goes first on PATH.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The embedded store `make demo` writes to (unless MLFLOW_TRACKING_URI is set).
+TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/.mlflow/mlflow.db)
+MODEL  ?= models:/digits-tflite/1
+PORT   ?= 5001
+UI_PORT ?= 5000
 
-.PHONY: install demo test bench docs clean java browser
+.PHONY: install demo serve ui test bench docs clean java browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +25,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 	$(BIN)/python examples/roundtrip.py
+
+# Serve a registered model (default: the demo's .tflite) on LiteRT at 127.0.0.1:$(PORT).
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(TRACKING_URI)" \
+	  $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 -p $(PORT)
+
+ui: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" \
+	  --host 127.0.0.1 -p $(UI_PORT)
 
 test: $(STAMP) java browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider

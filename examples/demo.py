@@ -11,6 +11,7 @@ Uses ``MLFLOW_TRACKING_URI`` when set, else ``./.mlflow/mlflow.db``.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,7 +51,7 @@ def train_digits_model(x, y, epochs=40):
 
 
 def print_versions(name):
-    from mlflow_tflite_keras.lineage import KERAS_VERSIONS, ROLE, SOURCE_URI
+    from mlflow_tflite_keras.lineage import CHAIN, KERAS_VERSIONS, PARITY_PASSED, ROLE
 
     client = mlflow.MlflowClient()
     aliases = {}
@@ -59,12 +60,14 @@ def print_versions(name):
     print(f"\nRegistered model '{name}':")
     for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
         role = mv.tags.get(ROLE, "-")
-        link = (f"from {mv.tags[SOURCE_URI]}" if SOURCE_URI in mv.tags else
+        link = (f"lineage {mv.tags[CHAIN]}" if CHAIN in mv.tags else
                 f"keras versions: {mv.tags.get(KERAS_VERSIONS, '-')}")
         parity = ""
-        if "tflite_keras.parity_cosine" in mv.tags:
-            parity = (f", parity cosine {mv.tags['tflite_keras.parity_cosine']}, top-1 "
-                      f"{mv.tags.get('tflite_keras.parity_top1_agreement', '-')}")
+        if PARITY_PASSED in mv.tags:
+            metrics = client.get_run(mv.run_id).data.metrics
+            parity = (f", parity {'passed' if mv.tags[PARITY_PASSED] == '1' else 'FAILED'} "
+                      f"(cosine {metrics.get('parity_cosine', float('nan')):.4f}, top-1 "
+                      f"{metrics.get('parity_top1_agreement', float('nan')):.3f})")
         alias_text = f" @{','.join(aliases[mv.version])}" if mv.version in aliases else ""
         print(f"  v{mv.version}{alias_text}: {role}; {link}{parity}")
 
@@ -78,7 +81,7 @@ def main():
     split = 1400
     print("Training a digits CNN and converting it to full-int8 .tflite ...")
     keras_model = train_digits_model(x[:split], y[:split])
-    from mlflow_tflite_keras.export import keras_to_tflite
+    from mlflow_tflite_keras import keras_to_tflite
 
     tflite_bytes = keras_to_tflite(keras_model, "full-int8", representative_data=x[:200])
     print(f"  .tflite: {len(tflite_bytes)} bytes")
@@ -104,7 +107,7 @@ def main():
     print(f"Flavor: quantization={conf['quantization']}, ops={conf['operators']}")
 
     print("\nReconstructing the .tflite as Keras and registering it next to the source ...")
-    from mlflow_tflite_keras.lineage import register_keras_version
+    from mlflow_tflite_keras import register_keras_version
 
     keras_version = register_keras_version(uri, alias="candidate", progress=print)
     print_versions(MODEL_NAME)
@@ -113,16 +116,23 @@ def main():
                                   == y[split:]))
     print(f"Held-out accuracy of the reconstructed Keras version: {back_accuracy:.3f}")
 
-    tracking = mlflow.get_tracking_uri()
-    print("\nNext steps:")
-    print(f"  Open the UI:  .venv/bin/mlflow ui --backend-store-uri {tracking} -p 5000")
-    print(f"  Serve it:     MLFLOW_TRACKING_URI={tracking} .venv/bin/mlflow models serve "
-          f"-m {uri} --env-manager local -p 5001")
-    print(f"  Promote it:   in the UI, open '{MODEL_NAME}' version {keras_version.version} and set "
-          "the alias 'champion' (or: .venv/bin/mlflow-tflite-keras verify "
-          f"models:/{MODEL_NAME}@candidate)")
-    print("  Query it:     curl -s localhost:5001/invocations -H 'Content-Type: application/json'"
-          " -d '{\"inputs\": [[[[0.0]]]]}'  # shape [N, 8, 8, 1]")
+    # A request body for the served model: the first held-out digit, shape [1, 8, 8, 1].
+    os.makedirs(".mlflow", exist_ok=True)
+    payload = os.path.join(".mlflow", "digit.json")
+    with open(payload, "w") as f:
+        json.dump({"inputs": x[split:split + 1].tolist()}, f)
+    answer = int(probabilities[0].argmax())
+    model_var = "" if uri == f"models:/{MODEL_NAME}/1" else f" MODEL={uri}"
+    print("\nNext steps (from this directory; nothing to activate):")
+    print("  Open the UI:  make ui   # http://127.0.0.1:5000")
+    print(f"  Serve it:     make serve{model_var}   # LiteRT on 127.0.0.1:5001")
+    print("  Query it:     curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json'"
+          f" -d @{payload}")
+    print(f"                answer: digit {answer} (true {int(y[split])}), "
+          "in {\"predictions\": [[10 probabilities]]}")
+    print(f"  Verify it:    .venv/bin/mlflow-tflite-keras verify models:/{MODEL_NAME}@candidate")
+    print(f"  Inspect it:   .venv/bin/mlflow-tflite-keras inspect models:/{MODEL_NAME}/"
+          f"{keras_version.version}")
 
 
 if __name__ == "__main__":

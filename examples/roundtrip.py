@@ -40,9 +40,7 @@ def accuracy(model_uri, x, y):
 
 
 def main():
-    from mlflow_tflite_keras.export import keras_to_tflite
-    from mlflow_tflite_keras.finetune import finetune
-    from mlflow_tflite_keras.lineage import register_keras_version
+    from mlflow_tflite_keras import finetune, keras_to_tflite, register_keras_version
 
     print(f"Tracking URI: {use_default_tracking()}")
     mlflow.set_experiment(experiment_id=experiment("tflite-keras-roundtrip"))

@@ -40,7 +40,7 @@ def digits():
 def train_tflite(x, y) -> bytes:
     import keras
 
-    from mlflow_tflite_keras.export import keras_to_tflite
+    from mlflow_tflite_keras import keras_to_tflite
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([

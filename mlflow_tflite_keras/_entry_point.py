@@ -8,6 +8,9 @@ registry only calls these methods): subclassing would import mlflow from here.
 """
 
 
+__all__ = ["TFLiteKerasRunContext"]
+
+
 class TFLiteKerasRunContext:
     def __init__(self):
         try:

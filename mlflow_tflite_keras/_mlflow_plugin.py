@@ -1,7 +1,8 @@
 """What ``import mlflow`` sets up for this package (through ``_entry_point``).
 
-* ``mlflow.tflite_keras``: a lazy module object at ``sys.modules["mlflow.tflite_keras"]`` and
-  on the ``mlflow`` package, resolving to ``mlflow_tflite_keras.flavor`` on first use.
+* ``mlflow.tflite_keras``: the ``mlflow_tflite_keras`` package itself, placed at
+  ``sys.modules["mlflow.tflite_keras"]`` and on the ``mlflow`` package. Its public names are
+  resolved lazily (see ``mlflow_tflite_keras.__init__``), so this costs nothing.
 * A one-shot post-import hook on ``keras``: once Keras is imported, the converter's layers are
   imported too, so their ``register_keras_serializable`` registrations exist and
   ``mlflow.keras.load_model`` / ``mlflow models serve`` load reconstructed models natively.
@@ -13,36 +14,18 @@ swallows its errors.
 import importlib
 import importlib.util
 import sys
-import types
 
-_TARGET = "mlflow_tflite_keras.flavor"
+__all__ = ["install"]
+
+_PACKAGE = "mlflow_tflite_keras"
 _ALIAS = "mlflow.tflite_keras"
 # The converter package imports every op family, each registering its layers.
 _KERAS_LAYERS = "mlflow_tflite_keras.converter"
 
 
-class _LazyFlavorModule(types.ModuleType):
-    """Stands in for ``mlflow.tflite_keras`` until first used, then becomes the flavor."""
-
-    def _load(self):
-        module = importlib.import_module(_TARGET)
-        sys.modules[_ALIAS] = module
-        parent = sys.modules.get("mlflow")
-        if parent is not None:
-            setattr(parent, "tflite_keras", module)
-        self.__dict__.update(module.__dict__)
-        return module
-
-    def __getattr__(self, item):
-        return getattr(self._load(), item)
-
-    def __dir__(self):
-        return dir(self._load())
-
-
 def install_alias():
-    if _ALIAS not in sys.modules:
-        sys.modules[_ALIAS] = _LazyFlavorModule(_ALIAS, __doc__)
+    package = sys.modules.get(_PACKAGE) or importlib.import_module(_PACKAGE)
+    sys.modules.setdefault(_ALIAS, package)
     parent = sys.modules.get("mlflow")
     if parent is not None and "tflite_keras" not in vars(parent):
         setattr(parent, "tflite_keras", sys.modules[_ALIAS])

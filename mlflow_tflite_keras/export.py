@@ -20,6 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+from mlflow_tflite_keras.errors import InterfaceChangedError
+
+__all__ = ["RECIPES", "InterfaceChangedError", "InterfaceDifference", "InterfaceReport",
+           "compare_interfaces", "export_saved_model", "export_streaming_tflite",
+           "export_tflite", "keras_to_tflite",
+           "load_like", "normalize_recipe", "representative_dataset",
+           "convert_with_recipe", "quantize_float_model", "recipe_for", "BLOCK_SIZES"]
+
 #: Recipe names are the quantization kinds a source can have (``float32`` for kind ``none``).
 #: ``<mode>-int<bits>-blockwise-<N>`` (mode ``weight-only`` or ``dynamic-range``, N one of
 #: :data:`BLOCK_SIZES`) are recipes too.
@@ -296,19 +304,6 @@ class InterfaceReport:
         lines += [f"  - {d}" for d in self.differences]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-class InterfaceChangedError(MlflowException):
-    """``export_tflite`` produced a model whose interface differs from the source's."""
-
-    def __init__(self, report: InterfaceReport):
-        super().__init__(
-            "The exported model's interface differs from the source model's "
-            f"({len(report.differences)} difference(s)):\n"
-            + "\n".join(f"  - {d}" for d in report.differences)
-            + "\nPass allow_interface_changes=True to accept these changes.",
-            error_code=INVALID_PARAMETER_VALUE)
-        self.report = report
 
 
 def _fmt(value) -> str:
@@ -693,6 +688,12 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
         return_report: return ``(bytes, InterfaceReport)`` instead of the bytes.
     """
     source = load_like(like) if like is not None else None
+    if _streaming_layer(keras_model) is not None:  # streaming: one frame per invoke
+        return export_streaming_tflite(
+            keras_model, source=source, recipe=recipe, representative_data=representative_data,
+            allow_interface_changes=allow_interface_changes, num_samples=num_samples,
+            inference_input_type=inference_input_type,
+            inference_output_type=inference_output_type, return_report=return_report)
     if recipe is None:
         recipe = recipe_for(source) if source is not None else "float32"
     recipe = normalize_recipe(recipe)
@@ -926,3 +927,168 @@ def _restore_interface(model_bytes: bytes, source, inputs: dict, outputs: dict) 
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ---- streaming models: one frame per invoke, state in resource variables ----------------------
+
+
+def _streaming_layer(keras_model):
+    """The ``StreamingRNN`` of a model converted from a streaming ``.tflite``, or None (also
+    when the converter, and so TensorFlow, was never imported: no such layer can exist)."""
+    import sys
+
+    if "mlflow_tflite_keras.converter.streaming" not in sys.modules:
+        return None
+    from mlflow_tflite_keras.converter.streaming import streaming_layer
+
+    try:
+        return streaming_layer(keras_model)
+    except AttributeError:
+        return None
+
+
+def _streaming_frames(data, frame_shape: tuple, limit: int):
+    """Calibration frames, in time order, from ``[n, time, *frame]`` sequences, ``[n, *frame]``
+    frames, or a callable yielding either (a dict with one entry, or a one-array list)."""
+    def frames_of(value):
+        if isinstance(value, dict):
+            if len(value) != 1:
+                raise MlflowException("A streaming model has one input; representative_data "
+                                      f"names {sorted(value)}.", error_code=INVALID_PARAMETER_VALUE)
+            value = next(iter(value.values()))
+        elif isinstance(value, (list, tuple)):
+            value = value[0] if len(value) == 1 else np.asarray(value)
+        value = np.asarray(value, np.float32)
+        rank = len(frame_shape)
+        if value.ndim == rank + 2:
+            return value.reshape(-1, *value.shape[2:])
+        if value.ndim == rank + 1:
+            return value
+        if value.ndim == rank:
+            return value[None]
+        raise MlflowException(
+            f"representative_data of shape {list(value.shape)} for frames of shape "
+            f"{list(frame_shape)}: give [n, time, *frame] sequences or [n, *frame] frames.",
+            error_code=INVALID_PARAMETER_VALUE)
+
+    def generate():
+        count = 0
+        chunks = data() if callable(data) else [data]
+        for chunk in chunks:
+            for frame in frames_of(chunk):
+                if count >= limit:
+                    return
+                count += 1
+                yield [frame[None].astype(np.float32)]
+
+    return generate
+
+
+def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = None,
+                            representative_data=None, allow_interface_changes: bool = False,
+                            num_samples: int = 1000, inference_input_type=None,
+                            inference_output_type=None, return_report: bool = False):
+    """:func:`export_tflite` for a model converted from a streaming ``.tflite``
+    (:mod:`mlflow_tflite_keras.converter.streaming`): the cell's one-step model, its state in
+    ``tf.Variable``s (initialised to the cell's initial state) updated with ``assign``, one
+    frame per invoke, converted with resource variables. The interface is the source's
+    (signature key, input/output names, frame shape with its batch of 1, dtypes); a
+    full-integer recipe quantizes the state variables too, and calibrates on
+    ``representative_data`` frames fed in time order (``[n, time, *frame]`` sequences or
+    ``[n, *frame]`` frames; up to ``num_samples`` frames), so the state ranges are the ones
+    a stream reaches."""
+    import keras
+    import tensorflow as tf
+
+    layer = _streaming_layer(keras_model)
+    cell = layer.cell
+
+    def from_layer(t):  # the RNN's output, or one output split from it
+        op = t._keras_history.operation
+        if op is layer:
+            return True
+        return getattr(op, "fn", None) == "streaming_output" and \
+            op._inbound_nodes[0].input_tensors[0]._keras_history.operation is layer
+
+    outputs = list(keras_model.outputs)
+    if len(outputs) != cell.n_outputs or not all(from_layer(t) for t in outputs):
+        raise MlflowException(
+            "Only the streaming model itself exports to a streaming .tflite (its outputs must "
+            "be the StreamingRNN's); layers added around it would not run per frame.",
+            error_code=INVALID_PARAMETER_VALUE)
+    struct = getattr(keras_model, "_outputs_struct", None)
+    out_names = list(struct) if isinstance(struct, dict) else [layer.name]
+    frame_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1 if layer.stateful else 2:])
+    in_name, batch = keras_model.inputs[0].name, 1
+    signature_key = "serving_default"
+    if source is not None:
+        from mlflow_tflite_keras.converter.streaming import is_streaming
+
+        # The source's step signature (an app may ship reset / setter signatures too).
+        steps = [s for s in source.signatures if len(s.inputs) == 1
+                 and len(s.outputs) == cell.n_outputs and is_streaming(source, s.subgraph_index)]
+        sig = steps[0] if steps else source.signature()
+        signature_key = sig.key or signature_key
+        tensors = source.subgraphs[sig.subgraph_index].tensors
+        if len(sig.inputs) == 1 and len(sig.outputs) == cell.n_outputs:
+            in_name, out_names = next(iter(sig.inputs)), list(sig.outputs)
+            batch = max(int(tensors[next(iter(sig.inputs.values()))].shape[0]), 1)
+    if recipe is None:
+        recipe = recipe_for(source) if source is not None else "float32"
+    recipe = normalize_recipe(recipe)
+    dataset = None
+    if recipe in _FULL_INTEGER:
+        if representative_data is None:
+            raise MlflowException(
+                f"Recipe '{recipe}' needs representative_data: frame sequences "
+                "[n, time, *frame] (or frames [n, *frame]) to calibrate the activations and the "
+                "state.", error_code=INVALID_PARAMETER_VALUE)
+        if source is not None:
+            in_type, out_type = _interface_types(source, recipe)
+            inference_input_type = inference_input_type or in_type
+            inference_output_type = inference_output_type or out_type
+        dataset = _streaming_frames(representative_data, frame_shape, num_samples)
+
+    # Per-example cells hold the variables' exact shapes; others lack the stream's batch.
+    initial = [np.asarray(keras.ops.convert_to_numpy(w)) if cell.per_example else
+               np.broadcast_to(keras.ops.convert_to_numpy(w), (batch, *s)).copy()
+               for w, s in zip(cell.initial_weights, cell.state_shapes)]
+
+    # The step's weights enter the graph as constants (read through a StatelessScope), so
+    # the only resource variables of the export are the state.
+    weights = [(w, tf.constant(keras.ops.convert_to_numpy(w))) for w in cell.step_model.weights]
+
+    class Streaming(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.states = [tf.Variable(v, name=n) for v, n in zip(initial, cell.state_names)]
+
+        @tf.function(input_signature=[tf.TensorSpec((batch, *frame_shape), tf.float32,
+                                                    name=in_name)])
+        def step(self, frame):
+            with keras.StatelessScope(state_mapping=weights):
+                values = cell.step_model([frame, *[v.read_value() for v in self.states]],
+                                         training=False)
+            n = cell.n_outputs
+            for variable, value in zip(self.states, values[n:]):
+                variable.assign(value)
+            return dict(zip(out_names, values[:n]))
+
+    module = Streaming()
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        with contextlib.redirect_stdout(io.StringIO()):
+            tf.saved_model.save(module, saved_model_dir, signatures={signature_key: module.step})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.experimental_enable_resource_variables = True
+        if recipe in _FULL_INTEGER:
+            converter._experimental_variable_quantization = True
+        result = convert_with_recipe(converter, recipe, dataset, inference_input_type,
+                                     inference_output_type)
+    if source is None:
+        return (result, None) if return_report else result
+    report = compare_interfaces(source, result)
+    if not report.ok:
+        if not allow_interface_changes:
+            raise InterfaceChangedError(report)
+        _log.warning("The exported model's interface differs from the source's:\n%s", report)
+    return (result, report) if return_report else result

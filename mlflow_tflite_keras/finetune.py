@@ -22,7 +22,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__, lineage
+from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
+
+__all__ = ["ExportParityError", "FinetuneResult", "ROLE_EXPORTED", "ROLE_FINETUNED", "finetune",
+           "load_training_data"]
 
 _logger = logging.getLogger(__name__)
 
@@ -97,8 +102,9 @@ def _chain(client: MlflowClient, name: str | None, version: str | None) -> list[
     return [parent, _ref(mv)] if parent else [_ref(mv)]
 
 
-class ExportParityError(MlflowException):
-    """The exported ``.tflite`` does not answer like the fine-tuned Keras model."""
+class ExportParityError(ParityCheckError):
+    """The exported ``.tflite`` does not answer like the fine-tuned Keras model (the CLI
+    exits 1, as for any failed parity check)."""
 
 
 def _output_tensors(keras_model) -> dict:
@@ -181,7 +187,7 @@ def _activation(tensor) -> str | None:
     return None
 
 
-def _default_loss(tensor, y: np.ndarray):
+def _output_loss(tensor, y: np.ndarray):
     """By output kind: integer class labels -> sparse categorical cross-entropy (on
     probabilities after a softmax, else on logits), softmax outputs with one-hot targets ->
     categorical, sigmoid outputs -> binary cross-entropy; mean squared error otherwise."""
@@ -212,7 +218,7 @@ def _losses(tensors: dict, targets: dict, loss, source_names: dict) -> dict:
                                       f"model ({sorted(source_names)}).",
                                       error_code=INVALID_PARAMETER_VALUE)
             given[name] = value
-        return {k: given.get(k) or _default_loss(tensors[k], targets[k]) for k in targets}
+        return {k: given.get(k) or _output_loss(tensors[k], targets[k]) for k in targets}
     return {k: loss for k in targets}
 
 
@@ -234,6 +240,45 @@ def _epoch_callback(say, epochs: int):
     return EpochProgress()
 
 
+def _default_loss(model, y, head=None):
+    """Sparse categorical cross-entropy for integer labels on a multi-class output (on
+    probabilities when the model ends in softmax), mean squared error otherwise."""
+    import keras
+
+    out_dim = model.outputs[0].shape[-1]
+    # One integer label per output row: [N] for [N, C] outputs, [N, T] for [N, T, C].
+    if np.issubdtype(np.asarray(y).dtype, np.integer) and \
+            np.asarray(y).ndim == len(model.outputs[0].shape) - 1 and out_dim and out_dim > 1:
+        last = (head or model).layers[-1]
+        if hasattr(last, "cell") and hasattr(last.cell, "step_model"):  # streaming model
+            last = last.cell.step_model.layers[-1]
+        probabilities = getattr(last, "__class__", None).__name__ == "Softmax" or \
+            getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    return keras.losses.MeanSquaredError()
+
+
+def _training_view(keras_model, y, streaming: bool):
+    """The model ``fit`` trains: ``keras_model`` itself, or for a streaming model with one
+    target per sequence (``y`` without the time axis) a view of it answering with the last
+    step's output (same weights, so training it trains ``keras_model``)."""
+    import keras
+
+    if not streaming:
+        return keras_model
+    per_step_rank = len(keras_model.outputs[0].shape)  # [N, T, *out]
+    y = np.asarray(y)
+    integer = np.issubdtype(y.dtype, np.integer)
+    if y.ndim == per_step_rank - (2 if integer else 1):  # no time axis: one per sequence
+        from mlflow_tflite_keras.converter.layers import KerasOp
+
+        last = KerasOp("getitem", fn_kwargs={"index": [[None, None, None], -1]},
+                       name="last_step")(keras_model.outputs[0])
+        return keras.Model(keras_model.inputs, last, name=f"{keras_model.name}_last_step")
+    return keras_model
+
+
+@keras_noise_silenced()
 def finetune(
     model_uri: str,
     data,
@@ -319,29 +364,42 @@ def finetune(
     x, y = (load_training_data(data, input_shape=input_shape) if isinstance(data, str)
             else data)
     x = np.asarray(x, dtype=keras_model.inputs[0].dtype or "float32")
-    outputs = _output_tensors(keras_model)
-    targets = _targets(keras_model, y, source_outputs)
-    for name, values in targets.items():
-        if len(values) != len(x):
-            raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
-                                  f"{len(x)} input rows.", error_code=INVALID_PARAMETER_VALUE)
-        shape = tuple(outputs[name].shape[1:])
-        labels = np.issubdtype(values.dtype, np.integer) and values.ndim == len(shape)
-        if not labels and (values.ndim != len(shape) + 1 or any(
-                d is not None and d != v for d, v in zip(shape, values.shape[1:]))):
-            raise MlflowException(
-                f"Targets for output '{name}' have shape {list(values.shape)}; the output "
-                f"is [N, {', '.join(str(d) for d in shape)}] (or integer class labels "
-                f"[N{', ' if len(shape) > 1 else ''}{', '.join(str(d) for d in shape[:-1])}]).",
-                error_code=INVALID_PARAMETER_VALUE)
-    losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
+    from mlflow_tflite_keras.export import _streaming_layer
+
+    # A streaming model trains on sequences [N, time, *frame], with targets per step or per
+    # sequence; its .tflite takes frames, one per invoke.
+    streaming = _streaming_layer(keras_model) is not None
+    if streaming:
+        trained = _training_view(keras_model, y, streaming)
+        targets = {"output": y}
+        losses = {"output": loss or _default_loss(trained, y, head=keras_model)}
+    else:
+        outputs = _output_tensors(keras_model)
+        targets = _targets(keras_model, y, source_outputs)
+        for name, values in targets.items():
+            if len(values) != len(x):
+                raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
+                                      f"{len(x)} input rows.", error_code=INVALID_PARAMETER_VALUE)
+            shape = tuple(outputs[name].shape[1:])
+            labels = np.issubdtype(values.dtype, np.integer) and values.ndim == len(shape)
+            if not labels and (values.ndim != len(shape) + 1 or any(
+                    d is not None and d != v for d, v in zip(shape, values.shape[1:]))):
+                raise MlflowException(
+                    f"Targets for output '{name}' have shape {list(values.shape)}; the output "
+                    f"is [N, {', '.join(str(d) for d in shape)}] (or integer class labels "
+                    f"[N{', ' if len(shape) > 1 else ''}{', '.join(str(d) for d in shape[:-1])}]).",
+                    error_code=INVALID_PARAMETER_VALUE)
+        losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
     parent_chain = (_chain(client, source.registered_name, source.version)
                     if source.registered_name else [model_uri])
     keras_name = registered_model_name or source.registered_name
     tflite_name = tflite_registered_model_name or tflite_source.registered_name
     if not keras_name or not tflite_name:
-        raise MlflowException("The source is not registered: pass registered_model_name and "
-                              "tflite_registered_model_name.", error_code=INVALID_PARAMETER_VALUE)
+        raise ActionableError(
+            f"'{model_uri}' is not a registered model version.",
+            {k: None for k, v in (("registered_model_name", keras_name),
+                                  ("tflite_registered_model_name", tflite_name)) if not v},
+            "to choose where the new versions are registered")
 
     with start_run(experiment_id=experiment_id or source.experiment_id,
                    run_name=f"finetune-{keras_name}") as run:
@@ -357,7 +415,11 @@ def finetune(
             # without targets are not in the loss.
             metrics = {k: ["accuracy"] for k, v in losses.items()
                        if isinstance(v, keras.losses.SparseCategoricalCrossentropy)}
-            if len(targets) == 1:  # plain metric names ("loss", "accuracy")
+            if streaming:
+                trainer, y_train = trained, y
+                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses["output"],
+                                metrics=metrics.get("output", []))
+            elif len(targets) == 1:  # plain metric names ("loss", "accuracy")
                 (name, y_train), = targets.items()
                 trainer = keras.Model(keras_model.input, outputs[name])
                 trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses[name],
@@ -384,14 +446,14 @@ def finetune(
             mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
             mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
             if not parity.passed:
-                raise ExportParityError(
+                raise ExportParityError(parity,
                     "The exported .tflite does not answer like the fine-tuned Keras model; "
                     f"nothing was registered.\n{parity}")
 
             say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
             keras_info = Model.log(artifact_path=None, name="keras_model",
                                    flavor=lineage._KERAS_FLAVOR, model=keras_model,
-                                   signature=lineage._keras_signature(
+                                   signature=None if streaming else lineage._keras_signature(
                                        Model.load(tflite_uri)))
             keras_tags = {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
                           lineage.SOURCE_URI: model_uri, RECIPE_SOURCE: tflite_uri,
@@ -404,12 +466,12 @@ def finetune(
 
             say(f"Registering the exported .tflite under '{tflite_name}' ...")
             tflite_info = mlflow.tflite_keras.log_model(new_bytes, name="tflite_model",
-                                                        input_example=x[:2])
+                                                        input_example=x[0, :8] if streaming
+                                                        else x[:2])
             tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
                            RECIPE_SOURCE: tflite_uri,
                            lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,
-                           **{lineage.PARITY_PREFIX + k: f"{v:.6g}"
-                              for k, v in parity.metrics(prefix="").items()}}
+                           lineage.PARITY_PASSED: str(int(parity.passed))}
             tflite_version = mlflow.register_model(tflite_info.model_uri, tflite_name,
                                                    await_registration_for, tags=tflite_tags)
             client.set_model_version_tag(tflite_name, tflite_version.version, lineage.CHAIN,

@@ -55,8 +55,13 @@ from mlflow.utils.model_utils import (
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from mlflow_tflite_keras import __version__
+from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.runtime import TFLiteRunner
 from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
+
+__all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
+           "get_default_pip_requirements", "infer_signature", "load_model", "log_model",
+           "save_model"]
 
 FLAVOR_NAME = "tflite_keras"
 RUNTIME_PACKAGE = "ai-edge-litert"
@@ -85,6 +90,18 @@ def get_default_conda_env():
         :func:`save_model()` and :func:`log_model()`.
     """
     return _mlflow_conda_env(additional_pip_deps=get_default_pip_requirements())
+
+
+# Keywords of ``Model.log`` that ``log_model`` passes through (``artifact_path`` is MLflow's
+# deprecated spelling of ``name``).
+_MODEL_LOG_KEYWORDS = ("artifact_path", "run_id", "resources", "auth_policy", "prompts")
+
+
+def _parameters(function) -> list[str]:
+    import inspect
+
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.kind is not p.VAR_KEYWORD]
 
 
 def _runtime_version() -> str:
@@ -210,8 +227,10 @@ def save_model(
         keep_source: For a Keras model: also store it as ``source.keras`` in the same MLflow
             model (recorded under ``keras_source`` in the flavor), so the original, not a
             reconstruction, can be registered as its Keras version.
-        kwargs: Unused; accepted for compatibility with ``Model.log``.
+        kwargs: None are accepted: an unknown keyword (e.g. a typo) is a ``TypeError``
+            naming the closest valid parameter.
     """
+    reject_unknown_keywords("save_model", kwargs, _parameters(save_model))
     model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data,
                                          keep_source)
     model = TFLiteModel(model_bytes)  # validates before anything is written
@@ -384,13 +403,16 @@ def log_model(
         model_type: {{ model_type }}
         step: {{ step }}
         model_id: {{ model_id }}
-        kwargs: Passed to :py:meth:`mlflow.models.Model.log`.
+        kwargs: Passed to :py:meth:`mlflow.models.Model.log` (``run_id``, ``resources``,
+            ``auth_policy``, ``prompts``); any other keyword is a ``TypeError`` naming the
+            closest valid parameter.
 
     Returns:
         A :py:class:`ModelInfo <mlflow.models.model.ModelInfo>` of the logged model.
     """
     import mlflow_tflite_keras.flavor as this_flavor
 
+    reject_unknown_keywords("log_model", kwargs, {*_parameters(log_model), *_MODEL_LOG_KEYWORDS})
     # Validate (and convert a Keras model, once) before a run or a logged model is created.
     model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
     TFLiteModel(model_bytes)

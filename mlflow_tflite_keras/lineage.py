@@ -21,7 +21,13 @@ from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__
+from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tracking import start_run
+
+__all__ = ["CHAIN", "KERAS_VERSIONS", "METHOD", "PARENT", "PARITY_PASSED", "ROLE", "ROLE_KERAS",
+           "ROLE_SOURCE", "SOURCE_SHA256", "SOURCE_URI", "SourceModel", "keras_pip_requirements",
+           "keras_versions_of", "model_id_of", "register_keras_version", "resolve_source"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,16 +36,12 @@ ROLE = TAG_PREFIX + "role"
 ROLE_SOURCE = "source-tflite"
 ROLE_KERAS = "reconstructed-keras"
 SOURCE_URI = TAG_PREFIX + "source_model_uri"
-SOURCE_NAME = TAG_PREFIX + "source_registered_model"
-SOURCE_VERSION = TAG_PREFIX + "source_version"
-SOURCE_RUN = TAG_PREFIX + "source_run_id"
 SOURCE_SHA256 = TAG_PREFIX + "source_sha256"
-CONVERTER_VERSION = TAG_PREFIX + "converter_version"
 METHOD = TAG_PREFIX + "method"
 KERAS_VERSIONS = TAG_PREFIX + "keras_versions"  # on the source: "name/3,name/5"
 PARENT = TAG_PREFIX + "parent"  # the version (or URI) this one was made from
 CHAIN = TAG_PREFIX + "lineage"  # the whole path: "name/1 -> name/2 -> ..."
-PARITY_PREFIX = TAG_PREFIX + "parity_"
+PARITY_PASSED = TAG_PREFIX + "parity_passed"  # "1" or "0"
 
 
 @dataclass
@@ -88,6 +90,7 @@ def model_id_of(mv) -> str | None:
     return match.group(1) if match else None
 
 
+@keras_noise_silenced()
 def register_keras_version(
     model_uri: str,
     *,
@@ -119,6 +122,11 @@ def register_keras_version(
     regions it cannot rebuild are embedded as frozen ``TFLiteLayer``s (listed in the
     conversion report) instead of failing.
 
+    A streaming (stateful) source becomes a recurrent Keras model over frame sequences
+    (:mod:`mlflow_tflite_keras.converter.streaming`); parity then compares sequences fed to
+    the interpreter one frame per invoke (``parity_inputs``: ``[n, time, *frame]``; random
+    sequences by default, ``tolerances={"time_steps": T}`` sets their length).
+
     Atomic: if conversion or parity fails, no version is created, the source is untouched,
     and the run ends FAILED with the reason logged (tag ``tflite_keras.failure``).
     """
@@ -130,9 +138,9 @@ def register_keras_version(
     source = resolve_source(model_uri, client)
     target_name = registered_model_name or source.registered_name
     if not target_name:
-        raise MlflowException(
-            f"'{model_uri}' is not a registered model version; pass registered_model_name.",
-            error_code=INVALID_PARAMETER_VALUE)
+        raise ActionableError(f"'{model_uri}' is not a registered model version.",
+                              {"registered_model_name": None},
+                              "to choose the registered model of the Keras version")
 
     say(f"Loading {model_uri} ...")
     # The download stays until the end: a kept Keras source is loaded from it.
@@ -174,24 +182,30 @@ def register_keras_version(
                                 "conversion_report.json")
                 say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
                     "separate process) ...")
-                inputs = parity_inputs if parity_inputs is not None else input_example
+                from mlflow_tflite_keras.converter.streaming import is_streaming
+
+                # A streaming source is compared on frame sequences (check_parity does it);
+                # its input example is a handful of frames, so random sequences by default.
+                streaming = is_streaming(loaded.model)
+                inputs = parity_inputs if parity_inputs is not None else \
+                    (None if streaming else input_example)
                 # Compiled in a child process: a graph that crashes TensorFlow's runtime is
                 # reported as a failed check, and never registered.
                 report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
-                                      tensor_map=conversion.tensor_map or None,
+                                      tensor_map=conversion.tensor_map,
                                       **(tolerances or {}))
                 mlflow.log_metrics(report.metrics())
                 mlflow.log_dict(report.to_dict(), "parity_report.json")
                 if not report.passed:
-                    raise MlflowException(f"Parity check failed:\n{report}")
+                    raise ParityCheckError(report)
                 say("Logging the Keras model ...")
                 info = Model.log(
                     artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
-                    model=keras_model, signature=_keras_signature(source_info),
-                    input_example=_keras_input_example(input_example, source_info),
+                    model=keras_model,
+                    signature=None if streaming else _keras_signature(source_info),
+                    input_example=_keras_input_example(input_example, source_info, streaming),
                 )
-                tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, run.info.run_id,
-                                     chosen)
+                tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, chosen)
                 mlflow.set_logged_model_tags(info.model_id, tags)
                 say(f"Registering under '{target_name}' ...")
                 version = mlflow.register_model(info.model_uri, target_name,
@@ -221,28 +235,20 @@ def register_keras_version(
         return client.get_model_version(target_name, version.version)
 
 
-def _lineage_tags(source: SourceModel, model_uri, sha256, report, run_id,
-                  method: str) -> dict[str, str]:
-    tags = {
+def _lineage_tags(source: SourceModel, model_uri, sha256, report, method: str) -> dict[str, str]:
+    """The few tags people filter on (the registry's versions table shows every tag, so each
+    must earn its place; ``lineage`` is added once the version number is known). The rest
+    (source run and model ids, converter version, every parity figure) is in the conversion
+    run (params, metrics, ``parity_report.json``) and the version's Markdown description."""
+    return {
         ROLE: ROLE_KERAS,
         METHOD: method,
         SOURCE_URI: model_uri,
         SOURCE_SHA256: sha256,
-        CONVERTER_VERSION: __version__,
-        TAG_PREFIX + "conversion_run_id": run_id,
+        PARENT: (f"{source.registered_name}/{source.version}" if source.registered_name
+                 else model_uri),
+        PARITY_PASSED: str(int(report.passed)),
     }
-    if source.registered_name:
-        tags[SOURCE_NAME] = source.registered_name
-        tags[SOURCE_VERSION] = str(source.version)
-    tags[PARENT] = (f"{source.registered_name}/{source.version}" if source.registered_name
-                    else model_uri)
-    if source.run_id:
-        tags[SOURCE_RUN] = source.run_id
-    if source.model_id:
-        tags[TAG_PREFIX + "source_model_id"] = source.model_id
-    for key, value in report.metrics(prefix="").items():
-        tags[PARITY_PREFIX + key] = f"{value:.6g}"
-    return tags
 
 
 def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
@@ -317,11 +323,14 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id, met
         f"- Source URI: `{model_uri}`\n"
         f"- Source sha256: `{conversion.source_sha256}`\n"
         f"- Source quantization: `{conversion.quantization}`\n"
-        f"- Conversion run: `{run_id}`; converter {__version__}\n"
+        + (f"- Source run: `{source.run_id}`\n" if source.run_id else "")
+        + f"- Conversion run: `{run_id}`; converter {__version__}\n"
         f"- Operators: {sum(conversion.operators.values())} "
         f"({len(conversion.operators)} kinds), {len(conversion.folded_ops)} folded\n\n"
         f"### Parity against the LiteRT interpreter ({parity.n_samples} samples)\n\n"
         + "\n".join(rows)
+        + "\n\nTolerances: " + (", ".join(f"`{k}={v}`" for k, v in parity.tolerances.items())
+                                or "none")
         + f"\n\n### Not recovered from the flatbuffer{notes}\n"
     )
 
@@ -370,12 +379,14 @@ def _keras_signature(source_info: Model):
     return ModelSignature(inputs=signature.inputs, outputs=signature.outputs)
 
 
-def _keras_input_example(example, source_info):
+def _keras_input_example(example, source_info, streaming: bool = False):
     if example is None or isinstance(example, dict):
         return example
     schema = source_info.get_input_schema()
     if schema is not None and schema.is_tensor_spec():
-        return np.asarray(example, dtype=schema.numpy_types()[0])
+        example = np.asarray(example, dtype=schema.numpy_types()[0])
+    if streaming:  # the source's rows are frames of one stream: one sequence for the RNN
+        example = np.asarray(example, dtype=np.float32)[None]
     return example
 
 

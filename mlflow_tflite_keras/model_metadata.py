@@ -45,6 +45,9 @@ from flatbuffers.table import Table
 
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
+__all__ = ["MalformedMetadata", "associated_files", "decode_flatbuffer", "extract_metadata",
+           "parse_model_metadata", "read_metadata"]
+
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_FILE_IDENTIFIER = b"M001"
 METADATA_JSON = "metadata.json"

@@ -17,6 +17,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
 
+__all__ = ["SignatureSpec", "TFLiteRunner", "TensorSpec"]
+
 
 # Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
 # interpreter arena, outputs of one invoke) stays bounded whatever the request size.
@@ -237,6 +239,9 @@ class _Session:
         self.wrapper = interpreter._interpreter
         self.shapes: dict[tuple[int, int], tuple[int, ...]] = {}
         self.refuses: set[tuple[int, tuple]] = set()
+        # allocate_tensors() allocates the primary subgraph only; another signature's
+        # subgraph is allocated on its first use.
+        self.allocated: set[int] = {0}
 
     def _resize(self, sg: int, spec: SignatureSpec, arrays):
         changed = False
@@ -247,8 +252,9 @@ class _Session:
                                                False, sg)
                 self.shapes[key] = tuple(a.shape)
                 changed = True
-        if changed:
+        if changed or sg not in self.allocated:
             self.wrapper.AllocateTensors(sg)
+            self.allocated.add(sg)
 
     def can_resize(self, sg, spec, arrays) -> bool:
         key = (sg, tuple(a.shape for a in arrays))

@@ -17,6 +17,9 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from ai_edge_litert import schema_py_generated as schema
 
+__all__ = ["OperatorInfo", "Quantization", "SignatureInfo", "SubgraphInfo", "TFLiteModel",
+           "TensorInfo", "builtin_name", "read_model_bytes", "tensor_type_name"]
+
 FILE_IDENTIFIER = b"TFL3"
 
 # TensorType enum value -> numpy dtype (None: no numpy equivalent we can hold directly).

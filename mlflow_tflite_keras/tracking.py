@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = ["experiment", "start_run", "use_default_tracking"]
+
 DEFAULT_HOME = ".mlflow"
 _artifact_root: Path | None = None  # set when the embedded store is in use
 

@@ -72,11 +72,14 @@ def stop(proc: subprocess.Popen, timeout: float = 15):
         proc.wait(timeout=timeout)
 
 
-def model_server(model_uri: str, log: Path, env: dict | None = None, workers: int = 1):
+def model_server(model_uri: str, log: Path, env: dict | None = None, workers: int = 1,
+                 env_manager: str = "local", timeout: float = 180):
+    """``mlflow models serve``; with ``env_manager`` "virtualenv" or "uv" MLflow first builds
+    the model's environment from its requirements (allow for that in ``timeout``)."""
     port = free_port()
-    args = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local",
+    args = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", env_manager,
             "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
-    return running(args, port, "/ping", log, env=env)
+    return running(args, port, "/ping", log, env=env, timeout=timeout)
 
 
 def tracking_server(root: Path, log: Path):

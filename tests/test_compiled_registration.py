@@ -63,3 +63,33 @@ def test_cli_convert_exits_1_and_registers_nothing(sqlite_store):
     assert "model.predict crashed the process (SIGSEGV)" in proc.stderr
     versions = MlflowClient().search_model_versions("name='guard-cli'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_blazeface_keras_version_is_served_like_eager(sqlite_store, tmp_path):
+    """A real-world-shaped detector (channel-padded shortcuts, two heads): registered, then
+    served by `mlflow models serve` from its Keras version; answers equal the eager model's."""
+    import json
+
+    import requests
+
+    from converter.real_models import blazeface, face_images
+    from servers import model_server
+
+    x = face_images(1)
+    with mlflow.start_run(run_name="log-blazeface"):
+        mlflow.tflite_keras.log_model(blazeface("float32"), name="model",
+                                      registered_model_name="face", input_example=x)
+    version = lineage.register_keras_version("models:/face/1")
+    keras_model = mlflow.keras.load_model(f"models:/face/{version.version}")
+    eager = keras_model(x)
+    with model_server(f"models:/face/{version.version}", tmp_path / "serve.log",
+                      env=clean_env(MLFLOW_TRACKING_URI=sqlite_store)) as url:
+        response = requests.post(url + "/invocations", data=json.dumps({"inputs": x.tolist()}),
+                                 headers={"Content-Type": "application/json"}, timeout=300)
+    assert response.status_code == 200, response.text
+    served = response.json()["predictions"]
+    for name in ("regressors", "classificators"):
+        expected = np.asarray(eager[name])
+        got = np.asarray(served[name], np.float32)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.ptp(expected))

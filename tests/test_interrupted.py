@@ -166,8 +166,7 @@ class Checker:
         # Tags are written with the version, in the same transaction: a Keras version always
         # carries its lineage, and its source exists.
         if mv.tags.get(lineage.ROLE) == lineage.ROLE_KERAS:
-            source = self.client.get_model_version(mv.tags[lineage.SOURCE_NAME],
-                                                   mv.tags[lineage.SOURCE_VERSION])
+            source = self.client.get_model_version(*mv.tags[lineage.PARENT].split("/"))
             assert source.tags.get(lineage.ROLE) != lineage.ROLE_KERAS
             assert mv.tags[lineage.PARENT] == f"{source.name}/{source.version}"
             assert lineage.model_id_of(mv)

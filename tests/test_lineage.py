@@ -15,7 +15,7 @@ import flavor_models as fm
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow_tflite_keras import lineage
+from mlflow_tflite_keras import ParityCheckError, lineage
 from servers import tracking_server
 
 
@@ -56,14 +56,17 @@ def test_convert_registers_keras_version_next_to_source(store):
     assert tags[lineage.ROLE] == "reconstructed-keras"
     assert tags[lineage.METHOD] == "reconstructed"
     assert tags[lineage.SOURCE_URI] == f"models:/{name}/1"
-    assert (tags[lineage.SOURCE_NAME], tags[lineage.SOURCE_VERSION]) == (name, "1")
-    assert tags[lineage.SOURCE_RUN] == source_run
+    assert tags[lineage.PARENT] == f"{name}/1"
+    assert tags[lineage.CHAIN] == f"{name}/1 -> {name}/2"
     assert tags[lineage.SOURCE_SHA256] == mlflow.tflite_keras.load_model(
         f"models:/{name}/1").model.sha256
-    assert tags[lineage.CONVERTER_VERSION]
-    assert tags["tflite_keras.parity_passed"] == "1"
-    assert float(tags["tflite_keras.parity_cosine"]) > 0.95
+    assert tags[lineage.PARITY_PASSED] == "1"
+    # Only the tags people filter on; the figures are in the run and the description.
+    assert sorted(tags) == sorted([lineage.ROLE, lineage.METHOD, lineage.SOURCE_URI,
+                                   lineage.SOURCE_SHA256, lineage.PARENT, lineage.CHAIN,
+                                   lineage.PARITY_PASSED])
     assert "Parity against the LiteRT interpreter" in version.description
+    assert f"Source run: `{source_run}`" in version.description
     assert f"version **1** of `{name}`" in version.description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
     # The source points at its Keras version, on the version and on the logged model.
@@ -72,9 +75,11 @@ def test_convert_registers_keras_version_next_to_source(store):
     assert source.tags[lineage.ROLE] == "source-tflite"
     assert client.get_logged_model(info.model_id).tags[lineage.KERAS_VERSIONS] == f"{name}/2"
     # The conversion run: metrics, artifacts, and the Keras logged model's tags.
-    run = client.get_run(tags["tflite_keras.conversion_run_id"])
+    run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["parity_passed"] == 1.0
+    assert run.data.metrics["parity_cosine"] > 0.95
+    assert f"Conversion run: `{run.info.run_id}`" in version.description
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"parity_report.json", "conversion_report.json"} <= artifacts
     report = json.loads(mlflow.artifacts.load_text(
@@ -107,7 +112,7 @@ def test_failed_parity_leaves_nothing_behind(store):
     log_source(name, "full-int8")
     client = MlflowClient()
     before = client.get_model_version(name, "1").tags
-    with pytest.raises(MlflowException, match="Parity check failed"):
+    with pytest.raises(ParityCheckError, match="Parity check failed"):
         lineage.register_keras_version(f"models:/{name}/1",
                                        tolerances={"max_abs_error": 0.0, "min_cosine": 1.01})
     assert [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")] == ["1"]
@@ -125,14 +130,14 @@ def test_other_registered_name_and_alias_uri(store):
     version = lineage.register_keras_version(f"models:/{name}@prod",
                                              registered_model_name=f"{name}-keras")
     assert (version.name, str(version.version)) == (f"{name}-keras", "1")
-    assert version.tags[lineage.SOURCE_VERSION] == "1"
+    assert version.tags[lineage.PARENT] == f"{name}/1"
     assert lineage.keras_versions_of(name, 1) == [f"{name}-keras/1"]
 
 
 def test_unregistered_source_needs_a_name(store):
     with mlflow.start_run():
         info = mlflow.tflite_keras.log_model(fm.cnn(), name="model")
-    with pytest.raises(MlflowException, match="pass registered_model_name"):
+    with pytest.raises(MlflowException, match="Pass registered_model_name to choose"):
         lineage.register_keras_version(info.model_uri)
     version = lineage.register_keras_version(info.model_uri,
                                              registered_model_name=f"from-run-{store}")

@@ -12,5 +12,9 @@ from mlflow_tflite_keras.converter.registry import (  # noqa: F401
     supported_custom_operators,
     supported_operators,
 )
+from mlflow_tflite_keras.converter.streaming import reset_streaming_state  # noqa: F401
+
+__all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "convert",
+           "load_handlers", "reset_streaming_state", "supported_operators", "to_keras"]
 
 load_handlers()  # registers every handler and every package layer

@@ -12,15 +12,12 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
 from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
+from mlflow_tflite_keras.errors import UnsupportedOperatorsError
+from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
-
-class UnsupportedOperatorsError(MlflowException):
-    """The model has operators the converter cannot rebuild (all listed at once)."""
-
-    def __init__(self, message, unsupported: dict[str, int]):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-        self.unsupported = unsupported
+__all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "check_supported",
+           "convert", "to_keras"]
 
 
 @dataclass
@@ -48,7 +45,7 @@ class ConversionResult:
 
 
 def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-             unsupported: str = "error", wrap_ops=()) -> keras.Model:
+             unsupported: str = "error", wrap_ops=(), stateful: bool = False) -> keras.Model:
     """Rebuild a ``.tflite`` model (path, bytes or :class:`TFLiteModel`) as a Keras model.
 
     Every op with weights becomes a real Keras layer with trainable variables (quantized
@@ -58,13 +55,21 @@ def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None
     operators runs as an embedded, frozen ``TFLiteLayer`` instead. ``wrap_ops`` (op types,
     custom codes or op indices) wraps those operators too, e.g. to isolate a parity problem.
     See :mod:`mlflow_tflite_keras.converter.regions`.
+
+    A streaming model (resource variables assigned by each invoke: state carried from one
+    frame to the next) becomes a recurrent model over sequences ``[batch, time, *frame]``
+    (:mod:`mlflow_tflite_keras.converter.streaming`); ``stateful=True`` gives instead a model
+    taking one frame per call and keeping the state across calls
+    (``converter.reset_streaming_state(model)`` starts a new stream).
     """
     return convert(tflite_model, signature_key=signature_key, name=name,
-                   unsupported=unsupported, wrap_ops=wrap_ops).model
+                   unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful).model
 
 
+@keras_noise_silenced()
 def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-            unsupported: str = "error", wrap_ops=()) -> ConversionResult:
+            unsupported: str = "error", wrap_ops=(), stateful: bool = False
+            ) -> ConversionResult:
     """Like :func:`to_keras`, also returning the :class:`ConversionReport` (wrapped regions in
     ``report.wrapped_regions``)."""
     if unsupported not in ("error", "wrap"):
@@ -104,6 +109,15 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
 
     report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts())
     model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
+    from mlflow_tflite_keras.converter import streaming
+
+    if streaming.is_streaming(model, signature.subgraph_index):
+        return ConversionResult(_streaming(model, signature, graph, handlers, report,
+                                           model_name, stateful, steps, per_example), report)
+    if stateful:
+        raise MlflowException("stateful=True applies to streaming models (resource variables "
+                              "assigned at run time); this model keeps no state.",
+                              error_code=INVALID_PARAMETER_VALUE)
     built = build_subgraph(model, signature.subgraph_index, specs,
                            list(signature.outputs.values()), name=model_name,
                            handlers=handlers, report=report, output_names=output_names,
@@ -118,6 +132,18 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
         report.notes.append("Fixed batch of 1 with control flow: the model is built for one "
                             "example and mapped over the batch (PerExample).")
     return ConversionResult(keras_model, report)
+
+
+def _streaming(model, signature, graph, handlers, report, name, stateful, steps, per_example):
+    from mlflow_tflite_keras.converter.builder import ConversionError
+    from mlflow_tflite_keras.converter.streaming import convert_streaming
+
+    try:
+        return convert_streaming(model, signature, graph, handlers, report, name,
+                                 stateful=stateful, steps=steps, per_example=per_example)
+    except ConversionError as e:
+        raise MlflowException(f"Cannot convert the streaming model: {e}",
+                              error_code=INVALID_PARAMETER_VALUE) from e
 
 
 def _tensor_map(graph: Graph, values: dict, model: keras.Model
@@ -170,8 +196,7 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
                  sorted(missing.items())]
         raise UnsupportedOperatorsError(
             f"The model has {sum(missing.values())} operator(s) the converter cannot rebuild:\n"
-            + "\n".join(lines) + "\nPass unsupported='wrap' to run them as embedded, frozen "
-            "TFLiteLayers (hybrid conversion).", dict(missing))
+            + "\n".join(lines), dict(missing))
 
 
 def _batched(graph: Graph) -> bool:

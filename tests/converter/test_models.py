@@ -65,23 +65,31 @@ def test_keras_application(app, recipe, tmp_path):
         assert again.passed, str(again)
 
 
+# Fixed-batch models with loops are rebuilt per example (PerExample), which the op-by-op check
+# cannot map; judged end to end, tighter than the dynamic-range fallback default (measured 2e-4).
+SMALL_TOLERANCES = {("lstm-text", "dynamic-range"): {"max_rel_error": 5e-3},
+                    ("gru-text", "dynamic-range"): {"max_rel_error": 5e-3}}
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 @pytest.mark.parametrize("recipe", ["float32", "dynamic-range"])
 def test_small_models(name, recipe, tmp_path):
     data = small_tflite(name, recipe)
     result = convert(data)
     x = SMALL[name][1](6)
-    report = check_parity(data, result.model, x, tensor_map=result.report.tensor_map)
+    tolerances = SMALL_TOLERANCES.get((name, recipe), {})
+    report = check_parity(data, result.model, x, tensor_map=result.report.tensor_map,
+                          **tolerances)
     assert report.passed, f"{name} {recipe}\n{report}"
     assert report.compiled.passed, str(report)
     undo = perturbed(result.model)
     try:
         wrong = check_parity(data, result.model, x, tensor_map=result.report.tensor_map,
-                             compiled=False)
+                             compiled=False, **tolerances)
     finally:
         undo()
     assert not wrong.passed, f"{name} {recipe}: a 5% kernel change passed\n{wrong}"
-    again = check_parity(data, reload(result.model, tmp_path), x)
+    again = check_parity(data, reload(result.model, tmp_path), x, **tolerances)
     assert again.passed, str(again)
 
 

@@ -261,11 +261,22 @@ def stateful_tflite():
     return cached("cf-stateful-running-total", build)
 
 
-def test_stateful_model_is_refused_naming_the_variables():
+def test_stateful_model_with_a_state_without_batch_dimension_runs_per_example():
+    """A streaming model converts to a recurrent model (tests/converter/test_streaming.py);
+    this one's state [4] has no leading batch 1, so its step is built at the exact shapes and
+    mapped over the batch (one stream per example)."""
     data = stateful_tflite()
     assert {"CALL_ONCE", "VAR_HANDLE", "ASSIGN_VARIABLE"} <= set(TFLiteModel(data).operator_names)
-    with pytest.raises(Exception, match=r"stateful.*running_total.*per-call persistent state"):
-        to_keras(data)
+    model = to_keras(data)
+    cell = model.layers[-1].cell
+    assert cell.per_example and cell.state_shapes == [(4,)]
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 20, 4)).astype(np.float32)
+    # out_t = x_t + total_t, total_t = total_0 + x_1 + ... + x_t
+    expected = x + np.arange(4, dtype=np.float32) / 4 + np.cumsum(x, axis=1)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    report = check_parity(data, model, x, max_rel_error=1e-5)
+    assert report.passed and report.n_samples == 60, str(report)
 
 
 def _without_assignments(data: bytes) -> bytes:

@@ -24,7 +24,8 @@ Resource variables: a variable that is only read, and initialized once by a ``CA
 initializer subgraph, becomes a constant (its initial value). A variable assigned at run time
 (state carried from one invoke to the next, streaming models) cannot be expressed by a Keras
 functional model, which has no per-call persistent state: conversion fails and names the
-variables.
+variables -- unless the signature's own subgraph assigns them: then it is a streaming model,
+converted to a recurrent model by :mod:`mlflow_tflite_keras.converter.streaming`.
 """
 
 from __future__ import annotations
@@ -515,7 +516,11 @@ class _VariableState:
 
 
 def _state(ctx) -> _VariableState:
-    model = ctx.graph.model
+    return variable_state(ctx.graph.model)
+
+
+def variable_state(model) -> _VariableState:
+    """The model's resource variables (initial values, where they are assigned), cached."""
     state = model.__dict__.get("_converter_variable_state")
     if state is None:
         state = model.__dict__["_converter_variable_state"] = _VariableState(model)
@@ -531,7 +536,8 @@ def _stateful_error(state) -> ConversionError:
         "read-only (initialized once by CALL_ONCE) convert.")
 
 
-@register("CALL_ONCE", layer="(initializer: variables become constants)")
+@register("CALL_ONCE", layer="(initializer: read-only variables become constants; state: "
+          "the StreamingCell's initial state)")
 def call_once(op, ctx):
     state = _state(ctx)
     if state.assigned:
@@ -545,7 +551,8 @@ def var_handle(op, ctx):
     return [_handle_of(op)]
 
 
-@register("READ_VARIABLE", layer="(constant: the variable's initial value)")
+@register("READ_VARIABLE", layer="(constant: the variable's initial value; state: the "
+          "StreamingCell's state input)")
 def read_variable(op, ctx):
     handle = ctx.value(op.inputs[0])
     if not isinstance(handle, VariableHandle):
@@ -559,6 +566,7 @@ def read_variable(op, ctx):
     return [np.array(state.initial[handle])]
 
 
-@register("ASSIGN_VARIABLE", layer="(only in CALL_ONCE initializers)")
+@register("ASSIGN_VARIABLE", layer="(CALL_ONCE initializers; state: the StreamingCell's new "
+          "state)")
 def assign_variable(op, ctx):
     raise _stateful_error(_state(ctx))
