@@ -1,6 +1,7 @@
 """register_keras_version: a Keras version next to the .tflite version, lineage both ways.
 
-Runs against the embedded SQLite store and against a real `mlflow server` process.
+Runs against the embedded SQLite store and against real `mlflow server` processes on SQLite
+and on PostgreSQL backend stores.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from mlflow_tflite_keras import lineage
 from servers import tracking_server
 
 
-@pytest.fixture(scope="module", params=["sqlite", "server"])
+@pytest.fixture(scope="module", params=["sqlite", "server", "postgres"])
 def store(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    if request.param == "sqlite":
+    if request.param == "postgres":  # a team's shared server: PostgreSQL backend store
+        mlflow.set_tracking_uri(request.getfixturevalue("postgres_tracking_server"))
+        mlflow.set_experiment("lineage")
+        yield request.param
+    elif request.param == "sqlite":
         from mlflow_tflite_keras.tracking import experiment, use_default_tracking
 
         os.environ.pop("MLFLOW_TRACKING_URI", None)
