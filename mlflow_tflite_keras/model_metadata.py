@@ -550,17 +550,18 @@ def _entry_summary(name: str, data: bytes | None):
 
 
 def _referenced_files(node) -> set[str]:
-    """Names of every AssociatedFile in a decoded ModelMetadata."""
-    names = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("associated_files", "vocab_file", "sentencePiece_model") and \
-                    isinstance(value, list):
-                names.update(f["name"] for f in value if isinstance(f, dict) and "name" in f)
-            names |= _referenced_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            names |= _referenced_files(item)
+    """Names of every AssociatedFile in a decoded ModelMetadata (an iterative walk)."""
+    names, todo = set(), [node]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("associated_files", "vocab_file", "sentencePiece_model") and \
+                        isinstance(value, list):
+                    names.update(f["name"] for f in value if isinstance(f, dict) and "name" in f)
+                todo.append(value)
+        elif isinstance(node, list):
+            todo.extend(node)
     return names
 
 

@@ -57,7 +57,8 @@ def main(uri, prefix, rounds, barrier, me):
     for r in range(rounds):
         current["round"] = r
         version = lineage.register_keras_version(f"models:/{prefix}-{r}/1")
-        print(json.dumps({"round": r, "ref": f"{version.name}/{version.version}"}), flush=True)
+        print("RESULT", json.dumps({"round": r, "ref": f"{version.name}/{version.version}"}),
+              flush=True)
 
 
 if __name__ == "__main__":

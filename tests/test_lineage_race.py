@@ -57,7 +57,9 @@ def test_concurrent_registrations_are_both_listed(server, tmp_path):
         registered = {r: set() for r in range(ROUNDS)}
         for out in outputs:
             for line in out.splitlines():
-                record = json.loads(line)
+                if not line.startswith("RESULT "):
+                    continue  # mlflow prints its own lines too
+                record = json.loads(line[len("RESULT "):])
                 registered[record["round"]].add(record["ref"])
         client = MlflowClient()
         for r in range(ROUNDS):

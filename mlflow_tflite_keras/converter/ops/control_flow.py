@@ -487,7 +487,7 @@ class _VariableState:
                                for i in called_subgraphs("CALL_ONCE", op.options)}
         self.initial: dict[VariableHandle, np.ndarray] = {}
         self.assigned: dict[str, list[str]] = {}  # variable -> where
-        for index in sorted(self.init_subgraphs):
+        for index in _callees_first(model, sorted(self.init_subgraphs)):
             self._run_initializer(model, index)
         for sg in model.subgraphs:
             if sg.index in self.init_subgraphs:
@@ -503,8 +503,10 @@ class _VariableState:
 
     def _run_initializer(self, model, index):
         graph = build_graph(model, index)
-        handlers = {**HANDLERS, "ASSIGN_VARIABLE": Handler("ASSIGN_VARIABLE", lambda op, c: [],
-                                                           "", __name__)}
+        # A CALL_ONCE inside an initializer: its subgraph is an initializer too, already run
+        # (callees first), so here it does nothing.
+        handlers = {**HANDLERS, **{name: Handler(name, lambda op, c: [], "", __name__)
+                                   for name in ("ASSIGN_VARIABLE", "CALL_ONCE")}}
         sub = _fold_subgraph(model, index, graph, [], handlers)
         for op in graph.ops:
             if op.type == "ASSIGN_VARIABLE":
@@ -512,6 +514,30 @@ class _VariableState:
                 value = sub.values.get(op.inputs[1].index)
                 if isinstance(handle, VariableHandle) and isinstance(value, np.ndarray):
                     self.initial[handle] = value
+
+
+def _callees_first(model, roots) -> list[int]:
+    """``roots`` and the subgraphs they call, each after every subgraph it calls (an
+    iterative post-order: call chains may be thousands deep; validation excluded cycles)."""
+    def callees(index):
+        return iter([c for op in model.subgraphs[index].operators for c in op.called_subgraphs])
+
+    order, done = [], set()
+    for root in roots:
+        stack, on_stack = [(root, callees(root))], {root}
+        while stack:
+            index, pending = stack[-1]
+            callee = next(pending, None)
+            if callee is None:
+                stack.pop()
+                on_stack.discard(index)
+                if index not in done:
+                    done.add(index)
+                    order.append(index)
+            elif callee not in done and callee not in on_stack:
+                stack.append((callee, callees(callee)))
+                on_stack.add(callee)
+    return order
 
 
 def _state(ctx) -> _VariableState:
