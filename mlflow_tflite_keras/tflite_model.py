@@ -157,13 +157,24 @@ def read_model_bytes(tflite_model) -> bytes:
     if isinstance(tflite_model, (str, os.PathLike)):
         path = os.fspath(tflite_model)
         if not os.path.isfile(path):
-            raise _invalid(f"No .tflite file at '{path}'.")
+            raise _invalid(f"No .tflite file at {describe_path(path)}.")
         with open(path, "rb") as f:
             return f.read()
     raise _invalid(
         "Expected a path to a .tflite file or its bytes, got "
         f"{type(tflite_model).__name__}."
     )
+
+
+def describe_path(path) -> str:
+    """A path for an error message, quoted; never the whole of a long or binary string (model
+    bytes decoded to ``str`` by mistake would otherwise be echoed in full)."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    if len(text) <= 512 and text.isprintable():
+        return f"'{text}'"
+    hint = " (the model's bytes as text? pass bytes or a path)" if \
+        FILE_IDENTIFIER.decode() in text[:16] or not text.isprintable() else ""
+    return f"a str of {len(text)} characters that is not a file path{hint}"
 
 
 class TFLiteModel:

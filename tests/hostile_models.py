@@ -132,3 +132,31 @@ def call_once_chain(depth: int) -> bytes:
             ops.append(operator(0, [], [], init, schema.BuiltinOptions.CallOnceOptions))
         sgs.append(subgraph(f"init{i}", [], ops, [], []))
     return pack(model([opcode("CALL_ONCE"), opcode("ABS")], sgs))
+
+
+def string_tile() -> bytes:
+    """A valid model on STRING tensors: y = tile(x, [1, 2]), x of shape [-1, 2] (LiteRT's TILE
+    copies strings): each row's two strings, twice."""
+    string = schema.TensorType.STRING
+    x = tensor("text", [1, 2], type_=string)
+    x.shapeSignature = np.asarray([-1, 2], np.int32)
+    multiples = tensor("multiples", [2], buffer=1, type_=schema.TensorType.INT32)
+    y = tensor("tiled", [1, 4], type_=string)
+    y.shapeSignature = np.asarray([-1, 4], np.int32)
+    m = model([opcode("TILE")], [subgraph("main", [x, multiples, y],
+                                          [operator(0, [0, 1], [2])], [0], [2])], n_buffers=2)
+    m.buffers[1].data = np.frombuffer(np.asarray([1, 2], np.int32).tobytes(), np.uint8)
+    return pack(m)
+
+
+def string_unsupported() -> bytes:
+    """STRING tensors into an op whose kernel takes no strings (REVERSE_V2): LiteRT refuses
+    it when it prepares the op."""
+    string = schema.TensorType.STRING
+    x, y = tensor("text", [1, 2], type_=string), tensor("out", [1, 2], type_=string)
+    axis = tensor("axis", [1], buffer=1, type_=schema.TensorType.INT32)
+    m = model([opcode("REVERSE_V2")], [subgraph("main", [x, y, axis],
+                                                [operator(0, [0, 2], [1])], [0], [1])],
+              n_buffers=2)
+    m.buffers[1].data = np.frombuffer(np.asarray([1], np.int32).tobytes(), np.uint8)
+    return pack(m)
