@@ -329,6 +329,8 @@ class TFLiteModel:
         )
         for t in tensors:
             data = self._raw_buffer(t.buffer)
+            if data is not None and t.type_name == "STRING":
+                _check_string_buffer(data, t)
             if data is not None and t.sparsity is None and t.dtype is not None:
                 expected = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
                 if len(data) != expected:
@@ -834,6 +836,23 @@ def _check_operator_indices(raw_op, o_index: int, sg_index: int, n_tensors: int,
     offset, size = int(raw_op.largeCustomOptionsOffset), int(raw_op.largeCustomOptionsSize)
     if offset > 1 and (size < 0 or offset + size > file_size):
         raise _invalid(f"{label} has custom options past the end of the file.")
+
+
+def _check_string_buffer(data, t: "TensorInfo"):
+    """A STRING constant: int32 count N, N + 1 int32 offsets, then the bytes. LiteRT reads
+    strings through those offsets unchecked."""
+    where = f"Constant STRING tensor '{t.name}'"
+    if len(data) < 8:
+        raise _invalid(f"{where} is too short for its string table.")
+    (count,) = struct.unpack_from("<i", data, 0)
+    expected = int(np.prod(t.shape, dtype=np.int64))
+    if count != expected or 4 * (count + 2) > len(data):
+        raise _invalid(f"{where} holds {count} strings; its shape {list(t.shape)} needs "
+                       f"{expected}.")
+    offsets = np.frombuffer(data, dtype="<i4", count=count + 1, offset=4)
+    if offsets[0] != 4 * (count + 2) or offsets[-1] != len(data) or \
+            np.any(np.diff(offsets.astype(np.int64)) < 0):
+        raise _invalid(f"{where} has string offsets outside its buffer.")
 
 
 def _check_buffers(m, file_size: int):

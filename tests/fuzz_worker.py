@@ -241,7 +241,7 @@ def mutate_semantic(data, rng, pos):  # noqa: C901 (a menu of mutations)
         note = f"{what} {action} -> {shape[:6]}"
     elif what == "type" and n_tensors:
         t = rng.choice(sg.tensors)
-        t.type = rng.choice([0, 1, 2, 3, 4, 7, 9, 10, 13, 17, 18, 20, 99, -1, 127])
+        t.type = rng.choice([0, 1, 2, 3, 4, 5, 7, 9, 10, 13, 17, 18, 20, 99, -1, 127])
         note = f"tensor type -> {t.type}"
     elif what == "buffer" and n_tensors:
         t = rng.choice(sg.tensors)

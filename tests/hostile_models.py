@@ -160,3 +160,16 @@ def string_unsupported() -> bytes:
               n_buffers=2)
     m.buffers[1].data = np.frombuffer(np.asarray([1], np.int32).tobytes(), np.uint8)
     return pack(m)
+
+
+def add_constant(values) -> bytes:
+    """y = x + c with a float32 constant ``c`` of shape [1, n] (a KerasOp with a weight)."""
+    values = np.asarray(values, np.float32).reshape(1, -1)
+    n = values.shape[1]
+    x, y = tensor("x", [1, n]), tensor("y", [1, n])
+    c = tensor("c", [1, n], buffer=1)
+    options = schema.AddOptionsT()
+    m = model([opcode("ADD")], [subgraph("main", [x, c, y], [operator(
+        0, [0, 1], [2], options, schema.BuiltinOptions.AddOptions)], [0], [2])], n_buffers=2)
+    m.buffers[1].data = np.frombuffer(values.tobytes(), np.uint8)
+    return pack(m)

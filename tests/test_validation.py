@@ -153,7 +153,35 @@ def _buffer_past_end(m):
     m.buffers.append(buf)
 
 
+def _string_constant(data: bytes) -> bytes:
+    string = schema.TensorType.STRING
+    x, y = hm.tensor("x", [2], type_=string), hm.tensor("y", [4], type_=string)
+    c = hm.tensor("c", [2], buffer=1, type_=string)
+    m = hm.model([hm.opcode("CONCATENATION")], [hm.subgraph("main", [x, c, y], [hm.operator(
+        0, [0, 1], [2], schema.ConcatenationOptionsT(),
+        schema.BuiltinOptions.ConcatenationOptions)], [0], [2])], n_buffers=2)
+    m.buffers[1].data = np.frombuffer(data, np.uint8)
+    return hm.pack(m)
+
+
+def _string_table(strings, offsets=None) -> bytes:
+    n = len(strings)
+    if offsets is None:
+        offsets = [4 * (n + 2)]
+        for s in strings:
+            offsets.append(offsets[-1] + len(s))
+    return np.asarray([n, *offsets], np.int32).tobytes() + b"".join(strings)
+
+
+def test_valid_string_constant_passes():
+    TFLiteModel(_string_constant(_string_table([b"ab", b"c"])))
+
+
 CASES = {
+    # STRING constants: LiteRT follows their offset table unchecked.
+    "string-offsets": (_string_constant(_string_table([b"ab", b"c"], [16, 1000, 1001])),
+                       "string offsets outside"),
+    "string-count": (_string_constant(_string_table([b"ab"])), "holds 1 strings"),
     # Subgraph references in builtin_options_2 (StableHLO ops): range and cycles.
     "stablehlo-while-out-of-range": (
         hm.options2_reference(_stablehlo_while(1, 5), "StablehloWhileOptions",

@@ -32,15 +32,67 @@ class KerasOp(keras.layers.Layer):
         self._resolve(fn)  # fail at construction (and at load) for unknown names
         self.constant_positions = sorted(int(k) for k in (constants or {}))
         self.trainable_constants = bool(trainable_constants)
-        self._constant_values = {int(k): np.asarray(v) for k, v in (constants or {}).items()}
+        self._constant_values = {int(k): v if isinstance(v, DeclaredConstant) else np.asarray(v)
+                                 for k, v in (constants or {}).items()}
         self.constant_weights = []
-        for pos in self.constant_positions:
-            value = self._constant_values[pos]
-            self.constant_weights.append(self.add_weight(
-                name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
-                initializer=keras.initializers.Constant(value) if value.size else "zeros",
-                trainable=self.trainable_constants and np.issubdtype(value.dtype, np.floating),
-            ))
+        # From a config, constants are declared (shape, dtype) only: their weights are made
+        # from the weights file, once it is checked to match (load_own_variables).
+        self._pending = any(isinstance(v, DeclaredConstant)
+                            for v in self._constant_values.values())
+        if not self._pending:
+            for pos in self.constant_positions:
+                self.constant_weights.append(self._constant_weight(
+                    pos, self._constant_values[pos]))
+
+    def _constant_weight(self, pos, value):
+        return self.add_weight(
+            name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
+            initializer=keras.initializers.Constant(value) if value.size else "zeros",
+            trainable=self._trainable_constant(value.dtype))
+
+    def _trainable_constant(self, dtype) -> bool:
+        return self.trainable_constants and np.issubdtype(np.dtype(dtype), np.floating)
+
+    def _constant(self, pos):
+        if not self._pending:
+            return self.constant_weights[self.constant_positions.index(pos)]
+        declared = self._constant_values[pos]
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+        if not in_symbolic_scope():
+            raise ValueError(f"KerasOp '{self.name}': its constants are not loaded; it was "
+                             "created from a config alone. Load the model with "
+                             "keras.saving.load_model(...).")
+        return ops.zeros(declared.shape, dtype=_keras_dtype(declared.dtype))  # shapes only
+
+    def load_own_variables(self, store):
+        if not self._pending:
+            return super().load_own_variables(store)
+        # The weights file stores trainable variables first, then the others.
+        order = sorted(self.constant_positions, key=lambda p: not self._trainable_constant(
+            self._constant_values[p].dtype))
+        if len(store.keys()) != len(order):
+            raise ValueError(f"KerasOp '{self.name}': its config declares {len(order)} "
+                             f"constant(s), the weights file stores {len(store.keys())}.")
+        values = {}
+        for i, pos in enumerate(order):
+            stored = store[str(i)]  # the file's own bytes: read before anything is sized
+            declared = self._constant_values[pos]
+            if tuple(stored.shape) != declared.shape or \
+                    np.dtype(stored.dtype) != declared.dtype:
+                raise ValueError(
+                    f"KerasOp '{self.name}': its config declares constant {pos} as "
+                    f"{list(declared.shape)} {declared.dtype}, the weights file stores "
+                    f"{list(stored.shape)} {stored.dtype}.")
+            values[pos] = np.asarray(stored)
+        self._tracker.unlock()  # as Keras itself does to add state to a built layer
+        try:
+            self.constant_weights = [self._constant_weight(p, values[p])
+                                     for p in self.constant_positions]
+        finally:
+            self._tracker.lock()
+        self._constant_values = values
+        self._pending = False
 
     @staticmethod
     def _resolve(fn: str):
@@ -56,7 +108,7 @@ class KerasOp(keras.layers.Layer):
         it = iter(flat)
         for pos in range(self.n_inputs + len(self.constant_positions)):
             if pos in self.constant_positions:
-                args.append(self.constant_weights[self.constant_positions.index(pos)])
+                args.append(self._constant(pos))
             else:
                 args.append(next(it))
         return self._resolve(self.fn)(*args, **self.fn_kwargs)
@@ -73,9 +125,29 @@ class KerasOp(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         specs = config.pop("constants", {}) or {}
-        config["constants"] = {int(p): np.zeros(s["shape"], dtype=s["dtype"])
+        config["constants"] = {int(p): DeclaredConstant.from_config(s, f"constant {p}")
                                for p, s in specs.items()}
         return cls(**config)
+
+
+class DeclaredConstant:
+    """A constant a layer config declares by shape and dtype only (no value, no memory)."""
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    @classmethod
+    def from_config(cls, spec, what: str) -> "DeclaredConstant":
+        try:
+            shape = [int(d) for d in spec["shape"]]
+            dtype = np.dtype(spec["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"Invalid {what} in a layer config: {str(spec)[:200]}.") from None
+        if any(d < 0 for d in shape) or dtype.kind not in "biufc":
+            raise ValueError(f"Invalid {what} in a layer config: shape {shape[:8]}, "
+                             f"dtype {dtype}.")
+        return cls(shape, dtype)
 
 
 def _keras_dtype(dtype) -> str:
