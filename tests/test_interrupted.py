@@ -36,7 +36,7 @@ KILL_POINTS = 6  # timed kills, plus one before each registry step
 SOURCE = "interrupted-src"  # the .tflite version that register_keras_version converts
 
 
-@pytest.fixture(scope="module", params=["sqlite", "server"])
+@pytest.fixture(scope="module", params=["sqlite", "server", "postgres"])
 def store(request, tmp_path_factory):
     """(tracking URI, experiment id, working dir) of a store with ``SOURCE`` version 1."""
     root = tmp_path_factory.mktemp(f"interrupted-{request.param}")
@@ -49,6 +49,11 @@ def store(request, tmp_path_factory):
             use_default_tracking(root / ".mlflow")  # sqlite:///... + file artifacts
             experiment_id = experiment("interrupted")
             yield _prepared(mlflow.get_tracking_uri(), experiment_id, root)
+        elif request.param == "postgres":  # a team's server: PostgreSQL backend store
+            url = request.getfixturevalue("postgres_tracking_server")
+            mlflow.set_tracking_uri(url)
+            experiment_id = mlflow.create_experiment("interrupted")
+            yield _prepared(url, experiment_id, root)
         else:
             with tracking_server(root / "server", root / "server.log") as url:
                 mlflow.set_tracking_uri(url)
