@@ -825,14 +825,9 @@ def _check_operator_indices(raw_op, o_index: int, sg_index: int, n_tensors: int,
                             file_size: int):
     """Indices of an operator that the interpreter follows besides its inputs and outputs."""
     label = f"Subgraph {sg_index}: operator {o_index}"
-    for what in ("intermediates",):
-        for i in _seq(getattr(raw_op, what)):
-            if not 0 <= int(i) < n_tensors:
-                raise _invalid(f"{label} {what} names tensor {i}, out of range.")
-    mutating = _seq(raw_op.mutatingVariableInputs)
-    if mutating and len(mutating) != len(_seq(raw_op.inputs)):
-        raise _invalid(f"{label} has {len(mutating)} mutating_variable_inputs for "
-                       f"{len(_seq(raw_op.inputs))} inputs.")
+    for i in _seq(raw_op.intermediates):  # kernels (LSTM) read them as tensors
+        if not 0 <= int(i) < n_tensors:
+            raise _invalid(f"{label} intermediates names tensor {i}, out of range.")
     offset, size = int(raw_op.largeCustomOptionsOffset), int(raw_op.largeCustomOptionsSize)
     if offset > 1 and (size < 0 or offset + size > file_size):
         raise _invalid(f"{label} has custom options past the end of the file.")

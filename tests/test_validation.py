@@ -203,9 +203,6 @@ CASES = {
     # Other indices the interpreter follows.
     "intermediates": (_model_with(_set_op(intermediates=np.asarray([7], np.int32))),
                       "intermediates names tensor 7"),
-    "mutating-variable-inputs": (
-        _model_with(_set_op(mutatingVariableInputs=[True, False, True])),
-        "mutating_variable_inputs"),
     "large-custom-options": (
         _model_with(_set_op(largeCustomOptionsOffset=10 ** 9, largeCustomOptionsSize=8)),
         "custom options past the end"),

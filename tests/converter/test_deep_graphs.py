@@ -76,3 +76,30 @@ def test_run_deep_is_scoped_and_reraises():
     with pytest.raises(ZeroDivisionError):
         run_deep(lambda: 1 / 0, DEEP_OPS * 2)
     assert sys.getrecursionlimit() == limit
+
+
+@pytest.mark.slow
+def test_cli_convert_registers_a_deep_chain(tmp_path):
+    """``mlflow-tflite-keras convert`` on a 1200-op chain: registered, no traceback."""
+    import subprocess
+
+    from servers import clean_env
+
+    cli_path = str(__import__("pathlib").Path(sys.executable).with_name("mlflow-tflite-keras"))
+    path = tmp_path / "deep.tflite"
+    path.write_bytes(hm.op_chain(1200, "TANH"))
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for args in (["log", str(path), "--registered-model-name", "deep"],
+                 ["convert", "models:/deep/1"]):
+        proc = subprocess.run([cli_path, *args], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        version = mlflow.MlflowClient().get_model_version("deep", "2")
+        assert version.tags["tflite_keras.parity_passed"] == "1"
+    finally:
+        mlflow.set_tracking_uri(None)
