@@ -37,7 +37,7 @@ from keras import ops
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
-from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
+from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, StoredConstants, extra_op
 from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, register
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
 
@@ -76,31 +76,12 @@ def _call_model(model, xs):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _constant_weights(layer, constants):
-    layer.constant_positions = sorted(int(k) for k in constants)
-    layer._constant_values = {int(k): np.asarray(v) for k, v in constants.items()}
-    layer.constant_weights = [
-        layer.add_weight(name=f"constant_{p}", shape=layer._constant_values[p].shape,
-                         dtype=layer._constant_values[p].dtype.name, trainable=False,
-                         initializer=keras.initializers.Constant(layer._constant_values[p])
-                         if layer._constant_values[p].size else "zeros")
-        for p in layer.constant_positions]
-
-
-def _splice(layer, n, tensors):
+def _splice(layer, n, tensors, spec_only: bool = False):
     """The ``n`` values: call tensors, with the stored constants at their positions."""
     it = iter(tensors)
-    return [ops.convert_to_tensor(layer.constant_weights[layer.constant_positions.index(p)])
+    return [(layer._constant(p, spec_only) if spec_only
+             else ops.convert_to_tensor(layer._constant(p)))
             if p in layer.constant_positions else next(it) for p in range(n)]
-
-
-def _constants_config(layer):
-    return {str(p): {"shape": list(v.shape), "dtype": v.dtype.name}
-            for p, v in layer._constant_values.items()}
-
-
-def _constants_from_config(specs):
-    return {int(p): np.zeros(s["shape"], dtype=s["dtype"]) for p, s in (specs or {}).items()}
 
 
 def _flat(inputs):
@@ -118,7 +99,7 @@ def _merge_shapes(a, b):
 # ---- layers -----------------------------------------------------------------------------------
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class WhileLoop(keras.layers.Layer):
+class WhileLoop(StoredConstants, keras.layers.Layer):
     """TFLite ``WHILE``: ``while cond_model(*vars): vars = body_model(*vars)``.
 
     ``n_vars`` loop variables; ``constants`` maps positions to initial values stored as
@@ -135,7 +116,7 @@ class WhileLoop(keras.layers.Layer):
         self.n_vars = int(n_vars)
         self.shapes = [None if s is None else [None if d is None else int(d) for d in s]
                        for s in (shapes or [None] * self.n_vars)]
-        _constant_weights(self, constants or {})
+        self._init_constants(constants or {})
 
     def build(self, *args, **kwargs):
         self.built = True
@@ -166,7 +147,7 @@ class WhileLoop(keras.layers.Layer):
         return out if self.n_vars > 1 else out[0]
 
     def compute_output_spec(self, *inputs):
-        values = _splice(self, self.n_vars, _flat(inputs))
+        values = _splice(self, self.n_vars, _flat(inputs), spec_only=True)
         specs = [keras.KerasTensor(tuple(s) if s is not None else v.shape, dtype=v.dtype)
                  for s, v in zip(self.shapes, values)]
         return specs if self.n_vars > 1 else specs[0]
@@ -176,7 +157,7 @@ class WhileLoop(keras.layers.Layer):
         config.update(cond_model=keras.saving.serialize_keras_object(self.cond_model),
                       body_model=keras.saving.serialize_keras_object(self.body_model),
                       n_vars=self.n_vars, shapes=self.shapes,
-                      constants=_constants_config(self))
+                      constants=self._constants_config())
         return config
 
     @classmethod
@@ -184,7 +165,7 @@ class WhileLoop(keras.layers.Layer):
         config = dict(config)
         config["cond_model"] = keras.saving.deserialize_keras_object(config["cond_model"])
         config["body_model"] = keras.saving.deserialize_keras_object(config["body_model"])
-        config["constants"] = _constants_from_config(config.get("constants"))
+        config["constants"] = cls._constants_from_config(config.get("constants"))
         return cls(**config)
 
 
