@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from mlflow_tflite_keras import lineage
 from servers import clean_env, tracking_server_on
 
 ROUNDS = 10
-WORKER = __import__("pathlib").Path(__file__).with_name("lineage_race_worker.py")
+WORKER = Path(__file__).with_name("lineage_race_worker.py")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def test_cli_convert_registers_a_deep_chain(tmp_path):
 
     from servers import clean_env
 
-    cli_path = str(__import__("pathlib").Path(sys.executable).with_name("mlflow-tflite-keras"))
+    cli_path = str(Path(sys.executable).with_name("mlflow-tflite-keras"))
     path = tmp_path / "deep.tflite"
     path.write_bytes(hm.op_chain(1200, "TANH"))
     env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
