@@ -730,12 +730,15 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
             "No intermediate tensor of the .tflite model maps to a layer of this Keras model"
             + (f" ({skipped[0]})" if skipped else "") + ". Is it the model converted from "
             "this .tflite (a per-example model wraps its layers in PerExample)?")
-    probe = keras.Model(keras_model.input, keras_tensors)
-    feed = _keras_feed(keras_model, spec, inputs)
-    actual = probe(feed, training=False)
-    actual = [np.asarray(keras.ops.convert_to_numpy(a)) for a in
-              (actual if isinstance(actual, (list, tuple)) else [actual])]
-    del probe
+    from mlflow_tflite_keras.converter.deep import run_deep
+
+    def probe_outputs():
+        probe = keras.Model(keras_model.input, keras_tensors)  # maps the graph recursively
+        out = probe(_keras_feed(keras_model, spec, inputs), training=False)
+        return [np.asarray(keras.ops.convert_to_numpy(a)) for a in
+                (out if isinstance(out, (list, tuple)) else [out])]
+
+    actual = run_deep(probe_outputs, len(keras_model.layers))
     # Interpreter side.
     expected = _interpreter_tensors(model, runner, spec, inputs, [t.index for _, t, _, _ in order])
 
