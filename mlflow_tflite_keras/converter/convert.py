@@ -79,10 +79,12 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     model = TFLiteModel.load(tflite_model)
     # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
     depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
-    return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops)
+    return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,
+                    stateful)
 
 
-def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops) -> ConversionResult:
+def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
+             stateful=False) -> ConversionResult:
     signature = model.signature(signature_key)
     graph = build_graph(model, signature.subgraph_index)
     handlers = load_handlers()
