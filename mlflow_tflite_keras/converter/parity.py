@@ -353,13 +353,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
 
     def compare_all(values):
-        if len(values) != len(spec.outputs):
-            raise MlflowException(
-                f"The Keras model has {len(values)} outputs; the .tflite signature has "
-                f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
-                error_code=INVALID_PARAMETER_VALUE)
-        return [_compare(o, expected[o.name], values[i], limits, *roles[i])
-                for i, o in enumerate(spec.outputs)]
+        return compare_outputs(spec, expected, values, limits, roles)
 
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     report = ParityReport(model.quantization_kind, int(n), limits, compare_all(actual))
@@ -379,6 +373,18 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                                               signature_key=signature_key,
                                               tensor_map=tensor_map, **tolerances)
     return report
+
+
+def compare_outputs(spec, expected: dict, values: list, limits: dict, roles) -> list:
+    """Each signature output of the interpreter (``expected``, by name) against the Keras
+    model's outputs in signature order, judged by ``limits`` and each output's role."""
+    if len(values) != len(spec.outputs):
+        raise MlflowException(
+            f"The Keras model has {len(values)} outputs; the .tflite signature has "
+            f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
+            error_code=INVALID_PARAMETER_VALUE)
+    return [_compare(o, expected[o.name], values[i], limits, *roles[i])
+            for i, o in enumerate(spec.outputs)]
 
 
 def _keras_feed(keras_model, spec, inputs: dict):
@@ -558,13 +564,7 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
     roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
 
     def compare_all(values):
-        if len(values) != len(spec.outputs):
-            raise MlflowException(
-                f"The Keras model has {len(values)} outputs; the .tflite signature has "
-                f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
-                error_code=INVALID_PARAMETER_VALUE)
-        return [_compare(o, expected[o.name], values[i], limits, *roles[i])
-                for i, o in enumerate(spec.outputs)]
+        return compare_outputs(spec, expected, values, limits, roles)
 
     report = ParityReport(model.quantization_kind,
                           int(sequences.shape[0] * sequences.shape[1]), limits,
