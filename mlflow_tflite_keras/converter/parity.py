@@ -32,7 +32,9 @@ __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "
 # by the output's value range; quantized kinds are judged in output quantization steps and by
 # top-1 agreement because a float model cannot reproduce integer rounding exactly.
 DEFAULT_TOLERANCES = {
-    "none": {"max_rel_error": 1e-4},
+    # float summation order and kernel approximations (XNNPACK vs TF) accumulate over deep
+    # networks: up to 1.3e-4 of the range measured (MobileNetV3); a 5% kernel error is >= 3e-2
+    "none": {"max_rel_error": 5e-4},
     "float16": {"max_rel_error": 1e-3},
     # float compute on the dequantized weights, as the Keras model does: float noise
     "weight-only": {"max_rel_error": 1e-4},
