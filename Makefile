@@ -11,7 +11,7 @@ MODEL  ?= models:/digits-tflite/1
 PORT   ?= 5001
 UI_PORT ?= 5000
 
-.PHONY: install demo serve ui test bench docs clean java browser
+.PHONY: install demo serve ui test bench docs clean java browser postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ ui: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" \
 	  --host 127.0.0.1 -p $(UI_PORT)
 
-test: $(STAMP) java browser
+test: $(STAMP) java browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The Spark tests need a JVM: install one with apt-get when `java` is absent and we are root
@@ -55,6 +55,17 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "chromium/chromedriver missing and not root: install the Debian packages" \
 	    "chromium and chromium-driver, or set TFLITE_KERAS_SKIP_BROWSER=1 to skip the UI test"; fi
+
+# The registry, lineage and race tests also run against `mlflow server` on a PostgreSQL backend
+# store: the fixture starts a throwaway cluster (initdb/pg_ctl from Debian's postgresql package,
+# as the unprivileged `postgres` user when root). Install it with apt-get when absent and we are
+# root (otherwise those tests are skipped with a message).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else echo "PostgreSQL missing and not root: install Debian's postgresql package, or the" \
+	    "PostgreSQL variants of the registry tests are skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pyfunc_overhead.py

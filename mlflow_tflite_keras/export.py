@@ -318,7 +318,7 @@ def load_like(like):
     """A :class:`TFLiteModel` from a ``.tflite`` path or bytes, a TFLiteModel, a loaded
     flavor model, or any MLflow model URI (or local model directory) of the tflite_keras
     flavor."""
-    from mlflow_tflite_keras.tflite_model import TFLiteModel
+    from mlflow_tflite_keras.tflite_model import TFLiteModel, describe_path
 
     if isinstance(like, TFLiteModel):
         return like
@@ -328,8 +328,9 @@ def load_like(like):
         return TFLiteModel(like.model_bytes)  # LoadedTFLiteModel
     if isinstance(like, (str, os.PathLike)):
         path = os.fspath(like)
-        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path):
-            return TFLiteModel.load(path)
+        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path) or \
+                not describe_path(path).startswith("'"):
+            return TFLiteModel.load(path)  # (an unprintable "path" is refused, not echoed)
         import mlflow_tflite_keras.flavor as flavor  # lazily: MLflow model URI or directory
 
         try:

@@ -56,7 +56,7 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import reject_unknown_keywords
-from mlflow_tflite_keras.runtime import TFLiteRunner
+from mlflow_tflite_keras.runtime import TFLiteRunner, string_outputs_as_text
 from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
 
 __all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
@@ -165,6 +165,8 @@ def infer_signature(model: TFLiteModel, signature_key: str | None = None) -> Mod
         if spec.batched and shape:
             shape[0] = -1
         dtype = s.logical_dtype if (is_output or s.quantized) else s.dtype
+        if dtype == object:  # STRING: text in and out of the pyfunc
+            dtype = str
         return TensorSpec(np.dtype(dtype), tuple(shape), s.name)
 
     keys = [sig.key for sig in model.signatures]
@@ -233,7 +235,7 @@ def save_model(
     reject_unknown_keywords("save_model", kwargs, _parameters(save_model))
     model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data,
                                          keep_source)
-    model = TFLiteModel(model_bytes)  # validates before anything is written
+    model = _check_saveable(TFLiteModel(model_bytes))  # validates before anything is written
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise MlflowException(f"num_threads must be a positive integer, got {num_threads!r}.",
                               error_code=INVALID_PARAMETER_VALUE)
@@ -321,6 +323,19 @@ def _write_model(model, path, conda_env, code_paths, mlflow_model, signature, in
         write_to(os.path.join(path, _CONSTRAINTS_FILE_NAME), "\n".join(pip_constraints))
     write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(pip_requirements))
     _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+
+
+def _check_saveable(model: TFLiteModel) -> TFLiteModel:
+    """Refuse, before anything is written or logged, a model with STRING tensors that LiteRT
+    cannot run: its pyfunc (the only way to use one: the converter takes no strings) would
+    never load. Models LiteRT runs exchange strings through the pyfunc."""
+    if any(t.type_name == "STRING" for sg in model.subgraphs for t in sg.tensors):
+        try:
+            TFLiteRunner(model).new_interpreter()
+        except MlflowException as e:
+            raise MlflowException(f"The model has STRING tensors and LiteRT cannot run it: "
+                                  f"{e.message}", error_code=INVALID_PARAMETER_VALUE) from None
+    return model
 
 
 def _check_runs_on_litert(model: TFLiteModel):
@@ -415,7 +430,7 @@ def log_model(
     reject_unknown_keywords("log_model", kwargs, {*_parameters(log_model), *_MODEL_LOG_KEYWORDS})
     # Validate (and convert a Keras model, once) before a run or a logged model is created.
     model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
-    TFLiteModel(model_bytes)
+    _check_saveable(TFLiteModel(model_bytes))
     return Model.log(
         artifact_path=kwargs.pop("artifact_path", None),
         name=name,
@@ -595,7 +610,8 @@ class _TFLitePyfuncWrapper:
         dequantize = params.get("dequantize", True)
         if isinstance(dequantize, str):
             dequantize = dequantize.strip().lower() not in ("false", "0", "no")
-        return self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize))
+        return string_outputs_as_text(
+            self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize)))
 
 
 def _flavor_conf_and_root(path: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import numpy as np
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
@@ -228,7 +229,7 @@ def register_keras_version(
             except BaseException as e:
                 # Never leave a half-linked version behind, nor a source naming a deleted one.
                 _unlink_source(client, source, f"{target_name}/{version.version}")
-                client.delete_model_version(target_name, version.version)
+                _discard_version(client, source, target_name, version.version)
                 mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
                 mlflow.end_run(status="FAILED")
                 raise
@@ -251,55 +252,157 @@ def _lineage_tags(source: SourceModel, model_uri, sha256, report, method: str) -
     }
 
 
+# The list tags (KERAS_VERSIONS) are derived data. MLflow has no compare-and-set, so two
+# registrations doing read-modify-write on one list tag can lose one another's entry. Each
+# Keras version is therefore recorded under a tag of its own (KERAS_VERSION_PREFIX + a hash
+# of its ref: distinct keys never collide), and the list is rebuilt from those tags and
+# re-read until it equals them. The last writer of the list re-reads after writing; any
+# registration whose own tag it missed writes the list again after that (see
+# _sync_version_list), so once every registration returns the list names all of them.
+KERAS_VERSION_PREFIX = TAG_PREFIX + "keras_version."
+_SYNC_ATTEMPTS = 60
+
+
+def _ref_key(keras_ref: str) -> str:
+    import hashlib
+
+    return KERAS_VERSION_PREFIX + hashlib.sha256(keras_ref.encode()).hexdigest()[:16]
+
+
+def _ref_order(ref: str):
+    name, _, version = ref.rpartition("/")
+    return (name, int(version) if version.isdigit() else 0, ref)
+
+
+def _listed(tags: dict) -> list[str]:
+    return [r for r in tags.get(KERAS_VERSIONS, "").split(",") if r]
+
+
+def _recorded(tags: dict) -> list[str]:
+    return sorted({v for k, v in tags.items() if k.startswith(KERAS_VERSION_PREFIX)},
+                  key=_ref_order)
+
+
+def _legacy_refs(tags: dict) -> dict[str, str]:
+    """Per-version tags for a list written before they existed (none recorded yet)."""
+    if _recorded(tags):
+        return {}
+    return {_ref_key(r): r for r in _listed(tags)}
+
+
+def _sync_version_list(read_tags, write_list, delete_list, removed: str | None = None):
+    """Rewrite the list tag from the per-version tags until a re-read after the write shows
+    it equal to them (``removed``: a ref whose per-version tag was just deleted)."""
+    import random
+    import time
+
+    for attempt in range(_SYNC_ATTEMPTS):
+        tags = read_tags()
+        wanted = [r for r in _recorded(tags) if r != removed]
+        if _listed(tags) == wanted and attempt:
+            return
+        if wanted:
+            write_list(",".join(wanted))
+        elif KERAS_VERSIONS in tags:
+            delete_list()
+        elif attempt:
+            return
+        time.sleep(random.uniform(0.0, 0.05) * min(attempt + 1, 5))
+    raise MlflowException(f"Could not update the '{KERAS_VERSIONS}' tag: it kept changing "
+                          f"under {_SYNC_ATTEMPTS} concurrent updates.")
+
+
+def _source_version_tags(client: MlflowClient, source: SourceModel, keras_ref: str) -> dict:
+    """The source version's tags, after checking it is still the version converted: its
+    registered model may have been deleted (and re-created by register_model) meanwhile."""
+    try:
+        mv = client.get_model_version(source.registered_name, source.version)
+    except MlflowException:
+        mv = None
+    if mv is None or f"{mv.name}/{mv.version}" == keras_ref or \
+            mv.tags.get(ROLE) == ROLE_KERAS or \
+            (source.model_id and model_id_of(mv) not in (None, source.model_id)):
+        raise MlflowException(
+            f"The source version {source.registered_name}/{source.version} was deleted while "
+            "it was being converted; the Keras version is not registered.",
+            error_code=RESOURCE_DOES_NOT_EXIST)
+    return mv.tags
+
+
 def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
     """Tag the source version (and its logged model) with its Keras version(s)."""
     if source.registered_name:
-        mv = client.get_model_version(source.registered_name, source.version)
-        refs = [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]
-        refs.append(keras_ref)
-        client.set_model_version_tag(source.registered_name, source.version, KERAS_VERSIONS,
-                                     ",".join(refs))
-        if ROLE not in mv.tags:
-            client.set_model_version_tag(source.registered_name, source.version, ROLE,
-                                         ROLE_SOURCE)
+        name, version = source.registered_name, source.version
+        tags = _source_version_tags(client, source, keras_ref)
+        for key, ref in {**_legacy_refs(tags), _ref_key(keras_ref): keras_ref}.items():
+            client.set_model_version_tag(name, version, key, ref)
+        if ROLE not in tags:
+            client.set_model_version_tag(name, version, ROLE, ROLE_SOURCE)
+        _sync_version_list(
+            lambda: _source_version_tags(client, source, keras_ref),
+            lambda value: client.set_model_version_tag(name, version, KERAS_VERSIONS, value),
+            lambda: client.delete_model_version_tag(name, version, KERAS_VERSIONS))
     if source.model_id:
-        logged = client.get_logged_model(source.model_id)
-        refs = [r for r in logged.tags.get(KERAS_VERSIONS, "").split(",") if r]
-        client.set_logged_model_tags(source.model_id, {
-            KERAS_VERSIONS: ",".join([*refs, keras_ref]), ROLE: ROLE_SOURCE})
+        model_id = source.model_id
+        legacy = _legacy_refs(client.get_logged_model(model_id).tags)
+        client.set_logged_model_tags(model_id, {**legacy, _ref_key(keras_ref): keras_ref,
+                                                ROLE: ROLE_SOURCE})
+        _sync_version_list(
+            lambda: client.get_logged_model(model_id).tags,
+            lambda value: client.set_logged_model_tags(model_id, {KERAS_VERSIONS: value}),
+            lambda: client.delete_logged_model_tag(model_id, KERAS_VERSIONS))
 
 
 def _unlink_source(client: MlflowClient, source: SourceModel, keras_ref: str):
     """Undo what ``_link_source`` may have done for ``keras_ref`` (best effort)."""
-    try:
-        if source.registered_name:
-            mv = client.get_model_version(source.registered_name, source.version)
-            refs = [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]
-            if keras_ref in refs:
-                refs.remove(keras_ref)
-                if refs:
-                    client.set_model_version_tag(source.registered_name, source.version,
-                                                 KERAS_VERSIONS, ",".join(refs))
-                else:
-                    client.delete_model_version_tag(source.registered_name, source.version,
-                                                    KERAS_VERSIONS)
-                    if mv.tags.get(ROLE) == ROLE_SOURCE:
-                        client.delete_model_version_tag(source.registered_name,
-                                                        source.version, ROLE)
-        if source.model_id:
-            logged = client.get_logged_model(source.model_id)
-            refs = [r for r in logged.tags.get(KERAS_VERSIONS, "").split(",") if r]
-            if keras_ref in refs:
-                refs.remove(keras_ref)
-                if refs:
-                    client.set_logged_model_tags(source.model_id,
-                                                 {KERAS_VERSIONS: ",".join(refs)})
-                else:
-                    client.delete_logged_model_tag(source.model_id, KERAS_VERSIONS)
-                    if logged.tags.get(ROLE) == ROLE_SOURCE:
-                        client.delete_logged_model_tag(source.model_id, ROLE)
-    except Exception as e:
-        _logger.warning("Could not remove %s from the source's links: %s", keras_ref, e)
+    key = _ref_key(keras_ref)
+    if source.registered_name:
+        name, version = source.registered_name, source.version
+        try:
+            mv = client.get_model_version(name, version)
+            if f"{mv.name}/{mv.version}" != keras_ref and (
+                    key in mv.tags or keras_ref in _listed(mv.tags)):
+                if key in mv.tags:
+                    client.delete_model_version_tag(name, version, key)
+                _sync_version_list(
+                    lambda: client.get_model_version(name, version).tags,
+                    lambda value: client.set_model_version_tag(name, version, KERAS_VERSIONS,
+                                                               value),
+                    lambda: client.delete_model_version_tag(name, version, KERAS_VERSIONS),
+                    removed=keras_ref)
+                tags = client.get_model_version(name, version).tags
+                if not _recorded(tags) and tags.get(ROLE) == ROLE_SOURCE:
+                    client.delete_model_version_tag(name, version, ROLE)
+        except Exception as e:
+            _logger.warning("Could not remove %s from the source's links: %s", keras_ref, e)
+    if source.model_id:
+        model_id = source.model_id
+        try:
+            tags = client.get_logged_model(model_id).tags
+            if key in tags or keras_ref in _listed(tags):
+                if key in tags:
+                    client.delete_logged_model_tag(model_id, key)
+                _sync_version_list(
+                    lambda: client.get_logged_model(model_id).tags,
+                    lambda value: client.set_logged_model_tags(model_id,
+                                                               {KERAS_VERSIONS: value}),
+                    lambda: client.delete_logged_model_tag(model_id, KERAS_VERSIONS),
+                    removed=keras_ref)
+                tags = client.get_logged_model(model_id).tags
+                if not _recorded(tags) and tags.get(ROLE) == ROLE_SOURCE:
+                    client.delete_logged_model_tag(model_id, ROLE)
+        except Exception as e:
+            _logger.warning("Could not remove %s from the source's links: %s", keras_ref, e)
+
+
+def _discard_version(client: MlflowClient, source: SourceModel, name: str, version: str):
+    """Delete a half-linked Keras version; and its registered model when register_model
+    re-created it (the source's model was deleted meanwhile) and it holds nothing else."""
+    client.delete_model_version(name, version)
+    if name == source.registered_name:
+        with contextlib.suppress(MlflowException):
+            if not client.search_model_versions(f"name = '{name}'"):
+                client.delete_registered_model(name)
 
 
 def _description(source: SourceModel, model_uri, parity, conversion, run_id, method) -> str:
@@ -393,4 +496,4 @@ def _keras_input_example(example, source_info, streaming: bool = False):
 def keras_versions_of(name: str, version: str | int) -> list[str]:
     """``["name/3", ...]``: the Keras versions registered from a ``.tflite`` version."""
     mv = MlflowClient().get_model_version(name, str(version))
-    return [r for r in mv.tags.get(KERAS_VERSIONS, "").split(",") if r]
+    return _listed(mv.tags)

@@ -37,11 +37,14 @@ import json
 import math
 import os
 import posixpath
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
@@ -58,6 +61,8 @@ MAX_FILE_BYTES = 64 * 2**20  # per associated file
 MAX_TOTAL_FILE_BYTES = 256 * 2**20  # all associated files together
 MAX_FILES = 1000
 MAX_TEXT_ENTRY_BYTES = 4096  # other metadata entries shown as text up to this size
+MAX_ARTIFACT_NAME_BYTES = 160  # an associated file's artifact name, extension included
+_READ_CHUNK = 2**20  # bytes inflated at a time
 
 
 class MalformedMetadata(ValueError):
@@ -402,43 +407,120 @@ def parse_model_metadata(buffer: bytes) -> dict:
 
 # ---- associated files -----------------------------------------------------------------------
 
+def _invalid_archive(message: str) -> MlflowException:
+    return MlflowException(f"The model's associated-files archive is invalid: {message}",
+                           error_code=INVALID_PARAMETER_VALUE)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
+                 model_bytes: bytes) -> bytes:
+    """A member's bytes, inflated chunk by chunk and counted. Its header's size is only a
+    claim: zipfile would trust it (and one ``read()`` may inflate gigabytes before checking
+    anything), so stored and deflated members are inflated here from their raw bytes, and
+    must produce exactly the declared size and CRC."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        chunks = []
+        with archive.open(info) as member:  # zipfile stops at the declared size
+            while chunk := member.read(_READ_CHUNK):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    where = f"'{_short(info.filename)}'"
+    local = info.header_offset
+    if local < 0 or local + 30 > len(model_bytes) or \
+            model_bytes[local:local + 4] != b"PK\x03\x04":
+        raise _invalid_archive(f"{where} has no local header where the directory says.")
+    name_len, extra_len = struct.unpack_from("<HH", model_bytes, local + 26)
+    start = local + 30 + name_len + extra_len
+    raw = memoryview(model_bytes)[start:start + info.compress_size]
+    if len(raw) != info.compress_size:
+        raise _invalid_archive(f"{where} runs past the end of the file.")
+    chunks, size, crc = [], 0, 0
+    inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    pending = raw
+    while pending:
+        if inflater is None:
+            chunk, pending = bytes(pending[:_READ_CHUNK]), pending[_READ_CHUNK:]
+        else:
+            chunk = inflater.decompress(pending, _READ_CHUNK)
+            pending = inflater.unconsumed_tail
+        size += len(chunk)
+        if size > min(limit, info.file_size):
+            raise _invalid_archive(f"{where} inflates past {min(limit, info.file_size)} bytes "
+                                   f"(its header says {info.file_size}).")
+        crc = zlib.crc32(chunk, crc)
+        chunks.append(chunk)
+        if inflater is not None and (inflater.eof or not chunk):
+            break
+    if size != info.file_size or (inflater is not None and not inflater.eof) or \
+            crc != info.CRC:
+        raise _invalid_archive(f"{where} does not match its header ({size} bytes inflated, "
+                               f"{info.file_size} declared, or a different CRC-32).")
+    return b"".join(chunks)
+
+
+def _short(name: str, limit: int = 80) -> str:
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
 def associated_files(model_bytes: bytes) -> dict[str, bytes]:
     """Files packed after the flatbuffer as a zip archive (label maps, vocabularies...).
 
-    Oversized files, and files past the count / total size limits, are skipped.
+    Files whose header declares more than the per-file / total limits, and files past the
+    count limit, are skipped; members that cannot be read here (encrypted, unsupported
+    compression) too. A member whose content does not match its header (it inflates past
+    its declared size, or its CRC differs) makes the archive invalid: MlflowException
+    (INVALID_PARAMETER_VALUE). Memory stays bounded by the limits whatever the headers say.
     """
     files: dict[str, bytes] = {}
     total = 0
     try:
-        with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
-            for info in archive.infolist():
-                if len(files) >= MAX_FILES:
-                    break
-                if info.is_dir() or info.file_size > MAX_FILE_BYTES:
-                    continue
-                if total + info.file_size > MAX_TOTAL_FILE_BYTES:
-                    continue
-                try:
-                    data = archive.read(info)
-                except (zipfile.BadZipFile, OSError, ValueError, EOFError,
-                        NotImplementedError, RuntimeError):
-                    continue  # one unreadable member (bad CRC, encrypted...) spoils no other
-                total += len(data)
-                files[info.filename] = data
+        archive = zipfile.ZipFile(io.BytesIO(model_bytes))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        return {}
+        return {}  # no archive appended (the usual case)
+    with archive:
+        for info in archive.infolist():
+            if len(files) >= MAX_FILES:
+                break
+            if info.is_dir() or info.file_size > MAX_FILE_BYTES:
+                continue
+            if total + info.file_size > MAX_TOTAL_FILE_BYTES:
+                continue
+            try:
+                data = _read_member(archive, info, min(MAX_FILE_BYTES,
+                                                       MAX_TOTAL_FILE_BYTES - total),
+                                    model_bytes)
+            except (NotImplementedError, RuntimeError):
+                continue  # encrypted, or a compression method this Python lacks
+            except MemoryError:
+                raise _invalid_archive(f"'{_short(info.filename)}' does not fit in memory."
+                                       ) from None
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+                raise _invalid_archive(f"'{_short(info.filename)}': {e}") from None
+            total += len(data)
+            files[info.filename] = data
     return files
 
 
 def _artifact_names(names) -> dict[str, str]:
-    """Archive name -> a unique basename that is not ``metadata.json``."""
+    """Archive name -> a unique basename that is not ``metadata.json``, at most
+    ``MAX_ARTIFACT_NAME_BYTES`` long (file systems refuse names over 255 bytes): an over-long
+    name keeps its start and extension, and a hash of the whole name keeps it unique."""
+    import hashlib
+
     taken = {METADATA_JSON}
     out = {}
     for name in sorted(names):
         base = posixpath.basename(name.replace("\\", "/")) or "unnamed"
         base = base.lstrip(".") or "unnamed"  # no hidden files, no "." / ".."
-        candidate, n = base, 1
         stem, ext = os.path.splitext(base)
+        if len(ext.encode()) > 16:
+            stem, ext = base, ""
+        if len(base.encode()) > MAX_ARTIFACT_NAME_BYTES:
+            digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            room = MAX_ARTIFACT_NAME_BYTES - len(ext.encode()) - len(digest) - 1 - 8
+            stem = stem.encode()[:room].decode("utf-8", "ignore") + "_" + digest
+            base = stem + ext
+        candidate, n = base, 1
         while candidate in taken:
             candidate = f"{stem}_{n}{ext}"
             n += 1
@@ -471,17 +553,18 @@ def _entry_summary(name: str, data: bytes | None):
 
 
 def _referenced_files(node) -> set[str]:
-    """Names of every AssociatedFile in a decoded ModelMetadata."""
-    names = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("associated_files", "vocab_file", "sentencePiece_model") and \
-                    isinstance(value, list):
-                names.update(f["name"] for f in value if isinstance(f, dict) and "name" in f)
-            names |= _referenced_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            names |= _referenced_files(item)
+    """Names of every AssociatedFile in a decoded ModelMetadata (an iterative walk)."""
+    names, todo = set(), [node]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("associated_files", "vocab_file", "sentencePiece_model") and \
+                        isinstance(value, list):
+                    names.update(f["name"] for f in value if isinstance(f, dict) and "name" in f)
+                todo.append(value)
+        elif isinstance(node, list):
+            todo.extend(node)
     return names
 
 

@@ -8,8 +8,8 @@ No TensorFlow import: this module is on the serving path.
 from __future__ import annotations
 
 import os
-import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,8 @@ __all__ = ["SignatureSpec", "TFLiteRunner", "TensorSpec"]
 # Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
 # interpreter arena, outputs of one invoke) stays bounded whatever the request size.
 DEFAULT_MAX_BATCH_BYTES = 64 * 2 ** 20
+# Interpreters left unused this long are released (the most recent one stays warm).
+DEFAULT_IDLE_SECONDS = 60.0
 
 
 def _bad_input(message: str) -> MlflowException:
@@ -71,8 +73,11 @@ class SignatureSpec:
 
         def spec(name, index):
             t = tensors[index]
+            if t.type_name == "STRING":  # exchanged as object arrays of bytes
+                return TensorSpec(name, index, np.dtype(object), t.shape, t.shape_signature,
+                                  None)
             if t.dtype is None:
-                raise MlflowException(
+                raise _bad_input(
                     f"Tensor '{name}' has type {t.type_name}, which the pyfunc cannot exchange "
                     "as a numpy array."
                 )
@@ -95,11 +100,14 @@ class SignatureSpec:
 
 
 class TFLiteRunner:
-    """Thread-safe predictions on a pool of LiteRT interpreters.
+    """Thread-safe predictions on a bounded pool of LiteRT interpreters.
 
-    Each thread borrows an interpreter from the pool (creating one when none is free), so
-    concurrent calls never share interpreter state. Stateful models get a fresh interpreter per
-    call: each call starts from the initial state and feeds its rows in order.
+    Each call borrows an interpreter from the pool (creating one when none is free), so
+    concurrent calls never share interpreter state. At most ``max_interpreters`` (default: the
+    number of cores) exist at once: more concurrent calls wait for one, since each invoke
+    already uses every core; interpreters idle for ``idle_seconds`` are released (the most
+    recently used one stays). Stateful models get a fresh interpreter per call (counted in the
+    bound): each call starts from the initial state and feeds its rows in order.
 
     A batch bigger than ``max_batch_rows`` rows (default: as many rows as fit in
     ``max_batch_bytes`` of input, 64 MiB) runs as several invokes of at most that many rows;
@@ -108,15 +116,21 @@ class TFLiteRunner:
 
     def __init__(self, model: TFLiteModel, num_threads: int | None = None,
                  max_batch_rows: int | None = None,
-                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 max_interpreters: int | None = None,
+                 idle_seconds: float = DEFAULT_IDLE_SECONDS):
         self.model = model
         # Like TensorFlow, use every core unless told otherwise (LiteRT's own default is one
         # thread, which halves batch throughput on a 2-core machine).
         self.num_threads = num_threads or os.cpu_count() or 1
         self.max_batch_rows = _positive_or_none(max_batch_rows, "max_batch_rows")
         self.max_batch_bytes = _positive_or_none(max_batch_bytes, "max_batch_bytes")
+        self.max_interpreters = _positive_or_none(max_interpreters, "max_interpreters") or \
+            os.cpu_count() or 1
+        self.idle_seconds = float(idle_seconds)
         self._specs: dict[str | None, SignatureSpec] = {}
-        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(self.max_interpreters)
+        self._idle: list[tuple[float, _Session]] = []  # (returned at, session), newest last
         self._lock = threading.Lock()
 
     def signature(self, signature_key: str | None = None) -> SignatureSpec:
@@ -152,26 +166,39 @@ class TFLiteRunner:
         spec = self.signature(signature_key)
         arrays = self._prepare_inputs(spec, feeds)
         chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows, "max_batch_rows"))
-        if spec.stateful:
-            session = self.new_interpreter()
-            outputs = self._run(session, spec, arrays, chunk)
-        else:
-            session = self._borrow()
-            try:
-                outputs = self._run(session, spec, arrays, chunk)
-            finally:
-                self._pool.put(session)
+        with self._slots:
+            if spec.stateful:
+                outputs = self._run(self.new_interpreter(), spec, arrays, chunk)
+            else:
+                session = self._borrow()
+                try:
+                    outputs = self._run(session, spec, arrays, chunk)
+                finally:
+                    self._give_back(session)
         if dequantize:
             outputs = [o.dequantize(v) if o.quantized else v for o, v in zip(spec.outputs, outputs)]
         return {o.name: v for o, v in zip(spec.outputs, outputs)}
 
     # ---- internals ------------------------------------------------------------------------
 
+    @property
+    def pooled_interpreters(self) -> int:
+        """Interpreters kept for reuse now (not counting those in use)."""
+        return len(self._idle)
+
     def _borrow(self):
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            return self.new_interpreter()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()[1]
+        return self.new_interpreter()
+
+    def _give_back(self, session):
+        now = time.monotonic()
+        with self._lock:
+            self._idle.append((now, session))
+            # Release interpreters idle too long (oldest first), keeping the newest warm.
+            keep = [entry for entry in self._idle[:-1] if now - entry[0] < self.idle_seconds]
+            self._idle = keep + self._idle[-1:]
 
     def _prepare_inputs(self, spec: SignatureSpec, feeds) -> list[np.ndarray]:
         names = [s.name for s in spec.inputs]
@@ -301,6 +328,8 @@ def _to_input_array(s: TensorSpec, value) -> np.ndarray:
         array = np.asarray(value)
     except Exception as e:
         raise _bad_input(f"Input '{s.name}' cannot be read as an array: {e}") from None
+    if s.dtype == object:
+        return _to_string_array(s, array)
     if array.dtype == object:
         try:
             array = np.stack([np.asarray(v) for v in array.reshape(-1)]).reshape(
@@ -316,6 +345,36 @@ def _to_input_array(s: TensorSpec, value) -> np.ndarray:
             raise _bad_input(f"Input '{s.name}' has dtype {array.dtype}, expected real numbers.")
         return s.quantize(array)
     return np.ascontiguousarray(_cast(s, array))
+
+
+def _to_string_array(s: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """A STRING input: str (encoded as UTF-8) or bytes elements, as an object array."""
+    if array.dtype.kind not in "USO":
+        raise _bad_input(f"Input '{s.name}' is a STRING tensor; got dtype {array.dtype}, "
+                         "expected strings or bytes.")
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, v in enumerate(flat):
+        if isinstance(v, (str, np.str_)):
+            out[i] = str(v).encode("utf-8")
+        elif isinstance(v, (bytes, np.bytes_)):
+            out[i] = bytes(v)
+        else:
+            raise _bad_input(f"Input '{s.name}' is a STRING tensor; it holds a "
+                             f"{type(v).__name__}, expected strings or bytes.")
+    return out.reshape(array.shape)
+
+
+def string_outputs_as_text(value):
+    """STRING outputs (object arrays of bytes) as str arrays (UTF-8, undecodable bytes
+    replaced), for callers that exchange JSON; other arrays unchanged."""
+    if isinstance(value, dict):
+        return {k: string_outputs_as_text(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype == object and value.size and \
+            all(isinstance(v, bytes) for v in value.reshape(-1)):
+        decoded = [v.decode("utf-8", errors="replace") for v in value.reshape(-1)]
+        return np.array(decoded, dtype=str).reshape(value.shape)
+    return value
 
 
 def _cast(s: TensorSpec, array: np.ndarray) -> np.ndarray:

@@ -235,8 +235,10 @@ class OperatorInfo:
     custom_code: str | None
     inputs: list[int]  # -1 marks an omitted optional input
     outputs: list[int]
-    options: object | None  # schema.*OptionsT, or None
+    options: object | None  # schema.*OptionsT (the op's own union), or None
     raw: object = field(repr=False, default=None)  # schema.OperatorT
+    # Subgraphs this op names, from either options union or its custom options.
+    called_subgraphs: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -268,13 +270,24 @@ def read_model_bytes(tflite_model) -> bytes:
     if isinstance(tflite_model, (str, os.PathLike)):
         path = os.fspath(tflite_model)
         if not os.path.isfile(path):
-            raise _invalid(f"No .tflite file at '{path}'.")
+            raise _invalid(f"No .tflite file at {describe_path(path)}.")
         with open(path, "rb") as f:
             return f.read()
     raise _invalid(
         "Expected a path to a .tflite file or its bytes, got "
         f"{type(tflite_model).__name__}."
     )
+
+
+def describe_path(path) -> str:
+    """A path for an error message, quoted; never the whole of a long or binary string (model
+    bytes decoded to ``str`` by mistake would otherwise be echoed in full)."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    if len(text) <= 512 and text.isprintable():
+        return f"'{text}'"
+    hint = " (the model's bytes as text? pass bytes or a path)" if \
+        FILE_IDENTIFIER.decode() in text[:16] or not text.isprintable() else ""
+    return f"a str of {len(text)} characters that is not a file path{hint}"
 
 
 class TFLiteModel:
@@ -328,6 +341,7 @@ class TFLiteModel:
                                "code.")
             self.opcodes.append((name, _text(code.customCode), int(code.version)))
         self.buffers = m.buffers or []
+        _check_buffers(m, len(self.model_bytes))
         self.subgraphs = [self._build_subgraph(i, sg) for i, sg in enumerate(m.subgraphs)]
         for sg in self.subgraphs:
             _check_operators(sg, self)
@@ -365,6 +379,9 @@ class TFLiteModel:
         for name, buf in self.metadata.items():
             if not 0 <= buf < len(self.buffers):
                 raise _invalid(f"Metadata '{name}' names buffer {buf}, out of range.")
+        for buf in _seq(m.metadataBuffer):
+            if not 0 <= int(buf) < len(self.buffers):
+                raise _invalid(f"The model's metadata_buffer names buffer {buf}, out of range.")
 
     def _build_subgraph(self, index, sg) -> SubgraphInfo:
         tensors = []
@@ -375,6 +392,7 @@ class TFLiteModel:
                 raise _invalid(f"Tensor {t_index} has an invalid shape {shape}.")
             if not 0 <= t.buffer < max(len(self.buffers), 1):
                 raise _invalid(f"Tensor {t_index} names buffer {t.buffer}, out of range.")
+            _check_sparsity(t.sparsity, len(shape), t_index)
             tensors.append(
                 TensorInfo(
                     index=t_index,
@@ -409,10 +427,11 @@ class TFLiteModel:
                     custom_code=custom_code,
                     inputs=check(op.inputs, f"operator {o_index} input", optional=True),
                     outputs=check(op.outputs, f"operator {o_index} output"),
-                    options=op.builtinOptions if op.builtinOptions is not None else op.builtinOptions2,
+                    options=_own_options(opcode, op),
                     raw=op,
                 )
             )
+            _check_operator_indices(op, o_index, index, n, len(self.model_bytes))
         info = SubgraphInfo(
             index=index,
             name=_text(sg.name) or f"subgraph_{index}",
@@ -423,6 +442,8 @@ class TFLiteModel:
         )
         for t in tensors:
             data = self._raw_buffer(t.buffer)
+            if data is not None and t.type_name == "STRING":
+                _check_string_buffer(data, t)
             expected = storage_nbytes(t.type_name, int(np.prod(t.shape, dtype=np.int64)))
             if data is not None and t.sparsity is None and expected is not None:
                 if len(data) != expected:
@@ -949,8 +970,8 @@ def _range_text(lo, hi) -> str:
 
 def _check_options(op: OperatorInfo, label: str):
     options = op.options
-    if options is not None:
-        owner = _options_owner(options)
+    for table in (op.raw.builtinOptions, op.raw.builtinOptions2) if op.raw else (options,):
+        owner = _options_owner(table) if table is not None else None
         if owner is not None and owner != op.opcode and \
                 _SHARED_OPTIONS.get(op.opcode) != _squash(owner):
             raise _invalid(f"{label} carries the options of {owner}.")
@@ -964,42 +985,150 @@ def _check_options(op: OperatorInfo, label: str):
                 raise _invalid(f"{label} has {name} = {value}; it must be at least 1.")
 
 
-def _subgraph_references(op: OperatorInfo) -> list[int]:
-    """Subgraph indices named in an op's options (WHILE, IF, CALL_ONCE, CALL, StableHLO)."""
+def _own_options(opcode: str, raw_op):
+    """The options table an op reads: of its two unions (``builtin_options``, and
+    ``builtin_options_2`` for StableHLO and newer ops), the one named after it, else the one
+    that is set. A table in the other union is ignored by the op, but still validated."""
+    candidates = [o for o in (raw_op.builtinOptions, raw_op.builtinOptions2) if o is not None]
+    for options in candidates:
+        if _options_owner(options) == opcode:
+            return options
+    return candidates[0] if candidates else None
+
+
+def _option_subgraph_fields(options) -> list[int]:
     refs = []
-    for name, value in vars(op.options).items() if op.options is not None else ():
-        if "ubgraph" not in name:
+    for name, value in vars(options).items() if options is not None else ():
+        if "ubgraph" not in name or value is None:
             continue
-        values = _seq(value) if not isinstance(value, (int, np.integer)) else [value]
+        values = [value] if isinstance(value, (int, np.integer)) else _seq(value)
         refs.extend(int(v) for v in values)
     return refs
 
 
+def _custom_subgraph_fields(raw_op) -> list[int]:
+    """Integers under a "...subgraph..." key of a custom op's flexbuffer options map: a custom
+    kernel that calls subgraphs names them there (only the top level is read, no recursion)."""
+    data = raw_op.customOptions
+    if data is None or len(data) == 0 or raw_op.customOptionsFormat != 0:
+        return []
+    try:
+        from flatbuffers import flexbuffers
+
+        root = flexbuffers.GetRoot(bytearray(np.asarray(data, dtype=np.uint8).tobytes()))
+        if not root.IsMap:
+            return []
+        refs = []
+        mapping = root.AsMap
+        for key, value in zip(mapping.Keys, mapping.Values):
+            if "subgraph" not in key.AsKey.lower():
+                continue
+            if value.IsInt:
+                refs.append(int(value.AsInt))
+            elif value.IsVector or value.IsTypedVector:
+                refs.extend(int(v.AsInt) for v in value.AsVector if v.IsInt)
+        return refs
+    except Exception:  # not a flexbuffer map: opaque bytes only its kernel reads
+        return []
+
+
+def subgraph_references(raw_op, subgraph_names: dict[str, int] | None = None) -> list[int]:
+    """Every subgraph index an operator names: in both options unions (WHILE, IF, CALL_ONCE,
+    CALL, the StableHLO ops, a composite's decomposition), a StableHLO custom call's called
+    computations (by subgraph name), and a custom op's flexbuffer options."""
+    refs = _option_subgraph_fields(raw_op.builtinOptions)
+    refs += _option_subgraph_fields(raw_op.builtinOptions2)
+    refs += _custom_subgraph_fields(raw_op)
+    for options in (raw_op.builtinOptions, raw_op.builtinOptions2):
+        for name in _seq(getattr(options, "calledComputations", None)):
+            if subgraph_names and _text(name) in subgraph_names:
+                refs.append(subgraph_names[_text(name)])
+    return refs
+
+
 def _check_subgraph_calls(subgraphs: list[SubgraphInfo]):
-    """Subgraph indices in op options are in range, and no subgraph calls itself (directly or
-    through others): the interpreter would recurse until the stack overflows."""
+    """Subgraph indices named by ops are in range, and no subgraph calls itself (directly or
+    through others): the interpreter would recurse until the stack overflows. An iterative
+    depth-first search: a chain of thousands of subgraphs is valid and must not overflow ours."""
     n = len(subgraphs)
-    calls: dict[int, set[int]] = {}
+    names = {sg.name: sg.index for sg in subgraphs}
+    calls: list[list[int]] = []
     for sg in subgraphs:
+        called = set()
         for op in sg.operators:
-            refs = _subgraph_references(op)
-            for r in refs:
+            op.called_subgraphs = subgraph_references(op.raw, names)
+            for r in op.called_subgraphs:
                 if not 0 <= r < n:
                     raise _invalid(f"Subgraph {sg.index}: operator {op.index} ({op.name}) names "
                                    f"subgraph {r}; the model has {n}.")
-            calls.setdefault(sg.index, set()).update(refs)
-    state: dict[int, int] = {}  # 1: on the current path, 2: done
-
-    def visit(i, path):
-        state[i] = 1
-        for j in sorted(calls.get(i, ())):
-            if state.get(j) == 1:
+            called.update(op.called_subgraphs)
+        calls.append(sorted(called))
+    state = [0] * n  # 0: unseen, 1: on the current path, 2: done
+    for start in range(n):
+        if state[start]:
+            continue
+        state[start] = 1
+        path, stack = [start], [iter(calls[start])]
+        while stack:
+            j = next(stack[-1], None)
+            if j is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state[j] == 1:
+                cycle = path[path.index(j):] + [j]
                 raise _invalid("Subgraphs call each other in a cycle: "
-                               + " -> ".join(map(str, [*path, j])) + ".")
-            if state.get(j) is None:
-                visit(j, [*path, j])
-        state[i] = 2
+                               + " -> ".join(map(str, cycle)) + ".")
+            elif state[j] == 0:
+                state[j] = 1
+                path.append(j)
+                stack.append(iter(calls[j]))
 
-    for i in range(n):
-        if state.get(i) is None:
-            visit(i, [i])
+
+def _check_operator_indices(raw_op, o_index: int, sg_index: int, n_tensors: int,
+                            file_size: int):
+    """Indices of an operator that the interpreter follows besides its inputs and outputs."""
+    label = f"Subgraph {sg_index}: operator {o_index}"
+    for i in _seq(raw_op.intermediates):  # kernels (LSTM) read them as tensors
+        if not 0 <= int(i) < n_tensors:
+            raise _invalid(f"{label} intermediates names tensor {i}, out of range.")
+    offset, size = int(raw_op.largeCustomOptionsOffset), int(raw_op.largeCustomOptionsSize)
+    if offset > 1 and (size < 0 or offset + size > file_size):
+        raise _invalid(f"{label} has custom options past the end of the file.")
+
+
+def _check_string_buffer(data, t: "TensorInfo"):
+    """A STRING constant: int32 count N, N + 1 int32 offsets, then the bytes. LiteRT reads
+    strings through those offsets unchecked."""
+    where = f"Constant STRING tensor '{t.name}'"
+    if len(data) < 8:
+        raise _invalid(f"{where} is too short for its string table.")
+    (count,) = struct.unpack_from("<i", data, 0)
+    expected = int(np.prod(t.shape, dtype=np.int64))
+    if count != expected or 4 * (count + 2) > len(data):
+        raise _invalid(f"{where} holds {count} strings; its shape {list(t.shape)} needs "
+                       f"{expected}.")
+    offsets = np.frombuffer(data, dtype="<i4", count=count + 1, offset=4)
+    if offsets[0] != 4 * (count + 2) or offsets[-1] != len(data) or \
+            np.any(np.diff(offsets.astype(np.int64)) < 0):
+        raise _invalid(f"{where} has string offsets outside its buffer.")
+
+
+def _check_buffers(m, file_size: int):
+    """Buffers stored after the flatbuffer (offset/size) lie inside the file."""
+    for b_index, buf in enumerate(m.buffers or []):
+        offset, size = int(buf.offset), int(buf.size)
+        if offset > 1 and (size < 0 or offset + size > file_size):
+            raise _invalid(f"Buffer {b_index} points past the end of the file.")
+
+
+def _check_sparsity(sparsity, rank: int, t_index: int):
+    """Sparse constants: traversal order and block map index the tensor's dimensions."""
+    if sparsity is None:
+        return
+    order = [int(d) for d in _seq(sparsity.traversalOrder)]
+    block_map = [int(d) for d in _seq(sparsity.blockMap)]
+    dims = sparsity.dimMetadata or []
+    if len(order) < rank or sorted(order) != list(range(len(order))) or \
+            len(dims) != len(order) or len(block_map) != len(order) - rank or \
+            any(not 0 <= d < rank for d in block_map):
+        raise _invalid(f"Tensor {t_index} has inconsistent sparsity parameters.")

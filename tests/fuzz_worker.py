@@ -7,7 +7,8 @@ Three parts, used by ``tests/test_fuzz.py`` and ``benchmarks/fuzz_loader.py``:
   entries overwritten with large, negative or misaligned values), huge vector lengths
   (2^31-1, ...), wrong file identifiers, appended garbage. Semantic level (unpack with the
   schema's object API, change one field, repack): tensor shapes and types, buffer, tensor and
-  opcode indices, operator arity, subgraph indices in WHILE / IF / CALL_ONCE options,
+  opcode indices, operator arity, subgraph indices in WHILE / IF / CALL_ONCE options, option
+  unions swapped for tables naming subgraphs in either union (with decoys),
   signature indices, quantization parameters. The structural byte positions are found by
   recording where the flatbuffer reader reads offsets, vtable entries and lengths while it
   parses the valid file.
@@ -240,7 +241,7 @@ def mutate_semantic(data, rng, pos):  # noqa: C901 (a menu of mutations)
         note = f"{what} {action} -> {shape[:6]}"
     elif what == "type" and n_tensors:
         t = rng.choice(sg.tensors)
-        t.type = rng.choice([0, 1, 2, 3, 4, 7, 9, 10, 13, 17, 18, 20, 99, -1, 127])
+        t.type = rng.choice([0, 1, 2, 3, 4, 5, 7, 9, 10, 13, 17, 18, 20, 99, -1, 127])
         note = f"tensor type -> {t.type}"
     elif what == "buffer" and n_tensors:
         t = rng.choice(sg.tensors)
@@ -346,14 +347,73 @@ def mutate_semantic(data, rng, pos):  # noqa: C901 (a menu of mutations)
     return _repack(model), f"semantic: {note}"
 
 
+# Options tables that name subgraphs, by union: (union attribute, table, subgraph fields).
+_SUBGRAPH_TABLES = [
+    ("builtinOptions", "WhileOptions", ("condSubgraphIndex", "bodySubgraphIndex")),
+    ("builtinOptions", "IfOptions", ("thenSubgraphIndex", "elseSubgraphIndex")),
+    ("builtinOptions", "CallOnceOptions", ("initSubgraphIndex",)),
+    ("builtinOptions2", "StableHLOCompositeOptions", ("decompositionSubgraphIndex",)),
+    ("builtinOptions2", "StablehloWhileOptions", ("condSubgraphIndex", "bodySubgraphIndex")),
+    ("builtinOptions2", "StablehloCaseOptions", ("branchSubgraphIndices",)),
+    ("builtinOptions2", "StablehloReduceOptions", ("bodySubgraphIndex",)),
+    ("builtinOptions2", "StablehloSortOptions", ("comparatorSubgraphIndex",)),
+]
+_DECOYS = ["ReducerOptions", "AddOptions", "SoftmaxOptions", "ReshapeOptions", "WhileOptions"]
+
+
+def mutate_option_union(data, rng, pos):
+    """Swap an operator's options unions: a table naming subgraphs (in range, out of range,
+    the op's own subgraph: a cycle) in either union, often with an unrelated table as a decoy
+    in the other union, and sometimes the op's opcode turned into the table's owner."""
+    import numpy as np
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _unpack(data)
+    s_index = rng.randrange(len(model.subgraphs))
+    ops = model.subgraphs[s_index].operators or []
+    if not ops:
+        return _repack(model), "option union: no operator"
+    op = rng.choice(ops)
+    union, table_name, fields = rng.choice(_SUBGRAPH_TABLES)
+    table = getattr(schema, table_name + "T")()
+    n = len(model.subgraphs)
+    for f in fields:
+        value = rng.choice([s_index, s_index, 0, n - 1, n, -1, 2 ** 31 - 1])
+        setattr(table, f, np.asarray([value, 0], np.int32) if f.endswith("Indices") else value)
+    union_enum = schema.BuiltinOptions if union == "builtinOptions" else schema.BuiltinOptions2
+    setattr(op, union, table)
+    setattr(op, union + "Type", getattr(union_enum, table_name))
+    note = f"{union} := {table_name}{[getattr(table, f) for f in fields]}"
+    other = "builtinOptions2" if union == "builtinOptions" else "builtinOptions"
+    if rng.random() < 0.6 and other == "builtinOptions":
+        decoy = rng.choice(_DECOYS)
+        op.builtinOptions = getattr(schema, decoy + "T")()
+        op.builtinOptionsType = getattr(schema.BuiltinOptions, decoy)
+        note += f", decoy builtinOptions {decoy}"
+    if rng.random() < 0.5:  # make the op the table's own, so the interpreter reads it
+        owner = {"StableHLOCompositeOptions": "STABLEHLO_COMPOSITE", "IfOptions": "IF",
+                 "CallOnceOptions": "CALL_ONCE"}.get(table_name)
+        owner = owner or table_name.replace("Options", "").replace("Stablehlo", "STABLEHLO_")
+        code = getattr(schema.BuiltinOperator, owner.upper(), None)
+        if code is not None:
+            opcode = schema.OperatorCodeT()
+            opcode.builtinCode, opcode.deprecatedBuiltinCode = code, min(code, 127)
+            opcode.version = 1
+            model.operatorCodes.append(opcode)
+            op.opcodeIndex = len(model.operatorCodes) - 1
+            note += f", opcode {owner.upper()}"
+    return _repack(model), f"option union: {note}"
+
+
 MUTATORS = {
     "truncate": mutate_truncate, "byteflip": mutate_byteflip, "offset": mutate_offset,
     "length": mutate_length, "identifier": mutate_identifier, "append": mutate_append,
-    "semantic": mutate_semantic,
+    "semantic": mutate_semantic, "option_union": mutate_option_union,
 }
 # How often each mutator is picked (per base model).
 WEIGHTS = {"truncate": 2, "byteflip": 3, "offset": 3, "length": 2, "identifier": 1,
-           "append": 1, "semantic": 5}
+           "append": 1, "semantic": 5, "option_union": 2}
 
 
 @dataclass

@@ -219,3 +219,22 @@ def test_valid_models_still_pass_the_checks():
     for name, data in bases().items():
         TFLiteModel(fw._repack(fw._unpack(data)))  # the repacker itself keeps models valid
         TFLiteModel(data)
+
+
+def test_option_union_mutants_never_crash(tmp_path):
+    """Mutants whose options unions name subgraphs (in range, out of range, their own: a
+    cycle), in ``builtin_options`` or ``builtin_options_2``, with decoy tables, through the
+    parser, save_model and the pyfunc in a crash-isolating worker."""
+    models = {"stateful": fm.stateful_accumulator(), "multi_signature": fm.multi_signature()}
+    mutants = fw.make_mutants(models, 40, SEED, weights={"option_union": 1})
+    fw.write_mutants(mutants, models, tmp_path / "in")
+    result = fw.run_campaign(tmp_path / "in", targets=("parse", "save", "pyfunc"),
+                             mutant_timeout=60, startup_timeout=180,
+                             crash_dir=tmp_path / "crashes")
+    assert not result.crashes, [(c["mutant"], c["note"], c["failure"]) for c in result.crashes]
+    assert not result.bad(), result.bad()[:5]
+    notes = " ".join(m.note for m in mutants)
+    assert "builtinOptions2 := " in notes and "decoy" in notes
+    outcomes = [r["targets"]["parse"]["outcome"] for r in result.records]
+    assert "rejected" in outcomes
+    assert any("cycle" in r["targets"]["parse"].get("message", "") for r in result.records)

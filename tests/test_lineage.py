@@ -1,6 +1,7 @@
 """register_keras_version: a Keras version next to the .tflite version, lineage both ways.
 
-Runs against the embedded SQLite store and against a real `mlflow server` process.
+Runs against the embedded SQLite store and against real `mlflow server` processes on SQLite
+and on PostgreSQL backend stores.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from mlflow_tflite_keras import ParityCheckError, lineage
 from servers import tracking_server
 
 
-@pytest.fixture(scope="module", params=["sqlite", "server"])
+@pytest.fixture(scope="module", params=["sqlite", "server", "postgres"])
 def store(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    if request.param == "sqlite":
+    if request.param == "postgres":  # a team's shared server: PostgreSQL backend store
+        mlflow.set_tracking_uri(request.getfixturevalue("postgres_tracking_server"))
+        mlflow.set_experiment("lineage")
+        yield request.param
+    elif request.param == "sqlite":
         from mlflow_tflite_keras.tracking import experiment, use_default_tracking
 
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -219,3 +224,46 @@ def test_served_keras_version_matches_served_tflite(tmp_path):
     finally:
         mlflow.set_tracking_uri(None)
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_source_deleted_during_conversion_is_refused_and_rolled_back(store, monkeypatch):
+    """The source's registered model is deleted while the conversion runs: register_model
+    would re-create it and the Keras version would become its version 1, pointing at itself.
+    The registration is refused and undone: no registered model, a FAILED run."""
+    from mlflow_tflite_keras.converter import parity
+
+    name = f"vanishing-{store}"
+    info, _ = log_source(name, "float32")
+    client = MlflowClient()
+    real_check = parity.check_parity
+
+    def delete_source_then_check(*args, **kwargs):
+        client.delete_registered_model(name)  # another user, mid-conversion
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(parity, "check_parity", delete_source_then_check)
+    with pytest.raises(MlflowException, match="was deleted while it was being converted") as e:
+        lineage.register_keras_version(f"models:/{name}/1")
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert client.search_registered_models(f"name = '{name}'") == []
+    assert client.search_model_versions(f"name = '{name}'") == []
+    # The source logged model names no Keras version.
+    assert lineage.KERAS_VERSIONS not in client.get_logged_model(info.model_id).tags
+    failed = mlflow.search_runs(filter_string="attributes.status = 'FAILED'",
+                                search_all_experiments=True, output_format="list")
+    assert any("was deleted while it was being converted" in
+               r.data.tags.get("tflite_keras.failure", "") for r in failed)
+
+
+def test_lists_written_before_per_version_tags_are_kept(store):
+    """A source linked by an earlier release (the list tag only) keeps its entries."""
+    name = f"legacy-{store}"
+    info, _ = log_source(name, "float32")
+    client = MlflowClient()
+    client.set_model_version_tag(name, "1", lineage.KERAS_VERSIONS, "older/7")
+    client.set_logged_model_tags(info.model_id, {lineage.KERAS_VERSIONS: "older/7"})
+    version = lineage.register_keras_version(f"models:/{name}/1")
+    expected = sorted(["older/7", f"{name}/{version.version}"], key=lineage._ref_order)
+    assert lineage.keras_versions_of(name, 1) == expected
+    assert client.get_logged_model(info.model_id).tags[lineage.KERAS_VERSIONS] == \
+        ",".join(expected)

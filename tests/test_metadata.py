@@ -13,6 +13,8 @@ import io
 import json
 import random
 import struct
+import subprocess
+import sys
 import zipfile
 
 import flatbuffers
@@ -21,6 +23,7 @@ import pytest
 import yaml
 
 from ai_edge_litert import schema_py_generated as schema
+from mlflow.exceptions import MlflowException
 from model_factory import digits, keras_model_tflite
 from mlflow_tflite_keras import model_metadata as mm
 from mlflow_tflite_keras.tflite_model import TFLiteModel
@@ -499,3 +502,110 @@ def test_save_model_writes_metadata_artifacts(tmp_path, classifier_with_metadata
     assert sorted(conf["tflite_metadata"]) == [
         "tflite_metadata/README.md", "tflite_metadata/labels.txt",
         "tflite_metadata/metadata.json", "tflite_metadata/vocab.txt"]
+
+
+# ---- hostile archives -------------------------------------------------------------------------
+
+
+def lying_archive(model_bytes: bytes, declared: int, actual: int) -> bytes:
+    """The model with a zip member whose headers (local and central) declare ``declared``
+    bytes but which inflates to ``actual`` zero bytes (about 1 MB compressed per GiB)."""
+    import struct
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = bytes(2**20)
+    deflated = b"".join(compressor.compress(block) for _ in range(actual // len(block)))
+    deflated += compressor.compress(bytes(actual % len(block))) + compressor.flush()
+    archive = io.BytesIO()
+    archive.write(model_bytes)
+    with zipfile.ZipFile(archive, "a") as z:
+        info = zipfile.ZipInfo("labels.txt")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, b"x" * declared)  # placeholders, patched below
+    data = bytearray(archive.getvalue())
+    local = data.index(b"PK\x03\x04", len(model_bytes))
+    name_len, extra_len = struct.unpack_from("<HH", data, local + 26)
+    start = local + 30 + name_len + extra_len
+    old_size = struct.unpack_from("<I", data, local + 18)[0]
+    data[start:start + old_size] = deflated
+    crc = zlib.crc32(b"\0" * min(declared, actual))
+    struct.pack_into("<III", data, local + 14, crc, len(deflated), declared)
+    central = data.index(b"PK\x01\x02", start + len(deflated))
+    struct.pack_into("<III", data, central + 16, crc, len(deflated), declared)
+    end = data.index(b"PK\x05\x06", central)
+    # The central directory moved with the member's new length: shift its recorded offset.
+    (offset,) = struct.unpack_from("<I", data, end + 16)
+    struct.pack_into("<I", data, end + 16, offset + len(deflated) - old_size)
+    return bytes(data)
+
+
+def test_lying_member_is_refused_with_bounded_memory(tmp_path, model_bytes):
+    """A member declaring 1 KiB that inflates to 1 GiB: save_model refuses the model with
+    INVALID_PARAMETER_VALUE, leaves nothing behind, and its peak memory stays far below the
+    gigabyte (measured in a fresh process)."""
+    data = lying_archive(model_bytes, 1024, 2**30)
+    assert len(data) < len(model_bytes) + 2 * 2**20
+    source = tmp_path / "lying.tflite"
+    source.write_bytes(data)
+    script = f"""
+from mlflow.exceptions import MlflowException
+from mlflow_tflite_keras import flavor
+def high_water_kb():  # VmHWM: this process's peak RSS (ru_maxrss survives exec)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1])
+before = high_water_kb()
+try:
+    flavor.save_model({str(source)!r}, {str(tmp_path / "saved")!r})
+    print("SAVED")
+except MlflowException as e:
+    print("REFUSED", e.error_code, e.message)
+print("PEAK_KB", high_water_kb() - before, before)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REFUSED INVALID_PARAMETER_VALUE" in proc.stdout, proc.stdout
+    assert "labels.txt" in proc.stdout
+    assert not (tmp_path / "saved").exists()
+    peak_kb = int(proc.stdout.split("PEAK_KB ")[1].split()[0])
+    assert peak_kb < 200 * 1024, proc.stdout  # the member would take 1024 MiB
+
+
+def test_honest_members_stream_within_limits(model_bytes, monkeypatch):
+    """Reading in chunks returns the same bytes; members declared over the limit are skipped."""
+    big = bytes(range(256)) * 8192  # 2 MiB
+    data = attach(model_bytes, None, {"big.bin": big, "labels.txt": LABELS})
+    monkeypatch.setattr(mm, "_READ_CHUNK", 4096)
+    assert mm.associated_files(data) == {"big.bin": big, "labels.txt": LABELS}
+    monkeypatch.setattr(mm, "MAX_FILE_BYTES", 2**20)
+    assert mm.associated_files(data) == {"labels.txt": LABELS}
+
+
+def test_member_smaller_than_declared_is_refused(model_bytes):
+    data = lying_archive(model_bytes, 4096, 100)
+    with pytest.raises(MlflowException, match="labels.txt") as e:
+        mm.associated_files(data)
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_over_long_member_names_are_shortened_and_unique(tmp_path, model_bytes):
+    from mlflow_tflite_keras import flavor
+
+    long_a = "a" * 300 + ".txt"
+    long_b = "a" * 299 + "b.txt"  # differs only past the cut
+    deep = "dir/" * 100 + "é" * 200 + ".json"
+    data = attach(model_bytes, None, {long_a: b"A", long_b: b"B", deep: b"{}",
+                                      "labels.txt": LABELS})
+    names = mm._artifact_names([long_a, long_b, deep, "labels.txt"])
+    assert len(set(names.values())) == 4
+    assert all(len(n.encode()) <= mm.MAX_ARTIFACT_NAME_BYTES for n in names.values())
+    assert names[long_a].endswith(".txt") and names[deep].endswith(".json")
+    assert names["labels.txt"] == "labels.txt"
+    path = tmp_path / "saved"
+    flavor.save_model(data, path)
+    meta = json.loads((path / "tflite_metadata" / "metadata.json").read_text())
+    assert (path / "tflite_metadata" / meta["packed_files"][long_a]["artifact"]).read_bytes() \
+        == b"A"
+    assert (path / "tflite_metadata" / meta["packed_files"][long_b]["artifact"]).read_bytes() \
+        == b"B"

@@ -18,8 +18,8 @@ PUBLIC = {
     "FLAVOR_NAME", "save_model", "log_model", "load_model", "LoadedTFLiteModel",
     "get_default_pip_requirements", "get_default_conda_env", "TFLiteModel",
     # back to Keras
-    "to_keras", "convert", "supported_operators", "check_parity", "locate_divergence",
-    "TFLiteLayer",
+    "to_keras", "convert", "supported_operators", "supported_custom_operators",
+    "check_parity", "check_ops", "check_compiled", "locate_divergence", "TFLiteLayer",
     # registry and round trip
     "register_keras_version", "finetune", "export_tflite", "keras_to_tflite",
     "compare_interfaces",

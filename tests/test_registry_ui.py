@@ -56,11 +56,16 @@ def _browser_paths() -> tuple[str, str]:
     return found["chromium"], found["chromedriver"]
 
 
-@pytest.fixture
-def server(tmp_path):
-    with tracking_server(tmp_path / "server", tmp_path / "server.log") as url:
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request, tmp_path):
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":  # a team's server: PostgreSQL backend store
+            url = request.getfixturevalue("postgres_tracking_server")
+        else:
+            url = stack.enter_context(tracking_server(tmp_path / "server",
+                                                      tmp_path / "server.log"))
         mlflow.set_tracking_uri(url)
-        mlflow.set_experiment("registry-ui")
+        mlflow.set_experiment(f"registry-ui-{request.param}")
         try:
             yield url
         finally:

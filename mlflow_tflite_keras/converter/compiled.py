@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["CompiledCheck", "CompiledInferenceError", "check_compiled", "predict_compiled"]
+
 # Compiled and eager results of the same model differ by float reassociation only.
 COMPILED_MAX_REL_DIFF = 1e-5
 

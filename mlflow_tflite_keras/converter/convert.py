@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import keras
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+from mlflow_tflite_keras.converter.deep import run_deep
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
 from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
@@ -76,6 +77,14 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
         raise MlflowException(f"unsupported must be 'error' or 'wrap', got {unsupported!r}.",
                               error_code=INVALID_PARAMETER_VALUE)
     model = TFLiteModel.load(tflite_model)
+    # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
+    depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
+    return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,
+                    stateful)
+
+
+def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
+             stateful=False) -> ConversionResult:
     signature = model.signature(signature_key)
     graph = build_graph(model, signature.subgraph_index)
     handlers = load_handlers()

@@ -70,6 +70,7 @@ class Op:
     is_custom: bool = False
     custom_options: bytes | None = None
     subgraph_index: int = 0
+    called_subgraphs: list[int] = field(default_factory=list)  # see OperatorInfo
 
     def opt(self, name: str, default=None):
         """A builtin option by its schema name (``strideW``, ``fusedActivationFunction``...)."""
@@ -144,6 +145,7 @@ def _op(o: OperatorInfo, tensors: list[Tensor], subgraph_index: int) -> Op:
         is_custom=o.opcode == "CUSTOM",
         custom_options=custom,
         subgraph_index=subgraph_index,
+        called_subgraphs=list(o.called_subgraphs),
     )
 
 

@@ -14,8 +14,95 @@ from keras import ops
 PACKAGE = "mlflow_tflite_keras"
 
 
+class StoredConstants:
+    """Constant operands of a layer, held as (non-trainable, unless asked) weights.
+
+    Built from arrays, the weights hold their values. Built from a config, constants are only
+    declared there (shape, dtype): nothing of that size is allocated until the weights file
+    is read, and it must hold exactly what the config declares (``load_own_variables``), so a
+    config cannot make a small ``.keras`` file allocate gigabytes.
+    """
+
+    def _init_constants(self, constants: dict, trainable: bool = False):
+        self.constant_positions = sorted(int(k) for k in constants)
+        self.trainable_constants = bool(trainable)
+        self._constant_values = {int(k): v if isinstance(v, DeclaredConstant) else np.asarray(v)
+                                 for k, v in constants.items()}
+        self.constant_weights = []
+        self._pending = any(isinstance(v, DeclaredConstant)
+                            for v in self._constant_values.values())
+        if not self._pending:
+            self.constant_weights = [self._constant_weight(p, self._constant_values[p])
+                                     for p in self.constant_positions]
+
+    def _constant_weight(self, pos, value):
+        return self.add_weight(
+            name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
+            initializer=keras.initializers.Constant(value) if value.size else "zeros",
+            trainable=self._trainable_constant(value.dtype))
+
+    def _trainable_constant(self, dtype) -> bool:
+        return self.trainable_constants and np.issubdtype(np.dtype(dtype), np.floating)
+
+    def _constant(self, pos, spec_only: bool = False):
+        """The constant at ``pos``: its weight, or, before the weights file is read, a
+        stand-in of its declared shape for shape inference (``spec_only``: a KerasTensor)."""
+        if not self._pending:
+            return self.constant_weights[self.constant_positions.index(pos)]
+        declared = self._constant_values[pos]
+        if spec_only:
+            return keras.KerasTensor(declared.shape, dtype=_keras_dtype(declared.dtype))
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+        if not in_symbolic_scope():
+            raise ValueError(f"{type(self).__name__} '{self.name}': its constants are not "
+                             "loaded; it was created from a config alone. Load the model "
+                             "with keras.saving.load_model(...).")
+        return ops.zeros(declared.shape, dtype=_keras_dtype(declared.dtype))  # traced only
+
+    def _constants_config(self) -> dict:
+        # Shapes/dtypes only: the values themselves are restored from weights.
+        return {str(p): {"shape": list(v.shape), "dtype": np.dtype(v.dtype).name}
+                for p, v in self._constant_values.items()}
+
+    @staticmethod
+    def _constants_from_config(specs) -> dict:
+        return {int(p): DeclaredConstant.from_config(s, f"constant {p}")
+                for p, s in (specs or {}).items()}
+
+    def load_own_variables(self, store):
+        if not self._pending:
+            return super().load_own_variables(store)
+        # The weights file stores trainable variables first, then the others.
+        order = sorted(self.constant_positions, key=lambda p: not self._trainable_constant(
+            self._constant_values[p].dtype))
+        if len(store.keys()) != len(order):
+            raise ValueError(f"{type(self).__name__} '{self.name}': its config declares "
+                             f"{len(order)} constant(s), the weights file stores "
+                             f"{len(store.keys())}.")
+        values = {}
+        for i, pos in enumerate(order):
+            stored = store[str(i)]  # the file's own bytes: read before anything is sized
+            declared = self._constant_values[pos]
+            if tuple(stored.shape) != declared.shape or \
+                    np.dtype(stored.dtype) != declared.dtype:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}': its config declares constant {pos} "
+                    f"as {list(declared.shape)} {declared.dtype}, the weights file stores "
+                    f"{list(stored.shape)} {stored.dtype}.")
+            values[pos] = np.asarray(stored)
+        self._tracker.unlock()  # as Keras itself does to add state to a built layer
+        try:
+            self.constant_weights = [self._constant_weight(p, values[p])
+                                     for p in self.constant_positions]
+        finally:
+            self._tracker.lock()
+        self._constant_values = values
+        self._pending = False
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class KerasOp(keras.layers.Layer):
+class KerasOp(StoredConstants, keras.layers.Layer):
     """Calls one ``keras.ops`` function, by name, with constant operands held as weights.
 
     ``fn`` must name a function of ``keras.ops`` (or of this module's :data:`EXTRA_OPS`), so
@@ -30,17 +117,7 @@ class KerasOp(keras.layers.Layer):
         self.fn_kwargs = dict(fn_kwargs or {})
         self.n_inputs = int(n_inputs)
         self._resolve(fn)  # fail at construction (and at load) for unknown names
-        self.constant_positions = sorted(int(k) for k in (constants or {}))
-        self.trainable_constants = bool(trainable_constants)
-        self._constant_values = {int(k): np.asarray(v) for k, v in (constants or {}).items()}
-        self.constant_weights = []
-        for pos in self.constant_positions:
-            value = self._constant_values[pos]
-            self.constant_weights.append(self.add_weight(
-                name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
-                initializer=keras.initializers.Constant(value) if value.size else "zeros",
-                trainable=self.trainable_constants and np.issubdtype(value.dtype, np.floating),
-            ))
+        self._init_constants(constants or {}, trainable_constants)
 
     @staticmethod
     def _resolve(fn: str):
@@ -56,7 +133,7 @@ class KerasOp(keras.layers.Layer):
         it = iter(flat)
         for pos in range(self.n_inputs + len(self.constant_positions)):
             if pos in self.constant_positions:
-                args.append(self.constant_weights[self.constant_positions.index(pos)])
+                args.append(self._constant(pos))
             else:
                 args.append(next(it))
         return self._resolve(self.fn)(*args, **self.fn_kwargs)
@@ -65,17 +142,34 @@ class KerasOp(keras.layers.Layer):
         config = super().get_config()
         config.update(fn=self.fn, fn_kwargs=self.fn_kwargs, n_inputs=self.n_inputs,
                       trainable_constants=self.trainable_constants,
-                      # Shapes/dtypes only: the values themselves are restored from weights.
-                      constants={str(p): {"shape": list(v.shape), "dtype": str(v.dtype)}
-                                 for p, v in self._constant_values.items()})
+                      constants=self._constants_config())
         return config
 
     @classmethod
     def from_config(cls, config):
-        specs = config.pop("constants", {}) or {}
-        config["constants"] = {int(p): np.zeros(s["shape"], dtype=s["dtype"])
-                               for p, s in specs.items()}
+        config = dict(config)
+        config["constants"] = cls._constants_from_config(config.pop("constants", None))
         return cls(**config)
+
+
+class DeclaredConstant:
+    """A constant a layer config declares by shape and dtype only (no value, no memory)."""
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    @classmethod
+    def from_config(cls, spec, what: str) -> "DeclaredConstant":
+        try:
+            shape = [int(d) for d in spec["shape"]]
+            dtype = np.dtype(spec["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"Invalid {what} in a layer config: {str(spec)[:200]}.") from None
+        if any(d < 0 for d in shape) or dtype.kind not in "biufc":
+            raise ValueError(f"Invalid {what} in a layer config: shape {shape[:8]}, "
+                             f"dtype {dtype}.")
+        return cls(shape, dtype)
 
 
 def _keras_dtype(dtype) -> str:

@@ -32,7 +32,9 @@ __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "
 # by the output's value range; quantized kinds are judged in output quantization steps and by
 # top-1 agreement because a float model cannot reproduce integer rounding exactly.
 DEFAULT_TOLERANCES = {
-    "none": {"max_rel_error": 1e-4},
+    # float summation order and kernel approximations (XNNPACK vs TF) accumulate over deep
+    # networks: up to 1.3e-4 of the range measured (MobileNetV3); a 5% kernel error is >= 3e-2
+    "none": {"max_rel_error": 5e-4},
     "float16": {"max_rel_error": 1e-3},
     # float compute on the dequantized weights, as the Keras model does: float noise
     "weight-only": {"max_rel_error": 1e-4},
@@ -353,13 +355,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
 
     def compare_all(values):
-        if len(values) != len(spec.outputs):
-            raise MlflowException(
-                f"The Keras model has {len(values)} outputs; the .tflite signature has "
-                f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
-                error_code=INVALID_PARAMETER_VALUE)
-        return [_compare(o, expected[o.name], values[i], limits, *roles[i])
-                for i, o in enumerate(spec.outputs)]
+        return compare_outputs(spec, expected, values, limits, roles)
 
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     report = ParityReport(model.quantization_kind, int(n), limits, compare_all(actual))
@@ -379,6 +375,18 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                                               signature_key=signature_key,
                                               tensor_map=tensor_map, **tolerances)
     return report
+
+
+def compare_outputs(spec, expected: dict, values: list, limits: dict, roles) -> list:
+    """Each signature output of the interpreter (``expected``, by name) against the Keras
+    model's outputs in signature order, judged by ``limits`` and each output's role."""
+    if len(values) != len(spec.outputs):
+        raise MlflowException(
+            f"The Keras model has {len(values)} outputs; the .tflite signature has "
+            f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
+            error_code=INVALID_PARAMETER_VALUE)
+    return [_compare(o, expected[o.name], values[i], limits, *roles[i])
+            for i, o in enumerate(spec.outputs)]
 
 
 def _keras_feed(keras_model, spec, inputs: dict):
@@ -558,13 +566,7 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
     roles = [output_roles(model, spec.subgraph_index, o) for o in spec.outputs]
 
     def compare_all(values):
-        if len(values) != len(spec.outputs):
-            raise MlflowException(
-                f"The Keras model has {len(values)} outputs; the .tflite signature has "
-                f"{len(spec.outputs)} ({', '.join(o.name for o in spec.outputs)}).",
-                error_code=INVALID_PARAMETER_VALUE)
-        return [_compare(o, expected[o.name], values[i], limits, *roles[i])
-                for i, o in enumerate(spec.outputs)]
+        return compare_outputs(spec, expected, values, limits, roles)
 
     report = ParityReport(model.quantization_kind,
                           int(sequences.shape[0] * sequences.shape[1]), limits,
@@ -730,12 +732,15 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
             "No intermediate tensor of the .tflite model maps to a layer of this Keras model"
             + (f" ({skipped[0]})" if skipped else "") + ". Is it the model converted from "
             "this .tflite (a per-example model wraps its layers in PerExample)?")
-    probe = keras.Model(keras_model.input, keras_tensors)
-    feed = _keras_feed(keras_model, spec, inputs)
-    actual = probe(feed, training=False)
-    actual = [np.asarray(keras.ops.convert_to_numpy(a)) for a in
-              (actual if isinstance(actual, (list, tuple)) else [actual])]
-    del probe
+    from mlflow_tflite_keras.converter.deep import run_deep
+
+    def probe_outputs():
+        probe = keras.Model(keras_model.input, keras_tensors)  # maps the graph recursively
+        out = probe(_keras_feed(keras_model, spec, inputs), training=False)
+        return [np.asarray(keras.ops.convert_to_numpy(a)) for a in
+                (out if isinstance(out, (list, tuple)) else [out])]
+
+    actual = run_deep(probe_outputs, len(keras_model.layers))
     # Interpreter side.
     expected = _interpreter_tensors(model, runner, spec, inputs, [t.index for _, t, _, _ in order])
 

@@ -354,25 +354,16 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name.split(":")[0]).strip("_") or "tensor"
 
 
-def _option_refs(options) -> list[int]:
-    """Subgraph indices named in an op's options (WHILE, IF, CALL_ONCE, CALL, StableHLO)."""
-    refs = []
-    for name, value in (vars(options).items() if options is not None else ()):
-        if "ubgraph" in name and value is not None:
-            refs += [int(v) for v in np.atleast_1d(value)]
-    return refs
-
-
 def _reachable(model, ops) -> list[int]:
     """Subgraph indices the given ops call, transitively, in discovery order, after a
     placeholder for the region's own subgraph (so new index = position)."""
-    order, todo = [None], [r for op in ops for r in _option_refs(op.options)]
+    order, todo = [None], [r for op in ops for r in op.called_subgraphs]
     while todo:
         i = todo.pop(0)
         if i in order:
             continue
         order.append(i)
-        todo += [r for o in model.subgraphs[i].operators for r in _option_refs(o.options)]
+        todo += [r for o in model.subgraphs[i].operators for r in o.called_subgraphs]
     return order
 
 

@@ -38,7 +38,7 @@ from keras import ops
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
-from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
+from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, StoredConstants, extra_op
 from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, register
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
 
@@ -77,31 +77,12 @@ def _call_model(model, xs):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _constant_weights(layer, constants):
-    layer.constant_positions = sorted(int(k) for k in constants)
-    layer._constant_values = {int(k): np.asarray(v) for k, v in constants.items()}
-    layer.constant_weights = [
-        layer.add_weight(name=f"constant_{p}", shape=layer._constant_values[p].shape,
-                         dtype=layer._constant_values[p].dtype.name, trainable=False,
-                         initializer=keras.initializers.Constant(layer._constant_values[p])
-                         if layer._constant_values[p].size else "zeros")
-        for p in layer.constant_positions]
-
-
-def _splice(layer, n, tensors):
+def _splice(layer, n, tensors, spec_only: bool = False):
     """The ``n`` values: call tensors, with the stored constants at their positions."""
     it = iter(tensors)
-    return [ops.convert_to_tensor(layer.constant_weights[layer.constant_positions.index(p)])
+    return [(layer._constant(p, spec_only) if spec_only
+             else ops.convert_to_tensor(layer._constant(p)))
             if p in layer.constant_positions else next(it) for p in range(n)]
-
-
-def _constants_config(layer):
-    return {str(p): {"shape": list(v.shape), "dtype": v.dtype.name}
-            for p, v in layer._constant_values.items()}
-
-
-def _constants_from_config(specs):
-    return {int(p): np.zeros(s["shape"], dtype=s["dtype"]) for p, s in (specs or {}).items()}
 
 
 def _flat(inputs):
@@ -119,7 +100,7 @@ def _merge_shapes(a, b):
 # ---- layers -----------------------------------------------------------------------------------
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class WhileLoop(keras.layers.Layer):
+class WhileLoop(StoredConstants, keras.layers.Layer):
     """TFLite ``WHILE``: ``while cond_model(*vars): vars = body_model(*vars)``.
 
     ``n_vars`` loop variables; ``constants`` maps positions to initial values stored as
@@ -136,7 +117,7 @@ class WhileLoop(keras.layers.Layer):
         self.n_vars = int(n_vars)
         self.shapes = [None if s is None else [None if d is None else int(d) for d in s]
                        for s in (shapes or [None] * self.n_vars)]
-        _constant_weights(self, constants or {})
+        self._init_constants(constants or {})
 
     def build(self, *args, **kwargs):
         self.built = True
@@ -167,7 +148,7 @@ class WhileLoop(keras.layers.Layer):
         return out if self.n_vars > 1 else out[0]
 
     def compute_output_spec(self, *inputs):
-        values = _splice(self, self.n_vars, _flat(inputs))
+        values = _splice(self, self.n_vars, _flat(inputs), spec_only=True)
         specs = [keras.KerasTensor(tuple(s) if s is not None else v.shape, dtype=v.dtype)
                  for s, v in zip(self.shapes, values)]
         return specs if self.n_vars > 1 else specs[0]
@@ -177,7 +158,7 @@ class WhileLoop(keras.layers.Layer):
         config.update(cond_model=keras.saving.serialize_keras_object(self.cond_model),
                       body_model=keras.saving.serialize_keras_object(self.body_model),
                       n_vars=self.n_vars, shapes=self.shapes,
-                      constants=_constants_config(self))
+                      constants=self._constants_config())
         return config
 
     @classmethod
@@ -185,7 +166,7 @@ class WhileLoop(keras.layers.Layer):
         config = dict(config)
         config["cond_model"] = keras.saving.deserialize_keras_object(config["cond_model"])
         config["body_model"] = keras.saving.deserialize_keras_object(config["body_model"])
-        config["constants"] = _constants_from_config(config.get("constants"))
+        config["constants"] = cls._constants_from_config(config.get("constants"))
         return cls(**config)
 
 
@@ -488,7 +469,7 @@ class _VariableState:
                                for i in called_subgraphs("CALL_ONCE", op.options)}
         self.initial: dict[VariableHandle, np.ndarray] = {}
         self.assigned: dict[str, list[str]] = {}  # variable -> where
-        for index in sorted(self.init_subgraphs):
+        for index in _callees_first(model, sorted(self.init_subgraphs)):
             self._run_initializer(model, index)
         for sg in model.subgraphs:
             if sg.index in self.init_subgraphs:
@@ -504,8 +485,10 @@ class _VariableState:
 
     def _run_initializer(self, model, index):
         graph = build_graph(model, index)
-        handlers = {**HANDLERS, "ASSIGN_VARIABLE": Handler("ASSIGN_VARIABLE", lambda op, c: [],
-                                                           "", __name__)}
+        # A CALL_ONCE inside an initializer: its subgraph is an initializer too, already run
+        # (callees first), so here it does nothing.
+        handlers = {**HANDLERS, **{name: Handler(name, lambda op, c: [], "", __name__)
+                                   for name in ("ASSIGN_VARIABLE", "CALL_ONCE")}}
         sub = _fold_subgraph(model, index, graph, [], handlers)
         for op in graph.ops:
             if op.type == "ASSIGN_VARIABLE":
@@ -513,6 +496,30 @@ class _VariableState:
                 value = sub.values.get(op.inputs[1].index)
                 if isinstance(handle, VariableHandle) and isinstance(value, np.ndarray):
                     self.initial[handle] = value
+
+
+def _callees_first(model, roots) -> list[int]:
+    """``roots`` and the subgraphs they call, each after every subgraph it calls (an
+    iterative post-order: call chains may be thousands deep; validation excluded cycles)."""
+    def callees(index):
+        return iter([c for op in model.subgraphs[index].operators for c in op.called_subgraphs])
+
+    order, done = [], set()
+    for root in roots:
+        stack, on_stack = [(root, callees(root))], {root}
+        while stack:
+            index, pending = stack[-1]
+            callee = next(pending, None)
+            if callee is None:
+                stack.pop()
+                on_stack.discard(index)
+                if index not in done:
+                    done.add(index)
+                    order.append(index)
+            elif callee not in done and callee not in on_stack:
+                stack.append((callee, callees(callee)))
+                on_stack.add(callee)
+    return order
 
 
 def _state(ctx) -> _VariableState:
