@@ -729,15 +729,7 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
                                       inference_output_type)
     if plan is not None:
         result = plan.restore_interface(result)
-    if source is None:
-        return (result, None) if return_report else result
-
-    report = compare_interfaces(source, result)
-    if not report.ok:
-        if not allow_interface_changes:
-            raise InterfaceChangedError(report)
-        _log.warning("The exported model's interface differs from the source's:\n%s", report)
-    return (result, report) if return_report else result
+    return _checked_against(source, result, allow_interface_changes, return_report)
 
 
 def _convert_saved_model(directory, recipe, representative_data, order, aliases, num_samples,
@@ -1085,6 +1077,12 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
             converter._experimental_variable_quantization = True
         result = convert_with_recipe(converter, recipe, dataset, inference_input_type,
                                      inference_output_type)
+    return _checked_against(source, result, allow_interface_changes, return_report)
+
+
+def _checked_against(source, result: bytes, allow_interface_changes: bool, return_report: bool):
+    """``result`` after comparing its interface with ``source`` (when given): a difference is
+    an :class:`InterfaceChangedError` unless allowed (then a warning)."""
     if source is None:
         return (result, None) if return_report else result
     report = compare_interfaces(source, result)

@@ -301,12 +301,17 @@ def _sync_version_list(read_tags, write_list, delete_list, removed: str | None =
         wanted = [r for r in _recorded(tags) if r != removed]
         if _listed(tags) == wanted and attempt:
             return
-        if wanted:
-            write_list(",".join(wanted))
-        elif KERAS_VERSIONS in tags:
-            delete_list()
-        elif attempt:
-            return
+        try:
+            if wanted:
+                write_list(",".join(wanted))
+            elif KERAS_VERSIONS in tags:
+                delete_list()
+            elif attempt:
+                return
+        except MlflowException as e:
+            # Two first writes of the same tag can collide in the store (PostgreSQL: a
+            # unique-key violation on the insert); the next round re-reads and rewrites.
+            _logger.debug("Concurrent update of %s: %s", KERAS_VERSIONS, e)
         time.sleep(random.uniform(0.0, 0.05) * min(attempt + 1, 5))
     raise MlflowException(f"Could not update the '{KERAS_VERSIONS}' tag: it kept changing "
                           f"under {_SYNC_ATTEMPTS} concurrent updates.")
@@ -329,6 +334,20 @@ def _source_version_tags(client: MlflowClient, source: SourceModel, keras_ref: s
     return mv.tags
 
 
+def _set_once(write, attempts: int = 5):
+    """A tag write that a concurrent registration may race (both inserting the same key):
+    retried, since the other writer's value or ours is equally right."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
     """Tag the source version (and its logged model) with its Keras version(s)."""
     if source.registered_name:
@@ -337,7 +356,7 @@ def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
         for key, ref in {**_legacy_refs(tags), _ref_key(keras_ref): keras_ref}.items():
             client.set_model_version_tag(name, version, key, ref)
         if ROLE not in tags:
-            client.set_model_version_tag(name, version, ROLE, ROLE_SOURCE)
+            _set_once(lambda: client.set_model_version_tag(name, version, ROLE, ROLE_SOURCE))
         _sync_version_list(
             lambda: _source_version_tags(client, source, keras_ref),
             lambda value: client.set_model_version_tag(name, version, KERAS_VERSIONS, value),
@@ -345,8 +364,8 @@ def _link_source(client: MlflowClient, source: SourceModel, keras_ref: str):
     if source.model_id:
         model_id = source.model_id
         legacy = _legacy_refs(client.get_logged_model(model_id).tags)
-        client.set_logged_model_tags(model_id, {**legacy, _ref_key(keras_ref): keras_ref,
-                                                ROLE: ROLE_SOURCE})
+        _set_once(lambda: client.set_logged_model_tags(
+            model_id, {**legacy, _ref_key(keras_ref): keras_ref, ROLE: ROLE_SOURCE}))
         _sync_version_list(
             lambda: client.get_logged_model(model_id).tags,
             lambda value: client.set_logged_model_tags(model_id, {KERAS_VERSIONS: value}),

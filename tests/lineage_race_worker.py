@@ -31,7 +31,7 @@ def main(uri, prefix, rounds, barrier, me):
     def wait_for_both():
         r = current["round"]
         (barrier / f"{r}-{me}").touch()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 180
         while not all((barrier / f"{r}-{w}").exists() for w in ("0", "1")):
             if time.monotonic() > deadline:
                 raise TimeoutError("the other worker never reached the linking step")

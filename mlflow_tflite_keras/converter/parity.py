@@ -360,14 +360,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     report = ParityReport(model.quantization_kind, int(n), limits, compare_all(actual))
     if compiled:
-        try:
-            values = predict_compiled(keras_model, feed, isolated=compiled == "isolated")
-        except CompiledInferenceError as e:
-            report.compiled = CompiledCheck(False, None, str(e))
-        else:
-            report.compiled = compare_compiled(actual, values)
-            report.compiled_outputs = compare_all(values) if len(values) == len(actual) \
-                else None
+        _check_compiled_run(report, keras_model, feed, actual, compare_all, compiled)
     report.ops = ops
     report.notes = notes or []
     if debug:
@@ -375,6 +368,18 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                                               signature_key=signature_key,
                                               tensor_map=tensor_map, **tolerances)
     return report
+
+
+def _check_compiled_run(report, keras_model, feed, eager, compare_all, compiled) -> None:
+    """Fill ``report.compiled`` (compiled vs eager; a crash fails) and
+    ``report.compiled_outputs`` (compiled vs the interpreter)."""
+    try:
+        values = predict_compiled(keras_model, feed, isolated=compiled == "isolated")
+    except CompiledInferenceError as e:
+        report.compiled = CompiledCheck(False, None, str(e))
+        return
+    report.compiled = compare_compiled(eager, values)
+    report.compiled_outputs = compare_all(values) if len(values) == len(eager) else None
 
 
 def compare_outputs(spec, expected: dict, values: list, limits: dict, roles) -> list:
@@ -575,14 +580,7 @@ def check_sequence_parity(tflite_model, keras_model, inputs=None, *,
 
     layer = streaming_layer(keras_model)
     if compiled and not (layer is not None and layer.stateful):
-        try:
-            values = predict_compiled(keras_model, sequences, isolated=compiled == "isolated")
-        except CompiledInferenceError as e:
-            report.compiled = CompiledCheck(False, None, str(e))
-        else:
-            report.compiled = compare_compiled(actual, values)
-            report.compiled_outputs = compare_all(values) if len(values) == len(actual) \
-                else None
+        _check_compiled_run(report, keras_model, sequences, actual, compare_all, compiled)
     return report
 
 
