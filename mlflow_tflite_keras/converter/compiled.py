@@ -143,6 +143,18 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 
 def _worker(model_path: str, feed_path: str, out_path: str) -> None:
+    import json
+    import zipfile
+
+    from mlflow_tflite_keras.converter.deep import run_deep
+
+    # Keras maps a functional graph recursively when it loads it: deep models need room.
+    with zipfile.ZipFile(model_path) as archive:
+        depth = len(json.loads(archive.read("config.json")).get("config", {}).get("layers", []))
+    run_deep(_load_and_predict, depth, model_path, feed_path, out_path)
+
+
+def _load_and_predict(model_path: str, feed_path: str, out_path: str) -> None:
     import keras
 
     import mlflow_tflite_keras.converter  # noqa: F401  (registers the package's layers)
