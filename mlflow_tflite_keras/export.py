@@ -355,6 +355,17 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def match_name(key: str, names, aliases: dict | None = None) -> str | None:
+    """The one of ``names`` that ``key`` means: itself, its alias, or the only name equal to
+    it up to case and punctuation (:func:`_norm`); None when there is none."""
+    if key in names:
+        return key
+    if aliases and aliases.get(key) is not None:
+        return aliases[key]
+    matches = [n for n in names if _norm(n) == _norm(key)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def _pair_by_name(source: dict, new: dict):
     """Pairs (source name, new name, renamed?) by exact name, then by normalised name, then a
     single leftover on each side; and the unmatched names of each side."""
@@ -504,9 +515,12 @@ def _compare_ordered(kind: str, source: list, new: list, diffs: list):
 # ---- export ------------------------------------------------------------------------------------
 
 
-def _interface_types(source, recipe: str):
-    """Interface types of a full-integer recipe that keep the source's I/O: a source whose
-    float inputs were quantized (int8/uint8/int16) keeps that type, otherwise float32."""
+def _interface_types(source, recipe: str, input_type=None, output_type=None):
+    """Interface types of a full-integer recipe: those given, else those that keep the
+    source's I/O (a source whose float inputs were quantized (int8/uint8/int16) keeps that
+    type, otherwise float32); without a source, those given (None: the recipe's default)."""
+    if source is None:
+        return input_type, output_type
     allowed = _IO_TYPES[recipe]
     sig = source.signature()
     types = []
@@ -515,7 +529,7 @@ def _interface_types(source, recipe: str):
                  if t.type_name in _QUANTIZED_IO and t.quantization is not None}
         found = [t for t in found if t in allowed]
         types.append(np.dtype(found[0]) if len(found) == 1 else np.dtype(np.float32))
-    return types
+    return input_type or types[0], output_type or types[1]
 
 
 def _align_names(keras_model, source):
@@ -597,10 +611,7 @@ def _samples(data, specs: dict, order: list, aliases: dict, limit: int):
         if isinstance(sample, dict):
             out = {}
             for key, value in sample.items():
-                name = key if key in specs else aliases.get(key)
-                if name is None:
-                    matches = [n for n in specs if _norm(n) == _norm(key)]
-                    name = matches[0] if len(matches) == 1 else None
+                name = match_name(key, specs, aliases)
                 if name is None:
                     raise MlflowException(
                         f"representative_data has an entry '{key}' that matches no input of "
@@ -706,10 +717,8 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
                 f"{origin} needs representative_data to calibrate activations: an array, a "
                 "list of arrays (one per input), a dict by input name, or a callable yielding "
                 "samples.", error_code=INVALID_PARAMETER_VALUE)
-        if source is not None:
-            in_type, out_type = _interface_types(source, recipe)
-            inference_input_type = inference_input_type or in_type
-            inference_output_type = inference_output_type or out_type
+        inference_input_type, inference_output_type = _interface_types(
+            source, recipe, inference_input_type, inference_output_type)
     elif inference_input_type is not None or inference_output_type is not None:
         _log.warning("Recipe '%s' ignores inference_input_type / inference_output_type.", recipe)
 
@@ -1036,10 +1045,8 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
                 f"Recipe '{recipe}' needs representative_data: frame sequences "
                 "[n, time, *frame] (or frames [n, *frame]) to calibrate the activations and the "
                 "state.", error_code=INVALID_PARAMETER_VALUE)
-        if source is not None:
-            in_type, out_type = _interface_types(source, recipe)
-            inference_input_type = inference_input_type or in_type
-            inference_output_type = inference_output_type or out_type
+        inference_input_type, inference_output_type = _interface_types(
+            source, recipe, inference_input_type, inference_output_type)
         dataset = _streaming_frames(representative_data, frame_shape, num_samples)
 
     # Per-example cells hold the variables' exact shapes; others lack the stream's batch.

@@ -126,7 +126,7 @@ def _targets(keras_model, y, source_outputs: list) -> dict:
     """Targets by Keras output name, from a dict by output name (the source signature's
     names, or the Keras model's), a list / tuple in output order (None skips an output) or
     one array (single-output models). Outputs without targets are left out."""
-    from mlflow_tflite_keras.export import _norm
+    from mlflow_tflite_keras.export import match_name
 
     outputs = list(_output_tensors(keras_model))
     source_outputs = source_outputs if len(source_outputs) == len(outputs) else outputs
@@ -135,10 +135,7 @@ def _targets(keras_model, y, source_outputs: list) -> dict:
     if isinstance(y, dict):
         found = {}
         for key, value in y.items():
-            name = key if key in outputs else to_keras.get(key)
-            if name is None:  # up to case and punctuation
-                matches = [o for o in outputs if _norm(o) == _norm(key)]
-                name = matches[0] if len(matches) == 1 else None
+            name = match_name(key, outputs, to_keras)
             if name is None:
                 raise MlflowException(
                     f"Targets for '{key}', which is not an output of the model; its outputs "
