@@ -19,8 +19,8 @@ __all__ = ["install"]
 
 _PACKAGE = "mlflow_tflite_keras"
 _ALIAS = "mlflow.tflite_keras"
-# The converter package imports every op family, each registering its layers.
-_KERAS_LAYERS = "mlflow_tflite_keras.converter"
+# Every layer of the package, without the converter's handlers.
+_KERAS_LAYERS = "mlflow_tflite_keras.converter.layers"
 
 
 def install_alias():

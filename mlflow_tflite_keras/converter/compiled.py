@@ -157,7 +157,7 @@ def _worker(model_path: str, feed_path: str, out_path: str) -> None:
 def _load_and_predict(model_path: str, feed_path: str, out_path: str) -> None:
     import keras
 
-    import mlflow_tflite_keras.converter  # noqa: F401  (registers the package's layers)
+    import mlflow_tflite_keras.converter.layers  # noqa: F401  (registers the package's layers)
 
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     with np.load(feed_path) as data:

@@ -418,9 +418,6 @@ def arg_reduce(x, axis=-1, mode="max", dtype="int64"):
     return ops.cast(fn(x, axis=axis), dtype)
 
 
-import mlflow_tflite_keras.tflite_layer  # noqa: E402,F401  (registers TFLiteLayer)
-
-
 @extra_op
 def add_exact(x, y):
     """``x + y`` with numpy broadcasting. ``keras.ops.add`` on TensorFlow turns some
