@@ -106,3 +106,48 @@ def test_from_config_alone_cannot_be_called_eagerly():
                                  "n_inputs": 1, "name": "lonely"})
     with pytest.raises(ValueError, match="constants are not loaded"):
         layer(np.ones(2, np.float32))
+
+
+def test_loading_imports_the_layers_without_any_handler(saved, tmp_path):
+    """The Keras loading hook imports ``converter.layers``: every layer and every KerasOp
+    function of the package is registered, and no handler module (``converter.ops``) is
+    imported, also while a saved reconstruction loads with ``safe_mode=True``."""
+    path, values = saved
+    # A KerasOp function of a handler family (REVERSE_SEQUENCE), saved with its constant.
+    x_in = keras.Input((4, 2))
+    lengths = np.array([3], np.int32)
+    y = KerasOp("reverse_sequence", constants={1: lengths}, n_inputs=1,
+                fn_kwargs={"seq_axis": 1, "batch_axis": 0})(x_in)
+    reversing = tmp_path / "reverse.keras"
+    keras.Model(x_in, y).save(reversing)
+    script = f"""
+import sys
+import numpy as np
+import keras
+import mlflow_tflite_keras.converter.layers as layers
+
+def handlers():
+    return sorted(m for m in sys.modules if m.startswith("mlflow_tflite_keras.converter.ops"))
+
+assert not handlers(), handlers()
+for name in ("KerasOp", "WhileLoop", "IfElse", "PerExample", "RFFT2D", "ComplexPart",
+             "ClippedLSTMCell", "LocalResponseNormalization", "DetectionPostProcess",
+             "MaxUnpooling2D", "StreamingCell", "StreamingRNN", "TFLiteLayer"):
+    assert keras.saving.get_registered_object("mlflow_tflite_keras>" + name), name
+for fn in ("reverse_sequence", "unsorted_segment_reduce", "matrix_diag", "constant_like",
+           "streaming_output", "resize_tflite"):
+    assert fn in layers.EXTRA_OPS, fn
+x = np.arange(8, dtype=np.float32).reshape(1, 8)
+model = keras.saving.load_model({str(path)!r}, safe_mode=True)
+np.testing.assert_allclose(np.asarray(model(x)), x + np.array({values.tolist()!r}, np.float32),
+                           rtol=1e-6)
+seq = np.arange(8, dtype=np.float32).reshape(1, 4, 2)
+model = keras.saving.load_model({str(reversing)!r}, safe_mode=True)
+np.testing.assert_array_equal(np.asarray(model(seq)), seq[:, [2, 1, 0, 3]])
+assert not handlers(), handlers()
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK"), proc.stdout
