@@ -1032,6 +1032,21 @@ def _custom_subgraph_fields(raw_op) -> list[int]:
         return []
 
 
+def reachable_subgraphs(model: TFLiteModel, roots) -> list[int]:
+    """The subgraphs ``roots`` (indices) and every subgraph their operators call,
+    transitively (:attr:`OperatorInfo.called_subgraphs`), each once, in breadth-first order.
+    The one walker of the call graph: control flow, streaming, hybrid regions use it."""
+    order, seen, todo = [], set(), list(roots)
+    while todo:
+        index = todo.pop(0)
+        if index in seen or not 0 <= index < len(model.subgraphs):
+            continue
+        seen.add(index)
+        order.append(index)
+        todo += [r for op in model.subgraphs[index].operators for r in op.called_subgraphs]
+    return order
+
+
 def subgraph_references(raw_op, subgraph_names: dict[str, int] | None = None) -> list[int]:
     """Every subgraph index an operator names: in both options unions (WHILE, IF, CALL_ONCE,
     CALL, the StableHLO ops, a composite's decomposition), a StableHLO custom call's called

@@ -25,9 +25,22 @@ class ConversionError(Exception):
     """A handler cannot rebuild an op as it is; the message says why."""
 
 
+class ConversionState:
+    """What one conversion works out once and every context of it shares: the contexts of
+    the subgraphs it builds (loop bodies, branches) and scratch contexts. Kept here, never on
+    the parsed model, so two conversions of one model share nothing."""
+
+    def __init__(self):
+        self.variables = None  # the model's resource variables (ops/control_flow.py)
+
+
 class BuildContext:
-    def __init__(self, graph: Graph):
+    """The state of building one subgraph: its values (KerasTensors, constants), layer
+    names, notes; :attr:`state` is the whole conversion's (shared with ``parent``)."""
+
+    def __init__(self, graph: Graph, parent: BuildContext | None = None):
         self.graph = graph
+        self.state = parent.state if parent is not None else ConversionState()
         self.values: dict[int, object] = {}
         self.layer_names: Counter = Counter()
         self.layers_by_op: dict[int, list[str]] = {}
@@ -36,6 +49,17 @@ class BuildContext:
         for t in graph.tensors:
             if t.is_constant:
                 self.values[t.index] = t.data
+
+    def scratch(self, op: Op, values: dict[int, object]) -> BuildContext:
+        """A throwaway context to evaluate ``op`` on build-time ``values`` (tensor index ->
+        value), e.g. shape arithmetic: the same graph and conversion state, layer names that
+        do not clash with this context's; its layers, names and notes are discarded."""
+        scratch = BuildContext.__new__(BuildContext)
+        scratch.graph, scratch.state = self.graph, self.state
+        scratch.values = dict(values)
+        scratch.layer_names = self.layer_names.copy()
+        scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
+        return scratch
 
     # ---- values -----------------------------------------------------------------------------
 

@@ -179,18 +179,12 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
     """Raise one error naming every unsupported op (custom ops by custom code), with counts
     and the tensors involved, before anything is built. ``skip``: indices of ops (of
     ``graph``) that are wrapped, with the subgraphs only they call."""
-    from mlflow_tflite_keras.converter.ops.control_flow import (
-        called_subgraphs,
-        reachable_subgraphs,
-    )
+    from mlflow_tflite_keras.tflite_model import reachable_subgraphs
 
     missing: Counter = Counter()
     where: dict[str, list[str]] = {}
     ops = [op for op in graph.ops if op.index not in skip]
-    called = set()
-    for op in ops:
-        for index in called_subgraphs(op.type, op.options):
-            called |= reachable_subgraphs(graph.model, index)
+    called = set(reachable_subgraphs(graph.model, [i for op in ops for i in op.called_subgraphs]))
     for index in sorted(called - {graph.subgraph_index}):  # bodies, branches, initializers
         ops += build_graph(graph.model, index).ops
     for op in ops:
@@ -218,10 +212,8 @@ def _batched(graph: Graph) -> bool:
 
 def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
     """Fixed batch of 1 (every input and output), and WHILE/IF in the subgraphs it runs."""
-    from mlflow_tflite_keras.converter.ops.control_flow import (
-        LOOP_AND_BRANCH_OPS,
-        reachable_subgraphs,
-    )
+    from mlflow_tflite_keras.converter.ops.control_flow import LOOP_AND_BRANCH_OPS
+    from mlflow_tflite_keras.tflite_model import reachable_subgraphs
 
     if any(graph.tensors[i].shape_signature[0] != 1 for i in signature.inputs.values()):
         return False
@@ -229,7 +221,7 @@ def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
            for i in signature.outputs.values()):
         return False
     return any(op.name in LOOP_AND_BRANCH_OPS
-               for i in reachable_subgraphs(model, graph.subgraph_index)
+               for i in reachable_subgraphs(model, [graph.subgraph_index])
                for op in model.subgraphs[i].operators)
 
 

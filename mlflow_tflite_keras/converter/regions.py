@@ -52,6 +52,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
 from mlflow_tflite_keras.converter.registry import handles
+from mlflow_tflite_keras.tflite_model import reachable_subgraphs
 
 FILE_IDENTIFIER = b"TFL3"
 _UNCROSSABLE = ("RESOURCE", "VARIANT")
@@ -82,7 +83,7 @@ class Region:
     def custom_ops(self) -> list[str]:
         ops = [op.type for op in self.ops if op.is_custom]
         model = self.graph.model
-        for sg in _reachable(model, self.ops)[1:]:
+        for sg in _called_by(model, self.ops):
             ops += [o.custom_code for o in model.subgraphs[sg].operators if o.opcode == "CUSTOM"]
         return sorted(set(ops))
 
@@ -199,7 +200,7 @@ def select_ops(graph: Graph, handlers, *, wrap_unsupported: bool, wrap_ops=()) -
                 selected[op.index] = "unsupported"
                 continue
             model = graph.model
-            for sg in _reachable(model, [op])[1:]:
+            for sg in _called_by(model, [op]):
                 if any(not handles(handlers, o.name, o.opcode == "CUSTOM")
                        for o in model.subgraphs[sg].operators):
                     selected[op.index] = "unsupported"
@@ -354,17 +355,9 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name.split(":")[0]).strip("_") or "tensor"
 
 
-def _reachable(model, ops) -> list[int]:
-    """Subgraph indices the given ops call, transitively, in discovery order, after a
-    placeholder for the region's own subgraph (so new index = position)."""
-    order, todo = [None], [r for op in ops for r in op.called_subgraphs]
-    while todo:
-        i = todo.pop(0)
-        if i in order:
-            continue
-        order.append(i)
-        todo += [r for o in model.subgraphs[i].operators for r in o.called_subgraphs]
-    return order
+def _called_by(model, ops) -> list[int]:
+    """Subgraph indices the given ops call, transitively, in discovery order."""
+    return reachable_subgraphs(model, [r for op in ops for r in op.called_subgraphs])
 
 
 def _remap_subgraph_refs(raw_op, mapping: dict[int, int]):
@@ -486,7 +479,7 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
     sg_index = graph.subgraph_index
     src_ops = w.source.subgraphs[sg_index].operators
     # Called subgraphs first get their new numbers (the region itself is subgraph 0).
-    called = _reachable(graph.model, ops)[1:]
+    called = _called_by(graph.model, ops)
     w.subgraph_map = {old: new for new, old in enumerate(called, start=1)}
 
     tensor_map: dict[int, int] = {}

@@ -101,25 +101,22 @@ def is_streaming(model, subgraph_index: int | None = None) -> bool:
     at run time (outside ``CALL_ONCE`` initializers): state carried across invokes."""
     if not model.is_stateful:
         return False
-    from mlflow_tflite_keras.converter.ops.control_flow import reachable_subgraphs
+    from mlflow_tflite_keras.tflite_model import reachable_subgraphs
 
     if subgraph_index is None:
         subgraph_index = model.signature().subgraph_index
-    return bool(_assigning_subgraphs(model) & reachable_subgraphs(model, subgraph_index))
+    return bool(_assigning_subgraphs(model) & set(reachable_subgraphs(model, [subgraph_index])))
 
 
 def state_variables(model, graph) -> list[StateVariable]:
     """The variables the step graph (``graph``, the signature's subgraph) assigns, in order
     of first use; errors when a subgraph it calls assigns state or a state variable has no
     initial value. (Assignments by other signatures are not part of the step.)"""
-    from mlflow_tflite_keras.converter.ops.control_flow import (
-        _handle_of,
-        reachable_subgraphs,
-        variable_state,
-    )
+    from mlflow_tflite_keras.converter.ops.control_flow import _handle_of, variable_state
+    from mlflow_tflite_keras.tflite_model import reachable_subgraphs
 
     state = variable_state(model)
-    called = reachable_subgraphs(model, graph.subgraph_index) - {graph.subgraph_index}
+    called = set(reachable_subgraphs(model, [graph.subgraph_index])) - {graph.subgraph_index}
     elsewhere = sorted(_assigning_subgraphs(model) & called)
     if elsewhere:
         raise ConversionError(f"resource variables are assigned inside subgraph(s) {elsewhere} "
@@ -196,11 +193,8 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     every state has a leading 1 (a fixed batch of 1 with loops or branches baked in, as
     :func:`~mlflow_tflite_keras.converter.convert.convert` decides)."""
     from mlflow_tflite_keras.converter.convert import _sanitize as sanitize_name
-    from mlflow_tflite_keras.converter.ops.control_flow import (
-        _constant_output,
-        reachable_subgraphs,
-        variable_state,
-    )
+    from mlflow_tflite_keras.converter.ops.control_flow import _constant_output, variable_state
+    from mlflow_tflite_keras.tflite_model import reachable_subgraphs
     from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 
     states = state_variables(model, graph)
@@ -277,7 +271,8 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
         if any(d is None for d in out.shape[1:]) and n_outputs > 1:
             raise ConversionError(f"output '{name}' has a dynamic shape {list(out.shape)}.")
     report.notes.extend(step.ctx.notes)
-    others = sorted(_assigning_subgraphs(model) - reachable_subgraphs(model, graph.subgraph_index))
+    others = sorted(_assigning_subgraphs(model)
+                    - set(reachable_subgraphs(model, [graph.subgraph_index])))
     if others:
         report.notes.append(
             f"Subgraph(s) {others} of other signatures also assign variables; the Keras model "

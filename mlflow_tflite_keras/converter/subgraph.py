@@ -90,7 +90,8 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
                    output_names: list[str] | None = None, dict_inputs: bool = False,
                    constant_output: Callable | None = None,
                    key_prefix: str = "", graph: Graph | None = None,
-                   steps: list | None = None) -> BuiltSubgraph:
+                   steps: list | None = None,
+                   parent: BuildContext | None = None) -> BuiltSubgraph:
     """A functional model computing the subgraph's tensors ``outputs`` (indices) from
     ``inputs``.
 
@@ -98,10 +99,11 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
     the Keras inputs into a graph tensor; without it such an output is an error.
     ``dict_inputs``/``output_names`` give the model dict inputs/outputs (the signature's
     names); otherwise a single tensor or a list. ``key_prefix`` prefixes the report's
-    ``"index:OP"`` keys (``"sg2/"`` for a loop body).
+    ``"index:OP"`` keys (``"sg2/"`` for a loop body). ``parent``: the context of the op that
+    calls this subgraph, whose conversion state the new context shares.
     """
     graph = graph or build_graph(tflite_model, subgraph_index)
-    ctx = BuildContext(graph)
+    ctx = BuildContext(graph, parent)
     keras_inputs = {}
     for spec in inputs:
         if spec.bound:

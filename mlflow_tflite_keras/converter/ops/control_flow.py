@@ -35,39 +35,22 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.builder import ConversionError
+from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
 from mlflow_tflite_keras.converter.layers import IfElse, KerasOp, WhileLoop
 from mlflow_tflite_keras.converter.layers.control_flow import _merge_shapes
-from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, register
+from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, load_handlers, register
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
 
 LOOP_AND_BRANCH_OPS = {"WHILE", "IF"}
-_SUBGRAPH_OPTIONS = {
-    "WHILE": ("condSubgraphIndex", "bodySubgraphIndex"),
-    "IF": ("thenSubgraphIndex", "elseSubgraphIndex"),
-    "CALL_ONCE": ("initSubgraphIndex",),
-    "CALL": ("subgraph",),
-}
 
 
-def called_subgraphs(op_name: str, options) -> list[int]:
-    """The subgraph indices a control-flow op (``OperatorInfo``/``ir.Op`` options) calls."""
-    return [int(getattr(options, k)) for k in _SUBGRAPH_OPTIONS.get(op_name, ())
-            if options is not None and getattr(options, k, None) is not None]
-
-
-def reachable_subgraphs(model, start: int) -> set[int]:
-    """``start`` and every subgraph its control-flow ops call, transitively."""
-    seen, todo = set(), [start]
-    while todo:
-        index = todo.pop()
-        if index in seen or not 0 <= index < len(model.subgraphs):
-            continue
-        seen.add(index)
-        for op in model.subgraphs[index].operators:
-            todo.extend(called_subgraphs(op.name, op.options))
-    return seen
+def _subgraph_options(op, *names) -> list[int]:
+    """The subgraph indices the op's options name (``WhileOptions``, ``IfOptions``)."""
+    values = [getattr(op.options, name, None) for name in names]
+    if any(v is None for v in values):
+        raise ConversionError(f"{op.type}: its options do not name the {' and '.join(names)}.")
+    return [int(v) for v in values]
 
 
 def _constant_output(name_prefix):
@@ -103,7 +86,7 @@ def _dtype(t, value):
 @register("WHILE", layer="WhileLoop(cond model, body model)")
 def while_(op, ctx):
     model = ctx.graph.model
-    cond_i, body_i = called_subgraphs("WHILE", op.options)
+    cond_i, body_i = _subgraph_options(op, "condSubgraphIndex", "bodySubgraphIndex")
     cond_g, body_g = build_graph(model, cond_i), build_graph(model, body_i)
     values = ctx.inputs(op)
     n = len(values)
@@ -130,11 +113,11 @@ def while_(op, ctx):
 
         cond = build_subgraph(model, cond_i, specs(cond_g), [cond_g.outputs[0].index],
                               name=f"{base}_cond", handlers=handlers, graph=cond_g,
-                              constant_output=_constant_output(f"{base}_cond"))
+                              constant_output=_constant_output(f"{base}_cond"), parent=ctx)
         body = build_subgraph(model, body_i, specs(body_g),
                               [body_g.outputs[i].index for i in loop],
                               name=f"{base}_body", handlers=handlers, graph=body_g,
-                              constant_output=_constant_output(f"{base}_body"))
+                              constant_output=_constant_output(f"{base}_body"), parent=ctx)
         relaxed = {}
         for i, out in zip(loop, body.model.outputs):
             merged = _merge_shapes(shapes[i], tuple(out.shape))
@@ -174,7 +157,7 @@ def while_(op, ctx):
 @register("IF", layer="IfElse(then model, else model)")
 def if_(op, ctx):
     model = ctx.graph.model
-    then_i, else_i = called_subgraphs("IF", op.options)
+    then_i, else_i = _subgraph_options(op, "thenSubgraphIndex", "elseSubgraphIndex")
     pred, *operands = ctx.inputs(op)
     base = ctx.name(op)
 
@@ -190,7 +173,7 @@ def if_(op, ctx):
             return None, graph, specs
         built = build_subgraph(model, index, specs, [t.index for t in graph.outputs],
                                name=f"{base}_{tag}", handlers=HANDLERS, graph=graph,
-                               constant_output=_constant_output(f"{base}_{tag}"))
+                               constant_output=_constant_output(f"{base}_{tag}"), parent=ctx)
         for note in built.ctx.notes:
             ctx.note(note)
         return built, graph, specs
@@ -201,7 +184,7 @@ def if_(op, ctx):
             (else_i, "else")
         built, graph, specs = build(index, tag)
         if built is None:
-            sub = _fold_subgraph(model, index, graph, specs)
+            sub = _fold_subgraph(model, index, graph, specs, parent=ctx)
             return [sub.values[t.index] for t in graph.outputs]
         out = built.model(tensors[0] if len(tensors) == 1 else tensors)
         return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -215,11 +198,9 @@ def if_(op, ctx):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _fold_subgraph(model, index, graph, specs, handlers=None):
+def _fold_subgraph(model, index, graph, specs, handlers=None, parent=None):
     """Run a subgraph whose inputs are all build-time values: everything folds."""
-    from mlflow_tflite_keras.converter.builder import BuildContext
-
-    sub = BuildContext(graph)
+    sub = BuildContext(graph, parent)
     for s in specs:
         sub.values[s.tensor] = s.value
     run_ops(graph, sub, handlers or HANDLERS)
@@ -262,7 +243,7 @@ class _VariableState:
     def __init__(self, model):
         self.init_subgraphs = {i for sg in model.subgraphs for op in sg.operators
                                if op.name == "CALL_ONCE"
-                               for i in called_subgraphs("CALL_ONCE", op.options)}
+                               for i in op.called_subgraphs}
         self.initial: dict[VariableHandle, np.ndarray] = {}
         self.assigned: dict[str, list[str]] = {}  # variable -> where
         for index in _callees_first(model, sorted(self.init_subgraphs)):
@@ -283,7 +264,7 @@ class _VariableState:
         graph = build_graph(model, index)
         # A CALL_ONCE inside an initializer: its subgraph is an initializer too, already run
         # (callees first), so here it does nothing.
-        handlers = {**HANDLERS, **{name: Handler(name, lambda op, c: [], "", __name__)
+        handlers = {**load_handlers(), **{name: Handler(name, lambda op, c: [], "", __name__)
                                    for name in ("ASSIGN_VARIABLE", "CALL_ONCE")}}
         sub = _fold_subgraph(model, index, graph, [], handlers)
         for op in graph.ops:
@@ -319,15 +300,15 @@ def _callees_first(model, roots) -> list[int]:
 
 
 def _state(ctx) -> _VariableState:
-    return variable_state(ctx.graph.model)
+    """The model's resource variables, worked out once per conversion."""
+    if ctx.state.variables is None:
+        ctx.state.variables = variable_state(ctx.graph.model)
+    return ctx.state.variables
 
 
 def variable_state(model) -> _VariableState:
-    """The model's resource variables (initial values, where they are assigned), cached."""
-    state = model.__dict__.get("_converter_variable_state")
-    if state is None:
-        state = model.__dict__["_converter_variable_state"] = _VariableState(model)
-    return state
+    """The model's resource variables (initial values, where they are assigned)."""
+    return _VariableState(model)
 
 
 def _stateful_error(state) -> ConversionError:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
+from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.registry import HANDLERS, register
 
 _INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
@@ -91,11 +91,8 @@ def _probe(ctx, t, batch, memo, depth):
     elif op.type in HANDLERS:
         ins = [None if u is None else _probe(ctx, u, batch, memo, depth + 1) for u in op.inputs]
         if all(val is not None for u, val in zip(op.inputs, ins) if u is not None):
-            scratch = BuildContext.__new__(BuildContext)
-            scratch.__dict__.update(ctx.__dict__)
-            scratch.values = {u.index: val for u, val in zip(op.inputs, ins) if u is not None}
-            scratch.layer_names = ctx.layer_names.copy()
-            scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
+            scratch = ctx.scratch(op, {u.index: val for u, val in zip(op.inputs, ins)
+                                       if u is not None})
             try:
                 outs = HANDLERS[op.type].convert(op, scratch)
             except Exception:  # noqa: BLE001 - not evaluable: the caller falls back
