@@ -7,27 +7,18 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE, StoredConstants, extra_op
+from mlflow_tflite_keras.converter.layers.keras_op import (
+    PACKAGE,
+    StoredConstants,
+    extra_op,
+    flat_inputs,
+)
 
 # ---- helpers shared by the layers -------------------------------------------------------------
 
 def _call_model(model, xs):
     out = model(xs[0] if len(model.inputs) == 1 else list(xs))
     return list(out) if isinstance(out, (list, tuple)) else [out]
-
-
-def _splice(layer, n, tensors, spec_only: bool = False):
-    """The ``n`` values: call tensors, with the stored constants at their positions."""
-    it = iter(tensors)
-    return [(layer._constant(p, spec_only) if spec_only
-             else ops.convert_to_tensor(layer._constant(p)))
-            if p in layer.constant_positions else next(it) for p in range(n)]
-
-
-def _flat(inputs):
-    if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
-        return list(inputs[0])
-    return list(inputs)
 
 
 def _merge_shapes(a, b):
@@ -82,12 +73,12 @@ class WhileLoop(StoredConstants, keras.layers.Layer):
         return list(ops.while_loop(cond, body, tuple(values)))
 
     def call(self, *inputs):
-        values = _splice(self, self.n_vars, _flat(inputs))
+        values = self._with_constants(flat_inputs(inputs), self.n_vars)
         out = self.loop([ops.convert_to_tensor(v) for v in values])
         return out if self.n_vars > 1 else out[0]
 
     def compute_output_spec(self, *inputs):
-        values = _splice(self, self.n_vars, _flat(inputs), spec_only=True)
+        values = self._with_constants(flat_inputs(inputs), self.n_vars, spec_only=True)
         specs = [keras.KerasTensor(tuple(s) if s is not None else v.shape, dtype=v.dtype)
                  for s, v in zip(self.shapes, values)]
         return specs if self.n_vars > 1 else specs[0]
@@ -123,7 +114,7 @@ class IfElse(keras.layers.Layer):
         self.built = True
 
     def call(self, *inputs):
-        pred, *xs = _flat(inputs)
+        pred, *xs = flat_inputs(inputs)
         pred = ops.reshape(ops.cast(pred, "bool"), ())
         out = ops.cond(pred, lambda: _call_model(self.then_model, xs),
                        lambda: _call_model(self.else_model, xs))

@@ -60,6 +60,13 @@ class StoredConstants:
                              "with keras.saving.load_model(...).")
         return ops.zeros(declared.shape, dtype=_keras_dtype(declared.dtype))  # traced only
 
+    def _with_constants(self, tensors, n: int, spec_only: bool = False) -> list:
+        """The ``n`` operands of a call: ``tensors`` in order, with the stored constants at
+        their positions (``spec_only``: as :meth:`_constant`)."""
+        it = iter(tensors)
+        return [self._constant(p, spec_only) if p in self.constant_positions else next(it)
+                for p in range(n)]
+
     def _constants_config(self) -> dict:
         # Shapes/dtypes only: the values themselves are restored from weights.
         return {str(p): {"shape": list(v.shape), "dtype": np.dtype(v.dtype).name}
@@ -127,15 +134,8 @@ class KerasOp(StoredConstants, keras.layers.Layer):
         return target
 
     def call(self, *inputs):
-        flat = list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
-            else list(inputs)
-        args = []
-        it = iter(flat)
-        for pos in range(self.n_inputs + len(self.constant_positions)):
-            if pos in self.constant_positions:
-                args.append(self._constant(pos))
-            else:
-                args.append(next(it))
+        args = self._with_constants(flat_inputs(inputs),
+                                    self.n_inputs + len(self.constant_positions))
         return self._resolve(self.fn)(*args, **self.fn_kwargs)
 
     def get_config(self):
@@ -174,6 +174,13 @@ class DeclaredConstant:
 
 def _keras_dtype(dtype) -> str:
     return np.dtype(dtype).name
+
+
+def flat_inputs(inputs) -> list:
+    """A layer's call inputs as a list: ``layer(a, b)`` and ``layer([a, b])`` alike."""
+    if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+        return list(inputs[0])
+    return list(inputs)
 
 
 # Functions that keras.ops lacks, built from keras.ops. Each is a plain named function so a

@@ -20,41 +20,17 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
+from mlflow_tflite_keras.converter.ops._common import (
+    padding,
+    transpose_output_padding,
+    with_weights,
+)
 from mlflow_tflite_keras.converter.registry import register
-
-PADDING = {0: "same", 1: "valid"}  # schema Padding: SAME=0, VALID=1 (TF's definitions)
-
-
-def with_weights(layer, input_shape, weights):
-    """Build ``layer`` for ``input_shape`` and load ``weights`` (trainable variables).
-
-    Built with zero initializers first: drawing random initial weights that are overwritten
-    at once costs a weight-sized allocation per layer (peak memory on big models). The
-    layer's configured initializers are restored afterwards, so the saved config is as
-    usual."""
-    saved = {}
-    for attr in ("kernel_initializer", "depthwise_initializer", "bias_initializer",
-                 "recurrent_initializer"):
-        if hasattr(layer, attr):
-            saved[attr] = getattr(layer, attr)
-            setattr(layer, attr, keras.initializers.Zeros())
-    layer.build(input_shape)
-    for attr, value in saved.items():
-        setattr(layer, attr, value)
-    layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
-    return layer
 
 
 def finish(op, ctx, y, activation_done):
     """Apply the fused activation unless the layer already carries it."""
     return y if activation_done else ctx.activation(op, y)
-
-
-def padding(op):
-    code = op.opt("padding", 0)
-    if code not in PADDING:
-        raise ConversionError(f"unsupported padding {code}")
-    return PADDING[code]
 
 
 def build_shape(t, channels=None):
@@ -122,31 +98,13 @@ def depthwise_conv_2d(op, ctx):
     return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
 
 
-def _transpose_output_padding(pad, in_sizes, out_sizes, kernel_sizes, strides):
-    """Keras ``output_padding`` giving exactly the TFLite output size (TF's semantics: the
-    TF backend passes the computed output shape to ``conv_transpose`` with the same padding),
-    or None when Keras' default size is already right."""
-    result = []
-    default = True
-    for n, t, k, s in zip(in_sizes, out_sizes, kernel_sizes, strides):
-        if n is None or n < 0 or t is None or t < 0:
-            raise ConversionError("a transposed convolution needs static spatial sizes")
-        if pad == "same":
-            keras_default = n * s
-            p = t - (n - 1) * s - k % 2
-        else:
-            keras_default = (n - 1) * s + k + max(k, s) - k
-            p = t - (n - 1) * s - k
-        if t != keras_default:
-            default = False
-        result.append(p)
-    if default:
-        return None
-    for p, s in zip(result, strides):
-        if not 0 <= p < s:
-            raise ConversionError(f"output size is not reachable with padding (output "
-                                  f"padding {p}, stride {s})")
-    return tuple(result)
+def _output_size(op, ctx, n):
+    """The ``n`` spatial output sizes of a transposed convolution: its constant
+    ``output_shape`` operand, else the output tensor's shape."""
+    out_shape = op.input(0)
+    if out_shape is not None and ctx.is_const(ctx.value(out_shape)):
+        return [int(v) for v in ctx.value(out_shape).reshape(-1)[1:1 + n]]
+    return list(op.outputs[0].shape[1:1 + n])
 
 
 def _spatial(t, n):
@@ -162,11 +120,8 @@ def transpose_conv(op, ctx):
     bias = _bias(ctx, op, 3)
     pad = padding(op)
     strides = (op.opt("strideH", 1), op.opt("strideW", 1))
-    out_hw = list(op.outputs[0].shape[1:3])
-    out_shape = op.input(0)
-    if out_shape is not None and ctx.is_const(ctx.value(out_shape)):
-        out_hw = [int(v) for v in ctx.value(out_shape).reshape(-1)[1:3]]
-    output_padding = _transpose_output_padding(pad, _spatial(op.inputs[2], 2), out_hw,
+    out_hw = _output_size(op, ctx, 2)
+    output_padding = transpose_output_padding(pad, _spatial(op.inputs[2], 2), out_hw,
                                                weights.shape[1:3], strides)
     act = ctx.activation_name(op)
     layer = keras.layers.Conv2DTranspose(
@@ -212,11 +167,8 @@ def conv_3d_transpose(op, ctx):
     if any(op.opt(k, 1) != 1 for k in ("dilationDFactor", "dilationHFactor",
                                         "dilationWFactor")):
         raise ConversionError("dilated 3-D transposed convolutions are not supported")
-    out_dhw = list(op.outputs[0].shape[1:4])
-    out_shape = op.input(0)
-    if out_shape is not None and ctx.is_const(ctx.value(out_shape)):
-        out_dhw = [int(v) for v in ctx.value(out_shape).reshape(-1)[1:4]]
-    output_padding = _transpose_output_padding(pad, _spatial(op.inputs[2], 3), out_dhw,
+    out_dhw = _output_size(op, ctx, 3)
+    output_padding = transpose_output_padding(pad, _spatial(op.inputs[2], 3), out_dhw,
                                                kernel.shape[:3], strides)
     act = ctx.activation_name(op)
     layer = keras.layers.Conv3DTranspose(

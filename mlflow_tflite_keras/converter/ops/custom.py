@@ -40,19 +40,8 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers import (
-    DetectionPostProcess,
-    Landmarks2TransformMatrix,
-    Landmarks2TransformMatrixV1,
-    MaxPoolingWithArgmax2D,
-    MaxUnpooling2D,
-    TransformLandmarks,
-    TransformTensorBilinear,
-)
-from mlflow_tflite_keras.converter.ops.convolution import (
-    _transpose_output_padding,
-    with_weights,
-)
+from mlflow_tflite_keras.converter.layers import custom as layers
+from mlflow_tflite_keras.converter.ops._common import transpose_output_padding, with_weights
 from mlflow_tflite_keras.converter.registry import register_custom
 
 # TfLitePadding (common.h): kTfLitePaddingSame = 1, kTfLitePaddingValid = 2.
@@ -129,7 +118,7 @@ def convolution_2d_transpose_bias(op, ctx):
         ctx.note(f"{op.type}: the stored output size {stored} differs from MediaPipe's "
                  f"kernel's {out_hw}; rebuilt with the stored size, as LiteRT runs it.")
         out_hw = stored
-    output_padding = _transpose_output_padding(pad, list(in_hw), out_hw, weights.shape[1:3],
+    output_padding = transpose_output_padding(pad, list(in_hw), out_hw, weights.shape[1:3],
                                                strides)
     layer = keras.layers.Conv2DTranspose(
         filters=weights.shape[0], kernel_size=weights.shape[1:3], strides=strides, padding=pad,
@@ -150,7 +139,7 @@ def max_pooling_with_argmax_2d(op, ctx):
     params = struct_options(op, POOL_PARAMS)
     _positive(op, params, *POOL_PARAMS[1:5])
     _static_hw(op, op.inputs[0])
-    layer = MaxPoolingWithArgmax2D(
+    layer = layers.MaxPoolingWithArgmax2D(
         pool_size=(params["filter_height"], params["filter_width"]),
         strides=(params["stride_height"], params["stride_width"]),
         padding=_c_padding(op, params["padding"]), name=ctx.name(op))
@@ -166,7 +155,7 @@ def max_unpooling_2d(op, ctx):
     params = struct_options(op, POOL_PARAMS)
     _positive(op, params, *POOL_PARAMS[1:5])
     _static_hw(op, op.inputs[0])
-    layer = MaxUnpooling2D(pool_size=(params["filter_height"], params["filter_width"]),
+    layer = layers.MaxUnpooling2D(pool_size=(params["filter_height"], params["filter_width"]),
                            strides=(params["stride_height"], params["stride_width"]),
                            name=ctx.name(op))
     x, indices = ctx.inputs(op)[:2]
@@ -199,7 +188,7 @@ def detection_postprocess(op, ctx):
     if not 0 <= scores_t.shape[2] - num_classes <= 1:
         raise ConversionError(f"{op.type}: {scores_t.shape[2]} score columns for "
                               f"{num_classes} classes.")
-    layer = DetectionPostProcess(
+    layer = layers.DetectionPostProcess(
         anchors.shape[0], max_detections=options["max_detections"],
         max_classes_per_detection=options["max_classes_per_detection"],
         # absent or null: the kernel's defaults
@@ -241,7 +230,7 @@ def landmarks_to_transform_matrix(op, ctx):
     count = int(np.prod(t.shape)) // 3
     if t.rank == 3:  # version 2
         subset = _index_pairs(op, o.get("subset_idxs", []), "subset_idxs")
-        layer = Landmarks2TransformMatrix(
+        layer = layers.Landmarks2TransformMatrix(
             subset_idxs=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
             right_rotation_idx=o.get("right_rotation_idx", 0),
             target_rotation_radians=o.get("target_rotation_radians", 0.0),
@@ -260,7 +249,7 @@ def landmarks_to_transform_matrix(op, ctx):
                 or o.get("landmarks_range", 0) <= 0 or not o.get("bbox_size_multiplier"):
             raise ConversionError(f"{op.type}: input_hw, output_hw, landmarks_range and "
                                   "bbox_size_multiplier must be positive.")
-        layer = Landmarks2TransformMatrixV1(
+        layer = layers.Landmarks2TransformMatrixV1(
             subset=subset, left_rotation_idx=o.get("left_rotation_idx", 0),
             right_rotation_idx=o.get("right_rotation_idx", 0),
             landmarks_range=o["landmarks_range"],
@@ -282,7 +271,7 @@ def transform_tensor_bilinear(op, ctx):
     out = op.outputs[0]
     if out.rank != 4 or any(d <= 0 for d in out.shape[1:3]):
         raise ConversionError(f"{op.type}: needs a static output height and width.")
-    layer = TransformTensorBilinear(output_size=out.shape[1:3], align_corners=True,
+    layer = layers.TransformTensorBilinear(output_size=out.shape[1:3], align_corners=True,
                                     name=ctx.name(op))
     x, matrix = ctx.inputs(op)[:2]
     _computed(ctx, op, x, matrix)
@@ -302,7 +291,7 @@ def transform_landmarks(op, ctx):
     if dimensions not in (2, 3) or t.shape[-1] % dimensions:
         raise ConversionError(f"{op.type}: {dimensions} values per landmark; the kernel "
                               "supports 2 or 3.")
-    layer = TransformLandmarks(dimensions=dimensions, scale=scale, name=ctx.name(op))
+    layer = layers.TransformLandmarks(dimensions=dimensions, scale=scale, name=ctx.name(op))
     landmarks, matrix = ctx.inputs(op)[:2]
     _computed(ctx, op, landmarks, matrix)
     return [ctx.apply(layer, landmarks, matrix)]

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.ops.shape import axis_arg, target_shape
+from mlflow_tflite_keras.converter.ops._common import axis_arg, target_shape
 from mlflow_tflite_keras.converter.registry import register
 
 

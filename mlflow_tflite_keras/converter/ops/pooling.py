@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from mlflow_tflite_keras.converter.ops.convolution import padding
+from mlflow_tflite_keras.converter.ops._common import padding
 from mlflow_tflite_keras.converter.registry import register
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from mlflow_tflite_keras.converter.ops.shape import axis_arg, batched
+from mlflow_tflite_keras.converter.ops._common import axis_arg, batched
 from mlflow_tflite_keras.converter.registry import register
 
 REDUCERS = {"MEAN": "mean", "SUM": "sum", "REDUCE_MAX": "max", "REDUCE_MIN": "min",

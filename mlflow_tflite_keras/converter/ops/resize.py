@@ -68,14 +68,19 @@ def _rearrange(op, ctx, x, steps):
     return x
 
 
+def _depth_space_operands(op, ctx):
+    """DEPTH_TO_SPACE / SPACE_TO_DEPTH: ``(x, block size, batch (-1 when dynamic), static
+    (height, width, depth))``."""
+    x = ctx.value(op.inputs[0])
+    b = -1 if not ctx.is_const(x) and x.shape[0] is None else op.inputs[0].shape[0]
+    hwc = _static_dims(op, op.inputs[0], (1, 2, 3), "height, width and depth")
+    return x, int(op.opt("blockSize", 1)), b, hwc
+
+
 @register("DEPTH_TO_SPACE", layer="keras.layers.Reshape + keras.layers.Permute")
 def depth_to_space(op, ctx):
-    x = ctx.value(op.inputs[0])
-    bs = int(op.opt("blockSize", 1))
-    b = op.inputs[0].shape[0]
-    h, w, c = _static_dims(op, op.inputs[0], (1, 2, 3), "height, width and depth")
+    x, bs, b, (h, w, c) = _depth_space_operands(op, ctx)
     co = c // (bs * bs)
-    b = -1 if not ctx.is_const(x) and x.shape[0] is None else b
     # TF's DCR order: input depth index = (i * bs + j) * co + c
     return [_rearrange(op, ctx, x, [
         ("reshape", (b, h, w, bs, bs, co)),
@@ -86,11 +91,7 @@ def depth_to_space(op, ctx):
 
 @register("SPACE_TO_DEPTH", layer="keras.layers.Reshape + keras.layers.Permute")
 def space_to_depth(op, ctx):
-    x = ctx.value(op.inputs[0])
-    bs = int(op.opt("blockSize", 1))
-    b = op.inputs[0].shape[0]
-    h, w, c = _static_dims(op, op.inputs[0], (1, 2, 3), "height, width and depth")
-    b = -1 if not ctx.is_const(x) and x.shape[0] is None else b
+    x, bs, b, (h, w, c) = _depth_space_operands(op, ctx)
     return [_rearrange(op, ctx, x, [
         ("reshape", (b, h // bs, bs, w // bs, bs, c)),
         ("transpose", (0, 1, 3, 2, 4, 5)),
@@ -98,15 +99,21 @@ def space_to_depth(op, ctx):
     ])]
 
 
-@register("SPACE_TO_BATCH_ND", layer="KerasOp(pad, reshape, transpose)")
-def space_to_batch_nd(op, ctx):
-    x = ctx.value(op.inputs[0])
+def _block_operands(op, ctx, pairs_name):
+    """SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND operands: ``(x, block, [[before, after]] per
+    block dimension, static spatial sizes, static inner sizes)``."""
     block = [int(v) for v in ctx.const(op.input(1), "the block shape").reshape(-1)]
-    pads = ctx.const(op.input(2), "the paddings").reshape(-1, 2).astype(int).tolist()
-    t = op.inputs[0]
-    m = len(block)
+    pairs = ctx.const(op.input(2), pairs_name).reshape(-1, 2).astype(int).tolist()
+    t, m = op.inputs[0], len(block)
     spatial = _static_dims(op, t, range(1, 1 + m), "spatial dimensions")
     rest = _static_dims(op, t, range(1 + m, t.rank), "inner dimensions")
+    return ctx.value(t), block, pairs, spatial, rest
+
+
+@register("SPACE_TO_BATCH_ND", layer="KerasOp(pad, reshape, transpose)")
+def space_to_batch_nd(op, ctx):
+    x, block, pads, spatial, rest = _block_operands(op, ctx, "the paddings")
+    m = len(block)
     if any(p for pair in pads for p in pair):
         x = ctx.op(op, "pad", x, suffix="_pad",
                    pad_width=[[0, 0]] + pads + [[0, 0]] * len(rest))
@@ -126,13 +133,8 @@ def space_to_batch_nd(op, ctx):
 
 @register("BATCH_TO_SPACE_ND", layer="KerasOp(reshape, transpose) + keras.layers.CroppingND")
 def batch_to_space_nd(op, ctx):
-    x = ctx.value(op.inputs[0])
-    block = [int(v) for v in ctx.const(op.input(1), "the block shape").reshape(-1)]
-    crops = ctx.const(op.input(2), "the crops").reshape(-1, 2).astype(int).tolist()
-    t = op.inputs[0]
+    x, block, crops, spatial, rest = _block_operands(op, ctx, "the crops")
     m = len(block)
-    spatial = _static_dims(op, t, range(1, 1 + m), "spatial dimensions")
-    rest = _static_dims(op, t, range(1 + m, t.rank), "inner dimensions")
     x = ctx.op(op, "reshape", x, suffix="_split", newshape=tuple(block + [-1] + spatial + rest))
     perm = [m]
     for i in range(m):

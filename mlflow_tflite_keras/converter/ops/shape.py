@@ -22,28 +22,14 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.registry import HANDLERS, register
-
-_INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
-_PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
-
-
-def keeps_batch(op, ctx, x) -> bool:
-    """True when ``x`` carries the Keras batch dimension (None) and the op's output keeps
-    dimension 0 as that batch dimension (same leading size in the static TFLite shapes)."""
-    if ctx.is_const(x) or x.shape[0] is not None:
-        return False
-    out = op.outputs[0]
-    return out.rank >= 1 and out.shape[0] == op.inputs[0].shape[0]
-
-
-def batched(ctx, x) -> bool:
-    """``x`` is a graph tensor whose dimension 0 is the dynamic Keras batch."""
-    return not ctx.is_const(x) and len(x.shape) >= 1 and x.shape[0] is None
-
-
-def axis_arg(ctx, t, what="the axis") -> list[int]:
-    return [int(a) for a in np.asarray(ctx.const(t, what)).reshape(-1)]
+from mlflow_tflite_keras.converter.ops._common import (
+    INT_TYPES,
+    axis_arg,
+    batched,
+    shape_value,
+    target_shape,
+)
+from mlflow_tflite_keras.converter.registry import register
 
 
 def _int_list(value) -> list[int]:
@@ -52,67 +38,6 @@ def _int_list(value) -> list[int]:
 
 def static_rest(x) -> bool:
     return all(d is not None for d in x.shape[1:])
-
-
-# ---- run-time shape tensors ------------------------------------------------------------------
-
-def shape_value(ctx, t):
-    """The value of an integer tensor computed at run time from SHAPE ops (shape arithmetic),
-    as ``(value, mask)``: ``mask`` is 0 where the value is static, 1 where it is the batch size
-    itself, 2 where it depends on the batch size otherwise. ``(None, None)`` when it depends
-    on anything but shapes with a dynamic batch."""
-    v = ctx.value(t)
-    if ctx.is_const(v):
-        return v, np.zeros(np.shape(v), np.int8)
-    a, b = (_probe(ctx, t, n, {}, 0) for n in _PROBES)
-    if a is None or b is None or a.shape != b.shape:
-        return None, None
-    mask = np.where(a == b, 0, np.where((a == _PROBES[0]) & (b == _PROBES[1]), 1, 2))
-    return a, mask.astype(np.int8)
-
-
-def _probe(ctx, t, batch, memo, depth):
-    if t is None:
-        return None
-    v = ctx.value(t)
-    if ctx.is_const(v):
-        return v
-    if t.index in memo:
-        return memo[t.index]
-    op = ctx.graph.producers.get(t.index)
-    if op is None or depth > 24 or t.type_name not in _INT_TYPES:
-        return None
-    result = None
-    if op.type == "SHAPE":
-        x = ctx.value(op.inputs[0])
-        dims = [batch if (i == 0 and d is None) else d for i, d in enumerate(x.shape)]
-        if all(d is not None for d in dims):
-            result = np.array(dims, dtype=op.outputs[0].float_dtype)
-    elif op.type in HANDLERS:
-        ins = [None if u is None else _probe(ctx, u, batch, memo, depth + 1) for u in op.inputs]
-        if all(val is not None for u, val in zip(op.inputs, ins) if u is not None):
-            scratch = ctx.scratch(op, {u.index: val for u, val in zip(op.inputs, ins)
-                                       if u is not None})
-            try:
-                outs = HANDLERS[op.type].convert(op, scratch)
-            except Exception:  # noqa: BLE001 - not evaluable: the caller falls back
-                outs = None
-            if outs is not None and all(isinstance(o, np.ndarray) for o in outs):
-                result = outs[op.outputs.index(t)]
-    memo[t.index] = result
-    return result
-
-
-def target_shape(op, ctx, i=1):
-    """A shape operand: ``(values, batch_mask)`` from a constant or run-time shape arithmetic;
-    ``(None, None)`` when unknown."""
-    t = op.input(i)
-    if t is None:
-        return None, None
-    value, mask = shape_value(ctx, t)
-    if value is None:
-        return None, None
-    return [int(d) for d in np.asarray(value).reshape(-1)], np.asarray(mask).reshape(-1)
 
 
 # ---- reshape-like ----------------------------------------------------------------------------
@@ -288,7 +213,7 @@ def partial_ints(ctx, t, depth=0) -> list | None:
         return [int(a) for a in np.asarray(v).reshape(-1)]
     n = 1 if t.rank == 0 else (t.shape_signature[0] if t.shape_signature[0] != -1 else None)
     op = ctx.graph.producers.get(t.index)
-    if op is not None and depth < 8 and t.type_name in _INT_TYPES:
+    if op is not None and depth < 8 and t.type_name in INT_TYPES:
         parts = None
         if op.type == "CONCATENATION" and t.rank == 1:
             parts = [partial_ints(ctx, u, depth + 1) for u in op.inputs]
@@ -369,6 +294,13 @@ def slice_(op, ctx):
     return [_apply_index(op, ctx, x, index)]
 
 
+def _strided_slice_options(op):
+    """``(begin_mask, end_mask, ellipsis_mask, new_axis_mask, shrink_axis_mask, offset)``."""
+    masks = (int(op.opt(k, 0)) for k in ("beginMask", "endMask", "ellipsisMask",
+                                         "newAxisMask", "shrinkAxisMask"))
+    return (*masks, bool(op.opt("offset", False)))
+
+
 @register("STRIDED_SLICE", layer="KerasOp(getitem / strided_slice_dynamic)")
 def strided_slice(op, ctx):
     x = ctx.value(op.inputs[0])
@@ -378,10 +310,7 @@ def strided_slice(op, ctx):
     end = axis_arg(ctx, op.input(2), "end")
     strides = axis_arg(ctx, op.input(3), "strides") if op.input(3) is not None \
         else [1] * len(begin)
-    bm, em = int(op.opt("beginMask", 0)), int(op.opt("endMask", 0))
-    ell, new, shrink = (int(op.opt(k, 0)) for k in ("ellipsisMask", "newAxisMask",
-                                                       "shrinkAxisMask"))
-    offset = bool(op.opt("offset", False))
+    bm, em, ell, new, shrink, offset = _strided_slice_options(op)
     index = []
     dim = 0  # the input dimension this spec entry addresses (before any ellipsis)
     for i, (b, e, s) in enumerate(zip(begin, end, strides)):
@@ -413,10 +342,7 @@ def _strided_slice_runtime(op, ctx, x):
     no ellipsis / new axis): ``KerasOp(strided_slice_dynamic)``."""
     n = op.input(1).shape[0] if op.input(1).rank == 1 else 1
     strides = axis_arg(ctx, op.input(3), "strides") if op.input(3) is not None else [1] * n
-    bm, em = int(op.opt("beginMask", 0)), int(op.opt("endMask", 0))
-    ell, new, shrink = (int(op.opt(k, 0)) for k in ("ellipsisMask", "newAxisMask",
-                                                       "shrinkAxisMask"))
-    offset = bool(op.opt("offset", False))
+    bm, em, ell, new, shrink, offset = _strided_slice_options(op)
     if ell or new or any(s <= 0 for s in strides):
         raise ConversionError("STRIDED_SLICE with run-time begin/end: only positive strides "
                               "without ellipsis or new axes are supported.")
