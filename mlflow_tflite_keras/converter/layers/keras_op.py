@@ -1,8 +1,8 @@
-"""Keras layers of this package, for ops with no built-in Keras layer.
+"""``KerasOp`` (one ``keras.ops`` function by name), the ``StoredConstants`` mixin that holds
+a layer's constant operands as weights, and the ``KerasOp`` functions of general use.
 
-All are registered serializable (package ``mlflow_tflite_keras``), so reconstructed models
-save to ``.keras`` and reload with ``safe_mode=True``: no Lambda layers, no pickled code.
-Importing :mod:`mlflow_tflite_keras.converter` (or this module) registers them.
+Registered serializable (package ``mlflow_tflite_keras``), so reconstructed models save to
+``.keras`` and reload with ``safe_mode=True``: no Lambda layers, no pickled code.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Resize and space-rearrangement family: RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
 DEPTH_TO_SPACE, SPACE_TO_DEPTH, SPACE_TO_BATCH_ND, BATCH_TO_SPACE_ND.
 
-Resizes go through ``KerasOp(resize_tflite)`` (``converter/layers.py``): ``keras.layers.Resizing``
+Resizes go through ``KerasOp(resize_tflite)`` (``converter/layers/``): ``keras.layers.Resizing``
 / ``keras.ops.image.resize`` expose neither ``align_corners`` nor TFLite's legacy
 (``half_pixel_centers=False``) coordinates, so the exact TFLite sampling is rebuilt by gathers.
 Depth/space moves are reshape + transpose chains (``Reshape`` / ``Permute`` layers when the
