@@ -135,7 +135,7 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
     if per_example:
-        from mlflow_tflite_keras.converter.layers import per_example_model
+        from mlflow_tflite_keras.converter.layers.control_flow import per_example_model
 
         keras_model = per_example_model(keras_model, name=model_name)
         report.notes.append("Fixed batch of 1 with control flow: the model is built for one "

@@ -21,7 +21,7 @@ from converter.op_harness import check_op
 from model_factory import cached
 
 from mlflow_tflite_keras.converter import convert, to_keras
-from mlflow_tflite_keras.converter.layers import IfElse, PerExample, WhileLoop
+from mlflow_tflite_keras.converter.layers.control_flow import IfElse, PerExample, WhileLoop
 from mlflow_tflite_keras.converter.parity import check_parity
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 

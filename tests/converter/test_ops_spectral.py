@@ -50,7 +50,7 @@ def test_spectrogram_stft_abs():
 
 
 def test_complex_part_layers_roundtrip_config():
-    from mlflow_tflite_keras.converter.layers import RFFT2D, ComplexPart
+    from mlflow_tflite_keras.converter.layers.spectral import RFFT2D, ComplexPart
 
     x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 6)).astype(np.float32)
     c = RFFT2D([4, 8])(x)  # W padded 6 -> 8

@@ -37,8 +37,8 @@ import numpy as np
 
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
-from mlflow_tflite_keras.converter.layers import IfElse, KerasOp, WhileLoop
-from mlflow_tflite_keras.converter.layers.control_flow import _merge_shapes
+from mlflow_tflite_keras.converter.layers import KerasOp
+from mlflow_tflite_keras.converter.layers.control_flow import IfElse, WhileLoop, _merge_shapes
 from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, load_handlers, register
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers import LocalResponseNormalization
+from mlflow_tflite_keras.converter.layers.legacy import LocalResponseNormalization
 from mlflow_tflite_keras.converter.registry import register
 
 # ---- LOCAL_RESPONSE_NORMALIZATION ----------------------------------------------------------

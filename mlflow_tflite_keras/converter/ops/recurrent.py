@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers import ClippedLSTMCell
+from mlflow_tflite_keras.converter.layers.recurrent import ClippedLSTMCell
 from mlflow_tflite_keras.converter.registry import register
 
 # ActivationFunctionType -> Keras activation of the cell (gate activations are sigmoid).

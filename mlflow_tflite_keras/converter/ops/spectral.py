@@ -10,7 +10,7 @@ The layers here state their output dtype, since Keras's symbolic dtype inference
 from __future__ import annotations
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers import RFFT2D, ComplexPart
+from mlflow_tflite_keras.converter.layers.spectral import RFFT2D, ComplexPart
 from mlflow_tflite_keras.converter.registry import register
 
 
