@@ -45,6 +45,17 @@ def _bias(ctx, op, i):
     return ctx.const(t, "the bias").astype(np.float32).reshape(-1)
 
 
+def _kernel_layer(op, ctx, layer_cls, x, input_t, kernel, bias, **config):
+    """``layer_cls(**config)`` holding ``kernel`` (Keras layout) and ``bias`` (or none), built
+    for ``input_t``'s channels, applied to ``x``, with the op's fused activation (carried by
+    the layer when Keras names it)."""
+    act = ctx.activation_name(op)
+    layer = layer_cls(use_bias=bias is not None, activation=act or None, name=ctx.name(op),
+                      **config)
+    with_weights(layer, build_shape(input_t), [kernel] + ([bias] if bias is not None else []))
+    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+
+
 @register("CONV_2D", layer="keras.layers.Conv2D")
 def conv_2d(op, ctx):
     x = ctx.value(op.inputs[0])
@@ -54,21 +65,14 @@ def conv_2d(op, ctx):
     if in_channels % kernel.shape[-1]:
         raise ConversionError(f"input channels {in_channels} are not a multiple of the "
                               f"filter's {kernel.shape[-1]}")
-    act = ctx.activation_name(op)
-    layer = keras.layers.Conv2D(
+    return _kernel_layer(
+        op, ctx, keras.layers.Conv2D, x, op.inputs[0], np.transpose(kernel, (1, 2, 3, 0)), bias,
         filters=kernel.shape[0],
         kernel_size=kernel.shape[1:3],
         strides=(op.opt("strideH", 1), op.opt("strideW", 1)),
         padding=padding(op),
         dilation_rate=(op.opt("dilationHFactor", 1), op.opt("dilationWFactor", 1)),
-        groups=in_channels // kernel.shape[-1],
-        use_bias=bias is not None,
-        activation=act or None,
-        name=ctx.name(op),
-    )
-    weights = [np.transpose(kernel, (1, 2, 3, 0))] + ([bias] if bias is not None else [])
-    with_weights(layer, build_shape(op.inputs[0]), weights)
-    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+        groups=in_channels // kernel.shape[-1])
 
 
 @register("DEPTHWISE_CONV_2D", layer="keras.layers.DepthwiseConv2D")
@@ -81,21 +85,15 @@ def depthwise_conv_2d(op, ctx):
         raise ConversionError(f"filter shape {list(kernel.shape)} does not fit "
                               f"{in_channels} input channels")
     mult = kernel.shape[-1] // in_channels
-    act = ctx.activation_name(op)
-    layer = keras.layers.DepthwiseConv2D(
+    h, w = kernel.shape[1:3]
+    return _kernel_layer(
+        op, ctx, keras.layers.DepthwiseConv2D, x, op.inputs[0],
+        kernel.reshape(h, w, in_channels, mult), bias,
         kernel_size=kernel.shape[1:3],
         strides=(op.opt("strideH", 1), op.opt("strideW", 1)),
         padding=padding(op),
         depth_multiplier=mult,
-        dilation_rate=(op.opt("dilationHFactor", 1), op.opt("dilationWFactor", 1)),
-        use_bias=bias is not None,
-        activation=act or None,
-        name=ctx.name(op),
-    )
-    h, w = kernel.shape[1:3]
-    weights = [kernel.reshape(h, w, in_channels, mult)] + ([bias] if bias is not None else [])
-    with_weights(layer, build_shape(op.inputs[0]), weights)
-    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+        dilation_rate=(op.opt("dilationHFactor", 1), op.opt("dilationWFactor", 1)))
 
 
 def _output_size(op, ctx, n):
@@ -112,26 +110,27 @@ def _spatial(t, n):
     return [None if sig[i] < 0 else t.shape[i] for i in range(1, 1 + n)]
 
 
+def _transposed(op, ctx, layer_cls, kernel, filters):
+    """TRANSPOSE_CONV / CONV_3D_TRANSPOSE (inputs: output_shape, filter, input, optional
+    bias) as ``layer_cls`` holding ``kernel`` (Keras layout), sized exactly as TFLite sizes
+    the output."""
+    n = kernel.ndim - 2
+    pad = padding(op)
+    strides = tuple(op.opt(f"stride{axis}", 1) for axis in "DHW"[3 - n:])
+    output_padding = transpose_output_padding(pad, _spatial(op.inputs[2], n),
+                                              _output_size(op, ctx, n), kernel.shape[:n],
+                                              strides)
+    return _kernel_layer(op, ctx, layer_cls, ctx.value(op.inputs[2]), op.inputs[2], kernel,
+                         _bias(ctx, op, 3), filters=filters, kernel_size=kernel.shape[:n],
+                         strides=strides, padding=pad, output_padding=output_padding)
+
+
 @register("TRANSPOSE_CONV", layer="keras.layers.Conv2DTranspose")
 def transpose_conv(op, ctx):
     # inputs: output_shape, weights [Cout, H, W, Cin], input, optional bias
     weights = ctx.const(op.input(1), "the weights")
-    x = ctx.value(op.inputs[2])
-    bias = _bias(ctx, op, 3)
-    pad = padding(op)
-    strides = (op.opt("strideH", 1), op.opt("strideW", 1))
-    out_hw = _output_size(op, ctx, 2)
-    output_padding = transpose_output_padding(pad, _spatial(op.inputs[2], 2), out_hw,
-                                               weights.shape[1:3], strides)
-    act = ctx.activation_name(op)
-    layer = keras.layers.Conv2DTranspose(
-        filters=weights.shape[0], kernel_size=weights.shape[1:3], strides=strides,
-        padding=pad, output_padding=output_padding, use_bias=bias is not None,
-        activation=act or None, name=ctx.name(op))
-    kernel = np.transpose(weights, (1, 2, 0, 3))
-    with_weights(layer, build_shape(op.inputs[2]),
-                 [kernel] + ([bias] if bias is not None else []))
-    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+    return _transposed(op, ctx, keras.layers.Conv2DTranspose,
+                       np.transpose(weights, (1, 2, 0, 3)), weights.shape[0])
 
 
 @register("CONV_3D", layer="keras.layers.Conv3D")
@@ -143,41 +142,24 @@ def conv_3d(op, ctx):
     if in_channels % kernel.shape[3]:
         raise ConversionError(f"input channels {in_channels} do not fit the filter "
                               f"{list(kernel.shape)}")
-    act = ctx.activation_name(op)
-    layer = keras.layers.Conv3D(
+    return _kernel_layer(
+        op, ctx, keras.layers.Conv3D, x, op.inputs[0], kernel, bias,
         filters=kernel.shape[-1], kernel_size=kernel.shape[:3],
         strides=(op.opt("strideD", 1), op.opt("strideH", 1), op.opt("strideW", 1)),
         padding=padding(op),
         dilation_rate=(op.opt("dilationDFactor", 1), op.opt("dilationHFactor", 1),
                        op.opt("dilationWFactor", 1)),
-        groups=in_channels // kernel.shape[3], use_bias=bias is not None,
-        activation=act or None, name=ctx.name(op))
-    with_weights(layer, build_shape(op.inputs[0]), [kernel] + ([bias] if bias is not None else []))
-    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+        groups=in_channels // kernel.shape[3])
 
 
 @register("CONV_3D_TRANSPOSE", layer="keras.layers.Conv3DTranspose")
 def conv_3d_transpose(op, ctx):
     # inputs: output_shape, filter [D, H, W, Cout, Cin], input, optional bias
     kernel = ctx.const(op.input(1), "the filter")
-    x = ctx.value(op.inputs[2])
-    bias = _bias(ctx, op, 3)
-    pad = padding(op)
-    strides = (op.opt("strideD", 1), op.opt("strideH", 1), op.opt("strideW", 1))
     if any(op.opt(k, 1) != 1 for k in ("dilationDFactor", "dilationHFactor",
                                         "dilationWFactor")):
         raise ConversionError("dilated 3-D transposed convolutions are not supported")
-    out_dhw = _output_size(op, ctx, 3)
-    output_padding = transpose_output_padding(pad, _spatial(op.inputs[2], 3), out_dhw,
-                                               kernel.shape[:3], strides)
-    act = ctx.activation_name(op)
-    layer = keras.layers.Conv3DTranspose(
-        filters=kernel.shape[3], kernel_size=kernel.shape[:3], strides=strides, padding=pad,
-        output_padding=output_padding, use_bias=bias is not None, activation=act or None,
-        name=ctx.name(op))
-    with_weights(layer, build_shape(op.inputs[2]),
-                 [kernel] + ([bias] if bias is not None else []))
-    return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
+    return _transposed(op, ctx, keras.layers.Conv3DTranspose, kernel, kernel.shape[3])
 
 
 @register("FULLY_CONNECTED", layer="keras.layers.Dense")
