@@ -1,0 +1,288 @@
+"""Keras layers and ``KerasOp`` functions for the operators added to reach the edge of the
+schema (bitwise ops, random sampling, non-max suppression, sparse/discrete ops, DILATE,
+FAKE_QUANT). Registered serializable under the same package name as
+:mod:`~mlflow_tflite_keras.converter.layers`, so ``.keras`` files load with
+``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from mlflow_tflite_keras.converter.layers import PACKAGE, extra_op
+
+
+def _backend() -> str:
+    return keras.backend.backend()
+
+
+# ---- bitwise -----------------------------------------------------------------------------------
+
+@extra_op
+def bitcast(x, dtype="int32"):
+    """TFLite BITCAST (``tf.bitcast``): the bytes of ``x`` read as ``dtype``; a narrower type
+    adds a last dimension, a wider one consumes it."""
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.bitcast(x, dtype)
+    if _backend() == "jax":
+        import jax
+
+        return jax.lax.bitcast_convert_type(x, dtype)
+    src = np.dtype(keras.backend.standardize_dtype(x.dtype)).itemsize
+    dst = np.dtype(dtype).itemsize
+    import torch
+
+    y = x.contiguous().view(getattr(torch, dtype))
+    if src > dst:
+        return ops.reshape(y, (*x.shape, src // dst))
+    if src < dst:
+        return ops.reshape(y, x.shape[:-1])
+    return y
+
+
+# ---- discrete / sparse -------------------------------------------------------------------------
+
+@extra_op
+def bucketize(x, boundaries=()):
+    """TFLite BUCKETIZE: index ``i`` with ``boundaries[i-1] <= x < boundaries[i]``."""
+    return ops.cast(ops.digitize(x, [float(b) for b in boundaries]), "int32")
+
+
+@extra_op
+def unique_tflite(x, idx_dtype="int32"):
+    """TFLite UNIQUE on a 1-D tensor: the distinct values in order of first occurrence, and
+    for each element the index of its value there. The output length is known at run time
+    only (eager, or TensorFlow graphs)."""
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        y, idx = tf.unique(x, out_idx=idx_dtype)
+        return y, idx
+    n = x.shape[0]
+    first = ops.argmax(ops.cast(ops.equal(x[:, None], x[None, :]), "int32"), axis=1)
+    is_first = ops.equal(first, ops.arange(n))
+    position = ops.cumsum(ops.cast(is_first, "int32")) - 1
+    y = ops.take(x, ops.nonzero(is_first)[0])
+    return y, ops.cast(ops.take(position, first), idx_dtype)
+
+
+@extra_op
+def sparse_to_dense(indices, values, default_value, shape=()):
+    """TFLite SPARSE_TO_DENSE: ``values`` (or one scalar) written at ``indices`` (0-D, 1-D or
+    ``[n, rank]``) into a tensor of ``shape`` filled with ``default_value``."""
+    rank = len(shape)
+    indices = ops.reshape(ops.cast(indices, "int32"), (-1, rank))
+    values = ops.broadcast_to(ops.reshape(values, (-1,)), ops.shape(indices)[:1])
+    dense = ops.broadcast_to(ops.cast(ops.reshape(default_value, ()), values.dtype),
+                             tuple(int(d) for d in shape))
+    return ops.scatter_update(dense, indices, values)
+
+
+@extra_op
+def embedding_lookup_sparse(ids, indices, weights, params, out_rows=(), combiner="sum"):
+    """TFLite EMBEDDING_LOOKUP_SPARSE: for each output position (``indices[:, :-1]`` in a grid
+    of ``out_rows``), the weighted sum of ``params[ids]`` over its entries; ``mean`` divides
+    by the sum of the weights, ``sqrtn`` by the root of the sum of their squares. Positions
+    without entries are zeros."""
+    out_rows = tuple(int(d) for d in out_rows)
+    n_rows = int(np.prod(out_rows))
+    strides = np.array([int(np.prod(out_rows[j + 1:])) for j in range(len(out_rows))],
+                       np.int32)
+    segment = ops.sum(ops.cast(indices[:, :-1], "int32") * strides, axis=-1)
+    rows = ops.take(params, ops.cast(ids, "int32"), axis=0)
+    w = ops.reshape(weights, (-1,) + (1,) * (len(params.shape) - 1))
+    total = ops.segment_sum(rows * w, segment, num_segments=n_rows)
+    if combiner != "sum":
+        norm = weights if combiner == "mean" else ops.square(weights)
+        norm = ops.segment_sum(norm, segment, num_segments=n_rows)
+        norm = norm if combiner == "mean" else ops.sqrt(norm)
+        norm = ops.reshape(norm, (n_rows,) + (1,) * (len(params.shape) - 1))
+        total = ops.where(ops.greater(norm, 0), total / ops.where(ops.greater(norm, 0), norm, 1),
+                          0)
+    return ops.reshape(total, out_rows + tuple(params.shape[1:]))
+
+
+# ---- windows -----------------------------------------------------------------------------------
+
+@extra_op
+def dilate(x, dilations=(), padding_value=0.0):
+    """TFLite DILATE: ``dilations[d] - 1`` copies of ``padding_value`` between neighbours
+    along each axis (static shapes)."""
+    for axis, k in enumerate(int(d) for d in dilations):
+        n = x.shape[axis]
+        if k == 1 or n is None or n <= 1:
+            continue
+        moved = ops.moveaxis(x, axis, -1)
+        fill = ops.full((*moved.shape, k - 1), padding_value, dtype=x.dtype)
+        spread = ops.concatenate([ops.expand_dims(moved, -1), fill], axis=-1)
+        spread = ops.reshape(spread, (*moved.shape[:-1], n * k))[..., :(n - 1) * k + 1]
+        x = ops.moveaxis(spread, -1, axis)
+    return x
+
+
+# ---- quantization ------------------------------------------------------------------------------
+
+@extra_op
+def fake_quant(x, min=-6.0, max=6.0, num_bits=8, narrow_range=False):
+    """TFLite FAKE_QUANT (``tf.quantization.fake_quant_with_min_max_args``): the range nudged
+    so zero is exact, values clamped to it and rounded to its ``2**num_bits`` steps; the
+    gradient passes straight through inside the range."""
+    qmin = 1 if narrow_range else 0
+    qmax = (1 << int(num_bits)) - 1
+    scale = (max - min) / (qmax - qmin)
+    zero = qmin - min / scale
+    zero = float(np.clip(np.floor(zero + 0.5), qmin, qmax))
+    lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
+    clamped = ops.clip(x, lo, hi)
+    q = ops.floor((clamped - lo) / scale + 0.5) * scale + lo
+    return clamped + ops.stop_gradient(q - clamped)
+
+
+# ---- random sampling ---------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RandomSample(keras.layers.Layer):
+    """TFLite RANDOM_STANDARD_NORMAL / RANDOM_UNIFORM / MULTINOMIAL as a seeded Keras random
+    draw (``keras.random`` with a ``SeedGenerator``, saved with the model). The samples
+    follow the same distribution as LiteRT's, not the same values: LiteRT uses Philox with
+    its own stream. ``shape`` is the static sample shape (normal/uniform); a model input is
+    passed as an anchor so the draw is a node of the graph. For ``categorical`` the input
+    is the logits and ``num_samples`` the draws per row."""
+
+    def __init__(self, distribution: str, shape=None, seed=None, num_samples: int = 1,
+                 output_dtype: str = "float32", **kwargs):
+        super().__init__(**kwargs)
+        if distribution not in ("normal", "uniform", "categorical"):
+            raise ValueError(f"RandomSample: unknown distribution {distribution!r}.")
+        self.distribution = distribution
+        self.shape = None if shape is None else tuple(int(d) for d in shape)
+        self.seed = None if seed is None else int(seed)
+        self.num_samples = int(num_samples)
+        self.output_dtype = output_dtype
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def call(self, x):
+        if self.distribution == "categorical":
+            return keras.random.categorical(ops.cast(x, "float32"), self.num_samples,
+                                            dtype=self.output_dtype, seed=self.seed_generator)
+        draw = keras.random.normal if self.distribution == "normal" else keras.random.uniform
+        return draw(self.shape, dtype=self.output_dtype, seed=self.seed_generator)
+
+    def compute_output_spec(self, x):
+        if self.distribution == "categorical":
+            return keras.KerasTensor((x.shape[0], self.num_samples), dtype=self.output_dtype)
+        return keras.KerasTensor(self.shape, dtype=self.output_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "distribution": self.distribution,
+                "shape": None if self.shape is None else list(self.shape), "seed": self.seed,
+                "num_samples": self.num_samples, "output_dtype": self.output_dtype}
+
+
+# ---- non-max suppression -----------------------------------------------------------------------
+
+def _pairwise_iou(boxes):
+    """IoU of every pair of ``[y1, x1, y2, x2]`` boxes (corners in any order), 0 where a box
+    has no area, as TFLite's NMS kernel computes it."""
+    y1, x1, y2, x2 = (boxes[:, k] for k in range(4))
+    ymin, ymax = ops.minimum(y1, y2), ops.maximum(y1, y2)
+    xmin, xmax = ops.minimum(x1, x2), ops.maximum(x1, x2)
+    area = (ymax - ymin) * (xmax - xmin)
+    ih = ops.maximum(ops.minimum(ymax[:, None], ymax[None]) -
+                     ops.maximum(ymin[:, None], ymin[None]), 0.0)
+    iw = ops.maximum(ops.minimum(xmax[:, None], xmax[None]) -
+                     ops.maximum(xmin[:, None], xmin[None]), 0.0)
+    inter = ih * iw
+    union = area[:, None] + area[None] - inter
+    valid = ops.logical_and(ops.greater(area[:, None], 0), ops.greater(area[None], 0))
+    valid = ops.logical_and(valid, ops.not_equal(union, 0))
+    return ops.where(valid, inter / ops.where(valid, union, 1.0), 0.0)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NonMaxSuppression(keras.layers.Layer):
+    """TFLite NON_MAX_SUPPRESSION_V4 / V5 (single class, float boxes ``[n, 4]`` and scores
+    ``[n]``), non-trainable, with LiteRT's padded outputs: ``max_output_size`` selected
+    indices (zeros after the valid ones), with V5 their (soft-NMS decayed) scores, and the
+    number of valid selections.
+
+    Greedy selection in score order: a box is dropped once its IoU with a selected box
+    reaches ``iou_threshold``; with ``soft_nms_sigma > 0`` the others' scores decay by
+    ``exp(-0.5 * iou**2 / sigma)`` and drop out at ``score_threshold``. Selecting eagerly
+    (each step decays every remaining score) is the same selection as LiteRT's lazy queue.
+    """
+
+    def __init__(self, max_output_size: int, iou_threshold: float, score_threshold: float,
+                 soft_nms_sigma: float = 0.0, with_scores: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.max_output_size = int(max_output_size)
+        self.iou_threshold = float(iou_threshold)
+        self.score_threshold = float(score_threshold)
+        self.soft_nms_sigma = float(soft_nms_sigma)
+        self.with_scores = bool(with_scores)
+
+    def call(self, boxes, scores):
+        boxes = ops.cast(boxes, "float32")
+        scores = ops.cast(scores, "float32")
+        iou = _pairwise_iou(boxes)
+        n = ops.shape(scores)[0]
+        positions = ops.arange(n, dtype="int32")
+        live = ops.greater(scores, self.score_threshold)
+        current = scores
+        scale = -0.5 / self.soft_nms_sigma if self.soft_nms_sigma > 0 else 0.0
+        picked, picked_scores, valid = [], [], ops.zeros((), "int32")
+        for _ in range(self.max_output_size):
+            best = ops.cast(ops.argmax(ops.where(live, current, -np.inf)), "int32")
+            ok = ops.take(live, best)
+            picked.append(ops.where(ok, best, 0))
+            picked_scores.append(ops.where(ok, ops.take(current, best), 0.0))
+            valid = valid + ops.cast(ok, "int32")
+            row = ops.take(iou, best, axis=0)
+            if scale:
+                current = current * ops.exp(scale * row * row)
+            keep = ops.logical_and(ops.less(row, self.iou_threshold),
+                                   ops.not_equal(positions, best))
+            keep = ops.logical_and(keep, ops.greater(current, self.score_threshold))
+            live = ops.logical_and(live, keep)
+        indices = ops.stack(picked) if picked else ops.zeros((0,), "int32")
+        if not self.with_scores:
+            return indices, valid
+        selected = ops.stack(picked_scores) if picked_scores else ops.zeros((0,), "float32")
+        return indices, selected, valid
+
+    def compute_output_spec(self, boxes, scores):
+        m = self.max_output_size
+        out = [keras.KerasTensor((m,), dtype="int32")]
+        if self.with_scores:
+            out.append(keras.KerasTensor((m,), dtype="float32"))
+        return (*out, keras.KerasTensor((), dtype="int32"))
+
+    def get_config(self):
+        return {**super().get_config(), "max_output_size": self.max_output_size,
+                "iou_threshold": self.iou_threshold, "score_threshold": self.score_threshold,
+                "soft_nms_sigma": self.soft_nms_sigma, "with_scores": self.with_scores}
+
+
+_WINDOW_REDUCERS = {"add": ops.add, "mul": ops.multiply, "min": ops.minimum,
+                    "max": ops.maximum, "all": ops.logical_and, "any": ops.logical_or}
+
+
+@extra_op
+def reduce_window(x, init_value, window=(), strides=(), dilations=(), function="add"):
+    """TFLite REDUCE_WINDOW (no padding, no base dilation: PAD and DILATE express those):
+    ``function`` folded over each (dilated) window, starting from ``init_value``. Written as
+    one strided slice per window element, so every backend and the export take it."""
+    reduce = _WINDOW_REDUCERS[function]
+    shape = x.shape
+    out = [(int(n) - (int(w) - 1) * int(d) - 1) // int(s) + 1
+           for n, w, s, d in zip(shape, window, strides, dilations)]
+    result = ops.broadcast_to(ops.cast(ops.reshape(init_value, ()), x.dtype), out)
+    for offset in np.ndindex(*(int(w) for w in window)):
+        key = tuple(slice(k * int(d), k * int(d) + (o - 1) * int(s) + 1, int(s))
+                    for k, d, o, s in zip(offset, dilations, out, strides))
+        result = reduce(result, x[key])
+    return result

@@ -1,0 +1,46 @@
+"""Random family: RANDOM_STANDARD_NORMAL, RANDOM_UNIFORM, MULTINOMIAL as seeded Keras random
+draws (:class:`~mlflow_tflite_keras.converter.extra_layers.RandomSample`). Parity with
+LiteRT is on distribution, not values: both are seeded, with different generators."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from mlflow_tflite_keras.converter.builder import ConversionError
+from mlflow_tflite_keras.converter.extra_layers import RandomSample
+from mlflow_tflite_keras.converter.registry import register
+
+
+def _seed(op):
+    # RandomOptions: both seeds 0 means "nondeterministic" in TFLite; one seed is enough here.
+    seed, seed2 = int(op.opt("seed", 0) or 0), int(op.opt("seed2", 0) or 0)
+    return None if not (seed or seed2) else (seed * 1000003 + seed2) % (2 ** 31)
+
+
+def _anchor(ctx):
+    """A model input: the layer's node in the graph (the sample does not depend on it)."""
+    for t in ctx.graph.inputs:
+        v = ctx.values.get(t.index)
+        if isinstance(v, keras.KerasTensor):
+            return v
+    raise ConversionError("A random op in a model without run-time inputs.")
+
+
+@register("RANDOM_STANDARD_NORMAL", "RANDOM_UNIFORM",
+          layer="RandomSample(normal / uniform), seeded")
+def random_tensor(op, ctx):
+    shape = [int(d) for d in np.asarray(ctx.const(op.inputs[0], "the sample shape")).reshape(-1)]
+    kind = "normal" if op.type == "RANDOM_STANDARD_NORMAL" else "uniform"
+    layer = RandomSample(kind, shape=shape, seed=_seed(op), name=ctx.name(op),
+                         output_dtype=op.outputs[0].float_dtype)
+    return [layer(_anchor(ctx))]
+
+
+@register("MULTINOMIAL", layer="RandomSample(categorical), seeded")
+def multinomial(op, ctx):
+    logits = ctx.value(op.inputs[0])
+    n = int(np.asarray(ctx.const(op.inputs[1], "the number of samples")).reshape(-1)[0])
+    layer = RandomSample("categorical", num_samples=n, seed=_seed(op), name=ctx.name(op),
+                         output_dtype=op.outputs[0].float_dtype)
+    return [layer(ctx.tensor(logits))]
