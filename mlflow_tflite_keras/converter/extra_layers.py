@@ -116,10 +116,12 @@ def dilate(x, dilations=(), padding_value=0.0):
         n = x.shape[axis]
         if k == 1 or n is None or n <= 1:
             continue
-        moved = ops.moveaxis(x, axis, -1)
-        fill = ops.full((*moved.shape, k - 1), padding_value, dtype=x.dtype)
-        spread = ops.concatenate([ops.expand_dims(moved, -1), fill], axis=-1)
-        spread = ops.reshape(spread, (*moved.shape[:-1], n * k))[..., :(n - 1) * k + 1]
+        moved = ops.expand_dims(ops.moveaxis(x, axis, -1), -1)
+        fill = ops.repeat(ops.zeros_like(moved), k - 1, axis=-1) + \
+            ops.cast(padding_value, x.dtype)
+        spread = ops.concatenate([moved, fill], axis=-1)
+        lead = [-1 if d is None else d for d in moved.shape[:-2]]
+        spread = ops.reshape(spread, (*lead, n * k))[..., :(n - 1) * k + 1]
         x = ops.moveaxis(spread, -1, axis)
     return x
 
@@ -131,14 +133,15 @@ def fake_quant(x, min=-6.0, max=6.0, num_bits=8, narrow_range=False):
     """TFLite FAKE_QUANT (``tf.quantization.fake_quant_with_min_max_args``): the range nudged
     so zero is exact, values clamped to it and rounded to its ``2**num_bits`` steps; the
     gradient passes straight through inside the range."""
-    qmin = 1 if narrow_range else 0
-    qmax = (1 << int(num_bits)) - 1
-    scale = (max - min) / (qmax - qmin)
-    zero = qmin - min / scale
-    zero = float(np.clip(np.floor(zero + 0.5), qmin, qmax))
-    lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
+    f32 = np.float32  # the nudge in float32, as the kernel computes it (127.49999 != 127.5)
+    qmin, qmax = f32(1 if narrow_range else 0), f32((1 << int(num_bits)) - 1)
+    scale = (f32(max) - f32(min)) / (qmax - qmin)
+    zero = qmin - f32(min) / scale
+    zero = f32(np.clip(np.sign(zero) * np.floor(np.abs(zero) + f32(0.5)), qmin, qmax))
+    lo, hi = float((qmin - zero) * scale), float((qmax - zero) * scale)
     clamped = ops.clip(x, lo, hi)
-    q = ops.floor((clamped - lo) / scale + 0.5) * scale + lo
+    # clamped - lo >= 0: floor(v + 0.5) is std::round there.
+    q = ops.floor((clamped - lo) * float(f32(1) / scale) + 0.5) * float(scale) + lo
     return clamped + ops.stop_gradient(q - clamped)
 
 
@@ -277,12 +280,16 @@ def reduce_window(x, init_value, window=(), strides=(), dilations=(), function="
     ``function`` folded over each (dilated) window, starting from ``init_value``. Written as
     one strided slice per window element, so every backend and the export take it."""
     reduce = _WINDOW_REDUCERS[function]
-    shape = x.shape
-    out = [(int(n) - (int(w) - 1) * int(d) - 1) // int(s) + 1
-           for n, w, s, d in zip(shape, window, strides, dilations)]
-    result = ops.broadcast_to(ops.cast(ops.reshape(init_value, ()), x.dtype), out)
+    result = ops.cast(ops.reshape(init_value, ()), x.dtype)
     for offset in np.ndindex(*(int(w) for w in window)):
-        key = tuple(slice(k * int(d), k * int(d) + (o - 1) * int(s) + 1, int(s))
-                    for k, d, o, s in zip(offset, dilations, out, strides))
-        result = reduce(result, x[key])
+        key = []
+        for n, k, w, s, d in zip(x.shape, offset, window, strides, dilations):
+            if n is None:  # a dynamic (batch) axis: windows of 1, stride 1
+                if (int(w), int(s)) != (1, 1):
+                    raise ValueError("reduce_window: a window over a dynamic axis")
+                key.append(slice(None))
+                continue
+            o = (int(n) - (int(w) - 1) * int(d) - 1) // int(s) + 1
+            key.append(slice(k * int(d), k * int(d) + (o - 1) * int(s) + 1, int(s)))
+        result = reduce(result, x[tuple(key)])
     return result

@@ -98,8 +98,12 @@ class FlatModel:
             opts = getattr(schema, options_type + "T")()
             for k, v in options.items():
                 setattr(opts, k, v)
-            o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
-            o.builtinOptions = opts
+            if hasattr(schema.BuiltinOptions, options_type):
+                o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
+                o.builtinOptions = opts
+            else:  # the extended table (StableHLO ops, REDUCE_WINDOW, ...)
+                o.builtinOptions2Type = getattr(schema.BuiltinOptions2, options_type)
+                o.builtinOptions2 = opts
         self.operators.append(o)
 
     def custom_op(self, custom_code: str, inputs, outputs, custom_options: bytes = b"",
