@@ -66,7 +66,8 @@ def operators_markdown(tests_dir: Path | None = None) -> str:
         "## Builtin operators not converted",
         "",
         "Without a handler, an operator is named by the unsupported-operators error (with the "
-        "reason below); `unsupported=\"wrap\"` runs it in an embedded, frozen `TFLiteLayer`.",
+        "reason below); `unsupported=\"wrap\"` runs it in an embedded, frozen `TFLiteLayer` "
+        "(where LiteRT has a kernel for it).",
         "",
         "| operator | reason |",
         "|---|---|",
