@@ -11,7 +11,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from mlflow_tflite_keras.converter.layers import PACKAGE, extra_op
+from mlflow_tflite_keras.converter.layers import (
+    PACKAGE,
+    broadcast_to_keep,
+    dynamic_update_slice,
+    extra_op,
+    shape_of,
+)
 
 
 def _backend() -> str:
@@ -293,3 +299,57 @@ def reduce_window(x, init_value, window=(), strides=(), dilations=(), function="
             key.append(slice(k * int(d), k * int(d) + (o - 1) * int(s) + 1, int(s)))
         result = reduce(result, x[tuple(key)])
     return result
+
+
+# ---- StableHLO (converter/ops/stablehlo.py) ----------------------------------------------------
+
+@extra_op
+def einsum_eq(*operands, equation=""):
+    """``keras.ops.einsum`` with the equation as data (a keyword, so a KerasOp config holds it)."""
+    return ops.einsum(equation, *operands)
+
+
+@extra_op
+def broadcast_in_dim(x, dims=(), shape=()):
+    """StableHLO BROADCAST_IN_DIM: operand dimension ``i`` becomes result dimension
+    ``dims[i]``; ``-1`` in ``shape`` keeps the operand's (run-time) size there."""
+    rank = len(shape)
+    inter = [1] * rank
+    for i, d in enumerate(dims):
+        inter[int(d)] = -1 if x.shape[i] is None else int(x.shape[i])
+    y = ops.reshape(x, inter)
+    if -1 in shape:
+        return broadcast_to_keep(y, tuple(int(d) for d in shape))
+    return ops.broadcast_to(y, tuple(int(d) for d in shape))
+
+
+@extra_op
+def stablehlo_pad(x, low=(), high=(), interior=(), value=0.0):
+    """StableHLO PAD: ``interior`` values between neighbours, then edge padding; a negative
+    edge padding removes elements."""
+    if any(int(i) for i in interior):
+        x = dilate(x, [int(i) + 1 for i in interior], value)
+    pads = [[max(int(lo), 0), max(int(hi), 0)] for lo, hi in zip(low, high)]
+    if any(p for pair in pads for p in pair):
+        x = ops.pad(x, pads, constant_values=value)
+    if any(int(lo) < 0 or int(hi) < 0 for lo, hi in zip(low, high)):
+        x = x[tuple(slice(-min(int(lo), 0), (int(hi) if int(hi) < 0 else None))
+                    for lo, hi in zip(low, high))]
+    return x
+
+
+@extra_op
+def stablehlo_dynamic_slice(x, *starts, sizes=()):
+    """StableHLO DYNAMIC_SLICE: each start clamped to ``[0, dim - size]``."""
+    sizes = np.asarray(sizes, np.int32)
+    limit = ops.maximum(shape_of(x, "int32") - sizes, 0)
+    begin = ops.stack([ops.cast(ops.reshape(s, ()), "int32") for s in starts])
+    begin = ops.minimum(ops.maximum(begin, 0), limit)
+    return ops.reshape(ops.slice(x, begin, sizes), tuple(int(s) for s in sizes))
+
+
+@extra_op
+def stablehlo_dynamic_update_slice(x, update, *starts):
+    """StableHLO DYNAMIC_UPDATE_SLICE (starts clamped so the update fits)."""
+    start = ops.stack([ops.cast(ops.reshape(s, ()), "int32") for s in starts])
+    return dynamic_update_slice(x, update, start)

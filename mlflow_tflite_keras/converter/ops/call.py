@@ -11,13 +11,18 @@ from mlflow_tflite_keras.converter.subgraph import run_ops
 
 @register("CALL", layer="(inlined: the called subgraph's layers)")
 def call(op, ctx):
-    index = int(op.opt("subgraph", -1))
+    return inline_subgraph(op, ctx, int(op.opt("subgraph", -1)))
+
+
+def inline_subgraph(op, ctx, index: int) -> list:
+    """The outputs of subgraph ``index`` run on the op's operands, its ops rebuilt in the
+    caller's graph (also STABLEHLO_COMPOSITE's decomposition)."""
     model = ctx.graph.model
     if not 0 <= index < len(model.subgraphs) or index == ctx.graph.subgraph_index:
-        raise ConversionError(f"CALL: invalid subgraph index {index}.")
+        raise ConversionError(f"{op.type}: invalid subgraph index {index}.")
     graph = build_graph(model, index)
     if len(graph.inputs) != len(op.inputs) or len(graph.outputs) != len(op.outputs):
-        raise ConversionError(f"CALL: {len(op.inputs)} operands and {len(op.outputs)} results, "
+        raise ConversionError(f"{op.type}: {len(op.inputs)} operands and {len(op.outputs)} results, "
                               f"but subgraph {index} has {len(graph.inputs)} inputs and "
                               f"{len(graph.outputs)} outputs.")
     inner = BuildContext(graph)

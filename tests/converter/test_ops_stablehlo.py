@@ -1,0 +1,275 @@
+"""StableHLO ops, written with the schema's object API. Where LiteRT has a kernel (ADD,
+MULTIPLY, MAXIMUM, MINIMUM, AND, SHIFT_LEFT, REDUCE_WINDOW, PAD, COMPOSITE, ...) the
+reference is LiteRT; elsewhere it is numpy written from the StableHLO specification (LiteRT
+2.3 registers no kernel for those ops)."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+from converter.handmade import FlatModel
+from converter.op_harness import check_model
+from mlflow_tflite_keras.converter import to_keras
+from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+RNG = np.random.default_rng(0)
+X = RNG.uniform(-2, 2, (1, 3, 4)).astype(np.float32)
+Y = RNG.uniform(0.5, 2, (1, 3, 4)).astype(np.float32)
+I = RNG.integers(-20, 20, (1, 3, 4)).astype(np.int32)
+J = RNG.integers(0, 5, (1, 3, 4)).astype(np.int32)
+
+
+def one_op(op_type, inputs, out, options_type=None, **options):
+    """A model of one op: ``inputs`` are arrays (model inputs, named input_i) or ``("const",
+    array)``; ``out`` is (shape, dtype)."""
+    b = FlatModel()
+    ids = [b.const(v[1]) if isinstance(v, tuple) else b.input(v.shape, v.dtype)
+           for v in inputs]
+    y = b.output(*out)
+    b.op(op_type, ids, [y], options_type, **options)
+    return b.finish(), [v for v in inputs if not isinstance(v, tuple)]
+
+
+def check_reference(data, feeds, expected, **tol):
+    """The Keras model (eager and after a ``.keras`` reload with safe_mode=True) gives the
+    specification's answer."""
+    model = to_keras(data)
+    feeds = feeds[0] if len(feeds) == 1 else {f"input_{i}": v for i, v in enumerate(feeds)}
+    got = np.asarray(model.predict(feeds, verbose=0))
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    np.testing.assert_allclose(got, expected, **({"rtol": 1e-5, "atol": 1e-6} | tol))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(reloaded.predict(feeds, verbose=0)), got)
+    return model
+
+
+def check_litert(data, op_type, feeds):
+    feeds = feeds[0] if len(feeds) == 1 else {f"input_{i}": v for i, v in enumerate(feeds)}
+    return check_model(data, [op_type], [feeds])
+
+
+@pytest.mark.parametrize("name, fn, x", [
+    ("ABS", np.abs, X), ("CBRT", np.cbrt, X), ("COSINE", np.cos, X), ("EXPONENTIAL", np.exp, X),
+    ("FLOOR", np.floor, X), ("LOG", np.log, Y), ("LOGISTIC", lambda v: 1 / (1 + np.exp(-v)), X),
+    ("NEGATE", np.negative, X), ("RSQRT", lambda v: 1 / np.sqrt(v), Y), ("TANH", np.tanh, X),
+])
+def test_unary(name, fn, x):
+    data, feeds = one_op(f"STABLEHLO_{name}", [x], (x.shape, x.dtype))
+    check_reference(data, feeds, fn(x).astype(x.dtype))
+
+
+@pytest.mark.parametrize("name", ["ADD", "MULTIPLY", "MAXIMUM", "MINIMUM"])
+def test_binary_against_litert(name):
+    data, feeds = one_op(f"STABLEHLO_{name}", [X, Y], ((1, 3, 4), np.float32))
+    check_litert(data, f"STABLEHLO_{name}", feeds)
+
+
+@pytest.mark.parametrize("name, a, b, fn", [
+    ("SUBTRACT", X, Y, np.subtract), ("DIVIDE", X, Y, np.divide), ("POWER", Y, X, np.power),
+    ("REMAINDER", X, Y, np.fmod), ("REMAINDER", I, J + 1, np.fmod),
+    ("DIVIDE", I, J + 1, lambda a, b: np.trunc(a / b).astype(np.int32)),
+], ids=["sub", "div", "pow", "rem", "rem-int", "div-int"])
+def test_binary_reference(name, a, b, fn):
+    data, feeds = one_op(f"STABLEHLO_{name}", [a, b], (a.shape, a.dtype))
+    check_reference(data, feeds, fn(a, b).astype(a.dtype))
+
+
+def test_and_shift_left_against_litert():
+    for name in ("STABLEHLO_AND", "STABLEHLO_SHIFT_LEFT"):
+        data, feeds = one_op(name, [I, J], (I.shape, np.int32))
+        check_litert(data, name, feeds)
+
+
+def test_or_convert_clamp_select_compare():
+    data, feeds = one_op("STABLEHLO_OR", [I, J], (I.shape, np.int32))
+    check_reference(data, feeds, I | J)
+    data, feeds = one_op("STABLEHLO_CONVERT", [X], (X.shape, np.int32))
+    check_reference(data, feeds, np.trunc(X).astype(np.int32))
+    data, feeds = one_op("STABLEHLO_CLAMP", [("const", np.float32(-0.5)), X,
+                                             ("const", np.float32(1.0))], (X.shape, np.float32))
+    check_reference(data, feeds, np.clip(X, -0.5, 1.0))
+    for direction, fn in enumerate([np.equal, np.not_equal, np.greater_equal, np.greater,
+                                    np.less_equal, np.less]):
+        b = FlatModel()
+        x, y = b.input(I.shape, np.int32), b.input(J.shape, np.int32)
+        mask = b.intermediate(I.shape, np.int32)
+        mask.__class__  # noqa: B018
+        b.tensors[mask].type = 6  # BOOL
+        out = b.output(X.shape)
+        b.op("STABLEHLO_COMPARE", [x, y], [mask], "StablehloCompareOptions",
+             comparisonDirection=direction)
+        b.op("STABLEHLO_SELECT", [mask, b.const(X), b.const(Y)], [out])
+        check_reference(b.finish(), [I, J], np.where(fn(I, J), X, Y))
+
+
+def test_shape_ops():
+    data, feeds = one_op("STABLEHLO_RESHAPE", [X], ((1, 12), np.float32))
+    check_reference(data, feeds, X.reshape(1, 12))
+    data, feeds = one_op("STABLEHLO_TRANSPOSE", [X], ((1, 4, 3), np.float32),
+                         "StablehloTransposeOptions", permutation=[0, 2, 1])
+    check_reference(data, feeds, X.transpose(0, 2, 1))
+    data, feeds = one_op("STABLEHLO_CONCATENATE", [X, Y], ((1, 3, 8), np.float32),
+                         "StablehloConcatenateOptions", dimension=2)
+    check_reference(data, feeds, np.concatenate([X, Y], axis=2))
+    data, feeds = one_op("STABLEHLO_SLICE", [X], ((1, 2, 2), np.float32),
+                         "StablehloSliceOptions", startIndices=[0, 1, 0],
+                         limitIndices=[1, 3, 4], strides=[1, 1, 2])
+    check_reference(data, feeds, X[:, 1:3, 0:4:2])
+    v = RNG.uniform(-1, 1, (1, 4)).astype(np.float32)
+    data, feeds = one_op("STABLEHLO_BROADCAST_IN_DIM", [v], ((1, 3, 4), np.float32),
+                         "StablehloBroadcastInDimOptions", broadcastDimensions=[0, 2])
+    check_reference(data, feeds, np.broadcast_to(v[:, None, :], (1, 3, 4)))
+
+
+def test_iota_and_broadcast_constant():
+    b = FlatModel()
+    x = b.input(X.shape)
+    idx = b.intermediate(X.shape)
+    y = b.output(X.shape)
+    b.op("STABLEHLO_IOTA", [], [idx], "StablehloIotaOptions", iotaDimension=2)
+    b.op("STABLEHLO_ADD", [x, idx], [y])
+    iota = np.broadcast_to(np.arange(4, dtype=np.float32), X.shape)
+    check_reference(b.finish(), [X], X + iota)
+
+
+@pytest.mark.parametrize("low, high, interior", [
+    ([0, 1, 2], [0, 2, 0], [0, 0, 0]), ([0, 0, -1], [0, 1, 1], [0, 1, 2])],
+    ids=["edges", "interior-negative"])
+def test_pad(low, high, interior):
+    out = tuple(n + lo + hi + max(n - 1, 0) * i for n, lo, hi, i in
+                zip(X.shape, low, high, interior))
+    data, feeds = one_op("STABLEHLO_PAD", [X, ("const", np.float32(0.25))],
+                         (out, np.float32), "StablehloPadOptions", edgePaddingLow=low,
+                         edgePaddingHigh=high, interiorPadding=interior)
+    check_litert(data, "STABLEHLO_PAD", feeds)
+
+
+def body(b: FlatModel, op_type, dtype=np.float32):
+    """A reduction body subgraph ``(a, b) -> op(a, b)``; returns its index."""
+    sub = FlatModel()
+    a, c = sub.input((), dtype), sub.input((), dtype)
+    y = sub.output((), dtype)
+    sub.op(op_type, [a, c], [y])
+    return b.add_subgraph(sub, "body")
+
+
+@pytest.mark.parametrize("op_type, init, fn", [
+    ("STABLEHLO_ADD", 0.5, lambda x, axes: x.sum(axes) + 0.5),
+    ("STABLEHLO_MAXIMUM", -np.inf, lambda x, axes: x.max(axes)),
+    ("STABLEHLO_MULTIPLY", 1.0, lambda x, axes: x.prod(axes)),
+], ids=["sum-init", "max", "prod"])
+def test_reduce(op_type, init, fn):
+    b = FlatModel()
+    x = b.input(X.shape)
+    y = b.output((1, 3))
+    b.op("STABLEHLO_REDUCE", [x, b.const(np.array(init, np.float32))], [y],
+         "StablehloReduceOptions", dimensions=[2], bodySubgraphIndex=body(b, op_type))
+    check_reference(b.finish(), [X], fn(X, 2))
+
+
+@pytest.mark.parametrize("op_type, init, window, strides, padding, base", [
+    ("STABLEHLO_ADD", 0.0, [1, 2, 2], [1, 1, 2], [0, 0, 0, 0, 0, 0], [1, 1, 1]),
+    ("STABLEHLO_MAXIMUM", -np.inf, [1, 2, 3], [1, 1, 1], [0, 0, 1, 0, 1, 1], [1, 1, 1]),
+    ("STABLEHLO_ADD", 0.0, [1, 2, 2], [1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 2, 1]),
+], ids=["sum", "max-padded", "sum-base-dilated"])
+def test_reduce_window(op_type, init, window, strides, padding, base):
+    shape = X.shape
+    padded = [n + padding[2 * i] + padding[2 * i + 1] + (n - 1) * (base[i] - 1)
+              for i, n in enumerate(shape)]
+    out = tuple((p - w) // s + 1 for p, w, s in zip(padded, window, strides))
+    b = FlatModel()
+    x = b.input(shape)
+    y = b.output(out)
+    b.op("STABLEHLO_REDUCE_WINDOW", [x, b.const(np.array(init, np.float32))], [y],
+         "StablehloReduceWindowOptions", windowDimensions=window, windowStrides=strides,
+         baseDilations=base, windowDilations=[1, 1, 1], padding=padding,
+         bodySubgraphIndex=body(b, op_type))
+    check_litert(b.finish(), "STABLEHLO_REDUCE_WINDOW", [X])
+
+
+def test_dot_general_constant_rhs_is_einsum_dense():
+    w = RNG.normal(size=(4, 5)).astype(np.float32)
+    data, feeds = one_op("STABLEHLO_DOT_GENERAL", [X, ("const", w)], ((1, 3, 5), np.float32),
+                         "StablehloDotGeneralOptions", lhsBatchingDimensions=[],
+                         rhsBatchingDimensions=[], lhsContractingDimensions=[2],
+                         rhsContractingDimensions=[0])
+    model = check_reference(data, feeds, X @ w, rtol=1e-5, atol=1e-5)
+    (dense,) = [layer for layer in model.layers if isinstance(layer, keras.layers.EinsumDense)]
+    assert [tuple(v.shape) for v in dense.trainable_weights] == [(4, 5)]
+
+
+def test_dot_general_batched_runtime():
+    a = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    c = RNG.normal(size=(2, 5, 4)).astype(np.float32)
+    data, feeds = one_op("STABLEHLO_DOT_GENERAL", [a, c], ((2, 3, 5), np.float32),
+                         "StablehloDotGeneralOptions", lhsBatchingDimensions=[0],
+                         rhsBatchingDimensions=[0], lhsContractingDimensions=[2],
+                         rhsContractingDimensions=[2])
+    check_reference(data, feeds, np.einsum("bij,bkj->bik", a, c), rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_slice_and_update_clamp_the_start():
+    b = FlatModel()
+    x = b.input(X.shape)
+    s = [b.const(np.array(v, np.int32)) for v in (0, 2, -1)]
+    y = b.output((1, 2, 3))
+    b.op("STABLEHLO_DYNAMIC_SLICE", [x, *s], [y], "StablehloDynamicSliceOptions",
+         sliceSizes=[1, 2, 3])
+    check_reference(b.finish(), [X], X[:, 1:3, 0:3])  # start 2 -> 1, -1 -> 0
+    b = FlatModel()
+    x = b.input(X.shape)
+    u = b.const(np.full((1, 2, 2), 9.0, np.float32))
+    s = [b.const(np.array(v, np.int32)) for v in (0, 5, 1)]
+    y = b.output(X.shape)
+    b.op("STABLEHLO_DYNAMIC_UPDATE_SLICE", [x, u, *s], [y])
+    expected = X.copy()
+    expected[:, 1:3, 1:3] = 9.0
+    check_reference(b.finish(), [X], expected)
+
+
+def composite_model(name, decomposition: FlatModel, attributes: dict):
+    from flatbuffers import flexbuffers
+
+    b = FlatModel()
+    x = b.input((1, 3, 4))
+    y = b.output((1, 3, 4))
+    b.op("STABLEHLO_COMPOSITE", [x], [y], "StableHLOCompositeOptions",
+         decompositionSubgraphIndex=b.add_subgraph(decomposition), version=1,
+         compositeAttributes=np.frombuffer(flexbuffers.Dumps(attributes), np.uint8),
+         compositeAttributesFormat=0)
+    b.operators[-1].builtinOptions2.name = name  # "name" is also FlatModel.op's argument
+    data = b.finish()
+    assert "STABLEHLO_COMPOSITE" in TFLiteModel(data).operator_names
+    return data
+
+
+def test_composite_inlines_its_decomposition():
+    sub = FlatModel()
+    a = sub.input((1, 3, 4))
+    t = sub.intermediate((1, 3, 4))
+    out = sub.output((1, 3, 4))
+    sub.op("STABLEHLO_MULTIPLY", [a, a], [t])
+    sub.op("STABLEHLO_ADD", [t, a], [out])
+    check_litert(composite_model("test.square_plus", sub, {"k": 1}), "STABLEHLO_COMPOSITE", [X])
+
+
+@pytest.mark.parametrize("name, attributes, decomposition, layer", [
+    ("aten.gelu.default", {"approximate": "none"}, ("GELU", "GeluOptions", {}), "Activation"),
+    ("aten.gelu.default", {"approximate": "tanh"}, ("GELU", "GeluOptions",
+                                                    {"approximate": True}), "KerasOp"),
+    ("aten.hardswish.default", {}, ("HARD_SWISH", None, {}), "Activation"),
+], ids=["gelu", "gelu-tanh", "hardswish"])
+def test_known_composites_become_keras_layers(name, attributes, decomposition, layer):
+    op_type, options_type, options = decomposition
+    sub = FlatModel()
+    a = sub.input((1, 3, 4))
+    out = sub.output((1, 3, 4))
+    sub.op(op_type, [a], [out], options_type, **options)
+    model = check_litert(composite_model(name, sub, attributes), "STABLEHLO_COMPOSITE", [X])
+    assert [type(v).__name__ for v in model.layers[1:]] == [layer]  # one layer, not inlined
