@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from converter.handmade import FlatModel
-from converter.op_harness import check_model
+from converter.op_harness import check_model, perturbed
 from mlflow_tflite_keras.converter import to_keras
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
@@ -273,3 +273,40 @@ def test_known_composites_become_keras_layers(name, attributes, decomposition, l
     sub.op(op_type, [a], [out], options_type, **options)
     model = check_litert(composite_model(name, sub, attributes), "STABLEHLO_COMPOSITE", [X])
     assert [type(v).__name__ for v in model.layers[1:]] == [layer]  # one layer, not inlined
+
+
+@pytest.mark.parametrize("cin, cout, groups, k, strides, dilation, padding", [
+    (3, 4, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    (4, 6, 2, (3, 2), (2, 1), (1, 1), (0, 1, 1, 0)),
+    (3, 6, 3, (3, 3), (1, 1), (2, 2), (0, 0, 0, 0)),
+], ids=["nchw-padded", "grouped-strided", "depthwise-dilated"])
+def test_convolution_torch_layout(cin, cout, groups, k, strides, dilation, padding):
+    """NCHW input, OIHW kernel, NCHW result (PyTorch's layout), against tf.nn.convolution."""
+    import tensorflow as tf
+
+    x = RNG.uniform(-1, 1, (1, cin, 7, 8)).astype(np.float32)
+    w = RNG.normal(size=(cout, cin // groups, *k)).astype(np.float32)
+    pads = [(padding[0], padding[1]), (padding[2], padding[3])]
+    nhwc = np.pad(x.transpose(0, 2, 3, 1), [(0, 0), *pads, (0, 0)])
+    hwio = w.transpose(2, 3, 1, 0)
+    ref = np.concatenate([
+        tf.nn.convolution(nhwc[..., g * (cin // groups):(g + 1) * (cin // groups)],
+                          hwio[..., g * (cout // groups):(g + 1) * (cout // groups)],
+                          strides=strides, dilations=dilation, padding="VALID").numpy()
+        for g in range(groups)], axis=-1).transpose(0, 3, 1, 2)
+    data, feeds = one_op("STABLEHLO_CONVOLUTION", [x, ("const", w)], (ref.shape, np.float32),
+                         "StablehloConvolutionOptions", windowStrides=list(strides),
+                         padding=list(padding), rhsDilation=list(dilation),
+                         inputBatchDimension=0, inputFeatureDimension=1,
+                         inputSpatialDimensions=[2, 3], kernelInputFeatureDimension=1,
+                         kernelOutputFeatureDimension=0, kernelSpatialDimensions=[2, 3],
+                         outputBatchDimension=0, outputFeatureDimension=1,
+                         outputSpatialDimensions=[2, 3], featureGroupCount=groups,
+                         batchGroupCount=1)
+    model = check_reference(data, feeds, ref, rtol=1e-4, atol=1e-5)
+    assert any(isinstance(v, keras.layers.Conv2D) or
+               isinstance(v, keras.layers.DepthwiseConv2D) for v in model.layers)
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == w.size
+    undo = perturbed(model)  # a 5% change of the kernel is seen
+    assert not np.allclose(model.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-5)
+    undo()

@@ -345,3 +345,69 @@ def composite(op, ctx):
     if build is not None and x is not None and not ctx.is_const(x) and len(op.outputs) == 1:
         return [build(op, ctx, x, composite_attributes(op))]
     return inline_subgraph(op, ctx, int(op.opt("decompositionSubgraphIndex", -1)))
+
+
+# ---- convolution -------------------------------------------------------------------------------
+
+_CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+_ZERO_PAD = {1: keras.layers.ZeroPadding1D, 2: keras.layers.ZeroPadding2D,
+             3: keras.layers.ZeroPadding3D}
+_DEPTHWISE = {1: keras.layers.DepthwiseConv1D, 2: keras.layers.DepthwiseConv2D}
+
+
+def _permute(op, ctx, x, perm, suffix):
+    if list(perm) == list(range(len(perm))):
+        return x
+    if batched(ctx, x) and perm[0] == 0:
+        return ctx.apply(keras.layers.Permute(tuple(perm[1:]), name=ctx.name(op, suffix)), x)
+    return ctx.op(op, "transpose", x, axes=tuple(perm), suffix=suffix)
+
+
+@register("STABLEHLO_CONVOLUTION",
+          layer="keras.layers.Conv1D/2D/3D / DepthwiseConv1D/2D (+ ZeroPadding, Permute)")
+def convolution(op, ctx):
+    x = ctx.value(op.inputs[0])
+    kernel = np.asarray(ctx.const(op.inputs[1], "the kernel"), np.float32)
+    spatial = _ints(op.opt("inputSpatialDimensions"))
+    n = len(spatial)
+    strides = _ints(op.opt("windowStrides")) or [1] * n
+    dilation = _ints(op.opt("rhsDilation")) or [1] * n
+    padding = np.array(_ints(op.opt("padding")) or [0] * 2 * n).reshape(n, 2)
+    groups = int(op.opt("featureGroupCount", 1) or 1)
+    if n not in _CONV or any(_ints(op.opt("lhsDilation")) and d != 1
+                             for d in _ints(op.opt("lhsDilation"))) or \
+            int(op.opt("batchGroupCount", 1) or 1) != 1 or \
+            any(_ints(op.opt("windowReversal"))) or (padding < 0).any() or \
+            (any(s != 1 for s in strides) and any(d != 1 for d in dilation)):
+        raise ConversionError(f"{op.type}: only 1-3 spatial dimensions, no input dilation, "
+                              "window reversal, batch groups or negative padding, and not "
+                              "strides together with dilation map to a Keras convolution.")
+    # To channels-last: input [b, spatial..., f], kernel [spatial..., in / groups, out].
+    x = _permute(op, ctx, x, [int(op.opt("inputBatchDimension", 0)), *spatial,
+                              int(op.opt("inputFeatureDimension", 0))], "_to_nhwc")
+    kernel = kernel.transpose([*_ints(op.opt("kernelSpatialDimensions")),
+                               int(op.opt("kernelInputFeatureDimension", 0)),
+                               int(op.opt("kernelOutputFeatureDimension", 0))])
+    if padding.any():
+        pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+        x = ctx.apply(_ZERO_PAD[n](pads[0] if n == 1 else pads, name=ctx.name(op, "_pad")), x)
+    in_channels, out_channels = kernel.shape[-2] * groups, kernel.shape[-1]
+    common = dict(strides=strides, dilation_rate=dilation, padding="valid", use_bias=False,
+                  name=ctx.name(op))
+    if groups > 1 and groups == in_channels and n in _DEPTHWISE:
+        layer = _DEPTHWISE[n](kernel.shape[:n], depth_multiplier=out_channels // groups,
+                              **common)
+        weights = kernel.reshape(*kernel.shape[:n], in_channels, out_channels // groups)
+    else:
+        layer = _CONV[n](out_channels, kernel.shape[:n], groups=groups, **common)
+        weights = kernel
+    layer.build(tuple(x.shape))
+    layer.set_weights([weights])
+    y = ctx.apply(layer, x)
+    # From [b, spatial..., f] to the result's dimension order.
+    order = [0] * (n + 2)
+    order[int(op.opt("outputBatchDimension", 0))] = 0
+    order[int(op.opt("outputFeatureDimension", 0))] = n + 1
+    for i, d in enumerate(_ints(op.opt("outputSpatialDimensions"))):
+        order[d] = 1 + i
+    return [_permute(op, ctx, y, order, "_to_result")]
