@@ -353,3 +353,51 @@ def stablehlo_dynamic_update_slice(x, update, *starts):
     """StableHLO DYNAMIC_UPDATE_SLICE (starts clamped so the update fits)."""
     start = ops.stack([ops.cast(ops.reshape(s, ()), "int32") for s in starts])
     return dynamic_update_slice(x, update, start)
+
+
+@extra_op
+def stablehlo_gather(operand, indices, offset_dims=(), collapsed_slice_dims=(),
+                     start_index_map=(), index_vector_dim=0, slice_sizes=()):
+    """StableHLO GATHER (static operand shape): one slice of ``slice_sizes`` per index vector,
+    its start clamped to fit, as one ``take`` of linear positions on the flattened operand."""
+    dims = [int(d) for d in operand.shape]
+    sizes = [int(s) for s in slice_sizes]
+    rank = len(indices.shape)
+    if int(index_vector_dim) == rank:
+        indices = ops.expand_dims(indices, -1)
+    else:
+        indices = ops.moveaxis(indices, int(index_vector_dim), -1)
+    batch_shape = [-1 if d is None else int(d) for d in indices.shape[:-1]]
+    idx = ops.cast(ops.reshape(indices, (-1, indices.shape[-1])), "int32")
+    strides = [int(np.prod(dims[d + 1:])) for d in range(len(dims))]
+    linear = ops.zeros((1,) + (1,) * len(dims), "int32")
+    for k, d in enumerate(int(m) for m in start_index_map):
+        start = ops.clip(idx[:, k], 0, dims[d] - sizes[d])
+        linear = linear + ops.reshape(start * strides[d], (-1,) + (1,) * len(dims))
+    grid = sum(np.arange(s, dtype=np.int32).reshape([-1 if i == d else 1
+                                                     for i in range(len(dims))]) * strides[d]
+               for d, s in enumerate(sizes))
+    rows = ops.take(ops.reshape(operand, (-1,)), linear + grid[None])
+    kept = [d for d in range(len(dims)) if d not in [int(c) for c in collapsed_slice_dims]]
+    rows = ops.reshape(rows, (-1, *[sizes[d] for d in kept]))
+    rows = ops.reshape(rows, (*batch_shape, *[sizes[d] for d in kept]))
+    # Result dimensions: the offset dimensions where offset_dims says, batch ones elsewhere.
+    n_batch, out_rank = len(batch_shape), len(batch_shape) + len(kept)
+    offset = [int(o) for o in offset_dims]
+    batch_positions = [p for p in range(out_rank) if p not in offset]
+    perm = [0] * out_rank
+    for i, p in enumerate(batch_positions):
+        perm[p] = i
+    for i, p in enumerate(offset):
+        perm[p] = n_batch + i
+    return ops.transpose(rows, perm) if perm != list(range(out_rank)) else rows
+
+
+@extra_op
+def sort_by_key(*operands, axis=-1, descending=False):
+    """StableHLO SORT with a comparator on the first operand (less / greater): every operand
+    reordered by the first one's order along ``axis``."""
+    key = operands[0]
+    order = ops.argsort(ops.negative(key) if descending else key, axis=axis)
+    out = [ops.take_along_axis(x, order, axis=axis) for x in operands]
+    return out[0] if len(out) == 1 else tuple(out)

@@ -310,3 +310,71 @@ def test_convolution_torch_layout(cin, cout, groups, k, strides, dilation, paddi
     undo = perturbed(model)  # a 5% change of the kernel is seen
     assert not np.allclose(model.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-5)
     undo()
+
+
+def test_gather_embedding_rows_and_windows():
+    table = RNG.normal(size=(6, 4)).astype(np.float32)
+    ids = np.array([[[3], [0], [5]]], np.int32)  # [1, 3, 1]: index vectors of one
+    data, feeds = one_op("STABLEHLO_GATHER", [("const", table), ids],
+                         ((1, 3, 4), np.float32), "StablehloGatherOptions", offsetDims=[2],
+                         collapsedSliceDims=[0], startIndexMap=[0], indexVectorDim=2,
+                         sliceSizes=[1, 4])
+    check_reference(data, feeds, table[ids[..., 0]])
+    # 2-D windows of 2 x 2 at (row, col) starts, the second clamped; offsets first.
+    starts = np.array([[1, 0], [5, 3]], np.int32)
+    data, feeds = one_op("STABLEHLO_GATHER", [("const", table), starts],
+                         ((2, 2, 2), np.float32), "StablehloGatherOptions",
+                         offsetDims=[0, 1], collapsedSliceDims=[], startIndexMap=[0, 1],
+                         indexVectorDim=1, sliceSizes=[2, 2])
+    expected = np.stack([table[1:3, 0:2], table[4:6, 2:4]], axis=-1)
+    check_reference(data, feeds, expected)
+
+
+def comparator(b: FlatModel, direction, n_operands):
+    sub = FlatModel()
+    args = [sub.input((), np.float32) for _ in range(2 * n_operands)]
+    y = sub.output((), np.int32)
+    sub.tensors[y].type = 6  # BOOL
+    sub.op("STABLEHLO_COMPARE", args[:2], [y], "StablehloCompareOptions",
+           comparisonDirection=direction)
+    return b.add_subgraph(sub, "comparator")
+
+
+@pytest.mark.parametrize("direction, n", [(5, 1), (3, 2)], ids=["ascending", "descending-2"])
+def test_sort(direction, n):
+    b = FlatModel()
+    xs = [b.input(X.shape) for _ in range(n)]
+    ys = [b.output(X.shape) for _ in range(n)]
+    b.op("STABLEHLO_SORT", xs, ys, "StablehloSortOptions", dimension=2, isStable=True,
+         comparatorSubgraphIndex=comparator(b, direction, n))
+    feeds = [X, Y][:n]
+    order = np.argsort(-X if direction == 3 else X, axis=2)
+    expected = [np.take_along_axis(v, order, axis=2) for v in feeds]
+    model = to_keras(b.finish())
+    got = model.predict(feeds[0] if n == 1 else {"input_0": X, "input_1": Y}, verbose=0)
+    got = list(got.values()) if isinstance(got, dict) else got if n > 1 else [got]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(g), e)
+
+
+def test_while_counts_and_scales():
+    """while i < 4: x = x * 1.5; i = i + 1 (a counter of shape [1]: this package reads a
+    scalar constant as [1])."""
+    cond = FlatModel()
+    ci, cx = cond.input((1,), np.int32), cond.input((1, 3, 4))
+    flag = cond.output((1,), np.int32)
+    cond.tensors[flag].type = 6  # BOOL
+    cond.op("STABLEHLO_COMPARE", [ci, cond.const(np.array([4], np.int32))], [flag],
+            "StablehloCompareOptions", comparisonDirection=5)
+    body = FlatModel()
+    bi, bx = body.input((1,), np.int32), body.input((1, 3, 4))
+    ni, nx = body.output((1,), np.int32), body.output((1, 3, 4))
+    body.op("STABLEHLO_ADD", [bi, body.const(np.array([1], np.int32))], [ni])
+    body.op("STABLEHLO_MULTIPLY", [bx, body.const(np.full((1, 3, 4), 1.5, np.float32))], [nx])
+    b = FlatModel()
+    x = b.input((1, 3, 4))
+    i_out, y = b.intermediate((1,), np.int32), b.output((1, 3, 4))
+    b.op("STABLEHLO_WHILE", [b.const(np.array([0], np.int32)), x], [i_out, y],
+         "StablehloWhileOptions", condSubgraphIndex=b.add_subgraph(cond, "cond"),
+         bodySubgraphIndex=b.add_subgraph(body, "body"))
+    check_reference(b.finish(), [X], X * 1.5 ** 4)

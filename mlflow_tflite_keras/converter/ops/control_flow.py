@@ -48,6 +48,8 @@ _SUBGRAPH_OPTIONS = {
     "IF": ("thenSubgraphIndex", "elseSubgraphIndex"),
     "CALL_ONCE": ("initSubgraphIndex",),
     "CALL": ("subgraph",),
+    "STABLEHLO_WHILE": ("condSubgraphIndex", "bodySubgraphIndex"),
+    "STABLEHLO_COMPOSITE": ("decompositionSubgraphIndex",),
 }
 
 

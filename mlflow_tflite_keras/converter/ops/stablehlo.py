@@ -411,3 +411,49 @@ def convolution(op, ctx):
     for i, d in enumerate(_ints(op.opt("outputSpatialDimensions"))):
         order[d] = 1 + i
     return [_permute(op, ctx, y, order, "_to_result")]
+
+
+# ---- gather, sort, while -----------------------------------------------------------------------
+
+@register("STABLEHLO_GATHER", layer="KerasOp(stablehlo_gather)")
+def gather(op, ctx):
+    operand, indices = ctx.inputs(op)[:2]
+    if any(d is None for d in getattr(operand, "shape", ())):
+        raise ConversionError(f"{op.type}: the operand needs a static shape.")
+    return [ctx.op(op, "stablehlo_gather", operand, indices,
+                   offset_dims=_ints(op.opt("offsetDims")),
+                   collapsed_slice_dims=_ints(op.opt("collapsedSliceDims")),
+                   start_index_map=_ints(op.opt("startIndexMap")),
+                   index_vector_dim=int(op.opt("indexVectorDim", 0)),
+                   slice_sizes=_ints(op.opt("sliceSizes")))]
+
+
+def _comparator_order(op, ctx, index):
+    """Whether the comparator sorts descending: one COMPARE of the first operand's pair
+    (LT / LE: ascending, GT / GE: descending)."""
+    model = ctx.graph.model
+    body = build_graph(model, index) if 0 <= index < len(model.subgraphs) else None
+    compares = [o for o in (body.ops if body else []) if o.type == "STABLEHLO_COMPARE"]
+    if body is None or len(body.ops) != 1 or len(compares) != 1 or \
+            [t.index for t in compares[0].inputs] != [t.index for t in body.inputs[:2]]:
+        raise ConversionError(f"{op.type}: only a comparator that compares the first "
+                              "operand's pair (less / greater) is supported.")
+    direction = compares[0].opt("comparisonDirection", 0)
+    if direction not in (2, 3, 4, 5):
+        raise ConversionError(f"{op.type}: comparator direction {direction} does not sort.")
+    return direction in (2, 3)
+
+
+@register("STABLEHLO_SORT", layer="KerasOp(sort_by_key)")
+def sort(op, ctx):
+    descending = _comparator_order(op, ctx, int(op.opt("comparatorSubgraphIndex", -1)))
+    out = ctx.op(op, "sort_by_key", *ctx.inputs(op), axis=int(op.opt("dimension", -1)),
+                 descending=descending)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@register("STABLEHLO_WHILE", layer="WhileLoop(cond model, body model)")
+def while_(op, ctx):
+    from mlflow_tflite_keras.converter.ops.control_flow import while_ as tflite_while
+
+    return tflite_while(op, ctx)  # the same options (cond and body subgraph indices)
