@@ -362,13 +362,9 @@ def stablehlo_gather(operand, indices, offset_dims=(), collapsed_slice_dims=(),
     its start clamped to fit, as one ``take`` of linear positions on the flattened operand."""
     dims = [int(d) for d in operand.shape]
     sizes = [int(s) for s in slice_sizes]
-    rank = len(indices.shape)
-    if int(index_vector_dim) == rank:
-        indices = ops.expand_dims(indices, -1)
-    else:
-        indices = ops.moveaxis(indices, int(index_vector_dim), -1)
-    batch_shape = [-1 if d is None else int(d) for d in indices.shape[:-1]]
-    idx = ops.cast(ops.reshape(indices, (-1, indices.shape[-1])), "int32")
+    batch_shape = [-1 if d is None else int(d) for i, d in enumerate(indices.shape)
+                   if i != int(index_vector_dim)]
+    idx = _index_vectors(indices, index_vector_dim)
     strides = [int(np.prod(dims[d + 1:])) for d in range(len(dims))]
     linear = ops.zeros((1,) + (1,) * len(dims), "int32")
     for k, d in enumerate(int(m) for m in start_index_map):
@@ -401,3 +397,56 @@ def sort_by_key(*operands, axis=-1, descending=False):
     order = ops.argsort(ops.negative(key) if descending else key, axis=axis)
     out = [ops.take_along_axis(x, order, axis=axis) for x in operands]
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def _index_vectors(indices, index_vector_dim):
+    """Scatter/gather indices as ``[n, k]`` int32 (the index vector last), and the batch
+    shape."""
+    if int(index_vector_dim) == len(indices.shape):
+        indices = ops.expand_dims(indices, -1)
+    else:
+        indices = ops.moveaxis(indices, int(index_vector_dim), -1)
+    return ops.cast(ops.reshape(indices, (-1, indices.shape[-1])), "int32")
+
+
+@extra_op
+def stablehlo_scatter(operand, indices, updates, update_window_dims=(),
+                      inserted_window_dims=(), scatter_dims_to_operand_dims=(),
+                      index_vector_dim=0, combine="replace"):
+    """StableHLO SCATTER (static shapes) with a replacing or adding update computation:
+    each update window written (or added) at its start; windows that do not fit are skipped,
+    as the specification says (sent to a spare slot past the end)."""
+    dims = [int(d) for d in operand.shape]
+    size = int(np.prod(dims))
+    strides = [int(np.prod(dims[d + 1:])) for d in range(len(dims))]
+    window_axes = [int(a) for a in update_window_dims]
+    inserted = [int(a) for a in inserted_window_dims]
+    window_dims = [d for d in range(len(dims)) if d not in inserted]  # operand dims of windows
+    window_sizes = [int(updates.shape[a]) for a in window_axes]
+    extent = {d: s for d, s in zip(window_dims, window_sizes)}
+    batch_axes = [a for a in range(len(updates.shape)) if a not in window_axes]
+    values = ops.transpose(updates, batch_axes + window_axes)
+    values = ops.reshape(values, (-1, *window_sizes))
+    idx = _index_vectors(indices, index_vector_dim)
+    start = ops.zeros((ops.shape(idx)[0],), "int32")
+    valid = ops.ones((ops.shape(idx)[0],), "bool")
+    for k, d in enumerate(int(m) for m in scatter_dims_to_operand_dims):
+        i = idx[:, k]
+        start = start + i * strides[d]
+        valid = ops.logical_and(valid, ops.logical_and(
+            ops.greater_equal(i, 0), ops.less_equal(i, dims[d] - extent.get(d, 1))))
+    grid = sum(np.arange(s, dtype=np.int32).reshape(
+        [-1 if j == i else 1 for j in range(len(window_sizes))]) * strides[d]
+        for i, (d, s) in enumerate(zip(window_dims, window_sizes))) \
+        if window_sizes else np.zeros((), np.int32)
+    shape_n = (-1,) + (1,) * len(window_sizes)
+    positions = ops.reshape(start, shape_n) + grid[None]
+    positions = ops.where(ops.reshape(valid, shape_n), positions, size)
+    positions = ops.reshape(positions, (-1, 1))
+    values = ops.reshape(values, (-1,))
+    flat = ops.concatenate([ops.reshape(operand, (-1,)), ops.zeros((1,), operand.dtype)])
+    if combine == "add":
+        flat = flat + ops.scatter(positions, values, (size + 1,))
+    else:
+        flat = ops.scatter_update(flat, positions, values)
+    return ops.reshape(flat[:size], dims)

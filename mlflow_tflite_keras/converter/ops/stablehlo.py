@@ -457,3 +457,29 @@ def while_(op, ctx):
     from mlflow_tflite_keras.converter.ops.control_flow import while_ as tflite_while
 
     return tflite_while(op, ctx)  # the same options (cond and body subgraph indices)
+
+
+def _scatter_combine(op, ctx, index) -> str:
+    """The update computation: returning the update (replace) or adding it (add)."""
+    model = ctx.graph.model
+    body = build_graph(model, index) if 0 <= index < len(model.subgraphs) else None
+    if body is not None and len(body.inputs) == 2:
+        if not body.ops and body.outputs[0].index == body.inputs[1].index:
+            return "replace"
+        if len(body.ops) == 1 and body.ops[0].type in ("STABLEHLO_ADD", "ADD"):
+            return "add"
+    raise ConversionError(f"{op.type}: only an update computation that replaces or adds is "
+                          "supported.")
+
+
+@register("STABLEHLO_SCATTER", layer="KerasOp(stablehlo_scatter)")
+def scatter(op, ctx):
+    if len(op.inputs) != 3:
+        raise ConversionError(f"{op.type}: a scatter of several operands together is not "
+                              "supported.")
+    combine = _scatter_combine(op, ctx, int(op.opt("updateComputationSubgraphIndex", -1)))
+    return [ctx.op(op, "stablehlo_scatter", *ctx.inputs(op), combine=combine,
+                   update_window_dims=_ints(op.opt("updateWindowDims")),
+                   inserted_window_dims=_ints(op.opt("insertedWindowDims")),
+                   scatter_dims_to_operand_dims=_ints(op.opt("scatterDimsToOperandDims")),
+                   index_vector_dim=int(op.opt("indexVectorDim", 0)))]
