@@ -320,6 +320,7 @@ def test_gather_embedding_rows_and_windows():
                          collapsedSliceDims=[0], startIndexMap=[0], indexVectorDim=2,
                          sliceSizes=[1, 4])
     check_reference(data, feeds, table[ids[..., 0]])
+    check_litert(data, "STABLEHLO_GATHER", feeds)
     # 2-D windows of 2 x 2 at (row, col) starts, the second clamped; offsets first.
     starts = np.array([[1, 0], [5, 3]], np.int32)
     data, feeds = one_op("STABLEHLO_GATHER", [("const", table), starts],
@@ -328,6 +329,7 @@ def test_gather_embedding_rows_and_windows():
                          indexVectorDim=1, sliceSizes=[2, 2])
     expected = np.stack([table[1:3, 0:2], table[4:6, 2:4]], axis=-1)
     check_reference(data, feeds, expected)
+    check_litert(data, "STABLEHLO_GATHER", feeds)
 
 
 def comparator(b: FlatModel, direction, n_operands):
@@ -408,4 +410,6 @@ def test_scatter_rows(add):
     expected = operand.copy()
     for row, update in zip([3, 0], updates[:2]):
         expected[row] = expected[row] + update if add else update
-    check_reference(b.finish(), [operand, updates], expected)
+    data = b.finish()
+    check_reference(data, [operand, updates], expected)
+    check_litert(data, "STABLEHLO_SCATTER", [operand, updates])
