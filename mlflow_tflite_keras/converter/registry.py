@@ -46,6 +46,9 @@ NOT_CONVERTIBLE: dict[str, str] = {
     "CONCAT_EMBEDDINGS": "declared in the schema but has no kernel in LiteRT (nothing to "
                          "match)",
     "STABLEHLO_CUSTOM_CALL": "an opaque call to a target named by a string",
+    "STABLEHLO_RNG_BIT_GENERATOR": "not implemented: raw bits and the next state of a named "
+                                   "generator (Philox / ThreeFry); no Keras random layer "
+                                   "carries that state",
 }
 
 

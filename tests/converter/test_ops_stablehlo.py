@@ -413,3 +413,39 @@ def test_scatter_rows(add):
     data = b.finish()
     check_reference(data, [operand, updates], expected)
     check_litert(data, "STABLEHLO_SCATTER", [operand, updates])
+
+
+def case_model(index_input: bool, index_value=0, n_branches=2):
+    """CASE(index, x) over branches x * (k + 2) for k in range(n_branches)."""
+    b = FlatModel()
+    idx = b.input((1,), np.int32, "index") if index_input else \
+        b.const(np.array([index_value], np.int32))
+    x = b.input((1, 3, 4), name="x")
+    y = b.output((1, 3, 4))
+    branches = []
+    for k in range(n_branches):
+        sub = FlatModel()
+        a = sub.input((1, 3, 4))
+        out = sub.output((1, 3, 4))
+        sub.op("STABLEHLO_MULTIPLY", [a, sub.const(np.full((1, 3, 4), k + 2.0, np.float32))],
+               [out])
+        branches.append(b.add_subgraph(sub, f"branch{k}"))
+    b.op("STABLEHLO_CASE", [idx, x], [y], "StablehloCaseOptions",
+         branchSubgraphIndices=branches)
+    return b.finish()
+
+
+def test_case_runtime_index_two_branches():
+    data = case_model(True)
+    model = to_keras(data)
+    for index, factor in ((0, 2.0), (1, 3.0), (7, 3.0)):  # out of range: the last branch
+        got = model({"index": np.array([index], np.int32), "x": X})
+        np.testing.assert_allclose(np.asarray(got), X * factor, rtol=1e-6)
+        check_model(data, ["STABLEHLO_CASE"], [{"index": np.array([index], np.int32), "x": X}])
+
+
+@pytest.mark.parametrize("index, factor", [(1, 3.0), (2, 4.0), (5, 4.0)])
+def test_case_constant_index_inlines_the_branch(index, factor):
+    data = case_model(False, index, n_branches=3)
+    check_reference(data, [X], X * factor)
+    check_litert(data, "STABLEHLO_CASE", [X])

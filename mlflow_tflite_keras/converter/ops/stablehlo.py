@@ -483,3 +483,35 @@ def scatter(op, ctx):
                    inserted_window_dims=_ints(op.opt("insertedWindowDims")),
                    scatter_dims_to_operand_dims=_ints(op.opt("scatterDimsToOperandDims")),
                    index_vector_dim=int(op.opt("indexVectorDim", 0)))]
+
+
+@register("STABLEHLO_CASE", layer="(constant index: the branch, inlined) / IfElse (two branches)")
+def case(op, ctx):
+    """The branch at the index (an index out of range selects the last one, as LiteRT does);
+    the other operands are the branch subgraphs' inputs."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from mlflow_tflite_keras.converter.ir import Tensor
+    from mlflow_tflite_keras.converter.ops.call import inline_subgraph
+    from mlflow_tflite_keras.converter.ops.control_flow import if_
+
+    branches = _ints(op.opt("branchSubgraphIndices"))
+    index = ctx.value(op.inputs[0])
+    if ctx.is_const(index):
+        i = int(np.asarray(index).reshape(-1)[0])
+        chosen = branches[i] if 0 <= i < len(branches) else branches[-1]
+        inner = dataclasses.replace(op, inputs=op.inputs[1:])
+        return inline_subgraph(inner, ctx, chosen)
+    if len(branches) != 2:
+        raise ConversionError(f"{op.type}: a run-time index over {len(branches)} branches; only "
+                              "two branches (a conditional) are supported.")
+    # index == 0 -> branch 0, any other index -> branch 1: an IF on that predicate.
+    pred = ctx.op(op, "equal", ctx.op(op, "reshape", index, newshape=(), suffix="_index"),
+                  np.array(0, np.int32), suffix="_is_first")
+    pred_tensor = Tensor(-1 - op.index, f"{op.outputs[0].name}_predicate", "BOOL", (), (), None)
+    ctx.values[pred_tensor.index] = pred
+    as_if = dataclasses.replace(op, type="IF", inputs=[pred_tensor, *op.inputs[1:]],
+                                options=SimpleNamespace(thenSubgraphIndex=branches[0],
+                                                        elseSubgraphIndex=branches[1]))
+    return if_(as_if, ctx)
