@@ -4,6 +4,7 @@ computation written without CALL, run by LiteRT."""
 
 import keras
 import numpy as np
+import pytest
 
 from converter.handmade import FlatModel
 from mlflow_tflite_keras.converter import to_keras
@@ -61,3 +62,19 @@ def test_call_inlines_the_subgraph_twice():
                                              "input_1": feeds[1]}).values()))
         got = np.asarray(model.predict({"input_0": feeds[0], "input_1": feeds[1]}, verbose=0))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_recursive_call_is_refused():
+    """The model reader refuses subgraphs that call each other in a cycle, CALL included."""
+    from mlflow.exceptions import MlflowException
+
+    loop = FlatModel()
+    a = loop.input((1, 4))
+    y = loop.output((1, 4))
+    loop.op("CALL", [a], [y], "CallOptions", subgraph=1)  # itself, once it is subgraph 1
+    b = FlatModel()
+    x = b.input((1, 4))
+    out = b.output((1, 4))
+    b.op("CALL", [x], [out], "CallOptions", subgraph=b.add_subgraph(loop))
+    with pytest.raises(MlflowException, match="cycle"):
+        to_keras(b.finish())

@@ -1,7 +1,6 @@
 """Discrete ops: BUCKETIZE, UNIQUE, SPARSE_TO_DENSE (TensorFlow emits them), and RANK,
 EMBEDDING_LOOKUP_SPARSE (written with the schema's object API) against LiteRT."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -104,7 +104,6 @@ def test_or_convert_clamp_select_compare():
         b = FlatModel()
         x, y = b.input(I.shape, np.int32), b.input(J.shape, np.int32)
         mask = b.intermediate(I.shape, np.int32)
-        mask.__class__  # noqa: B018
         b.tensors[mask].type = 6  # BOOL
         out = b.output(X.shape)
         b.op("STABLEHLO_COMPARE", [x, y], [mask], "StablehloCompareOptions",

@@ -18,12 +18,12 @@ def inline_subgraph(op, ctx, index: int) -> list:
     """The outputs of subgraph ``index`` run on the op's operands, its ops rebuilt in the
     caller's graph (also STABLEHLO_COMPOSITE's decomposition)."""
     model = ctx.graph.model
-    if not 0 <= index < len(model.subgraphs) or index == ctx.graph.subgraph_index:
+    if not 0 <= index < len(model.subgraphs):
         raise ConversionError(f"{op.type}: invalid subgraph index {index}.")
     graph = build_graph(model, index)
     if len(graph.inputs) != len(op.inputs) or len(graph.outputs) != len(op.outputs):
-        raise ConversionError(f"{op.type}: {len(op.inputs)} operands and {len(op.outputs)} results, "
-                              f"but subgraph {index} has {len(graph.inputs)} inputs and "
+        raise ConversionError(f"{op.type}: {len(op.inputs)} operands and {len(op.outputs)} "
+                              f"results, but subgraph {index} has {len(graph.inputs)} inputs and "
                               f"{len(graph.outputs)} outputs.")
     inner = BuildContext(graph)
     inner.layer_names = ctx.layer_names  # one name space: the layers join the caller's model

@@ -179,7 +179,7 @@ def iota(op, ctx):
 
 @register("STABLEHLO_PAD", layer="KerasOp(stablehlo_pad)")
 def pad(op, ctx):
-    x, value = ctx.inputs(op)[:2]
+    x = ctx.value(op.inputs[0])
     value = float(np.asarray(ctx.const(op.inputs[1], "the padding value")).reshape(-1)[0])
     return [ctx.op(op, "stablehlo_pad", x, low=_ints(op.opt("edgePaddingLow")),
                    high=_ints(op.opt("edgePaddingHigh")),
