@@ -158,9 +158,10 @@ class RandomSample(keras.layers.Layer):
     """TFLite RANDOM_STANDARD_NORMAL / RANDOM_UNIFORM / MULTINOMIAL as a seeded Keras random
     draw (``keras.random`` with a ``SeedGenerator``, saved with the model). The samples
     follow the same distribution as LiteRT's, not the same values: LiteRT uses Philox with
-    its own stream. ``shape`` is the static sample shape (normal/uniform); a model input is
-    passed as an anchor so the draw is a node of the graph. For ``categorical`` the input
-    is the logits and ``num_samples`` the draws per row."""
+    its own stream. ``shape`` is the sample shape (normal/uniform): static, the layer's input
+    is then only an anchor (a model input) so the draw is a node of the graph; with ``None``
+    entries, the input is the run-time shape tensor. For ``categorical`` the input is the
+    logits and ``num_samples`` the draws per row."""
 
     def __init__(self, distribution: str, shape=None, seed=None, num_samples: int = 1,
                  output_dtype: str = "float32", **kwargs):
@@ -168,7 +169,8 @@ class RandomSample(keras.layers.Layer):
         if distribution not in ("normal", "uniform", "categorical"):
             raise ValueError(f"RandomSample: unknown distribution {distribution!r}.")
         self.distribution = distribution
-        self.shape = None if shape is None else tuple(int(d) for d in shape)
+        self.shape = None if shape is None else \
+            tuple(None if d is None or int(d) < 0 else int(d) for d in shape)
         self.seed = None if seed is None else int(seed)
         self.num_samples = int(num_samples)
         self.output_dtype = output_dtype
@@ -179,7 +181,9 @@ class RandomSample(keras.layers.Layer):
             return keras.random.categorical(ops.cast(x, "float32"), self.num_samples,
                                             dtype=self.output_dtype, seed=self.seed_generator)
         draw = keras.random.normal if self.distribution == "normal" else keras.random.uniform
-        return draw(self.shape, dtype=self.output_dtype, seed=self.seed_generator)
+        # A static shape (None in it: the run-time shape tensor ``x`` gives the sample shape).
+        shape = self.shape if None not in self.shape else ops.cast(x, "int32")
+        return draw(shape, dtype=self.output_dtype, seed=self.seed_generator)
 
     def compute_output_spec(self, x):
         if self.distribution == "categorical":
@@ -188,7 +192,9 @@ class RandomSample(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "distribution": self.distribution,
-                "shape": None if self.shape is None else list(self.shape), "seed": self.seed,
+                "shape": None if self.shape is None else [-1 if d is None else d
+                                                          for d in self.shape],
+                "seed": self.seed,
                 "num_samples": self.num_samples, "output_dtype": self.output_dtype}
 
 

@@ -70,3 +70,17 @@ def test_multinomial_frequencies():
     for sample in keras_twice(model, logits):
         assert sample.shape == reference.shape and sample.dtype == reference.dtype
         assert np.abs(frequencies(sample) - probs).max() < 0.04
+
+
+def test_random_draw_with_the_input_shape():
+    """``tf.random.normal(tf.shape(x))``: a run-time shape, the batch dimension open."""
+    data = op_tflite("random_standard_normal", lambda x: x + tf.random.normal(tf.shape(x), seed=5),
+                     [((None, 500), "float")])
+    assert "RANDOM_STANDARD_NORMAL" in TFLiteModel(data).operator_names
+    model = to_keras(data)
+    assert tuple(model.output.shape) == (None, 500)
+    zeros = np.zeros((4, 500), np.float32)
+    reference = litert(data, zeros)
+    for sample in keras_twice(model, zeros):
+        assert sample.shape == reference.shape == (4, 500)
+        assert stats.ks_2samp(sample.reshape(-1), reference.reshape(-1)).pvalue > 1e-3

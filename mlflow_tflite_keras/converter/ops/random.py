@@ -30,11 +30,15 @@ def _anchor(ctx):
 @register("RANDOM_STANDARD_NORMAL", "RANDOM_UNIFORM",
           layer="RandomSample(normal / uniform), seeded")
 def random_tensor(op, ctx):
-    shape = [int(d) for d in np.asarray(ctx.const(op.inputs[0], "the sample shape")).reshape(-1)]
     kind = "normal" if op.type == "RANDOM_STANDARD_NORMAL" else "uniform"
-    layer = RandomSample(kind, shape=shape, seed=_seed(op), name=ctx.name(op),
+    shape = ctx.value(op.inputs[0])
+    if ctx.is_const(shape):
+        dims, source = [int(d) for d in np.asarray(shape).reshape(-1)], _anchor(ctx)
+    else:  # a shape computed at run time (e.g. the input's): the dynamic dimensions stay open
+        dims, source = list(op.outputs[0].shape_signature), shape
+    layer = RandomSample(kind, shape=dims, seed=_seed(op), name=ctx.name(op),
                          output_dtype=op.outputs[0].float_dtype)
-    return [layer(_anchor(ctx))]
+    return [layer(source)]
 
 
 @register("MULTINOMIAL", layer="RandomSample(categorical), seeded")
