@@ -453,3 +453,22 @@ def test_case_constant_index_inlines_the_branch(index, factor):
     data = case_model(False, index, n_branches=3)
     check_reference(data, [X], X * factor)
     check_litert(data, "STABLEHLO_CASE", [X])
+
+
+def test_convolution_1d_channels_last():
+    """NWC input, WIO kernel, NWC result (JAX's layout): no transposes, a Conv1D."""
+    import tensorflow as tf
+
+    x = RNG.uniform(-1, 1, (1, 9, 3)).astype(np.float32)
+    w = RNG.normal(size=(3, 3, 5)).astype(np.float32)
+    ref = tf.nn.convolution(np.pad(x, [(0, 0), (2, 0), (0, 0)]), w, strides=2,
+                            padding="VALID").numpy()
+    data, feeds = one_op("STABLEHLO_CONVOLUTION", [x, ("const", w)], (ref.shape, np.float32),
+                         "StablehloConvolutionOptions", windowStrides=[2], padding=[2, 0],
+                         rhsDilation=[1], inputBatchDimension=0, inputFeatureDimension=2,
+                         inputSpatialDimensions=[1], kernelInputFeatureDimension=1,
+                         kernelOutputFeatureDimension=2, kernelSpatialDimensions=[0],
+                         outputBatchDimension=0, outputFeatureDimension=2,
+                         outputSpatialDimensions=[1], featureGroupCount=1, batchGroupCount=1)
+    model = check_reference(data, feeds, ref, rtol=1e-4, atol=1e-5)
+    assert [type(v).__name__ for v in model.layers[1:]] == ["ZeroPadding1D", "Conv1D"]
