@@ -456,3 +456,64 @@ def stablehlo_scatter(operand, indices, updates, update_window_dims=(),
     else:
         flat = ops.scatter_update(flat, positions, values)
     return ops.reshape(flat[:size], dims)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TreeReduce(keras.layers.Layer):
+    """StableHLO REDUCE with any body (a Keras model of ``2 * n`` inputs, the accumulators
+    then the elements, each of rank ``rank`` with every dimension open): each reduced axis is
+    halved by the body ``log2(size)`` times, padded with the initial values where odd (the
+    specification leaves the order of an associative body's applications open), then
+    combined with the initial values. Called as ``layer(*operands, *init_values)``."""
+
+    def __init__(self, body, axes, n_operands: int, **kwargs):
+        super().__init__(**kwargs)
+        self.body = body
+        self.axes = [int(a) for a in axes]
+        self.n_operands = int(n_operands)
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def _apply(self, accumulators, elements):
+        out = self.body([*accumulators, *elements])
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def call(self, *inputs):
+        flat = list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
+            else list(inputs)
+        xs, inits = flat[:self.n_operands], flat[self.n_operands:]
+        inits = [ops.reshape(v, ()) for v in inits]
+        for axis in self.axes:
+            n = int(xs[0].shape[axis])
+            while n > 1:
+                if n % 2:
+                    edge = [ops.take(x, [0], axis=axis) for x in xs]
+                    xs = [ops.concatenate([x, ops.full_like(e, i)], axis=axis)
+                          for x, e, i in zip(xs, edge, inits)]
+                    n += 1
+                half = n // 2
+                first = [ops.take(x, np.arange(half), axis=axis) for x in xs]
+                second = [ops.take(x, np.arange(half, n), axis=axis) for x in xs]
+                xs = self._apply(first, second)
+                n = half
+        xs = self._apply([ops.full_like(x, i) for x, i in zip(xs, inits)], xs)
+        out = [ops.squeeze(x, axis=tuple(self.axes)) if self.axes else x for x in xs]
+        return out if len(out) > 1 else out[0]
+
+    def compute_output_spec(self, *inputs):
+        flat = list(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
+            else list(inputs)
+        specs = [keras.KerasTensor(tuple(d for i, d in enumerate(x.shape) if i not in self.axes),
+                                   dtype=x.dtype) for x in flat[:self.n_operands]]
+        return specs if len(specs) > 1 else specs[0]
+
+    def get_config(self):
+        return {**super().get_config(), "axes": self.axes, "n_operands": self.n_operands,
+                "body": keras.saving.serialize_keras_object(self.body)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["body"] = keras.saving.deserialize_keras_object(config["body"])
+        return cls(**config)

@@ -472,3 +472,48 @@ def test_convolution_1d_channels_last():
                          outputSpatialDimensions=[1], featureGroupCount=1, batchGroupCount=1)
     model = check_reference(data, feeds, ref, rtol=1e-4, atol=1e-5)
     assert [type(v).__name__ for v in model.layers[1:]] == ["ZeroPadding1D", "Conv1D"]
+
+
+def argmax_body(b: FlatModel):
+    """JAX's argmax body: (a_val, a_idx, b_val, b_idx) -> the larger value, the lower index
+    on ties."""
+    sub = FlatModel()
+    av, ai = sub.input((), np.float32), sub.input((), np.int32)
+    bv, bi = sub.input((), np.float32), sub.input((), np.int32)
+    flags = [sub.intermediate((), np.int32) for _ in range(5)]
+    for f in flags:
+        sub.tensors[f].type = 6  # BOOL
+    gt, eq, lt, tie, take_a = flags
+    ov, oi = sub.output((), np.float32), sub.output((), np.int32)
+    sub.op("STABLEHLO_COMPARE", [av, bv], [gt], "StablehloCompareOptions", comparisonDirection=3)
+    sub.op("STABLEHLO_COMPARE", [av, bv], [eq], "StablehloCompareOptions", comparisonDirection=0)
+    sub.op("STABLEHLO_COMPARE", [ai, bi], [lt], "StablehloCompareOptions", comparisonDirection=5)
+    sub.op("STABLEHLO_AND", [eq, lt], [tie])
+    sub.op("STABLEHLO_OR", [gt, tie], [take_a])
+    sub.op("STABLEHLO_SELECT", [take_a, av, bv], [ov])
+    sub.op("STABLEHLO_SELECT", [take_a, ai, bi], [oi])
+    return b.add_subgraph(sub, "argmax")
+
+
+def test_reduce_with_any_body_argmax():
+    x = np.round(RNG.uniform(-2, 2, (2, 3, 5)), 0).astype(np.float32)  # with ties
+    b = FlatModel()
+    xin = b.input(x.shape)
+    idx = b.intermediate(x.shape, np.int32)
+    v, i = b.output((2, 3)), b.output((2, 3), np.int32)
+    b.op("STABLEHLO_IOTA", [], [idx], "StablehloIotaOptions", iotaDimension=2)
+    b.op("STABLEHLO_REDUCE", [xin, idx, b.const(np.array(-np.inf, np.float32)),
+                              b.const(np.array(0, np.int32))], [v, i],
+         "StablehloReduceOptions", dimensions=[2], bodySubgraphIndex=argmax_body(b))
+    model = to_keras(b.finish())
+    out = model(x)
+    got_v, got_i = (np.asarray(out[k]) for k in ("output_0", "output_1"))
+    np.testing.assert_array_equal(got_v, x.max(2))
+    np.testing.assert_array_equal(got_i, x.argmax(2))  # numpy: the first maximum
+    compiled = model.predict(x, verbose=0)  # under tf.function
+    np.testing.assert_array_equal(np.asarray(compiled["output_1"]), x.argmax(2))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(reloaded(x)["output_1"]), x.argmax(2))

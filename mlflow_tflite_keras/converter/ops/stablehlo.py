@@ -18,6 +18,7 @@ import numpy as np
 from mlflow_tflite_keras.converter import extra_layers  # noqa: F401  (registers the functions)
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
+from mlflow_tflite_keras.converter.layers import KerasOp
 from mlflow_tflite_keras.converter.ops.shape import _reshape, batched
 from mlflow_tflite_keras.converter.registry import register
 
@@ -228,16 +229,57 @@ def _body_reduction(op, ctx, index):
                           "reduction (add, multiply, maximum, minimum, and, or).")
 
 
-@register("STABLEHLO_REDUCE", layer="KerasOp(sum / max / min / prod / all / any)")
+def _known_reduction(op, ctx, index):
+    try:
+        return _body_reduction(op, ctx, index)
+    except ConversionError:
+        return None
+
+
+def _body_model(op, ctx, index, rank, dtypes):
+    """The body subgraph as a Keras model of ``2 * n`` inputs of rank ``rank`` (every
+    dimension open): its ops are elementwise, so it applies to whole tensors."""
+    from mlflow_tflite_keras.converter.ops.control_flow import _constant_output
+    from mlflow_tflite_keras.converter.registry import HANDLERS
+    from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
+
+    graph = build_graph(ctx.graph.model, index)
+    base = ctx.name(op, "_body")
+    specs = [InputSpec(t.index, f"{base}_in{j}", (None,) * rank, dtypes[j % len(dtypes)])
+             for j, t in enumerate(graph.inputs)]
+    built = build_subgraph(ctx.graph.model, index, specs, [t.index for t in graph.outputs],
+                           name=base, handlers=HANDLERS, graph=graph,
+                           constant_output=_constant_output(base))
+    return built.model
+
+
+@register("STABLEHLO_REDUCE", layer="KerasOp(sum / max / min / prod / all / any) / "
+          "TreeReduce(body model) for other bodies (argmax, ...)")
 def reduce(op, ctx):
-    if len(op.inputs) != 2:
-        raise ConversionError(f"{op.type}: a reduction of {len(op.inputs) // 2} operands "
-                              "together (e.g. argmax) is not supported.")
-    reduction, combine = _body_reduction(op, ctx, int(op.opt("bodySubgraphIndex", -1)))
-    x, init = ctx.inputs(op)
+    n = len(op.inputs) // 2
+    index = int(op.opt("bodySubgraphIndex", -1))
     axes = tuple(_ints(op.opt("dimensions")))
-    y = ctx.op(op, reduction, x, axis=axes, suffix="_reduce")
-    return [ctx.op(op, combine, y, init)]
+    known = _known_reduction(op, ctx, index) if n == 1 else None
+    if known is not None:
+        reduction, combine = known
+        x, init = ctx.inputs(op)
+        y = ctx.op(op, reduction, x, axis=axes, suffix="_reduce")
+        return [ctx.op(op, combine, y, init)]
+    values = ctx.inputs(op)
+    anchor = next((v for v in values[:n] if not ctx.is_const(v)), None)
+    if anchor is None or any(anchor.shape[a] is None for a in axes):
+        raise ConversionError(f"{op.type}: a reduction with this body needs a computed operand "
+                              "of static size along the reduced dimensions.")
+    from mlflow_tflite_keras.converter.extra_layers import TreeReduce
+
+    body = _body_model(op, ctx, index, op.inputs[0].rank, [t.float_dtype for t in op.inputs[:n]])
+    layer = TreeReduce(body, sorted(axes), n, name=ctx.name(op))
+    # Constant operands (an iota of indices) and initial values as graph tensors.
+    values = [KerasOp("constant_like", constants={1: np.asarray(v)}, n_inputs=1,
+                      name=ctx.name(op, f"_constant{i}"))(anchor) if ctx.is_const(v) else v
+              for i, v in enumerate(values)]
+    out = layer(*values)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 @register("STABLEHLO_REDUCE_WINDOW", layer="KerasOp(stablehlo_pad) + KerasOp(reduce_window)")
