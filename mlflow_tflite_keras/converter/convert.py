@@ -11,7 +11,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.deep import run_deep
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
-from mlflow_tflite_keras.converter.registry import handles, load_handlers
+from mlflow_tflite_keras.converter.registry import handles, load_handlers, unsupported_reason
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.errors import UnsupportedOperatorsError
 from mlflow_tflite_keras.noise import keras_noise_silenced
@@ -195,8 +195,9 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
             where.setdefault(label, []).extend(tensors)
     if missing:
         lines = [f"  {label} x{count} (outputs: {', '.join(where[label][:4])}"
-                 f"{', ...' if len(where[label]) > 4 else ''})" for label, count in
-                 sorted(missing.items())]
+                 f"{', ...' if len(where[label]) > 4 else ''})"
+                 + (f": {unsupported_reason(label)}" if unsupported_reason(label) else "")
+                 for label, count in sorted(missing.items())]
         raise UnsupportedOperatorsError(
             f"The model has {sum(missing.values())} operator(s) the converter cannot rebuild:\n"
             + "\n".join(lines), dict(missing))

@@ -11,7 +11,7 @@ import ast
 import sys
 from pathlib import Path
 
-from mlflow_tflite_keras.converter.registry import load_handlers
+from mlflow_tflite_keras.converter.registry import load_handlers, unsupported_reason
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,11 +37,19 @@ def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
     return found
 
 
+def schema_builtin_operators() -> list[str]:
+    """Every builtin operator of the official schema (``ai_edge_litert``), sorted."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return sorted(k for k in vars(schema.BuiltinOperator) if not k.startswith("_"))
+
+
 def operators_markdown(tests_dir: Path | None = None) -> str:
     handlers = load_handlers()
     tests = tests_by_operator(tests_dir or REPO / "tests")
     builtins = sorted(op for op, h in handlers.items() if not h.custom)
     custom = sorted(op for op, h in handlers.items() if h.custom)
+    schema_ops = schema_builtin_operators()
     lines = [
         "# Supported operators",
         "",
@@ -49,9 +57,22 @@ def operators_markdown(tests_dir: Path | None = None) -> str:
         "`python -m mlflow_tflite_keras.converter.docs` (`make docs`); a test checks it is "
         "current.",
         "",
-        f"{len(builtins)} TFLite builtin operators.",
+        f"{len(builtins)} of the schema's {len(schema_ops)} builtin operators "
+        f"({100 * len(builtins) / len(schema_ops):.0f}%); every other one is listed below "
+        "with the reason.",
         "",
         *_table(builtins, handlers, tests),
+        "",
+        "## Builtin operators not converted",
+        "",
+        "Without a handler, an operator is named by the unsupported-operators error (with the "
+        "reason below); `unsupported=\"wrap\"` runs it in an embedded, frozen `TFLiteLayer` "
+        "(where LiteRT has a kernel for it).",
+        "",
+        "| operator | reason |",
+        "|---|---|",
+        *[f"| `{op}` | {unsupported_reason(op) or 'not implemented yet'} |"
+          for op in schema_ops if op not in handlers],
         "",
         "## Custom operators",
         "",

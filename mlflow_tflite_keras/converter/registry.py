@@ -28,6 +28,35 @@ class Handler:
 HANDLERS: dict[str, Handler] = {}
 
 
+# Builtin operators with no Keras meaning: name -> why. The unsupported-operators error and
+# docs/operators.md give the reason; ``unsupported="wrap"`` runs them in a TFLiteLayer.
+NOT_CONVERTIBLE: dict[str, str] = {
+    "CUSTOM": "a custom operator is keyed by its custom code (see the custom operators)",
+    "DELEGATE": "a placeholder for a delegate's partition, never run by the interpreter",
+    "PLACEHOLDER_FOR_GREATER_OP_CODES": "not an operator: marks the start of the extended "
+                                        "opcode range",
+    "HASHTABLE": "a string/resource hash table, no tensor computation",
+    "HASHTABLE_FIND": "a string/resource hash table, no tensor computation",
+    "HASHTABLE_IMPORT": "a string/resource hash table, no tensor computation",
+    "HASHTABLE_LOOKUP": "a string-keyed table lookup, no tensor computation",
+    "HASHTABLE_SIZE": "a string/resource hash table, no tensor computation",
+    "SKIP_GRAM": "builds n-grams of strings",
+    "LSH_PROJECTION": "hashes raw input bytes with FarmHash (Fingerprint64): no numeric, "
+                      "differentiable meaning",
+    "CONCAT_EMBEDDINGS": "declared in the schema but has no kernel in LiteRT (nothing to "
+                         "match)",
+    "STABLEHLO_CUSTOM_CALL": "an opaque call to a target named by a string",
+    "STABLEHLO_RNG_BIT_GENERATOR": "not implemented: raw bits and the next state of a named "
+                                   "generator (Philox / ThreeFry); no Keras random layer "
+                                   "carries that state",
+}
+
+
+def unsupported_reason(op_type: str) -> str | None:
+    """Why a builtin operator has no handler, when it has no Keras meaning."""
+    return NOT_CONVERTIBLE.get(op_type)
+
+
 def register(*op_types: str, layer: str):
     """Decorator: ``@register("ADD", "SUB", layer="keras.layers.Add / KerasOp")``."""
     return _register(op_types, layer, custom=False)

@@ -16,6 +16,8 @@ Custom ops: ``b.custom_op("Convolution2DTransposeBias", [x, w, bias], [y], optio
 
 from __future__ import annotations
 
+import copy
+
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -32,6 +34,7 @@ class FlatModel:
         self.opcodes: list = []  # builtin names, or ("CUSTOM", code, version)
         self.inputs: list[int] = []
         self.outputs: list[int] = []
+        self.extra_subgraphs: list = []
 
     def _tensor(self, shape, dtype=np.float32, name=None, buffer=0, variable=False,
                 sparsity=None, quantization=None) -> int:
@@ -98,14 +101,42 @@ class FlatModel:
             opts = getattr(schema, options_type + "T")()
             for k, v in options.items():
                 setattr(opts, k, v)
-            o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
-            o.builtinOptions = opts
+            if hasattr(schema.BuiltinOptions, options_type):
+                o.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
+                o.builtinOptions = opts
+            else:  # the extended table (StableHLO ops, REDUCE_WINDOW, ...)
+                o.builtinOptions2Type = getattr(schema.BuiltinOptions2, options_type)
+                o.builtinOptions2 = opts
         self.operators.append(o)
 
     def custom_op(self, custom_code: str, inputs, outputs, custom_options: bytes = b"",
                   version: int = 1):
         self.op(("CUSTOM", custom_code, version), inputs, outputs,
                 custom_options=custom_options)
+
+    def add_subgraph(self, other: "FlatModel", name: str = "callee") -> int:
+        """``other``'s graph as one more subgraph of this model (for CALL and other ops that
+        name a subgraph); its constants and opcodes join this model's. Returns its index."""
+        tensors = []
+        for t in other.tensors:
+            t = copy.copy(t)
+            if t.buffer:
+                self.buffers.append(other.buffers[t.buffer])
+                t.buffer = len(self.buffers) - 1
+            tensors.append(t)
+        operators = []
+        for o in other.operators:
+            o = copy.copy(o)
+            code = other.opcodes[o.opcodeIndex]
+            if code not in self.opcodes:
+                self.opcodes.append(code)
+            o.opcodeIndex = self.opcodes.index(code)
+            operators.append(o)
+        sg = schema.SubGraphT()
+        sg.tensors, sg.operators = tensors, operators
+        sg.inputs, sg.outputs, sg.name = list(other.inputs), list(other.outputs), name
+        self.extra_subgraphs.append(sg)
+        return len(self.extra_subgraphs)
 
     def finish(self) -> bytes:
         sg = schema.SubGraphT()
@@ -114,7 +145,7 @@ class FlatModel:
         model = schema.ModelT()
         model.version = 3
         model.description = "handmade"
-        model.subgraphs = [sg]
+        model.subgraphs = [sg, *self.extra_subgraphs]
         model.buffers = self.buffers
         codes = []
         for name in self.opcodes:

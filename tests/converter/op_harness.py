@@ -179,7 +179,7 @@ def _check(data, op_types, inputs_list, roundtrip, tolerances):
 def perturbed(model, factor=1.05, weight=None):
     """Scale one middle kernel of ``model`` in place (or ``weight``); returns an undo."""
     kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
-    weight = weight or kernels[len(kernels) // 2]
+    weight = kernels[len(kernels) // 2] if weight is None else weight
     original = np.array(weight.numpy())
     weight.assign(original * factor)
     return lambda: weight.assign(original)
