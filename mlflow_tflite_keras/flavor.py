@@ -496,8 +496,9 @@ class LoadedTFLiteModel:
     def predict(self, data, signature_key: str | None = None, dequantize: bool = True):
         """Run the model with the pyfunc's rules (no schema enforcement): integer arrays for
         quantized inputs pass through unchanged, float arrays are quantized."""
-        outputs = self._runner.predict(_feeds_from(data, self._runner, signature_key),
-                                       signature_key=signature_key, dequantize=dequantize)
+        feeds = data if type(data) is np.ndarray else _feeds_from(data, self._runner,
+                                                                  signature_key)
+        outputs = self._runner.predict(feeds, signature_key=signature_key, dequantize=dequantize)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     @property
@@ -605,13 +606,18 @@ class _TFLitePyfuncWrapper:
         Returns:
             ``np.ndarray`` for single-output models, else ``dict[name, np.ndarray]``.
         """
-        params = params or {}
-        key = params.get("signature_key") or None
-        dequantize = params.get("dequantize", True)
-        if isinstance(dequantize, str):
-            dequantize = dequantize.strip().lower() not in ("false", "0", "no")
-        return string_outputs_as_text(
-            self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize)))
+        if not params:  # the common call: checked once, not parsed
+            outputs = self.loaded.predict(data)
+            key = None
+        else:
+            key = params.get("signature_key") or None
+            dequantize = params.get("dequantize", True)
+            if isinstance(dequantize, str):
+                dequantize = dequantize.strip().lower() not in ("false", "0", "no")
+            outputs = self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize))
+        if self.loaded._runner.signature(key).string_outputs:
+            return string_outputs_as_text(outputs)
+        return outputs
 
 
 def _flavor_conf_and_root(path: str):

@@ -97,6 +97,23 @@ class SignatureSpec:
             for s in self.inputs
         )
         self.resizable_batch = self.batched and all(s.shape_signature[0] == -1 for s in self.inputs)
+        self._precompute()
+
+    def _precompute(self):
+        """Facts every call would otherwise recompute: the fast path's accepted input and
+        whether outputs need dequantizing or decoding."""
+        self.output_names = [o.name for o in self.outputs]
+        self.quantized_outputs = any(o.quantized for o in self.outputs)
+        self.string_outputs = any(o.dtype == object for o in self.outputs)
+        # One numeric input of fully known row shape: an ndarray of exactly its dtype and
+        # shape needs no conversion and no check beyond dtype, shape and layout.
+        self.fast_input = None
+        if len(self.inputs) == 1 and self.inputs[0].dtype != object:
+            s = self.inputs[0]
+            expected = (-1, *s.shape_signature[1:]) if self.batched else s.shape_signature
+            if all(d >= 0 for d in expected[1 if self.batched else 0:]):
+                self.fast_input = (s.dtype, len(expected), tuple(expected[1:]) if self.batched
+                                   else tuple(expected))
 
 
 class TFLiteRunner:
@@ -129,9 +146,13 @@ class TFLiteRunner:
             os.cpu_count() or 1
         self.idle_seconds = float(idle_seconds)
         self._specs: dict[str | None, SignatureSpec] = {}
-        self._slots = threading.BoundedSemaphore(self.max_interpreters)
-        self._idle: list[tuple[float, _Session]] = []  # (returned at, session), newest last
+        # The pool: idle sessions, newest last. Borrowing and giving back are single list
+        # operations (atomic), with no lock; the lock guards creating, waiting and releasing.
+        self._idle: list[tuple[float, _Session]] = []  # (returned at, session)
+        self._live = 0  # interpreters existing now (idle or in use), at most max_interpreters
+        self._waiting = 0  # calls waiting for an interpreter to be given back
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
 
     def signature(self, signature_key: str | None = None) -> SignatureSpec:
         spec = self._specs.get(signature_key)
@@ -163,21 +184,43 @@ class TFLiteRunner:
         ``max_batch_rows`` overrides the runner's chunk size for this call.
         Returns a dict output name -> array, in the signature's output order.
         """
-        spec = self.signature(signature_key)
-        arrays = self._prepare_inputs(spec, feeds)
-        chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows, "max_batch_rows"))
-        with self._slots:
-            if spec.stateful:
-                outputs = self._run(self.new_interpreter(), spec, arrays, chunk)
-            else:
-                session = self._borrow()
-                try:
-                    outputs = self._run(session, spec, arrays, chunk)
-                finally:
-                    self._give_back(session)
-        if dequantize:
+        spec = self._specs.get(signature_key) or self.signature(signature_key)
+        fast = spec.fast_input
+        if fast is not None and type(feeds) is np.ndarray and feeds.dtype == fast[0] and \
+                feeds.ndim == fast[1] and feeds.flags.c_contiguous and \
+                (feeds.shape[1:] == fast[2] and feeds.shape[0] if spec.batched
+                 else feeds.shape == fast[2]):
+            # One ndarray already of the input's dtype and shape: nothing to convert.
+            arrays = [feeds]
+            nbytes = feeds.nbytes
+        else:
+            arrays = self._prepare_inputs(spec, feeds)
+            nbytes = sum([a.nbytes for a in arrays])
+        if max_batch_rows is not None:
+            chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows,
+                                                               "max_batch_rows"))
+        elif self.max_batch_rows is None and (self.max_batch_bytes is None or
+                                              nbytes <= self.max_batch_bytes):
+            chunk = _WHOLE  # the whole batch fits in one invoke
+        else:
+            chunk = self._chunk_rows(arrays, None)
+        if spec.stateful:
+            session = self._create()
+            try:
+                outputs = self._run(session, spec, arrays, chunk)
+            finally:
+                self._release(session)
+        else:
+            session = self._borrow()
+            try:
+                outputs = self._run(session, spec, arrays, chunk)
+            finally:
+                self._give_back(session)
+        if dequantize and spec.quantized_outputs:
             outputs = [o.dequantize(v) if o.quantized else v for o, v in zip(spec.outputs, outputs)]
-        return {o.name: v for o, v in zip(spec.outputs, outputs)}
+        if len(outputs) == 1:
+            return {spec.output_names[0]: outputs[0]}
+        return dict(zip(spec.output_names, outputs))
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -187,18 +230,61 @@ class TFLiteRunner:
         return len(self._idle)
 
     def _borrow(self):
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()[1]
-        return self.new_interpreter()
+        try:
+            return self._idle.pop()[1]  # the most recently used one: its memory is warm
+        except IndexError:
+            return self._create()
+
+    def _create(self):
+        """A new interpreter, once fewer than ``max_interpreters`` exist; meanwhile one
+        given back is taken instead."""
+        with self._returned:
+            # Counted before looking at the pool: a session given back after the look sees
+            # the count and notifies (see _give_back).
+            self._waiting += 1
+            try:
+                while self._live >= self.max_interpreters:
+                    if self._idle:  # never for a stateful model: its sessions are not kept
+                        return self._idle.pop()[1]
+                    self._returned.wait(0.5)
+                self._live += 1
+            finally:
+                self._waiting -= 1
+        try:
+            return self.new_interpreter()
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, session):
+        """Forget ``session`` (or a failed creation): room for another interpreter."""
+        with self._returned:
+            self._live -= 1
+            self._returned.notify()
 
     def _give_back(self, session):
         now = time.monotonic()
-        with self._lock:
-            self._idle.append((now, session))
-            # Release interpreters idle too long (oldest first), keeping the newest warm.
-            keep = [entry for entry in self._idle[:-1] if now - entry[0] < self.idle_seconds]
-            self._idle = keep + self._idle[-1:]
+        idle = self._idle
+        idle.append((now, session))
+        if self._waiting:
+            with self._returned:
+                self._returned.notify()
+        if len(idle) > 1 and now - idle[0][0] >= self.idle_seconds:
+            self._release_idle(now)
+
+    def _release_idle(self, now: float):
+        """Release interpreters idle too long (oldest first), keeping the newest warm."""
+        with self._returned:
+            while len(self._idle) > 1:
+                try:
+                    entry = self._idle.pop(0)
+                except IndexError:
+                    break
+                if now - entry[0] < self.idle_seconds or not self._idle:
+                    self._idle.insert(0, entry)  # not old, or borrowed meanwhile: keep it
+                    break
+                self._live -= 1
+            self._returned.notify()
 
     def _prepare_inputs(self, spec: SignatureSpec, feeds) -> list[np.ndarray]:
         names = [s.name for s in spec.inputs]
@@ -237,13 +323,15 @@ class TFLiteRunner:
         if rows is None and self.max_batch_bytes is not None and arrays and arrays[0].ndim:
             row_bytes = sum(a[:1].nbytes for a in arrays)
             rows = max(1, self.max_batch_bytes // max(row_bytes, 1))
-        return rows or 2 ** 62
+        return rows or _WHOLE
 
     def _run(self, session, spec: SignatureSpec, arrays, chunk: int = 2 ** 62):
         sg = spec.subgraph_index
         if not spec.batched:
             return session.run(sg, spec, arrays)
         n = arrays[0].shape[0]
+        if n <= chunk and session.ready.get(sg) == _shapes(arrays):
+            return session.run(sg, spec, arrays)  # allocated for these shapes already
         if spec.resizable_batch and not spec.stateful and n > chunk:
             # Bounded memory: invokes of at most ``chunk`` rows, results concatenated.
             parts = [self._run(session, spec, [a[i:i + chunk] for a in arrays], chunk)
@@ -269,22 +357,31 @@ class _Session:
         # allocate_tensors() allocates the primary subgraph only; another signature's
         # subgraph is allocated on its first use.
         self.allocated: set[int] = {0}
+        # Subgraph -> the input shapes it is allocated for now (one comparison per call).
+        self.ready: dict[int, tuple] = {}
 
     def _resize(self, sg: int, spec: SignatureSpec, arrays):
+        shapes = _shapes(arrays)
+        if self.ready.get(sg) == shapes:
+            return
+        self.ready.pop(sg, None)
         changed = False
         for s, a in zip(spec.inputs, arrays):
             key = (sg, s.index)
-            if tuple(a.shape) != self.shapes.get(key, s.shape):
+            if a.shape != self.shapes.get(key, s.shape):
                 self.wrapper.ResizeInputTensor(s.index, np.array(a.shape, dtype=np.int32),
                                                False, sg)
-                self.shapes[key] = tuple(a.shape)
+                self.shapes[key] = a.shape
                 changed = True
         if changed or sg not in self.allocated:
             self.wrapper.AllocateTensors(sg)
             self.allocated.add(sg)
+        self.ready[sg] = shapes
 
     def can_resize(self, sg, spec, arrays) -> bool:
-        key = (sg, tuple(a.shape for a in arrays))
+        key = (sg, _shapes(arrays))
+        if self.ready.get(sg) == key[1]:
+            return True
         if key in self.refuses:
             return False
         try:
@@ -298,16 +395,24 @@ class _Session:
             return False
 
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
+        wrapper = self.wrapper
         try:
             self._resize(sg, spec, arrays)
             for s, a in zip(spec.inputs, arrays):
-                self.wrapper.SetTensor(s.index, a, sg)
+                wrapper.SetTensor(s.index, a, sg)
             if spec.reset_variables:
                 self.interpreter.reset_all_variables()
-            self.wrapper.Invoke(sg)
-            return [self.wrapper.GetTensor(o.index, sg) for o in spec.outputs]
+            wrapper.Invoke(sg)
+            return [wrapper.GetTensor(o.index, sg) for o in spec.outputs]
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT failed to run the model: {e}") from None
+
+
+_WHOLE = 2 ** 62  # a chunk size: no chunking
+
+
+def _shapes(arrays) -> tuple:
+    return (arrays[0].shape,) if len(arrays) == 1 else tuple([a.shape for a in arrays])
 
 
 def _positive_or_none(value, name: str) -> int | None:
