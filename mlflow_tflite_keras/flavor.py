@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import reject_unknown_keywords
-from mlflow_tflite_keras.runtime import TFLiteRunner, string_outputs_as_text
+from mlflow_tflite_keras.runtime import RuntimeModel, TFLiteRunner, string_outputs_as_text
 from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
 
 __all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
@@ -460,20 +461,28 @@ def log_model(
 class LoadedTFLiteModel:
     """A ``.tflite`` model loaded from MLflow: its bytes, its description, fresh interpreters."""
 
-    def __init__(self, model_bytes: bytes, flavor_conf: dict | None = None,
+    def __init__(self, model_bytes: bytes | None, flavor_conf: dict | None = None,
                  num_threads: int | None = None, local_path: str | None = None,
-                 max_batch_rows: int | None = None):
-        self.model = TFLiteModel(model_bytes)
+                 max_batch_rows: int | None = None, model_file: str | None = None):
         self.flavor_conf = flavor_conf or {}
         self.num_threads = num_threads
         self.local_path = local_path
+        # Validated when it was saved: the runner reads only the tensors it exchanges (from
+        # the memory-mapped ``model_file`` when given); the whole file is parsed (``model``)
+        # only when asked for.
+        runtime_model = RuntimeModel(model_bytes, model_file, self.flavor_conf.get("stateful"))
         # Large batches run in chunks (at most this many rows, and ~64 MiB of input).
-        self._runner = TFLiteRunner(self.model, num_threads=num_threads,
+        self._runner = TFLiteRunner(runtime_model, num_threads=num_threads,
                                     max_batch_rows=max_batch_rows)
+
+    @cached_property
+    def model(self) -> TFLiteModel:
+        """The parsed and validated :class:`TFLiteModel`."""
+        return TFLiteModel(self.model_bytes)
 
     @property
     def model_bytes(self) -> bytes:
-        return self.model.model_bytes
+        return self._runner.model.model_bytes
 
     @property
     def description(self) -> dict:
@@ -481,14 +490,14 @@ class LoadedTFLiteModel:
 
     @property
     def signature_keys(self) -> list[str]:
-        return [s.key for s in self.model.signatures]
+        return [s.key for s in self._runner.model.signatures]
 
     def interpreter(self, **options):
         """A new, allocated ``ai_edge_litert.interpreter.Interpreter`` for this model."""
         from ai_edge_litert.interpreter import Interpreter
 
         options.setdefault("num_threads", self.num_threads)
-        self.model.check_litert_support()
+        self._runner.model.check_litert_support()
         interpreter = Interpreter(model_content=self.model_bytes, **options)
         interpreter.allocate_tensors()
         return interpreter
@@ -636,10 +645,22 @@ def _load_pyfunc(path, model_config: dict | None = None):
     config = model_config or {}
     num_threads = config.get("num_threads", conf.get("num_threads"))
     max_rows = config.get("max_batch_rows")
-    model_bytes = Path(root, conf.get("data", _MODEL_DATA_SUBPATH)).read_bytes()
+    model_file = _model_file(root, conf)
     return _TFLitePyfuncWrapper(LoadedTFLiteModel(
-        model_bytes, conf, None if num_threads is None else int(num_threads), root,
-        None if max_rows is None else int(max_rows)))
+        None, conf, None if num_threads is None else int(num_threads), root,
+        None if max_rows is None else int(max_rows), model_file=model_file))
+
+
+def _model_file(root: str, conf: dict) -> str:
+    """The saved ``.tflite``, checked against the size recorded at save time (a cheap guard
+    against a truncated or swapped artifact; the file was validated when saved)."""
+    path = os.path.join(root, conf.get("data", _MODEL_DATA_SUBPATH))
+    recorded = conf.get("size_bytes")
+    if recorded is not None and os.path.getsize(path) != int(recorded):
+        raise MlflowException(f"{path} has {os.path.getsize(path)} bytes, but the model was "
+                              f"saved with {recorded}: the artifact is damaged or replaced.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    return path
 
 
 def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
@@ -658,5 +679,5 @@ def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
     local_path = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
     conf = _get_flavor_configuration(model_path=local_path, flavor_name=FLAVOR_NAME)
     _add_code_from_conf_to_system_path(local_path, conf)
-    model_bytes = Path(local_path, conf["data"]).read_bytes()
-    return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"), local_path)
+    return LoadedTFLiteModel(None, conf, conf.get("num_threads"), local_path,
+                             model_file=_model_file(local_path, conf))

@@ -7,17 +7,20 @@ No TensorFlow import: this module is on the serving path.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+from mlflow_tflite_keras import tflite_model as _tm
 from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
 
-__all__ = ["SignatureSpec", "TFLiteRunner", "TensorSpec"]
+__all__ = ["RuntimeModel", "SignatureSpec", "TFLiteRunner", "TensorSpec"]
 
 
 # Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
@@ -116,6 +119,157 @@ class SignatureSpec:
                                    else tuple(expected))
 
 
+class RuntimeModel:
+    """What the runner needs of a ``.tflite`` that was validated when it was saved (a
+    :class:`TFLiteModel` is refused there if malformed): its signatures' input and output
+    tensors, whether it is stateful or has variable tensors, whether LiteRT runs it right.
+
+    Read lazily from the flatbuffer, touching only the tables asked for, instead of unpacking
+    the whole file in Python (most of a load's time on a large model). Anything unexpected
+    (or a finding of :attr:`TFLiteModel.litert_unsupported`) defers to a full
+    :class:`TFLiteModel`, which names the problem.
+    """
+
+    def __init__(self, model_bytes: bytes | None = None, path: str | None = None,
+                 stateful: bool | None = None):
+        # From a file: memory-mapped, here and in LiteRT (which maps the file itself), so
+        # nothing is read that is not used.
+        self.model_path = path
+        if model_bytes is None:
+            with open(path, "rb") as f:
+                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if \
+                    os.fstat(f.fileno()).st_size else b""
+        else:
+            self.model_bytes = buffer = model_bytes
+        self._recorded_stateful = stateful
+        self._full: TFLiteModel | None = None
+        try:
+            _tm._check_header(buffer)
+            self._root = _tm.schema.Model.GetRootAs(buffer, 0)
+            self.signatures = self._read_signatures()
+            self.main = _LazySubgraph(self._root.Subgraphs(0), 0)
+            self.subgraphs = _LazySubgraphs(self._root)
+        except Exception:  # malformed: the full parse says how
+            self._use_full()
+
+    @cached_property
+    def model_bytes(self) -> bytes:  # only when a path was given (else an attribute)
+        with open(self.model_path, "rb") as f:
+            return f.read()
+
+    def _use_full(self):
+        if self._full is None:
+            self._full = TFLiteModel(self.model_bytes)
+            for name in ("signatures", "main", "subgraphs"):
+                setattr(self, name, getattr(self._full, name))
+        return self._full
+
+    def _read_signatures(self) -> list:
+        root, signatures = self._root, []
+        for i in range(root.SignatureDefsLength()):
+            sd = root.SignatureDefs(i)
+            maps = [{_tm._text(m.Name()): int(m.TensorIndex()) for m in
+                     (get(j) for j in range(length()))}
+                    for get, length in ((sd.Inputs, sd.InputsLength),
+                                        (sd.Outputs, sd.OutputsLength))]
+            signatures.append(_tm.SignatureInfo(_tm._text(sd.SignatureKey()),
+                                                int(sd.SubgraphIndex()), *maps))
+        return signatures
+
+    signature = TFLiteModel.signature
+
+    @property
+    def is_stateful(self) -> bool:
+        if self._recorded_stateful is not None:
+            return bool(self._recorded_stateful)
+        return self._scan[0]
+
+    @property
+    def has_variable_tensors(self) -> bool:
+        return self._scan[1]
+
+    def check_litert_support(self):
+        if self._full is not None or self._scan[2]:
+            self._use_full().check_litert_support()
+
+    @cached_property
+    def _scan(self) -> tuple[bool, bool, bool]:
+        """(stateful, has variable tensors, maybe unsupported by LiteRT) in one pass over the
+        tensors and operators; a suspicion is confirmed by the full model."""
+        if self._full is not None:
+            full = self._full
+            return full.is_stateful, full.has_variable_tensors, bool(full.litert_unsupported)
+        try:
+            return self._scan_flatbuffer()
+        except Exception:
+            self._use_full()
+            return self._scan
+
+    def _scan_flatbuffer(self) -> tuple[bool, bool, bool]:
+        schema, root = _tm.schema, self._root
+        codes = []
+        for i in range(root.OperatorCodesLength()):
+            code = root.OperatorCodes(i)
+            codes.append(_tm.builtin_name(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())))
+        stateful = bool(set(codes) & _tm._STATEFUL_OPS)
+        variable = suspicious = False
+        resource, int2 = schema.TensorType.RESOURCE, schema.TensorType.INT2
+        for g in range(root.SubgraphsLength()):
+            sg = root.Subgraphs(g)
+            for t in range(sg.TensorsLength()):
+                tensor = sg.Tensors(t)
+                stateful = stateful or tensor.Type() == resource
+                variable = variable or tensor.IsVariable()
+                q = tensor.Quantization()
+                # Multi-axis or blockwise parameters, INT2 tensors: what litert_unsupported
+                # looks at; the full model decides.
+                suspicious = suspicious or tensor.Type() == int2 or (
+                    q is not None and q.DetailsType() != schema.QuantizationDetails.NONE)
+        return stateful, bool(variable), suspicious
+
+
+class _LazySubgraphs:
+    def __init__(self, root):
+        self._root = root
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self._root.SubgraphsLength():
+            raise IndexError(index)
+        return _LazySubgraph(self._root.Subgraphs(index), index)
+
+
+class _LazySubgraph:
+    """A subgraph's inputs, outputs and (built when asked) tensors."""
+
+    def __init__(self, sg, index: int):
+        self.index = index
+        self.inputs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
+        self.outputs = [int(i) for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+        self.tensors = _LazyTensors(sg)
+
+
+class _LazyTensors:
+    def __init__(self, sg):
+        self._sg = sg
+
+    def __getitem__(self, index: int) -> "_tm.TensorInfo":
+        if not 0 <= index < self._sg.TensorsLength():
+            raise IndexError(index)
+        t = self._sg.Tensors(index)
+        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+        signature = (tuple(int(d) for d in t.ShapeSignatureAsNumpy())
+                     if t.ShapeSignatureLength() else ()) or shape
+        q = t.Quantization()
+        if q is not None and q.DetailsType() != _tm.schema.QuantizationDetails.NONE:
+            raise ValueError("quantization details: read by the full model")
+        q = _tm.schema.QuantizationParametersT.InitFromObj(q) if q is not None else None
+        return _tm.TensorInfo(index=index, name=_tm._text(t.Name()) or f"tensor_{index}",
+                              type_name=_tm.tensor_type_name(t.Type()), shape=shape,
+                              shape_signature=signature, buffer=int(t.Buffer()),
+                              quantization=_tm._quantization(q, shape, index),
+                              is_variable=bool(t.IsVariable()), sparsity=None)
+
+
 class TFLiteRunner:
     """Thread-safe predictions on a bounded pool of LiteRT interpreters.
 
@@ -157,7 +311,15 @@ class TFLiteRunner:
     def signature(self, signature_key: str | None = None) -> SignatureSpec:
         spec = self._specs.get(signature_key)
         if spec is None:
-            spec = SignatureSpec(self.model, signature_key)
+            try:
+                spec = SignatureSpec(self.model, signature_key)
+            except MlflowException:
+                raise
+            except Exception:  # a RuntimeModel read something unexpected: parse it all
+                if not isinstance(self.model, RuntimeModel):
+                    raise
+                self.model._use_full()
+                spec = SignatureSpec(self.model, signature_key)
             with self._lock:
                 self._specs[signature_key] = spec
         return spec
@@ -167,9 +329,9 @@ class TFLiteRunner:
 
         self.model.check_litert_support()
         try:
-            interpreter = Interpreter(
-                model_content=self.model.model_bytes, num_threads=self.num_threads, **options
-            )
+            path = getattr(self.model, "model_path", None)
+            source = {"model_path": path} if path else {"model_content": self.model.model_bytes}
+            interpreter = Interpreter(**source, num_threads=self.num_threads, **options)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT cannot load this model: {e}") from None
