@@ -631,6 +631,17 @@ class _TFLitePyfuncWrapper:
 
 def _flavor_conf_and_root(path: str):
     root = path if os.path.isdir(path) else os.path.dirname(path)
+    # MLmodel read with libyaml when PyYAML has it: the pure-Python parser takes most of a
+    # load's own time (MLflow's pyfunc.load_model has parsed it once already).
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            with open(os.path.join(root, MLMODEL_FILE_NAME)) as f:
+                conf = (yaml.load(f, Loader=loader) or {}).get("flavors", {}).get(FLAVOR_NAME)
+            if isinstance(conf, dict):
+                return conf, root
+        except (OSError, yaml.YAMLError, AttributeError):
+            pass  # MLflow's reader below says what is wrong
     return _get_flavor_configuration(model_path=root, flavor_name=FLAVOR_NAME), root
 
 
