@@ -624,9 +624,15 @@ class _TFLitePyfuncWrapper:
             if isinstance(dequantize, str):
                 dequantize = dequantize.strip().lower() not in ("false", "0", "no")
             outputs = self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize))
+        if key is None and not self._default_string_outputs:
+            return outputs
         if self.loaded._runner.signature(key).string_outputs:
             return string_outputs_as_text(outputs)
         return outputs
+
+    @cached_property
+    def _default_string_outputs(self) -> bool:
+        return self.loaded._runner.signature(None).string_outputs
 
 
 def _flavor_conf_and_root(path: str):

@@ -106,6 +106,8 @@ class SignatureSpec:
         """Facts every call would otherwise recompute: the fast path's accepted input and
         whether outputs need dequantizing or decoding."""
         self.output_names = [o.name for o in self.outputs]
+        self.input_indices = [s.index for s in self.inputs]
+        self.output_indices = [o.index for o in self.outputs]
         self.quantized_outputs = any(o.quantized for o in self.outputs)
         self.string_outputs = any(o.dtype == object for o in self.outputs)
         # One numeric input of fully known row shape: an ndarray of exactly its dtype and
@@ -373,7 +375,10 @@ class TFLiteRunner:
             finally:
                 self._release(session)
         else:
-            session = self._borrow()
+            try:
+                session = self._idle.pop()[1]  # _borrow, inlined: the most recent one
+            except IndexError:
+                session = self._create()
             try:
                 outputs = self._run(session, spec, arrays, chunk)
             finally:
@@ -559,13 +564,19 @@ class _Session:
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
         wrapper = self.wrapper
         try:
-            self._resize(sg, spec, arrays)
-            for s, a in zip(spec.inputs, arrays):
-                wrapper.SetTensor(s.index, a, sg)
+            if self.ready.get(sg) != _shapes(arrays):
+                self._resize(sg, spec, arrays)
+            if len(arrays) == 1:  # no loop for the common case: this is per call
+                wrapper.SetTensor(spec.input_indices[0], arrays[0], sg)
+            else:
+                for i, a in zip(spec.input_indices, arrays):
+                    wrapper.SetTensor(i, a, sg)
             if spec.reset_variables:
                 self.interpreter.reset_all_variables()
             wrapper.Invoke(sg)
-            return [wrapper.GetTensor(o.index, sg) for o in spec.outputs]
+            if len(spec.output_indices) == 1:
+                return [wrapper.GetTensor(spec.output_indices[0], sg)]
+            return [wrapper.GetTensor(i, sg) for i in spec.output_indices]
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT failed to run the model: {e}") from None
 
