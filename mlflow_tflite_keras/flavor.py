@@ -467,10 +467,14 @@ class LoadedTFLiteModel:
         self.flavor_conf = flavor_conf or {}
         self.num_threads = num_threads
         self.local_path = local_path
-        # Validated when it was saved: the runner reads only the tensors it exchanges (from
-        # the memory-mapped ``model_file`` when given); the whole file is parsed (``model``)
-        # only when asked for.
-        runtime_model = RuntimeModel(model_bytes, model_file, self.flavor_conf.get("stateful"))
+        if model_file is None:  # bytes from the caller: validated here, parsed whole
+            runtime_model = self.__dict__["model"] = TFLiteModel(model_bytes)
+        else:
+            # A saved model, validated when it was saved: the runner reads only the tensors
+            # it exchanges from the memory-mapped file; the whole file is parsed (``model``)
+            # only when asked for.
+            runtime_model = RuntimeModel(path=model_file,
+                                         stateful=self.flavor_conf.get("stateful"))
         # Large batches run in chunks (at most this many rows, and ~64 MiB of input).
         self._runner = TFLiteRunner(runtime_model, num_threads=num_threads,
                                     max_batch_rows=max_batch_rows)
