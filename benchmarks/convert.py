@@ -105,6 +105,7 @@ def _warm_up():
 
 def child(kind: str, path: str) -> dict:
     """One measurement in this (fresh) process; returns figures in bytes / seconds."""
+    import numpy as np
     out = {}
     t0 = time.perf_counter()
     if kind == "baseline-tf":  # TensorFlow and Keras only
@@ -128,6 +129,7 @@ def child(kind: str, path: str) -> dict:
         out["to_keras_s"] = time.perf_counter() - t
     out["convert_peak"] = convert_mem.peak
     out["after_convert"] = convert_mem.end
+    out["weight_bytes"] = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
     if kind == "warm":
         return out
     with PeakRSS() as parity_mem:
@@ -194,15 +196,48 @@ def inference(data: bytes, repeats: int) -> list[tuple]:
 
 # ---- report ---------------------------------------------------------------------------------
 
+def large_memory():
+    """Peak RSS of ``to_keras`` on large models, in float32 weight bytes (the Keras model's
+    variables): above a TensorFlow + Keras baseline (target <= 2x on float32), above the
+    converter's imports, and above a warm Keras runtime."""
+    from _models import app
+
+    print(f"{'model':<24} {'file MiB':>8} {'fp32 weights MiB':>16} {'/TF baseline':>12} "
+          f"{'/imports':>9} {'/warm':>7} {'kept':>6}")
+    for recipe in ("float32", "float16"):
+        data = app("ResNet50", recipe)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.tflite")
+            with open(path, "wb") as f:
+                f.write(data)
+            base_tf = run_child("baseline-tf", path)
+            base = run_child("baseline", path)
+            warm = run_child("warm", path)
+        weights = warm["weight_bytes"]
+        peak = warm["convert_peak"]
+        print(f"{'ResNet50 64x64 ' + recipe:<24} {len(data) / 2 ** 20:>8.1f} "
+              f"{weights / 2 ** 20:>16.1f} {(peak - base_tf['baseline']) / weights:>12.2f} "
+              f"{(peak - base['baseline']) / weights:>9.2f} "
+              f"{(peak - warm['baseline']) / weights:>7.2f} "
+              f"{(warm['after_convert'] - warm['baseline']) / weights:>6.2f}", flush=True)
+    print("(ratios: peak RSS during to_keras above each baseline / float32 weight bytes; "
+          "kept: RSS still held after, model alive; target <= 2.0 above the TF baseline)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true",
+                        help="only the conversion memory of the large models (ResNet50 64x64 "
+                             "float32 and float16), as ratios to their float32 weight bytes")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
         return
+    if args.memory:
+        return large_memory()
 
     from _models import mobilenet_v2
 

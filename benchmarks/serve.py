@@ -1,29 +1,38 @@
-"""`mlflow models serve` under load: this flavor (LiteRT) vs ``mlflow.keras``, same network.
+"""Serving throughput of ``mlflow models serve`` as a ratio to a raw LiteRT server, same run.
 
-MobileNetV2 (weights=None, 224x224x3, float32) saved twice in local model directories: as a
-``.tflite`` with ``mlflow.tflite_keras.save_model`` and as Keras 3 with ``mlflow.keras.save_model``.
-For each, a real ``mlflow models serve --env-manager local`` process is started on 127.0.0.1
-(one at a time, so they never compete for CPU) and measured:
+Model: MobileNetV2 64x64x3 -> 10, float32, batch-norm statistics calibrated on data (its
+outputs depend on the input; generated locally, cached). Servers, one at a time on 127.0.0.1
+so they never compete for the 2 cores, each with one worker:
 
-* cold start: process start to the first successful ``/invocations`` answer (batch 1);
-* at batch 1 and batch 16: p50 / p99 request latency and throughput (images/s) with
-  ``--clients`` concurrent client threads (one ``requests.Session`` each) sending a fixed
-  number of requests (``--requests``), bounded by ``--time-limit`` seconds per phase.
+* ``raw binary``: ``_raw_server.py``, a minimal standard-library HTTP server calling the raw
+  interpreter, the batch as raw float32 bytes (the practical limit);
+* ``raw json``: the same server, ``{"inputs": ...}`` JSON in and ``{"predictions": ...}`` out
+  (the same body MLflow's scoring server takes);
+* ``mlflow json`` / ``mlflow csv`` / ``mlflow parquet``: ``mlflow models serve --env-manager
+  local`` with this flavor: ``{"inputs": ...}`` JSON, a CSV DataFrame with one column per
+  input value, a Parquet DataFrame with one flat tensor column (both reshaped to the
+  input's shape). MLflow's scoring server refuses CSV for a model whose signature has tensor
+  specs ("TensorSpec only supports numpy types"), so the CSV row serves the same file saved
+  with ``signature=False`` (the flavor reshapes the flat rows itself);
+* ``mlserver v2 json`` (with ``--mlserver-env DIR``, a virtualenv holding mlserver and
+  mlserver-mlflow): MLServer's V2 inference protocol through the mlserver-mlflow runtime,
+  which loads this flavor's pyfunc (MLflow 3.17 dropped ``--enable-mlserver``; see the README).
 
-Targets: tflite throughput >= 5x keras, tflite cold start <= 1/3 of keras.
-Run: .venv/bin/python benchmarks/serve.py [--requests N] [--clients C] [--workers 1 2]
-     [--payload json|parquet] [--time-limit S]
+For each row and batch (1, 16): ``--clients`` client threads (one ``requests.Session`` each)
+send up to ``--requests`` requests, bounded by ``--time-limit`` seconds; reported: p50
+latency and throughput (images/s), and throughput as a ratio to raw binary and to raw JSON.
+Every server's answer is checked against the raw interpreter's before it is measured.
+Run: .venv/bin/python benchmarks/serve.py [--requests N] [--clients C]
+     [--rows raw-binary raw-json mlflow-json mlflow-csv mlflow-parquet] [--mlserver-env DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,87 +45,84 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 import mlflow  # noqa: E402
-from _models import make_mobilenet_v2, mobilenet_v2  # noqa: E402  (puts tests/ on sys.path)
-from servers import MLFLOW, clean_env, free_port, stop  # noqa: E402
+from _models import app, inputs_for  # noqa: E402  (puts tests/ on sys.path)
+from servers import MLFLOW, clean_env, free_port, running  # noqa: E402
 
 BATCHES = (1, 16)
-FLAVORS = ("tflite_keras", "keras")
+ROWS = ("raw-binary", "raw-json", "mlflow-json", "mlflow-csv", "mlflow-parquet",
+        "mlserver-v2-json")
+HERE = Path(__file__).resolve().parent
 
 
-def save_models(root: Path) -> dict[str, Path]:
-    """The same MobileNetV2 (seed 0) as .tflite and as Keras, in local model directories."""
-    from mlflow.models import infer_signature
-
-    paths = {"tflite_keras": root / "tflite", "keras": root / "keras"}
-    mlflow.tflite_keras.save_model(mobilenet_v2("float32"), str(paths["tflite_keras"]))
-    model = make_mobilenet_v2()
-    x = np.zeros((1, 224, 224, 3), np.float32)
-    mlflow.keras.save_model(model, str(paths["keras"]),
-                            signature=infer_signature(x, model.predict(x, verbose=0)))
-    return paths
-
-
-def payload(kind: str, x: np.ndarray, input_name: str | None) -> tuple[bytes, str]:
-    """Request body and content type: ``{"inputs": ...}`` JSON, or a Parquet DataFrame with
-    one flat tensor column (reshaped by MLflow to the signature's shape)."""
-    if kind == "json":
-        return json.dumps({"inputs": x.tolist()}).encode(), "application/json"
+def bodies(row: str, x: np.ndarray, input_name: str) -> tuple[str, bytes, str]:
+    """(path, request body, content type) of one row's request for the batch ``x``."""
+    if row == "raw-binary":
+        return "/binary", x.tobytes(), "application/octet-stream"
+    if row in ("raw-json", "mlflow-json"):
+        return ("/json" if row == "raw-json" else "/invocations",
+                json.dumps({"inputs": x.tolist()}).encode(), "application/json")
+    if row == "mlserver-v2-json":
+        tensor = {"name": input_name, "shape": list(x.shape), "datatype": "FP32",
+                  "data": x.reshape(-1).tolist()}
+        return "/v2/models/tflite/infer", json.dumps({"inputs": [tensor]}).encode(), \
+            "application/json"
     import pandas as pd
 
-    frame = pd.DataFrame({input_name or "x": list(x.reshape(len(x), -1))})
+    flat = x.reshape(len(x), -1)
     buffer = io.BytesIO()
-    frame.to_parquet(buffer)
-    return buffer.getvalue(), "application/vnd.apache.parquet"
+    if row == "mlflow-csv":
+        pd.DataFrame(flat).to_csv(buffer, index=False)
+        return "/invocations", buffer.getvalue(), "text/csv"
+    pd.DataFrame({input_name: list(flat)}).to_parquet(buffer)
+    return "/invocations", buffer.getvalue(), "application/vnd.apache.parquet"
 
 
-@contextlib.contextmanager
-def serve(path: Path, workers: int, log: Path, first_request: tuple[bytes, str],
-          timeout: float = 240):
-    """Start ``mlflow models serve``; yield (url, seconds from process start to the first
-    successful /invocations answer); kill the process group afterwards."""
+def answer(row: str, response: requests.Response, batch: int) -> np.ndarray:
+    if row == "raw-binary":
+        return np.frombuffer(response.content, dtype=np.float32).reshape(batch, -1)
+    data = response.json()
+    if row == "mlserver-v2-json":
+        out = data["outputs"][0]
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+    return np.asarray(data["predictions"], np.float32)
+
+
+def server(row: str, model_dir: Path, tflite: Path, log: Path, mlserver_env: Path | None):
     port = free_port()
-    args = [MLFLOW, "models", "serve", "-m", str(path), "--env-manager", "local",
-            "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
-    url = f"http://127.0.0.1:{port}/invocations"
-    body, content_type = first_request
-    with open(log, "wb") as out:
-        start = time.monotonic()
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                start_new_session=True)
-    try:
-        with requests.Session() as session:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}:\n"
-                                       + log.read_text()[-3000:])
-                if time.monotonic() - start > timeout:
-                    raise RuntimeError(f"server not answering after {timeout}s:\n"
-                                       + log.read_text()[-3000:])
-                with contextlib.suppress(requests.ConnectionError):
-                    r = session.post(url, data=body, headers={"Content-Type": content_type},
-                                     timeout=timeout)
-                    if r.status_code == 200:
-                        break
-                    raise RuntimeError(f"/invocations answered {r.status_code}: {r.text[:500]}")
-                time.sleep(0.1)
-        yield url, time.monotonic() - start
-    finally:
-        stop(proc, timeout=20)
+    if row.startswith("raw"):
+        args = [sys.executable, str(HERE / "_raw_server.py"), str(tflite), str(port),
+                str(os.cpu_count() or 1)]
+        return running(args, port, "/", log)
+    if row.startswith("mlflow"):
+        args = [MLFLOW, "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+                "--host", "127.0.0.1", "-p", str(port), "--workers", "1"]
+        return running(args, port, "/ping", log)
+    root = log.parent / "mlserver"
+    root.mkdir(exist_ok=True)
+    (root / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        "metrics_port": free_port(), "parallel_workers": 0}))
+    (root / "model-settings.json").write_text(json.dumps({
+        "name": "tflite", "implementation": "mlserver_mlflow.MLflowRuntime",
+        "parameters": {"uri": str(model_dir)}}))
+    args = [str(mlserver_env / "bin" / "mlserver"), "start", str(root)]
+    return running(args, port, "/v2/models/tflite/ready", log, timeout=240,
+                   env=clean_env(PATH=f"{mlserver_env / 'bin'}:{os.environ['PATH']}"))
 
 
 def load(url: str, body: bytes, content_type: str, requests_total: int, clients: int,
          time_limit: float) -> dict:
     """``clients`` threads share a budget of ``requests_total`` requests, stopping early at
-    ``time_limit`` seconds. Returns latencies and throughput of the successful requests."""
+    ``time_limit`` seconds. Returns the p50 latency and the throughput (requests/s)."""
     lock = threading.Lock()
     budget = [requests_total]
     latencies: list[float] = []
     errors: list[str] = []
+    headers = {"Content-Type": content_type}
 
     def client():
         with requests.Session() as session:
-            # One warm-up request per client, not measured (connection, per-shape tracing).
-            session.post(url, data=body, headers={"Content-Type": content_type}, timeout=120)
+            session.post(url, data=body, headers=headers, timeout=120)  # warm-up
             barrier.wait()
             deadline = time.monotonic() + time_limit
             while time.monotonic() < deadline:
@@ -125,8 +131,7 @@ def load(url: str, body: bytes, content_type: str, requests_total: int, clients:
                         return
                     budget[0] -= 1
                 start = time.perf_counter()
-                r = session.post(url, data=body, headers={"Content-Type": content_type},
-                                 timeout=120)
+                r = session.post(url, data=body, headers=headers, timeout=120)
                 elapsed = time.perf_counter() - start
                 with lock:
                     (latencies.append(elapsed) if r.status_code == 200
@@ -143,105 +148,75 @@ def load(url: str, body: bytes, content_type: str, requests_total: int, clients:
     wall = time.perf_counter() - start
     if errors:
         print(f"    {len(errors)} failed requests, e.g. {errors[0]}")
-    lat = sorted(latencies)
-    return {
-        "n": len(lat),
-        "p50": statistics.median(lat) if lat else float("nan"),
-        "p99": lat[min(len(lat) - 1, int(np.ceil(0.99 * len(lat))) - 1)] if lat else float("nan"),
-        "rps": len(lat) / wall if wall > 0 else float("nan"),
-    }
-
-
-def bench_flavor(flavor: str, path: Path, workers: int, args, bodies, log_dir: Path) -> dict:
-    log = log_dir / f"{flavor}-w{workers}.log"
-    with serve(path, workers, log, bodies[flavor][1]) as (url, cold):
-        print(f"  {flavor}: cold start {cold:.2f}s (load average {os.getloadavg()[0]:.1f})",
-              flush=True)
-        result = {"cold": cold}
-        for batch in BATCHES:
-            body, content_type = bodies[flavor][batch]
-            r = load(url, body, content_type, args.requests, args.clients, args.time_limit)
-            print(f"    batch {batch:>2}: {r['n']} requests, p50 {r['p50'] * 1e3:.1f} ms, "
-                  f"p99 {r['p99'] * 1e3:.1f} ms, {r['rps'] * batch:.1f} images/s "
-                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-            result[batch] = r
-    return result
-
-
-def check_same_network(paths: dict[str, Path], x: np.ndarray) -> str:
-    """Both directories hold the same network: their pyfunc outputs, side by side."""
-    a, b = (np.asarray(mlflow.pyfunc.load_model(str(paths[f])).predict(x)) for f in FLAVORS)
-    return (f"max |tflite - keras| = {np.max(np.abs(a - b)):.2e}, outputs in "
-            f"[{a.min():.6f}, {a.max():.6f}], top-1 {a.argmax(-1).tolist()} vs "
-            f"{b.argmax(-1).tolist()}")
-
-
-def table(results: dict, args, workers: int) -> str:
-    t, k = results["tflite_keras"], results["keras"]
-    rows = [("cold start (s)", t["cold"], k["cold"], "{:.2f}", "<= 0.33")]
-    for b in BATCHES:
-        rows += [
-            (f"batch {b}: p50 latency (ms)", t[b]["p50"] * 1e3, k[b]["p50"] * 1e3, "{:.1f}", ""),
-            (f"batch {b}: p99 latency (ms)", t[b]["p99"] * 1e3, k[b]["p99"] * 1e3, "{:.1f}", ""),
-            (f"batch {b}: throughput (img/s)", t[b]["rps"] * b, k[b]["rps"] * b, "{:.1f}",
-             ">= 5"),
-        ]
-    lines = [f"MobileNetV2 224x224 float32, payload {args.payload}, {args.clients} clients, "
-             f"--workers {workers}, up to {args.requests} requests / {args.time_limit:.0f}s "
-             "per phase",
-             f"| {'metric':<30} | {'tflite_keras':>12} | {'keras':>10} | {'tflite/keras':>12} "
-             f"| {'target':>7} |",
-             f"|{'-' * 32}|{'-' * 14}|{'-' * 12}|{'-' * 14}|{'-' * 9}|"]
-    for name, a, b, fmt, target in rows:
-        ratio = a / b if b else float("nan")
-        ok = ""
-        if target.startswith(">="):
-            ok = " ok" if ratio >= float(target[3:]) else " MISS"
-        elif target.startswith("<="):
-            ok = " ok" if ratio <= float(target[3:]) else " MISS"
-        lines.append(f"| {name:<30} | {fmt.format(a):>12} | {fmt.format(b):>10} | "
-                     f"{ratio:>9.2f}{ok:<3} | {target:>7} |")
-    return "\n".join(lines)
+    return {"n": len(latencies),
+            "p50": statistics.median(latencies) if latencies else float("nan"),
+            "rps": len(latencies) / wall if wall > 0 else float("nan")}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200,
-                        help="requests per phase (flavor x batch size); default 200")
+    parser.add_argument("--requests", type=int, default=300, help="requests per phase")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1],
-                        help="server worker processes; several values run several rounds")
-    parser.add_argument("--payload", choices=("json", "parquet"), default="parquet",
-                        help="request format: a Parquet DataFrame with one flat tensor column "
-                             "(default: compact, cheap to decode) or {'inputs': ...} JSON "
-                             "(~19 MB at batch 16, whose parsing then dominates both flavors)")
-    parser.add_argument("--time-limit", type=float, default=30.0,
-                        help="seconds per phase before stopping early; default 30")
+    parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS[:5]))
+    parser.add_argument("--mlserver-env", type=Path,
+                        help="a virtualenv with mlserver + mlserver-mlflow: adds its row")
     args = parser.parse_args()
+    rows = list(args.rows)
+    if args.mlserver_env and "mlserver-v2-json" not in rows:
+        rows.append("mlserver-v2-json")
+    if "mlserver-v2-json" in rows and not args.mlserver_env:
+        parser.error("the mlserver-v2-json row needs --mlserver-env")
 
-    rng = np.random.default_rng(0)
-    xs = {b: rng.uniform(-1, 1, (b, 224, 224, 3)).astype(np.float32) for b in BATCHES}
-    if args.payload == "json":  # short decimals: the JSON parse cost is the same for both
-        xs = {b: np.round(x, 3) for b, x in xs.items()}
+    data = app("MobileNetV2")
+    xs = {b: inputs_for(data, b, seed=b) for b in BATCHES}
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as d:
         root = Path(d)
-        print("Saving MobileNetV2 as .tflite and as Keras ...", flush=True)
-        paths = save_models(root)
-        print(f"  same network: {check_same_network(paths, xs[1])}")
-        names = {f: mlflow.models.Model.load(str(paths[f])).get_input_schema().input_names()[0]
-                 for f in FLAVORS}
-        bodies = {f: {b: payload(args.payload, xs[b], names[f] if isinstance(names[f], str)
-                                 else None) for b in BATCHES} for f in FLAVORS}
-        print(f"  request body: batch 1 {len(bodies['keras'][1][0]) / 1e6:.1f} MB, "
-              f"batch 16 {len(bodies['keras'][16][0]) / 1e6:.1f} MB ({args.payload})")
-        tables = []
-        for workers in args.workers:
-            print(f"\n--workers {workers}", flush=True)
-            results = {f: bench_flavor(f, paths[f], workers, args, bodies, root) for f in FLAVORS}
-            tables.append(table(results, args, workers))
-        print()
-        print("\n\n".join(tables))
+        model_dir = root / "model"
+        mlflow.tflite_keras.save_model(data, str(model_dir))
+        mlflow.tflite_keras.save_model(data, str(root / "model-no-signature"), signature=False)
+        tflite = model_dir / "model.tflite"
+        name = mlflow.models.Model.load(str(model_dir)).get_input_schema().input_names()[0]
+        expected = {b: mlflow.pyfunc.load_model(str(model_dir)).predict(x)
+                    for b, x in xs.items()}
+        spread = float(np.std(expected[16], axis=0).mean())
+        print(f"MobileNetV2 64x64 float32 ({len(data) / 1e6:.1f} MB); outputs depend on the "
+              f"input (mean std across a batch {spread:.3f}); {args.clients} clients, up to "
+              f"{args.requests} requests / {args.time_limit:.0f} s per phase", flush=True)
+        for row in rows:
+            served = root / "model-no-signature" if row == "mlflow-csv" else model_dir
+            with server(row, served, tflite, root / f"{row}.log", args.mlserver_env) as base:
+                results[row] = {}
+                for batch, x in xs.items():
+                    path, body, content_type = bodies(row, x, name)
+                    r = requests.post(base + path, data=body,
+                                      headers={"Content-Type": content_type}, timeout=120)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{row}: {r.status_code} {r.text[:800]}")
+                    np.testing.assert_allclose(answer(row, r, batch), expected[batch],
+                                               rtol=1e-5, atol=1e-6)
+                    result = load(base + path, body, content_type, args.requests,
+                                  args.clients, args.time_limit)
+                    result["body"] = len(body)
+                    results[row][batch] = result
+                    print(f"  {row:<17} batch {batch:>2}: {result['n']} requests, body "
+                          f"{len(body) / 1e3:.0f} kB, p50 {result['p50'] * 1e3:.1f} ms, "
+                          f"{result['rps'] * batch:.0f} images/s "
+                          f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    print()
+    print("| server, payload | batch | body kB | p50 ms | images/s | / raw binary | / raw json |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        for batch in BATCHES:
+            r = results[row][batch]
+
+            def ratio(ref):
+                return (f"{r['rps'] / results[ref][batch]['rps']:.3f}" if ref in results
+                        else "-")
+            print(f"| {row} | {batch} | {r['body'] / 1e3:.0f} | {r['p50'] * 1e3:.1f} | "
+                  f"{r['rps'] * batch:.0f} | {ratio('raw-binary')} | {ratio('raw-json')} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import reject_unknown_keywords
-from mlflow_tflite_keras.runtime import TFLiteRunner, string_outputs_as_text
+from mlflow_tflite_keras.runtime import RuntimeModel, TFLiteRunner, string_outputs_as_text
 from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
 
 __all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
@@ -460,20 +461,32 @@ def log_model(
 class LoadedTFLiteModel:
     """A ``.tflite`` model loaded from MLflow: its bytes, its description, fresh interpreters."""
 
-    def __init__(self, model_bytes: bytes, flavor_conf: dict | None = None,
+    def __init__(self, model_bytes: bytes | None, flavor_conf: dict | None = None,
                  num_threads: int | None = None, local_path: str | None = None,
-                 max_batch_rows: int | None = None):
-        self.model = TFLiteModel(model_bytes)
+                 max_batch_rows: int | None = None, model_file: str | None = None):
         self.flavor_conf = flavor_conf or {}
         self.num_threads = num_threads
         self.local_path = local_path
+        if model_file is None:  # bytes from the caller: validated here, parsed whole
+            runtime_model = self.__dict__["model"] = TFLiteModel(model_bytes)
+        else:
+            # A saved model, validated when it was saved: the runner reads only the tensors
+            # it exchanges from the memory-mapped file; the whole file is parsed (``model``)
+            # only when asked for.
+            runtime_model = RuntimeModel(path=model_file,
+                                         stateful=self.flavor_conf.get("stateful"))
         # Large batches run in chunks (at most this many rows, and ~64 MiB of input).
-        self._runner = TFLiteRunner(self.model, num_threads=num_threads,
+        self._runner = TFLiteRunner(runtime_model, num_threads=num_threads,
                                     max_batch_rows=max_batch_rows)
+
+    @cached_property
+    def model(self) -> TFLiteModel:
+        """The parsed and validated :class:`TFLiteModel`."""
+        return TFLiteModel(self.model_bytes)
 
     @property
     def model_bytes(self) -> bytes:
-        return self.model.model_bytes
+        return self._runner.model.model_bytes
 
     @property
     def description(self) -> dict:
@@ -481,14 +494,14 @@ class LoadedTFLiteModel:
 
     @property
     def signature_keys(self) -> list[str]:
-        return [s.key for s in self.model.signatures]
+        return [s.key for s in self._runner.model.signatures]
 
     def interpreter(self, **options):
         """A new, allocated ``ai_edge_litert.interpreter.Interpreter`` for this model."""
         from ai_edge_litert.interpreter import Interpreter
 
         options.setdefault("num_threads", self.num_threads)
-        self.model.check_litert_support()
+        self._runner.model.check_litert_support()
         interpreter = Interpreter(model_content=self.model_bytes, **options)
         interpreter.allocate_tensors()
         return interpreter
@@ -496,8 +509,9 @@ class LoadedTFLiteModel:
     def predict(self, data, signature_key: str | None = None, dequantize: bool = True):
         """Run the model with the pyfunc's rules (no schema enforcement): integer arrays for
         quantized inputs pass through unchanged, float arrays are quantized."""
-        outputs = self._runner.predict(_feeds_from(data, self._runner, signature_key),
-                                       signature_key=signature_key, dequantize=dequantize)
+        feeds = data if type(data) is np.ndarray else _feeds_from(data, self._runner,
+                                                                  signature_key)
+        outputs = self._runner.predict(feeds, signature_key=signature_key, dequantize=dequantize)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     @property
@@ -605,17 +619,39 @@ class _TFLitePyfuncWrapper:
         Returns:
             ``np.ndarray`` for single-output models, else ``dict[name, np.ndarray]``.
         """
-        params = params or {}
-        key = params.get("signature_key") or None
-        dequantize = params.get("dequantize", True)
-        if isinstance(dequantize, str):
-            dequantize = dequantize.strip().lower() not in ("false", "0", "no")
-        return string_outputs_as_text(
-            self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize)))
+        if not params:  # the common call: checked once, not parsed
+            outputs = self.loaded.predict(data)
+            key = None
+        else:
+            key = params.get("signature_key") or None
+            dequantize = params.get("dequantize", True)
+            if isinstance(dequantize, str):
+                dequantize = dequantize.strip().lower() not in ("false", "0", "no")
+            outputs = self.loaded.predict(data, signature_key=key, dequantize=bool(dequantize))
+        if key is None and not self._default_string_outputs:
+            return outputs
+        if self.loaded._runner.signature(key).string_outputs:
+            return string_outputs_as_text(outputs)
+        return outputs
+
+    @cached_property
+    def _default_string_outputs(self) -> bool:
+        return self.loaded._runner.signature(None).string_outputs
 
 
 def _flavor_conf_and_root(path: str):
     root = path if os.path.isdir(path) else os.path.dirname(path)
+    # MLmodel read with libyaml when PyYAML has it: the pure-Python parser takes most of a
+    # load's own time (MLflow's pyfunc.load_model has parsed it once already).
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            with open(os.path.join(root, MLMODEL_FILE_NAME)) as f:
+                conf = (yaml.load(f, Loader=loader) or {}).get("flavors", {}).get(FLAVOR_NAME)
+            if isinstance(conf, dict):
+                return conf, root
+        except (OSError, yaml.YAMLError, AttributeError):
+            pass  # MLflow's reader below says what is wrong
     return _get_flavor_configuration(model_path=root, flavor_name=FLAVOR_NAME), root
 
 
@@ -630,10 +666,22 @@ def _load_pyfunc(path, model_config: dict | None = None):
     config = model_config or {}
     num_threads = config.get("num_threads", conf.get("num_threads"))
     max_rows = config.get("max_batch_rows")
-    model_bytes = Path(root, conf.get("data", _MODEL_DATA_SUBPATH)).read_bytes()
+    model_file = _model_file(root, conf)
     return _TFLitePyfuncWrapper(LoadedTFLiteModel(
-        model_bytes, conf, None if num_threads is None else int(num_threads), root,
-        None if max_rows is None else int(max_rows)))
+        None, conf, None if num_threads is None else int(num_threads), root,
+        None if max_rows is None else int(max_rows), model_file=model_file))
+
+
+def _model_file(root: str, conf: dict) -> str:
+    """The saved ``.tflite``, checked against the size recorded at save time (a cheap guard
+    against a truncated or swapped artifact; the file was validated when saved)."""
+    path = os.path.join(root, conf.get("data", _MODEL_DATA_SUBPATH))
+    recorded = conf.get("size_bytes")
+    if recorded is not None and os.path.getsize(path) != int(recorded):
+        raise MlflowException(f"{path} has {os.path.getsize(path)} bytes, but the model was "
+                              f"saved with {recorded}: the artifact is damaged or replaced.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    return path
 
 
 def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
@@ -652,5 +700,5 @@ def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
     local_path = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
     conf = _get_flavor_configuration(model_path=local_path, flavor_name=FLAVOR_NAME)
     _add_code_from_conf_to_system_path(local_path, conf)
-    model_bytes = Path(local_path, conf["data"]).read_bytes()
-    return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"), local_path)
+    return LoadedTFLiteModel(None, conf, conf.get("num_threads"), local_path,
+                             model_file=_model_file(local_path, conf))

@@ -7,17 +7,20 @@ No TensorFlow import: this module is on the serving path.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+from mlflow_tflite_keras import tflite_model as _tm
 from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
 
-__all__ = ["SignatureSpec", "TFLiteRunner", "TensorSpec"]
+__all__ = ["RuntimeModel", "SignatureSpec", "TFLiteRunner", "TensorSpec"]
 
 
 # Large batches run in chunks whose inputs take at most this many bytes, so memory (inputs,
@@ -97,6 +100,176 @@ class SignatureSpec:
             for s in self.inputs
         )
         self.resizable_batch = self.batched and all(s.shape_signature[0] == -1 for s in self.inputs)
+        self._precompute()
+
+    def _precompute(self):
+        """Facts every call would otherwise recompute: the fast path's accepted input and
+        whether outputs need dequantizing or decoding."""
+        self.output_names = [o.name for o in self.outputs]
+        self.input_indices = [s.index for s in self.inputs]
+        self.output_indices = [o.index for o in self.outputs]
+        self.quantized_outputs = any(o.quantized for o in self.outputs)
+        self.string_outputs = any(o.dtype == object for o in self.outputs)
+        # One numeric input of fully known row shape: an ndarray of exactly its dtype and
+        # shape needs no conversion and no check beyond dtype, shape and layout.
+        self.fast_input = None
+        if len(self.inputs) == 1 and self.inputs[0].dtype != object:
+            s = self.inputs[0]
+            expected = (-1, *s.shape_signature[1:]) if self.batched else s.shape_signature
+            if all(d >= 0 for d in expected[1 if self.batched else 0:]):
+                self.fast_input = (s.dtype, len(expected), tuple(expected[1:]) if self.batched
+                                   else tuple(expected))
+
+
+class RuntimeModel:
+    """What the runner needs of a ``.tflite`` that was validated when it was saved (a
+    :class:`TFLiteModel` is refused there if malformed): its signatures' input and output
+    tensors, whether it is stateful or has variable tensors, whether LiteRT runs it right.
+
+    Read lazily from the flatbuffer, touching only the tables asked for, instead of unpacking
+    the whole file in Python (most of a load's time on a large model). Anything unexpected
+    (or a finding of :attr:`TFLiteModel.litert_unsupported`) defers to a full
+    :class:`TFLiteModel`, which names the problem.
+    """
+
+    def __init__(self, model_bytes: bytes | None = None, path: str | None = None,
+                 stateful: bool | None = None):
+        # From a file: memory-mapped, here and in LiteRT (which maps the file itself), so
+        # nothing is read that is not used.
+        self.model_path = path
+        if model_bytes is None:
+            with open(path, "rb") as f:
+                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if \
+                    os.fstat(f.fileno()).st_size else b""
+        else:
+            self.model_bytes = buffer = model_bytes
+        self._recorded_stateful = stateful
+        self._full: TFLiteModel | None = None
+        try:
+            _tm._check_header(buffer)
+            self._root = _tm.schema.Model.GetRootAs(buffer, 0)
+            self.signatures = self._read_signatures()
+            self.main = _LazySubgraph(self._root.Subgraphs(0), 0)
+            self.subgraphs = _LazySubgraphs(self._root)
+        except Exception:  # malformed: the full parse says how
+            self._use_full()
+
+    @cached_property
+    def model_bytes(self) -> bytes:  # only when a path was given (else an attribute)
+        with open(self.model_path, "rb") as f:
+            return f.read()
+
+    def _use_full(self):
+        if self._full is None:
+            self._full = TFLiteModel(self.model_bytes)
+            for name in ("signatures", "main", "subgraphs"):
+                setattr(self, name, getattr(self._full, name))
+        return self._full
+
+    def _read_signatures(self) -> list:
+        root, signatures = self._root, []
+        for i in range(root.SignatureDefsLength()):
+            sd = root.SignatureDefs(i)
+            maps = [{_tm._text(m.Name()): int(m.TensorIndex()) for m in
+                     (get(j) for j in range(length()))}
+                    for get, length in ((sd.Inputs, sd.InputsLength),
+                                        (sd.Outputs, sd.OutputsLength))]
+            signatures.append(_tm.SignatureInfo(_tm._text(sd.SignatureKey()),
+                                                int(sd.SubgraphIndex()), *maps))
+        return signatures
+
+    signature = TFLiteModel.signature
+
+    @property
+    def is_stateful(self) -> bool:
+        if self._recorded_stateful is not None:
+            return bool(self._recorded_stateful)
+        return self._scan[0]
+
+    @property
+    def has_variable_tensors(self) -> bool:
+        return self._scan[1]
+
+    def check_litert_support(self):
+        if self._full is not None or self._scan[2]:
+            self._use_full().check_litert_support()
+
+    @cached_property
+    def _scan(self) -> tuple[bool, bool, bool]:
+        """(stateful, has variable tensors, maybe unsupported by LiteRT) in one pass over the
+        tensors and operators; a suspicion is confirmed by the full model."""
+        if self._full is not None:
+            full = self._full
+            return full.is_stateful, full.has_variable_tensors, bool(full.litert_unsupported)
+        try:
+            return self._scan_flatbuffer()
+        except Exception:
+            self._use_full()
+            return self._scan
+
+    def _scan_flatbuffer(self) -> tuple[bool, bool, bool]:
+        schema, root = _tm.schema, self._root
+        codes = []
+        for i in range(root.OperatorCodesLength()):
+            code = root.OperatorCodes(i)
+            codes.append(_tm.builtin_name(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())))
+        stateful = bool(set(codes) & _tm._STATEFUL_OPS)
+        variable = suspicious = False
+        resource, int2 = schema.TensorType.RESOURCE, schema.TensorType.INT2
+        for g in range(root.SubgraphsLength()):
+            sg = root.Subgraphs(g)
+            for t in range(sg.TensorsLength()):
+                tensor = sg.Tensors(t)
+                stateful = stateful or tensor.Type() == resource
+                variable = variable or tensor.IsVariable()
+                q = tensor.Quantization()
+                # Multi-axis or blockwise parameters, INT2 tensors: what litert_unsupported
+                # looks at; the full model decides.
+                suspicious = suspicious or tensor.Type() == int2 or (
+                    q is not None and q.DetailsType() != schema.QuantizationDetails.NONE)
+        return stateful, bool(variable), suspicious
+
+
+class _LazySubgraphs:
+    def __init__(self, root):
+        self._root = root
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self._root.SubgraphsLength():
+            raise IndexError(index)
+        return _LazySubgraph(self._root.Subgraphs(index), index)
+
+
+class _LazySubgraph:
+    """A subgraph's inputs, outputs and (built when asked) tensors."""
+
+    def __init__(self, sg, index: int):
+        self.index = index
+        self.inputs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
+        self.outputs = [int(i) for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+        self.tensors = _LazyTensors(sg)
+
+
+class _LazyTensors:
+    def __init__(self, sg):
+        self._sg = sg
+
+    def __getitem__(self, index: int) -> "_tm.TensorInfo":
+        if not 0 <= index < self._sg.TensorsLength():
+            raise IndexError(index)
+        t = self._sg.Tensors(index)
+        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+        signature = (tuple(int(d) for d in t.ShapeSignatureAsNumpy())
+                     if t.ShapeSignatureLength() else ()) or shape
+        q = t.Quantization()
+        if q is not None and q.DetailsType() != _tm.schema.QuantizationDetails.NONE:
+            raise ValueError("quantization details: read by the full model")
+        q = _tm.schema.QuantizationParametersT.InitFromObj(q) if q is not None else None
+        return _tm.TensorInfo(index=index, name=_tm._text(t.Name()) or f"tensor_{index}",
+                              type_name=_tm.tensor_type_name(t.Type()), shape=shape,
+                              shape_signature=signature, buffer=int(t.Buffer()),
+                              quantization=_tm._quantization(q, shape, index),
+                              is_variable=bool(t.IsVariable()), sparsity=None)
 
 
 class TFLiteRunner:
@@ -129,14 +302,26 @@ class TFLiteRunner:
             os.cpu_count() or 1
         self.idle_seconds = float(idle_seconds)
         self._specs: dict[str | None, SignatureSpec] = {}
-        self._slots = threading.BoundedSemaphore(self.max_interpreters)
-        self._idle: list[tuple[float, _Session]] = []  # (returned at, session), newest last
+        # The pool: idle sessions, newest last. Borrowing and giving back are single list
+        # operations (atomic), with no lock; the lock guards creating, waiting and releasing.
+        self._idle: list[tuple[float, _Session]] = []  # (returned at, session)
+        self._live = 0  # interpreters existing now (idle or in use), at most max_interpreters
+        self._waiting = 0  # calls waiting for an interpreter to be given back
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
 
     def signature(self, signature_key: str | None = None) -> SignatureSpec:
         spec = self._specs.get(signature_key)
         if spec is None:
-            spec = SignatureSpec(self.model, signature_key)
+            try:
+                spec = SignatureSpec(self.model, signature_key)
+            except MlflowException:
+                raise
+            except Exception:  # a RuntimeModel read something unexpected: parse it all
+                if not isinstance(self.model, RuntimeModel):
+                    raise
+                self.model._use_full()
+                spec = SignatureSpec(self.model, signature_key)
             with self._lock:
                 self._specs[signature_key] = spec
         return spec
@@ -146,9 +331,9 @@ class TFLiteRunner:
 
         self.model.check_litert_support()
         try:
-            interpreter = Interpreter(
-                model_content=self.model.model_bytes, num_threads=self.num_threads, **options
-            )
+            path = getattr(self.model, "model_path", None)
+            source = {"model_path": path} if path else {"model_content": self.model.model_bytes}
+            interpreter = Interpreter(**source, num_threads=self.num_threads, **options)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT cannot load this model: {e}") from None
@@ -163,21 +348,46 @@ class TFLiteRunner:
         ``max_batch_rows`` overrides the runner's chunk size for this call.
         Returns a dict output name -> array, in the signature's output order.
         """
-        spec = self.signature(signature_key)
-        arrays = self._prepare_inputs(spec, feeds)
-        chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows, "max_batch_rows"))
-        with self._slots:
-            if spec.stateful:
-                outputs = self._run(self.new_interpreter(), spec, arrays, chunk)
-            else:
-                session = self._borrow()
-                try:
-                    outputs = self._run(session, spec, arrays, chunk)
-                finally:
-                    self._give_back(session)
-        if dequantize:
+        spec = self._specs.get(signature_key) or self.signature(signature_key)
+        fast = spec.fast_input
+        if fast is not None and type(feeds) is np.ndarray and feeds.dtype == fast[0] and \
+                feeds.ndim == fast[1] and feeds.flags.c_contiguous and \
+                (feeds.shape[1:] == fast[2] and feeds.shape[0] if spec.batched
+                 else feeds.shape == fast[2]):
+            # One ndarray already of the input's dtype and shape: nothing to convert.
+            arrays = [feeds]
+            nbytes = feeds.nbytes
+        else:
+            arrays = self._prepare_inputs(spec, feeds)
+            nbytes = sum([a.nbytes for a in arrays])
+        if max_batch_rows is not None:
+            chunk = self._chunk_rows(arrays, _positive_or_none(max_batch_rows,
+                                                               "max_batch_rows"))
+        elif self.max_batch_rows is None and (self.max_batch_bytes is None or
+                                              nbytes <= self.max_batch_bytes):
+            chunk = _WHOLE  # the whole batch fits in one invoke
+        else:
+            chunk = self._chunk_rows(arrays, None)
+        if spec.stateful:
+            session = self._create()
+            try:
+                outputs = self._run(session, spec, arrays, chunk)
+            finally:
+                self._release(session)
+        else:
+            try:
+                session = self._idle.pop()[1]  # _borrow, inlined: the most recent one
+            except IndexError:
+                session = self._create()
+            try:
+                outputs = self._run(session, spec, arrays, chunk)
+            finally:
+                self._give_back(session)
+        if dequantize and spec.quantized_outputs:
             outputs = [o.dequantize(v) if o.quantized else v for o, v in zip(spec.outputs, outputs)]
-        return {o.name: v for o, v in zip(spec.outputs, outputs)}
+        if len(outputs) == 1:
+            return {spec.output_names[0]: outputs[0]}
+        return dict(zip(spec.output_names, outputs))
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -187,18 +397,61 @@ class TFLiteRunner:
         return len(self._idle)
 
     def _borrow(self):
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()[1]
-        return self.new_interpreter()
+        try:
+            return self._idle.pop()[1]  # the most recently used one: its memory is warm
+        except IndexError:
+            return self._create()
+
+    def _create(self):
+        """A new interpreter, once fewer than ``max_interpreters`` exist; meanwhile one
+        given back is taken instead."""
+        with self._returned:
+            # Counted before looking at the pool: a session given back after the look sees
+            # the count and notifies (see _give_back).
+            self._waiting += 1
+            try:
+                while self._live >= self.max_interpreters:
+                    if self._idle:  # never for a stateful model: its sessions are not kept
+                        return self._idle.pop()[1]
+                    self._returned.wait(0.5)
+                self._live += 1
+            finally:
+                self._waiting -= 1
+        try:
+            return self.new_interpreter()
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, session):
+        """Forget ``session`` (or a failed creation): room for another interpreter."""
+        with self._returned:
+            self._live -= 1
+            self._returned.notify()
 
     def _give_back(self, session):
         now = time.monotonic()
-        with self._lock:
-            self._idle.append((now, session))
-            # Release interpreters idle too long (oldest first), keeping the newest warm.
-            keep = [entry for entry in self._idle[:-1] if now - entry[0] < self.idle_seconds]
-            self._idle = keep + self._idle[-1:]
+        idle = self._idle
+        idle.append((now, session))
+        if self._waiting:
+            with self._returned:
+                self._returned.notify()
+        if len(idle) > 1 and now - idle[0][0] >= self.idle_seconds:
+            self._release_idle(now)
+
+    def _release_idle(self, now: float):
+        """Release interpreters idle too long (oldest first), keeping the newest warm."""
+        with self._returned:
+            while len(self._idle) > 1:
+                try:
+                    entry = self._idle.pop(0)
+                except IndexError:
+                    break
+                if now - entry[0] < self.idle_seconds or not self._idle:
+                    self._idle.insert(0, entry)  # not old, or borrowed meanwhile: keep it
+                    break
+                self._live -= 1
+            self._returned.notify()
 
     def _prepare_inputs(self, spec: SignatureSpec, feeds) -> list[np.ndarray]:
         names = [s.name for s in spec.inputs]
@@ -237,13 +490,15 @@ class TFLiteRunner:
         if rows is None and self.max_batch_bytes is not None and arrays and arrays[0].ndim:
             row_bytes = sum(a[:1].nbytes for a in arrays)
             rows = max(1, self.max_batch_bytes // max(row_bytes, 1))
-        return rows or 2 ** 62
+        return rows or _WHOLE
 
     def _run(self, session, spec: SignatureSpec, arrays, chunk: int = 2 ** 62):
         sg = spec.subgraph_index
         if not spec.batched:
             return session.run(sg, spec, arrays)
         n = arrays[0].shape[0]
+        if n <= chunk and session.ready.get(sg) == _shapes(arrays):
+            return session.run(sg, spec, arrays)  # allocated for these shapes already
         if spec.resizable_batch and not spec.stateful and n > chunk:
             # Bounded memory: invokes of at most ``chunk`` rows, results concatenated.
             parts = [self._run(session, spec, [a[i:i + chunk] for a in arrays], chunk)
@@ -269,22 +524,31 @@ class _Session:
         # allocate_tensors() allocates the primary subgraph only; another signature's
         # subgraph is allocated on its first use.
         self.allocated: set[int] = {0}
+        # Subgraph -> the input shapes it is allocated for now (one comparison per call).
+        self.ready: dict[int, tuple] = {}
 
     def _resize(self, sg: int, spec: SignatureSpec, arrays):
+        shapes = _shapes(arrays)
+        if self.ready.get(sg) == shapes:
+            return
+        self.ready.pop(sg, None)
         changed = False
         for s, a in zip(spec.inputs, arrays):
             key = (sg, s.index)
-            if tuple(a.shape) != self.shapes.get(key, s.shape):
+            if a.shape != self.shapes.get(key, s.shape):
                 self.wrapper.ResizeInputTensor(s.index, np.array(a.shape, dtype=np.int32),
                                                False, sg)
-                self.shapes[key] = tuple(a.shape)
+                self.shapes[key] = a.shape
                 changed = True
         if changed or sg not in self.allocated:
             self.wrapper.AllocateTensors(sg)
             self.allocated.add(sg)
+        self.ready[sg] = shapes
 
     def can_resize(self, sg, spec, arrays) -> bool:
-        key = (sg, tuple(a.shape for a in arrays))
+        key = (sg, _shapes(arrays))
+        if self.ready.get(sg) == key[1]:
+            return True
         if key in self.refuses:
             return False
         try:
@@ -298,16 +562,30 @@ class _Session:
             return False
 
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
+        wrapper = self.wrapper
         try:
-            self._resize(sg, spec, arrays)
-            for s, a in zip(spec.inputs, arrays):
-                self.wrapper.SetTensor(s.index, a, sg)
+            if self.ready.get(sg) != _shapes(arrays):
+                self._resize(sg, spec, arrays)
+            if len(arrays) == 1:  # no loop for the common case: this is per call
+                wrapper.SetTensor(spec.input_indices[0], arrays[0], sg)
+            else:
+                for i, a in zip(spec.input_indices, arrays):
+                    wrapper.SetTensor(i, a, sg)
             if spec.reset_variables:
                 self.interpreter.reset_all_variables()
-            self.wrapper.Invoke(sg)
-            return [self.wrapper.GetTensor(o.index, sg) for o in spec.outputs]
+            wrapper.Invoke(sg)
+            if len(spec.output_indices) == 1:
+                return [wrapper.GetTensor(spec.output_indices[0], sg)]
+            return [wrapper.GetTensor(i, sg) for i in spec.output_indices]
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT failed to run the model: {e}") from None
+
+
+_WHOLE = 2 ** 62  # a chunk size: no chunking
+
+
+def _shapes(arrays) -> tuple:
+    return (arrays[0].shape,) if len(arrays) == 1 else tuple([a.shape for a in arrays])
 
 
 def _positive_or_none(value, name: str) -> int | None:
