@@ -46,7 +46,8 @@ class ConversionResult:
 
 
 def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-             unsupported: str = "error", wrap_ops=(), stateful: bool = False) -> keras.Model:
+             unsupported: str = "error", wrap_ops=(), stateful: bool = False,
+             emulate_quantization: bool = False) -> keras.Model:
     """Rebuild a ``.tflite`` model (path, bytes or :class:`TFLiteModel`) as a Keras model.
 
     Every op with weights becomes a real Keras layer with trainable variables (quantized
@@ -62,15 +63,22 @@ def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None
     (:mod:`mlflow_tflite_keras.converter.streaming`); ``stateful=True`` gives instead a model
     taking one frame per call and keeping the state across calls
     (``converter.reset_streaming_state(model)`` starts a new stream).
+
+    ``emulate_quantization=True`` computes what the integer kernels compute: every quantized
+    tensor of the source is snapped to its scale / zero point and integer range (round half
+    away from zero, saturating), hybrid ops quantize their input per batch / row as their
+    kernels do; gradients pass straight through, so ``fit`` is quantization-aware
+    (:mod:`~mlflow_tflite_keras.converter.emulation`).
     """
     return convert(tflite_model, signature_key=signature_key, name=name,
-                   unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful).model
+                   unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful,
+                   emulate_quantization=emulate_quantization).model
 
 
 @keras_noise_silenced()
 def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-            unsupported: str = "error", wrap_ops=(), stateful: bool = False
-            ) -> ConversionResult:
+            unsupported: str = "error", wrap_ops=(), stateful: bool = False,
+            emulate_quantization: bool = False) -> ConversionResult:
     """Like :func:`to_keras`, also returning the :class:`ConversionReport` (wrapped regions in
     ``report.wrapped_regions``)."""
     if unsupported not in ("error", "wrap"):
@@ -80,11 +88,11 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
     depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
     return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,
-                    stateful)
+                    stateful, emulate_quantization)
 
 
 def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
-             stateful=False) -> ConversionResult:
+             stateful=False, emulate_quantization=False) -> ConversionResult:
     signature = model.signature(signature_key)
     graph = build_graph(model, signature.subgraph_index)
     handlers = load_handlers()
@@ -130,7 +138,8 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     built = build_subgraph(model, signature.subgraph_index, specs,
                            list(signature.outputs.values()), name=model_name,
                            handlers=handlers, report=report, output_names=output_names,
-                           dict_inputs=True, graph=graph, steps=steps)
+                           dict_inputs=True, graph=graph, steps=steps,
+                           emulate_quantization=emulate_quantization)
     report.notes = built.ctx.notes
     report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
