@@ -34,6 +34,7 @@ class ConversionReport:
     # of the layer output holding that tensor's value; constants and folded ops are absent.
     # Used by ``parity.locate_divergence`` to compare intermediate tensors.
     tensor_map: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    emulate_quantization: bool = False  # built with emulate_quantization=True
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -124,7 +125,8 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     output_names = [_sanitize(out_names.get(index, out_name))
                     for out_name, index in signature.outputs.items()]
 
-    report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts())
+    report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts(),
+                              emulate_quantization=bool(emulate_quantization))
     model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
     from mlflow_tflite_keras.converter import streaming
 

@@ -119,3 +119,45 @@ def test_fit_trains_through_fake_quant():
     assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved) if not m]
     assert not any(w.trainable for layer in model._flatten_layers()
                    if isinstance(layer, FakeQuant) for w in layer.weights)
+
+
+def test_register_keras_version_emulated(tmp_path):
+    """register_keras_version(emulate_quantization=True): the registered Keras version is the
+    emulated reconstruction, judged strictly, and its description says so."""
+    import keras
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow_tflite_keras import lineage
+    from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    use_default_tracking(tmp_path / ".mlflow")
+    try:
+        mlflow.set_experiment(experiment_id=experiment("emulation"))
+        data = _source("full-int8-float-io")
+        with mlflow.start_run():
+            mlflow.tflite_keras.log_model(data, name="model", registered_model_name="digits-q",
+                                          input_example=_inputs(4))
+        with pytest.raises(MlflowException, match="emulate_quantization"):
+            lineage.register_keras_version("models:/digits-q/1", method="kept-source",
+                                           emulate_quantization=True)
+        version = lineage.register_keras_version("models:/digits-q/1",
+                                                 emulate_quantization=True)
+        assert "quantization emulated" in version.description
+        run = mlflow.MlflowClient().get_run(version.run_id)
+        model = mlflow.keras.load_model(f"models:/digits-q/{version.version}")
+        assert is_emulated(model) and isinstance(model, keras.Model)
+        assert any(k.startswith("parity_") for k in run.data.metrics)
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_cli_convert_has_emulate_quantization_flag():
+    from click.testing import CliRunner
+
+    from mlflow_tflite_keras.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", "--help"])
+    assert result.exit_code == 0 and "--emulate-quantization" in result.output
