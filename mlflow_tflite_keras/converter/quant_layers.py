@@ -11,9 +11,11 @@ trains through the integer arithmetic. Registered serializable (package
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from mlflow_tflite_keras.converter.layers import PACKAGE
+from mlflow_tflite_keras.tflite_model import Quantization
 
 
 def round_half_away(x):
@@ -68,17 +70,11 @@ class FakeQuant(keras.layers.Layer):
         self.axis = None if axis is None else int(axis)
         self.trainable = False
 
-    def _params(self, rank):
-        scale = ops.convert_to_tensor(self.scale, "float32")
-        zero_point = ops.convert_to_tensor(self.zero_point, "float32")
-        if len(self.scale) == 1:
-            return scale[0], zero_point[0]
-        shape = [1] * rank
-        shape[self.axis] = len(self.scale)
-        return ops.reshape(scale, shape), ops.reshape(zero_point, shape)
-
     def call(self, x):
-        scale, zero_point = self._params(len(x.shape))
+        # the one broadcasting of quantization parameters (per tensor / along the axis)
+        scale, zero_point = Quantization(
+            np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
+            self.axis or 0).broadcast(len(x.shape), np.float32)
         q = ops.clip(round_half_away(x / scale) + zero_point, self.qmin, self.qmax)
         return straight_through(x, (q - zero_point) * scale)
 
