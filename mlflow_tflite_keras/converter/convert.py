@@ -131,6 +131,10 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     from mlflow_tflite_keras.converter import streaming
 
     if streaming.is_streaming(model, signature.subgraph_index):
+        if emulate_quantization:
+            raise MlflowException("emulate_quantization does not cover streaming (stateful) "
+                                  "models yet; convert without it.",
+                                  error_code=INVALID_PARAMETER_VALUE)
         return ConversionResult(_streaming(model, signature, graph, handlers, report,
                                            model_name, stateful, steps, per_example), report)
     if stateful:
@@ -143,6 +147,9 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
                            dict_inputs=True, graph=graph, steps=steps,
                            emulate_quantization=emulate_quantization)
     report.notes = built.ctx.notes
+    if emulate_quantization and any(op.called_subgraphs for op in graph.ops):
+        report.notes.append("emulate_quantization: the subgraphs called by control-flow ops "
+                            "(loop bodies, branches) compute in float.")
     report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
     if per_example:
