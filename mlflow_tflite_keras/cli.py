@@ -300,6 +300,9 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
                    "frozen TFLiteLayers instead of failing.")
 @click.option("--wrap-op", "wrap_ops", multiple=True,
               help="Also wrap these operators (repeatable), e.g. to isolate a parity problem.")
+@click.option("--emulate-quantization", is_flag=True,
+              help="Reconstruct a quantized model computing what its integer kernels compute "
+                   "(fake-quant steps with the source's scales; strict parity).")
 @click.option("--max-rel-error", type=float, help="Parity tolerance override.")
 @click.option("--min-cosine", type=float, help="Parity tolerance override.")
 @click.option("--min-top1", type=float, help="Parity tolerance override.")
@@ -309,7 +312,8 @@ def log(path, name, registered_model_name, experiment_name, num_threads):
               help="Streaming (stateful) models: frames per sequence compared (default 32).")
 @_verbose_option
 def convert(model_uri, registered_model_name, alias, experiment_id, method, unsupported,
-            wrap_ops, max_rel_error, min_cosine, min_top1, max_steps, time_steps):
+            wrap_ops, emulate_quantization, max_rel_error, min_cosine, min_top1, max_steps,
+            time_steps):
     """Reconstruct a logged .tflite model (a model URI, or a local .tflite file with
     --registered-model-name) as Keras, check parity, and register the Keras version next to
     the source version with lineage tags both ways."""
@@ -332,6 +336,7 @@ def convert(model_uri, registered_model_name, alias, experiment_id, method, unsu
                                          alias=alias, experiment_id=experiment_id,
                                          tolerances=tolerances or None, method=method,
                                          unsupported=unsupported, wrap_ops=wrap_ops,
+                                         emulate_quantization=emulate_quantization,
                                          progress=_progress)
     except MlflowException as e:
         _fail(e)

@@ -105,6 +105,7 @@ def register_keras_version(
     unsupported: str = "error",
     wrap_ops=(),
     progress=None,
+    emulate_quantization: bool = False,
 ) -> ModelVersion:
     """Reconstruct the ``.tflite`` model at ``model_uri`` as Keras and register it.
 
@@ -121,7 +122,10 @@ def register_keras_version(
     the ``.tflite`` is measured and logged either way; the ``tflite_keras.method`` tag says
     which was registered. ``unsupported="wrap"`` / ``wrap_ops`` are passed to the converter:
     regions it cannot rebuild are embedded as frozen ``TFLiteLayer``s (listed in the
-    conversion report) instead of failing.
+    conversion report) instead of failing. ``emulate_quantization=True`` reconstructs
+    (never the kept float source) a model computing what the integer kernels compute
+    (``to_keras(emulate_quantization=True)``), judged by the strict emulated tolerances; the
+    version description says so.
 
     A streaming (stateful) source becomes a recurrent Keras model over frame sequences
     (:mod:`mlflow_tflite_keras.converter.streaming`); parity then compares sequences fed to
@@ -134,6 +138,10 @@ def register_keras_version(
     if method not in ("auto", "kept-source", "reconstructed"):
         raise MlflowException(f"method must be auto, kept-source or reconstructed; got "
                               f"'{method}'.", error_code=INVALID_PARAMETER_VALUE)
+    if emulate_quantization and method == "kept-source":
+        raise MlflowException("emulate_quantization needs a reconstruction (method "
+                              "'reconstructed' or 'auto'): the kept Keras source computes in "
+                              "float.", error_code=INVALID_PARAMETER_VALUE)
     say = progress or (lambda message: _logger.info(message))
     client = MlflowClient()
     source = resolve_source(model_uri, client)
@@ -162,7 +170,8 @@ def register_keras_version(
                 from mlflow_tflite_keras.converter import ConversionReport, convert
                 from mlflow_tflite_keras.converter.parity import check_parity
 
-                if method == "kept-source" or (method == "auto" and loaded.has_keras_source):
+                if not emulate_quantization and (
+                        method == "kept-source" or (method == "auto" and loaded.has_keras_source)):
                     chosen = "kept-source"
                     say("Loading the Keras model kept with the .tflite ...")
                     keras_model = loaded.load_keras_source()
@@ -176,7 +185,8 @@ def register_keras_version(
                     chosen = "reconstructed"
                     say("Reconstructing the Keras model ...")
                     result = convert(loaded.model_bytes, unsupported=unsupported,
-                                     wrap_ops=wrap_ops)
+                                     wrap_ops=wrap_ops,
+                                     emulate_quantization=emulate_quantization)
                     keras_model, conversion = result.model, result.report
                 mlflow.set_tag(METHOD, chosen)
                 mlflow.log_dict({"method": chosen, **conversion.to_dict()},
@@ -440,6 +450,9 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id, met
         notes += ("\n\n### Kept as frozen TFLiteLayers (not rebuilt, not trainable)" + wrapped)
     what = "Reconstructed Keras model" if method == "reconstructed" else \
         "Original Keras model (kept with the .tflite)"
+    if getattr(conversion, "emulate_quantization", False):
+        what += (", quantization emulated (fake-quant steps with the source's scales and zero "
+                 "points: computes what the integer kernels compute)")
     return (
         f"**{what}** of the `.tflite` {origin}.\n\n"
         f"- Source URI: `{model_uri}`\n"

@@ -46,6 +46,9 @@ class BuildContext:
         self.layers_by_op: dict[int, list[str]] = {}
         self.notes: list[str] = []  # what could not be recovered, for the conversion report
         self._current_op: Op | None = None
+        # Fake-quantize quantized tensors (converter/emulation.py); per subgraph: loop bodies
+        # and branches are built float.
+        self.emulate_quantization = False
         for t in graph.tensors:
             if t.is_constant:
                 self.values[t.index] = t.data
@@ -59,6 +62,7 @@ class BuildContext:
         scratch.values = dict(values)
         scratch.layer_names = self.layer_names.copy()
         scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
+        scratch.emulate_quantization = False
         return scratch
 
     # ---- values -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class ConversionReport:
     # of the layer output holding that tensor's value; constants and folded ops are absent.
     # Used by ``parity.locate_divergence`` to compare intermediate tensors.
     tensor_map: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    emulate_quantization: bool = False  # built with emulate_quantization=True
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -46,7 +47,8 @@ class ConversionResult:
 
 
 def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-             unsupported: str = "error", wrap_ops=(), stateful: bool = False) -> keras.Model:
+             unsupported: str = "error", wrap_ops=(), stateful: bool = False,
+             emulate_quantization: bool = False) -> keras.Model:
     """Rebuild a ``.tflite`` model (path, bytes or :class:`TFLiteModel`) as a Keras model.
 
     Every op with weights becomes a real Keras layer with trainable variables (quantized
@@ -62,15 +64,22 @@ def to_keras(tflite_model, *, signature_key: str | None = None, name: str | None
     (:mod:`mlflow_tflite_keras.converter.streaming`); ``stateful=True`` gives instead a model
     taking one frame per call and keeping the state across calls
     (``converter.reset_streaming_state(model)`` starts a new stream).
+
+    ``emulate_quantization=True`` computes what the integer kernels compute: every quantized
+    tensor of the source is snapped to its scale / zero point and integer range (round half
+    away from zero, saturating), hybrid ops quantize their input per batch / row as their
+    kernels do; gradients pass straight through, so ``fit`` is quantization-aware
+    (:mod:`~mlflow_tflite_keras.converter.emulation`).
     """
     return convert(tflite_model, signature_key=signature_key, name=name,
-                   unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful).model
+                   unsupported=unsupported, wrap_ops=wrap_ops, stateful=stateful,
+                   emulate_quantization=emulate_quantization).model
 
 
 @keras_noise_silenced()
 def convert(tflite_model, *, signature_key: str | None = None, name: str | None = None,
-            unsupported: str = "error", wrap_ops=(), stateful: bool = False
-            ) -> ConversionResult:
+            unsupported: str = "error", wrap_ops=(), stateful: bool = False,
+            emulate_quantization: bool = False) -> ConversionResult:
     """Like :func:`to_keras`, also returning the :class:`ConversionReport` (wrapped regions in
     ``report.wrapped_regions``)."""
     if unsupported not in ("error", "wrap"):
@@ -80,11 +89,11 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
     depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
     return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,
-                    stateful)
+                    stateful, emulate_quantization)
 
 
 def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
-             stateful=False) -> ConversionResult:
+             stateful=False, emulate_quantization=False) -> ConversionResult:
     signature = model.signature(signature_key)
     graph = build_graph(model, signature.subgraph_index)
     handlers = load_handlers()
@@ -116,11 +125,16 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     output_names = [_sanitize(out_names.get(index, out_name))
                     for out_name, index in signature.outputs.items()]
 
-    report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts())
+    report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts(),
+                              emulate_quantization=bool(emulate_quantization))
     model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
     from mlflow_tflite_keras.converter import streaming
 
     if streaming.is_streaming(model, signature.subgraph_index):
+        if emulate_quantization:
+            raise MlflowException("emulate_quantization does not cover streaming (stateful) "
+                                  "models yet; convert without it.",
+                                  error_code=INVALID_PARAMETER_VALUE)
         return ConversionResult(_streaming(model, signature, graph, handlers, report,
                                            model_name, stateful, steps, per_example), report)
     if stateful:
@@ -130,8 +144,12 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
     built = build_subgraph(model, signature.subgraph_index, specs,
                            list(signature.outputs.values()), name=model_name,
                            handlers=handlers, report=report, output_names=output_names,
-                           dict_inputs=True, graph=graph, steps=steps)
+                           dict_inputs=True, graph=graph, steps=steps,
+                           emulate_quantization=emulate_quantization)
     report.notes = built.ctx.notes
+    if emulate_quantization and any(op.called_subgraphs for op in graph.ops):
+        report.notes.append("emulate_quantization: the subgraphs called by control-flow ops "
+                            "(loop bodies, branches) compute in float.")
     report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
     if per_example:

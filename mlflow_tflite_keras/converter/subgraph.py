@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from mlflow_tflite_keras.converter import emulation
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import Graph, Op, build_graph
 
@@ -59,8 +60,13 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
             op.materialize(ctx, report, key_prefix)
             continue
         ctx._current_op = op
+        emulate = getattr(ctx, "emulate_quantization", False)
         try:
-            outputs = handlers[op.type].convert(op, ctx)
+            if emulate:  # the hybrid kernels' input quantization, see converter.emulation
+                with emulation.hybrid_inputs(ctx, op):
+                    outputs = handlers[op.type].convert(op, ctx)
+            else:
+                outputs = handlers[op.type].convert(op, ctx)
         except MlflowException:
             raise
         except Exception as e:  # noqa: BLE001 - a layer refusing inconsistent shapes/options too
@@ -75,6 +81,8 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
                                   f"{len(op.outputs)} outputs.")
         for t, v in zip(op.outputs, outputs):
             ctx.values[t.index] = v
+        if emulate:
+            emulation.quantize_outputs(ctx, op)
         if report is not None:
             key = f"{key_prefix}{op.index}:{op.type}"
             if all(isinstance(v, np.ndarray) for v in outputs):
@@ -91,7 +99,8 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
                    constant_output: Callable | None = None,
                    key_prefix: str = "", graph: Graph | None = None,
                    steps: list | None = None,
-                   parent: BuildContext | None = None) -> BuiltSubgraph:
+                   parent: BuildContext | None = None,
+                   emulate_quantization: bool = False) -> BuiltSubgraph:
     """A functional model computing the subgraph's tensors ``outputs`` (indices) from
     ``inputs``.
 
@@ -101,9 +110,12 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
     names); otherwise a single tensor or a list. ``key_prefix`` prefixes the report's
     ``"index:OP"`` keys (``"sg2/"`` for a loop body). ``parent``: the context of the op that
     calls this subgraph, whose conversion state the new context shares.
+    ``emulate_quantization``: fake-quantize every quantized tensor as the integer kernels
+    compute it (:mod:`..emulation`).
     """
     graph = graph or build_graph(tflite_model, subgraph_index)
     ctx = BuildContext(graph, parent)
+    ctx.emulate_quantization = emulate_quantization
     keras_inputs = {}
     for spec in inputs:
         if spec.bound:
@@ -112,6 +124,9 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
         x = keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype, name=spec.name)
         keras_inputs[spec.name] = x
         ctx.values[spec.tensor] = x
+        if emulate_quantization:
+            t = graph.tensors[spec.tensor]
+            ctx.values[spec.tensor] = emulation.fake_quantize(ctx, t, x, spec.name)
     run_ops(graph, ctx, handlers, report, key_prefix, steps)
 
     values, model_outputs = [], []

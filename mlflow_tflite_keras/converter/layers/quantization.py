@@ -1,0 +1,116 @@
+"""Fake-quantization layers of emulated reconstructions (``to_keras(emulate_quantization=True)``).
+
+Each layer snaps a float tensor to the integer grid the source model's kernels compute on,
+rounding as TFLite's reference kernels do (``TfLiteRound``: half away from zero) and
+saturating to the integer type's range, so fused activation clamps fall out of the
+saturation. Gradients pass straight through (``x + stop_gradient(q(x) - x)``), so ``fit``
+trains through the integer arithmetic. Registered serializable (package
+``mlflow_tflite_keras``): emulated models load with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE
+from mlflow_tflite_keras.tflite_model import Quantization
+
+
+def round_half_away(x):
+    """Round to nearest, ties away from zero (``std::round``, TFLite's ``TfLiteRound``)."""
+    return ops.sign(x) * ops.floor(ops.abs(x) + 0.5)
+
+
+def straight_through(x, quantized):
+    """``quantized`` forward, identity gradient backward."""
+    return x + ops.stop_gradient(quantized - x)
+
+
+def quantize_hybrid_input(x, row_size=None, asymmetric=False, dtype="float32"):
+    """The float activations a hybrid (dynamic-range) kernel multiplies: quantized to int8 on
+    the fly per batch element (``row_size=None``: convolutions) or per row of ``row_size``
+    values (fully connected, batch matmul), symmetric or asymmetric as the kernel does
+    (tensor_utils::Symmetric/AsymmetricQuantizeFloats), then dequantized. On ``keras.ops``:
+    used by the emulation layer and, on numpy, by the parity checker."""
+    x = ops.convert_to_tensor(x)
+    shape = ops.shape(x)
+    rows = ops.cast(ops.reshape(x, (shape[0], -1) if row_size is None else (-1, row_size)),
+                    dtype)
+    if asymmetric:
+        low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
+        high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
+        scale = (high - low) / 255.0
+        safe = ops.where(scale > 0, scale, ops.ones_like(scale))
+        zero_point = ops.clip(round_half_away(-128.0 - low / safe), -128, 127)
+        q = ops.clip(round_half_away(zero_point + rows / safe), -128, 127)
+        out = ops.where(scale > 0, (q - zero_point) * scale, ops.zeros_like(rows))
+    else:
+        scale = ops.max(ops.abs(rows), axis=1, keepdims=True) / 127.0
+        safe = ops.where(scale > 0, scale, ops.ones_like(scale))
+        q = ops.clip(round_half_away(rows / safe), -127, 127)
+        out = ops.where(scale > 0, q * scale, ops.zeros_like(rows))
+    return ops.reshape(ops.cast(out, x.dtype), shape)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FakeQuant(keras.layers.Layer):
+    """``(clip(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``, per tensor
+    (one scale) or per channel along ``axis``; no trainable weights."""
+
+    def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.scale = [float(s) for s in scale]
+        self.zero_point = [int(z) for z in zero_point]
+        if len(self.scale) != len(self.zero_point) or not self.scale:
+            raise ValueError("scale and zero_point need the same, non-zero length")
+        self.qmin, self.qmax = int(qmin), int(qmax)
+        self.axis = None if axis is None else int(axis)
+        self.trainable = False
+
+    def call(self, x):
+        # the one broadcasting of quantization parameters (per tensor / along the axis)
+        scale, zero_point = Quantization(
+            np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
+            self.axis or 0).broadcast(len(x.shape), np.float32)
+        q = ops.clip(round_half_away(x / scale) + zero_point, self.qmin, self.qmax)
+        return straight_through(x, (q - zero_point) * scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point,
+                "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HybridInputQuant(keras.layers.Layer):
+    """A hybrid kernel's on-the-fly int8 quantization of its float input
+    (:func:`quantize_hybrid_input`), straight-through gradient; no weights."""
+
+    def __init__(self, row_size: int | None = None, asymmetric: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.row_size = None if row_size is None else int(row_size)
+        self.asymmetric = bool(asymmetric)
+        self.trainable = False
+
+    def call(self, x):
+        return straight_through(x, quantize_hybrid_input(x, self.row_size, self.asymmetric))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "row_size": self.row_size,
+                "asymmetric": self.asymmetric}
+
+
+EMULATION_LAYERS = (FakeQuant, HybridInputQuant)
+
+
+def is_emulated(keras_model) -> bool:
+    """Whether ``keras_model`` was built with ``emulate_quantization=True``."""
+    return any(isinstance(layer, EMULATION_LAYERS) for layer in keras_model._flatten_layers())

@@ -1,0 +1,163 @@
+"""to_keras(emulate_quantization=True): the integer kernels' arithmetic replayed in Keras.
+
+Judged strictly: full-integer outputs within 1 quantization step on every element (the share
+at 0 steps is reported), dynamic-range within float noise; a 5% change on one middle kernel
+fails each. The emulated model runs under predict, loads with safe_mode=True and trains."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from converter.op_harness import perturbed
+from model_factory import digits, keras_model_tflite
+from mlflow_tflite_keras.converter import convert
+from mlflow_tflite_keras.converter.parity import check_parity
+from mlflow_tflite_keras.converter.layers.quantization import FakeQuant, is_emulated
+
+
+def _digits_cnn():
+    import keras
+
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = digits()
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, shuffle=False)
+    return model
+
+
+def _representative():
+    return digits()[0][:64]
+
+
+# variant -> (recipe, extra conversion arguments)
+VARIANTS = {
+    "full-int8": ("full-int8", {}),  # int8 I/O
+    "full-int8-float-io": ("full-int8", {"inference_input_type": np.float32,
+                                         "inference_output_type": np.float32}),
+    "dynamic-range": ("dynamic-range", {}),
+    "int16x8": ("int16x8", {}),
+}
+
+
+def _source(variant):
+    recipe, kwargs = VARIANTS[variant]
+    rep = _representative if recipe in ("full-int8", "int16x8") else None
+    return keras_model_tflite("digits-cnn-emulation", _digits_cnn, recipe, representative=rep,
+                              **kwargs)
+
+
+def _inputs(n=64):
+    return digits()[0][-n:]  # held out from the representative rows
+
+
+# int16x8 kernels requantize with a 15-bit multiplier and use lookup tables for softmax, which
+# the emulation does not replay (see parity.EMULATED_TOLERANCES): judged by relative error.
+MAX_STEPS = {"int16x8": None}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_emulated_parity_is_strict(variant, tmp_path):
+    import keras
+
+    data = _source(variant)
+    result = convert(data, emulate_quantization=True)
+    model = result.model
+    assert is_emulated(model)
+    x = _inputs()
+    report = check_parity(data, model, x)
+    print(f"\n{variant}: {report}")
+    assert report.passed, str(report)
+    assert report.compiled.passed, str(report)
+    for out in report.outputs:
+        if out.quantization_step is not None and MAX_STEPS.get(variant, 1.0) is not None:
+            assert out.max_steps <= 1.0, str(report)
+            assert out.share_exact >= 0.9, str(report)
+        else:
+            assert out.max_rel_error <= 1e-3, str(report)
+    # the float reconstruction is not held to this: emulation is what makes it strict
+    if variant != "dynamic-range":
+        assert any(isinstance(layer, FakeQuant) for layer in model._flatten_layers())
+
+    # a 5% change on one middle kernel fails
+    undo = perturbed(model)
+    try:
+        wrong = check_parity(data, model, x, compiled=False)
+    finally:
+        undo()
+    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+
+    # predict, .keras with safe_mode=True
+    predicted = model.predict(x, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(again.predict(x, verbose=0)), predicted)
+    assert check_parity(data, again, x, compiled=False).passed
+
+
+def test_fit_trains_through_fake_quant():
+    """The straight-through estimator: gradients reach every kernel; a fit step moves them."""
+    data = _source("full-int8-float-io")
+    model = convert(data, emulate_quantization=True).model
+    x, y = digits()
+    before = [np.array(w.numpy()) for w in model.trainable_weights]
+    assert before, "no trainable weights"
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    moved = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved) if not m]
+    assert not any(w.trainable for layer in model._flatten_layers()
+                   if isinstance(layer, FakeQuant) for w in layer.weights)
+
+
+def test_register_keras_version_emulated(tmp_path):
+    """register_keras_version(emulate_quantization=True): the registered Keras version is the
+    emulated reconstruction, judged strictly, and its description says so."""
+    import keras
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow_tflite_keras import lineage
+    from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    use_default_tracking(tmp_path / ".mlflow")
+    try:
+        mlflow.set_experiment(experiment_id=experiment("emulation"))
+        data = _source("full-int8-float-io")
+        with mlflow.start_run():
+            mlflow.tflite_keras.log_model(data, name="model", registered_model_name="digits-q",
+                                          input_example=_inputs(4))
+        with pytest.raises(MlflowException, match="emulate_quantization"):
+            lineage.register_keras_version("models:/digits-q/1", method="kept-source",
+                                           emulate_quantization=True)
+        version = lineage.register_keras_version("models:/digits-q/1",
+                                                 emulate_quantization=True)
+        assert "quantization emulated" in version.description
+        run = mlflow.MlflowClient().get_run(version.run_id)
+        model = mlflow.keras.load_model(f"models:/digits-q/{version.version}")
+        assert is_emulated(model) and isinstance(model, keras.Model)
+        assert any(k.startswith("parity_") for k in run.data.metrics)
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_cli_convert_has_emulate_quantization_flag():
+    from click.testing import CliRunner
+
+    from mlflow_tflite_keras.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", "--help"])
+    assert result.exit_code == 0 and "--emulate-quantization" in result.output
