@@ -6,7 +6,9 @@ parent before Python starts: Keras picks its backend once, at import).
 to fit) and writes ``CASE_DIR/results.json``. For each case, the ``.keras`` file reloaded here
 and the model :func:`to_keras` rebuilds here are each judged the same way: parity with LiteRT
 (eager and compiled), a 5% change of one kernel rejected, and one ``fit`` step that must change
-every trainable weight.
+every trainable weight; for cases marked ``export``, the fine-tuned model is exported back to
+``.tflite`` like the source (the export runs in a TensorFlow child process) and must answer as
+the fine-tuned model does here.
 """
 
 from __future__ import annotations
@@ -65,10 +67,23 @@ def _output_names(model):
     return list(model.output) if isinstance(model.output, dict) else None
 
 
-def _judge(data, model, x, fit):
+def _export(data, model, x):
+    """The fine-tuned model exported like the source (in a TensorFlow child process): the
+    new ``.tflite`` answers as the fine-tuned model does on this backend."""
+    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.export import export_tflite
+
+    new = export_tflite(model, like=data)
+    report = check_parity(new, model, x, compiled=False)
+    return {"passed": bool(report.passed), "report": str(report)}
+
+
+def _judge(data, model, x, fit, export=False):
     result = {"parity": _parity(data, model, x), "output_names": _output_names(model)}
     if fit:
         result["fit"] = _fit_step(model, x)
+    if export:
+        result["export"] = _export(data, model, x)
     return result
 
 
@@ -91,7 +106,8 @@ def main(case_dir: str) -> None:
                     model = keras.saving.load_model(case["keras"], safe_mode=True)
                 else:
                     model = to_keras(data, **case.get("to_keras_kwargs", {}))
-                entry[how] = _judge(data, model, x, case.get("fit", True))
+                entry[how] = _judge(data, model, x, case.get("fit", True),
+                                    export=how == "to_keras" and case.get("export", False))
             except Exception as e:  # noqa: BLE001 - reported to the parent, which fails
                 entry[how] = {"error": f"{type(e).__name__}: {e}",
                               "traceback": traceback.format_exc()[-4000:]}

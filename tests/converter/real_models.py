@@ -81,7 +81,7 @@ KWS_FRAMES, KWS_FEATURES, KWS_UNITS = 24, 10, 16
 def keyword_spotter_fn():
     """A keyword spotter traced with a dynamic batch, written the way TensorFlow models
     compute shapes: ``tf.shape(x)[0]`` feeds reshapes (SHAPE -> STRIDED_SLICE -> PACK ->
-    RESHAPE), the recurrent state's zeros (FILL) and a broadcast bias (BROADCAST_TO); a
+    RESHAPE), the recurrent state's start (FILL) and a broadcast bias (BROADCAST_TO); a
     conv front end over the MFCC frames, two recurrent steps over pooled halves, softmax
     scores over 5 keywords."""
     import tensorflow as tf
@@ -99,7 +99,7 @@ def keyword_spotter_fn():
         x = tf.nn.relu(tf.nn.conv2d(x, k1, 2, "SAME"))  # [b, 12, 5, 8]
         x = tf.nn.relu(tf.nn.conv2d(x, k2, [2, 1], "SAME"))  # [b, 6, 5, 8]
         halves = tf.reshape(x, [batch, 2, -1])  # [b, 2, 120]
-        state = tf.zeros([batch, KWS_UNITS])
+        state = tf.fill([batch, KWS_UNITS], 0.1)  # non-zero: w_rec gets a gradient at t=0
         b = tf.broadcast_to(bias, [batch, KWS_UNITS])
         for t in range(2):
             state = tf.tanh(halves[:, t] @ w_in + state @ w_rec + b)

@@ -5,7 +5,9 @@ The suite's real-world-shaped models are converted under TensorFlow (this proces
 at import) reloads each one and also rebuilds it with ``to_keras`` there, and judges both:
 parity with LiteRT at the float tolerance (eager and compiled), a 5% kernel change rejected,
 and a ``fit`` step that changes every trainable weight (see ``backend_worker.py``).
-``TFLITE_KERAS_TEST_BACKEND=torch`` runs the same on PyTorch (``make test-torch``).
+The landmark model is also exported back to ``.tflite`` after that step (the
+export runs in a TensorFlow child process). ``TFLITE_KERAS_TEST_BACKEND=torch`` runs the same on
+PyTorch where it is installed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ WORKER = Path(__file__).with_name("backend_worker.py")
 
 def _cases():
     """name -> (tflite bytes factory, input batch factory, to_keras kwargs, fit)."""
+    # landmarks (three outputs, not in name order) is also exported back to .tflite after
+    # the fit step: see EXPORTED.
     return {
         "blazeface": (real_models.blazeface, lambda: real_models.face_images(2), {}, True),
         "landmarks": (lambda: roundtrip_models.model("landmarks"),
@@ -52,6 +56,7 @@ def _cases():
 
 
 CASES = list(_cases())
+EXPORTED = {"landmarks"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def backend_results(tmp_path_factory):
         manifest.append({"name": name, "tflite": str(root / f"{name}.tflite"),
                          "keras": str(root / f"{name}.keras"),
                          "inputs": str(root / f"{name}.npy"), "to_keras_kwargs": kwargs,
-                         "fit": fit})
+                         "fit": fit, "export": name in EXPORTED})
     (root / "cases.json").write_text(json.dumps(manifest))
     env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, str(WORKER), str(root)], env=env,
@@ -95,3 +100,5 @@ def test_reconstruction_on_backend(backend_results, case, how):
         fit = result["fit"]
         assert fit["n_trainable"] > 0 and np.isfinite(fit["loss"])
         assert not fit["unchanged"], f"{case}: fit left {fit['unchanged']} unchanged"
+    if "export" in result:
+        assert result["export"]["passed"], result["export"]["report"]
