@@ -102,3 +102,52 @@ def test_reconstruction_on_backend(backend_results, case, how):
         assert not fit["unchanged"], f"{case}: fit left {fit['unchanged']} unchanged"
     if "export" in result:
         assert result["export"]["passed"], result["export"]["report"]
+
+
+FINETUNE_WORKER = """
+import sys
+import keras
+import flavor_models as fm
+from mlflow_tflite_keras.tracking import use_default_tracking
+from mlflow_tflite_keras.finetune import finetune
+
+use_default_tracking(sys.argv[1])
+x, y = fm.digits()
+assert keras.backend.backend() == sys.argv[2], keras.backend.backend()
+r = finetune("models:/digits/2", (x[:300], y[:300]), epochs=2, learning_rate=1e-3)
+print("RESULT", r.keras_version.version, r.tflite_version.version, r.parity.passed,
+      r.interface.ok, flush=True)
+"""
+
+
+def test_finetune_on_backend(tmp_path):
+    """``finetune`` under ``KERAS_BACKEND=jax``: it trains there, exports in a TensorFlow child
+    process and registers both versions, the export checked against the JAX model."""
+    if importlib.util.find_spec(BACKEND) is None:
+        pytest.skip(f"the {BACKEND} package is not installed")
+    import flavor_models as fm
+    import mlflow
+    from mlflow_tflite_keras import lineage
+    from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+    store = tmp_path / ".mlflow"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    use_default_tracking(store)
+    try:
+        mlflow.set_experiment(experiment_id=experiment("finetune"))
+        x, _ = fm.digits()
+        with mlflow.start_run():
+            mlflow.tflite_keras.log_model(fm.cnn("float32"), name="model", input_example=x[:4],
+                                          registered_model_name="digits")
+        lineage.register_keras_version("models:/digits/1", parity_inputs=x[:64])
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", FINETUNE_WORKER, str(store), BACKEND], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "RESULT 3 4 True True" in proc.stdout, proc.stdout[-2000:]
