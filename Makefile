@@ -11,7 +11,7 @@ MODEL  ?= models:/digits-tflite/1
 PORT   ?= 5001
 UI_PORT ?= 5000
 
-.PHONY: install demo serve ui test bench docs clean java browser postgres
+.PHONY: install demo serve ui test test-jax bench docs clean java browser postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ ui: $(STAMP)
 
 test: $(STAMP) java browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Reconstructions on the JAX backend alone (also part of `make test`): real-world-shaped models
+# built under TensorFlow, reloaded and rebuilt under KERAS_BACKEND=jax in a worker process.
+test-jax: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/converter/test_backends.py
 
 # The Spark tests need a JVM: install one with apt-get when `java` is absent and we are root
 # (otherwise they are skipped with a message).

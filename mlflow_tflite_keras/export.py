@@ -698,7 +698,19 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             exports the Keras model with its own signature (Keras' SavedModel export: a
             dynamic batch, outputs sorted by name) and only compares.
         return_report: return ``(bytes, InterfaceReport)`` instead of the bytes.
+
+    Under another Keras backend (JAX, PyTorch) the export runs in a TensorFlow child process
+    from the model saved to ``.keras`` (:mod:`mlflow_tflite_keras.backends`).
     """
+    from mlflow_tflite_keras import backends
+
+    if backends.keras_backend() != "tensorflow":
+        return backends.export_in_tensorflow_process(
+            keras_model, like=like, recipe=recipe, representative_data=representative_data,
+            allow_interface_changes=allow_interface_changes, num_samples=num_samples,
+            inference_input_type=inference_input_type,
+            inference_output_type=inference_output_type, align_names=align_names,
+            return_report=return_report)
     source = load_like(like) if like is not None else None
     if _streaming_layer(keras_model) is not None:  # streaming: one frame per invoke
         return export_streaming_tflite(

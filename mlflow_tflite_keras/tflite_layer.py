@@ -28,8 +28,11 @@ TFLiteRunner`, the same code):
 * **Frozen**: the layer has no weights at all and ``trainable=False``; the model runs in a
   ``tf.numpy_function`` (no gradient is registered for it) wrapped in ``stop_gradient``, so
   no gradient flows into the layer *or through it* to layers before it.
+* **Backends**: TensorFlow (a ``tf.numpy_function``), JAX (``jax.pure_callback``;
+  ``io_callback`` for stateful models) and PyTorch (a host call under ``torch.no_grad``), frozen
+  the same way on each; any other Keras backend gets a clear error naming it.
 * **Graphs**: works eagerly, in ``predict`` and inside compiled ``fit`` / ``tf.function``
-  graphs (TensorFlow backend). It cannot be XLA-compiled (``supports_jit = False``, so
+  graphs (TensorFlow backend; jitted functions on JAX). It cannot be XLA-compiled (``supports_jit = False``, so
   ``jit_compile="auto"`` stays off) and a model using it cannot be exported to a TF
   SavedModel / converted back to TFLite (the numpy function is Python).
 * **Threads**: concurrent calls are safe; each borrows an interpreter from the runner's pool.
@@ -357,9 +360,18 @@ class TFLiteLayer(keras.layers.Layer):
         return [np.asarray(outputs[t.name], dtype=t.dtype) for t in self._interface.outputs]
 
     def call(self, inputs):
+        self._model()  # fail at trace time, not inside the graph, when the bytes are missing
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return self._call_jax(self._input_list(inputs))
+        if backend == "torch":
+            return self._call_torch(self._input_list(inputs))
+        if backend != "tensorflow":
+            raise ValueError(f"TFLiteLayer '{self.name}' cannot run on the Keras backend "
+                             f"'{backend}': it runs LiteRT on the host from TensorFlow, JAX or "
+                             "PyTorch only.")
         import tensorflow as tf
 
-        self._model()  # fail at trace time, not inside the graph, when the bytes are missing
         flat = self._input_list(inputs)
         flat = [tf.convert_to_tensor(x) for x in flat]
         batch = self._check_shapes([tuple(x.shape) for x in flat])
@@ -377,6 +389,49 @@ class TFLiteLayer(keras.layers.Layer):
             y.set_shape(shape)
             results.append(tf.stop_gradient(y))
         return self._structure(results)
+
+    def _concrete_output_shapes(self, flat):
+        batch = self._check_shapes([tuple(x.shape) for x in flat])
+        shapes = self._output_shapes(batch)
+        if any(d is None for shape in shapes for d in shape):
+            raise ValueError(f"TFLiteLayer '{self.name}': output shapes {shapes} are not all "
+                             "known from the input shapes; JAX needs them before the call.")
+        return shapes
+
+    def _call_jax(self, flat):
+        """LiteRT on the host through ``jax.pure_callback`` (``io_callback`` for stateful
+        models, so no call is dropped or merged). Frozen: inputs and outputs pass through
+        ``stop_gradient``, so no gradient reaches the callback, which has none."""
+        import jax
+        from jax.experimental import io_callback
+
+        flat = [jax.lax.stop_gradient(jax.numpy.asarray(x)) for x in flat]
+        specs = [jax.ShapeDtypeStruct(tuple(shape), t.dtype) for t, shape in
+                 zip(self._interface.outputs, self._concrete_output_shapes(flat))]
+
+        def host(*arrays):
+            return tuple(self._predict_numpy(*[np.asarray(a) for a in arrays]))
+
+        if self._model().is_stateful:
+            outputs = io_callback(host, tuple(specs), *flat, ordered=True)
+        else:
+            outputs = jax.pure_callback(host, tuple(specs), *flat, vmap_method="sequential")
+        return self._structure([jax.lax.stop_gradient(y) for y in outputs])
+
+    def _call_torch(self, flat):
+        """LiteRT on the host, outside autograd (``torch.no_grad``): frozen, and no gradient
+        flows through it to earlier layers."""
+        import torch
+
+        device = next((x.device for x in flat if isinstance(x, torch.Tensor)), None)
+        with torch.no_grad():
+            arrays = [np.asarray(x.detach().cpu().numpy()) if isinstance(x, torch.Tensor)
+                      else np.asarray(x) for x in flat]
+            outputs = [torch.from_numpy(np.ascontiguousarray(y)) for y in
+                       self._predict_numpy(*arrays)]
+        if device is not None:
+            outputs = [y.to(device) for y in outputs]
+        return self._structure(outputs)
 
 
 __all__ = ["TFLiteLayer"]

@@ -42,12 +42,16 @@ class CompiledCheck:
         return f"compiled inference FAILED: {self.reason}"
 
 
-def as_output_list(result) -> list[np.ndarray]:
-    """A model's outputs (a tensor, a list, or a dict in output order) as numpy arrays."""
+def as_output_list(result, keras_model=None) -> list[np.ndarray]:
+    """A model's outputs (a tensor, a list, or a dict) as numpy arrays, in ``keras_model``'s
+    output order (the signature's): JAX and PyTorch return dicts with sorted keys."""
     import keras
 
     if isinstance(result, dict):
-        result = list(result.values())
+        names = list(keras_model.output) if keras_model is not None and \
+            isinstance(keras_model.output, dict) and set(keras_model.output) == set(result) \
+            else list(result)
+        result = [result[n] for n in names]
     elif not isinstance(result, (list, tuple)):
         result = [result]
     return [np.asarray(keras.ops.convert_to_numpy(r)) for r in result]
@@ -62,7 +66,7 @@ def predict_compiled(keras_model, feed, *, isolated: bool = False,
     if not isolated:
         # predict_on_batch: the same tf.function as predict, without predict's slicing of
         # every input along axis 0 (models with unbatched inputs cannot be sliced).
-        return as_output_list(keras_model.predict_on_batch(feed))
+        return as_output_list(keras_model.predict_on_batch(feed), keras_model)
     with tempfile.TemporaryDirectory(prefix="tflite-keras-compiled-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         keras_model.save(model_path)
@@ -91,7 +95,7 @@ def check_compiled(keras_model, feed, *, isolated: bool = True, eager=None,
     ``max_rel_diff`` of an output's value range fails the check; the caller survives.
     ``eager``: the eager outputs when already computed."""
     if eager is None:
-        eager = as_output_list(keras_model(feed, training=False))
+        eager = as_output_list(keras_model(feed, training=False), keras_model)
     try:
         compiled = predict_compiled(keras_model, feed, isolated=isolated)
     except CompiledInferenceError as e:

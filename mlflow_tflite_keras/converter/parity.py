@@ -357,7 +357,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
                                            signature_key)
     expected = runner.predict(inputs, signature_key=signature_key, dequantize=True)
     feed = _keras_feed(keras_model, spec, inputs)
-    actual = as_output_list(keras_model(feed, training=False))
+    actual = as_output_list(keras_model(feed, training=False), keras_model)
     family = tolerance_family(model.quantization_kind)
     from mlflow_tflite_keras.converter.layers.quantization import is_emulated
 
@@ -541,14 +541,11 @@ def _keras_sequences(keras_model, sequences: np.ndarray) -> list[np.ndarray]:
     """The Keras model's outputs (in order) on ``[n, time, *frame]``: the sequence model in
     one call, a stateful (one frame per call) model frame by frame, reset before each
     sequence."""
-    import keras
 
     from mlflow_tflite_keras.converter.streaming import reset_streaming_state, streaming_layer
 
     def as_list(result):
-        result = list(result.values()) if isinstance(result, dict) else \
-            list(result) if isinstance(result, (list, tuple)) else [result]
-        return [np.asarray(keras.ops.convert_to_numpy(r)) for r in result]
+        return as_output_list(result, keras_model)
 
     layer = streaming_layer(keras_model)
     if layer is None or not layer.stateful:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_factory import keras_model_tflite
+from model_factory import cached, keras_model_tflite
 
 BLAZEFACE_INPUT = (128, 128, 3)
 
@@ -71,3 +71,60 @@ def face_images(n: int = 2, seed: int = 0) -> np.ndarray:
 def blazeface(recipe: str = "float32") -> bytes:
     return keras_model_tflite("real-blazeface", make_blazeface, recipe,
                               representative=lambda: face_images(16, seed=1))
+
+
+# ---- a keyword spotter with a dynamic batch (shape arithmetic at run time) ------------------
+
+KWS_FRAMES, KWS_FEATURES, KWS_UNITS = 24, 10, 16
+
+
+def keyword_spotter_fn():
+    """A keyword spotter traced with a dynamic batch, written the way TensorFlow models
+    compute shapes: ``tf.shape(x)[0]`` feeds reshapes (SHAPE -> STRIDED_SLICE -> PACK ->
+    RESHAPE), the recurrent state's start (FILL) and a broadcast bias (BROADCAST_TO); a
+    conv front end over the MFCC frames, two recurrent steps over pooled halves, softmax
+    scores over 5 keywords."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(14)
+    w = lambda *s: tf.constant(rng.normal(0, 0.3, s).astype(np.float32))  # noqa: E731
+    k1, k2 = w(3, 3, 1, 8), w(3, 3, 8, 8)
+    w_in, w_rec, bias = w(6 * 5 * 8 // 2, KWS_UNITS), w(KWS_UNITS, KWS_UNITS), w(KWS_UNITS)
+    dense = w(KWS_UNITS, 5)
+
+    @tf.function
+    def spot(mfcc):
+        batch = tf.shape(mfcc)[0]
+        x = tf.reshape(mfcc, [batch, KWS_FRAMES, KWS_FEATURES, 1])
+        x = tf.nn.relu(tf.nn.conv2d(x, k1, 2, "SAME"))  # [b, 12, 5, 8]
+        x = tf.nn.relu(tf.nn.conv2d(x, k2, [2, 1], "SAME"))  # [b, 6, 5, 8]
+        halves = tf.reshape(x, [batch, 2, -1])  # [b, 2, 120]
+        state = tf.fill([batch, KWS_UNITS], 0.1)  # non-zero: w_rec gets a gradient at t=0
+        b = tf.broadcast_to(bias, [batch, KWS_UNITS])
+        for t in range(2):
+            state = tf.tanh(halves[:, t] @ w_in + state @ w_rec + b)
+        return {"scores": tf.nn.softmax(state @ dense)}
+
+    return spot
+
+
+def mfcc_frames(n: int = 4, seed: int = 0) -> np.ndarray:
+    """Smooth random MFCC-like frames ``[n, frames, features]``."""
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(rng.normal(0, 0.3, (n, KWS_FRAMES, KWS_FEATURES)), axis=1)
+    return (x / np.sqrt(np.arange(1, KWS_FRAMES + 1))[None, :, None]).astype(np.float32)
+
+
+def keyword_spotter() -> bytes:
+    def build():
+        import tensorflow as tf
+
+        fn = keyword_spotter_fn()
+        module = tf.Module()
+        module.fn = fn
+        spec = tf.TensorSpec([None, KWS_FRAMES, KWS_FEATURES], tf.float32, name="mfcc")
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [fn.get_concrete_function(spec)], module)
+        return converter.convert()
+
+    return cached("real-keyword-spotter", build, keyword_spotter_fn)

@@ -40,11 +40,14 @@ class WhileLoop(StoredConstants, keras.layers.Layer):
     """
 
     def __init__(self, cond_model, body_model, n_vars: int, shapes=None, constants=None,
-                 **kwargs):
+                 trip_count=None, **kwargs):
         super().__init__(**kwargs)
         self.cond_model = cond_model
         self.body_model = body_model
         self.n_vars = int(n_vars)
+        # Iterations fixed at build time (a counter against constant bounds): JAX and torch
+        # run such loops as a fori_loop, which JAX can differentiate (a while_loop it cannot).
+        self.trip_count = None if trip_count is None else int(trip_count)
         self.shapes = [None if s is None else [None if d is None else int(d) for d in s]
                        for s in (shapes or [None] * self.n_vars)]
         self._init_constants(constants or {})
@@ -70,6 +73,9 @@ class WhileLoop(StoredConstants, keras.layers.Layer):
                           for s in self.shapes]
             return list(tf.while_loop(cond, body, tuple(values),
                                       shape_invariants=tuple(invariants)))
+        if self.trip_count is not None:
+            return list(ops.fori_loop(0, self.trip_count, lambda _, xs: body(*xs),
+                                      tuple(values)))
         return list(ops.while_loop(cond, body, tuple(values)))
 
     def call(self, *inputs):
@@ -88,7 +94,7 @@ class WhileLoop(StoredConstants, keras.layers.Layer):
         config.update(cond_model=keras.saving.serialize_keras_object(self.cond_model),
                       body_model=keras.saving.serialize_keras_object(self.body_model),
                       n_vars=self.n_vars, shapes=self.shapes,
-                      constants=self._constants_config())
+                      constants=self._constants_config(), trip_count=self.trip_count)
         return config
 
     @classmethod

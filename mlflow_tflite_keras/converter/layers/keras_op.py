@@ -64,8 +64,10 @@ class StoredConstants:
         """The ``n`` operands of a call: ``tensors`` in order, with the stored constants at
         their positions (``spec_only``: as :meth:`_constant`)."""
         it = iter(tensors)
-        return [self._constant(p, spec_only) if p in self.constant_positions else next(it)
-                for p in range(n)]
+        # Tensors, not the Variables: JAX refuses variables inside traced ops.
+        return [(self._constant(p, spec_only) if spec_only
+                 else ops.convert_to_tensor(self._constant(p)))
+                if p in self.constant_positions else next(it) for p in range(n)]
 
     def _constants_config(self) -> dict:
         # Shapes/dtypes only: the values themselves are restored from weights.
@@ -137,6 +139,22 @@ class KerasOp(StoredConstants, keras.layers.Layer):
         args = self._with_constants(flat_inputs(inputs),
                                     self.n_inputs + len(self.constant_positions))
         return self._resolve(self.fn)(*args, **self.fn_kwargs)
+
+    def compute_output_spec(self, *inputs):
+        x = inputs[0][0] if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
+            else inputs[0]
+        shape = self.fn_kwargs.get("newshape")
+        if self.fn == "reshape" and shape is not None and not self.constant_positions and \
+                -1 in shape and any(d is None for d in x.shape):
+            # JAX infers shapes with a fresh symbol per dynamic dimension, so it cannot
+            # tell that a merged (batch x time) dimension divides back: -1 stays dynamic.
+            return keras.KerasTensor(tuple(None if d == -1 else int(d) for d in shape),
+                                     dtype=x.dtype)
+        static = self.fn_kwargs.get("static_shape")
+        if self.fn in ("slice_dynamic", "strided_slice_dynamic") and static is not None:
+            # The output shape known at build time; JAX cannot trace run-time slice sizes.
+            return keras.KerasTensor(tuple(static), dtype=x.dtype)
+        return super().compute_output_spec(*inputs)
 
     def get_config(self):
         config = super().get_config()
@@ -365,6 +383,15 @@ def fill_dims(dims, value, static_shape=None):
 
 
 @extra_op
+def broadcast_to_batch_of(ref, x, shape=()):
+    """``broadcast_to(x, shape)`` where ``-1`` entries are ``ref``'s run-time batch size:
+    FILL / BROADCAST_TO to a shape computed from the batch, without a shape tensor (JAX and
+    PyTorch need shapes as (symbolic) integers)."""
+    n = ops.shape(ref)[0]
+    return ops.broadcast_to(x, [n if d == -1 else int(d) for d in shape])
+
+
+@extra_op
 def broadcast_to_keep(x, shape=()):
     """``broadcast_to`` where ``-1`` entries keep ``x``'s (run-time) dimension there."""
     off = len(shape) - len(x.shape)
@@ -453,18 +480,44 @@ def with_static_shape(y, static_shape=None):
     return ops.reshape(y, target)
 
 
+def _static_sizes(x, static_shape, full_dims=(), steps=None, shrink=()):
+    """Slice sizes as integers, from the output shape known at build time, on backends
+    whose slices need static sizes (JAX's ``dynamic_slice``); None on TensorFlow (run-time
+    sizes, as the interpreter computes them) or when a size is unknown."""
+    if keras.backend.backend() == "tensorflow" or static_shape is None:
+        return None
+    out = iter(static_shape)
+    sizes = []
+    for i in range(len(x.shape)):
+        if i in shrink:
+            sizes.append(1)
+            continue
+        d = next(out, None)
+        if i in full_dims:
+            d = x.shape[i]
+        if d is None:
+            return None
+        step = steps[i] if steps is not None and i < len(steps) else 1
+        sizes.append((d - 1) * step + 1 if d else 0)
+    return sizes
+
+
 @extra_op
 def slice_dynamic(x, begin, size, static_shape=None, full_dims=()):
     """TFLite SLICE with run-time ``begin``/``size`` (``-1``: to the end). ``full_dims`` are
     taken whole (a static batch of 1 standing for the dynamic batch); ``static_shape`` gives
     the output dimensions known at build time."""
     rank = len(x.shape)
-    shape = shape_of(x, "int32")
     begin = _int_vector(begin)
-    size = _int_vector(size)
     if full_dims:
         whole = np.isin(np.arange(rank), list(full_dims))
         begin = ops.where(whole, np.int32(0), begin)
+    sizes = _static_sizes(x, static_shape, full_dims)
+    if sizes is not None:
+        return ops.slice(x, begin, sizes)
+    shape = shape_of(x, "int32")
+    size = _int_vector(size)
+    if full_dims:
         size = ops.where(whole, np.int32(-1), size)
     size = ops.where(ops.less(size, 0), shape - begin, size)
     return with_static_shape(ops.slice(x, begin, size), static_shape)
@@ -477,9 +530,12 @@ def strided_slice_dynamic(x, begin, end, strides=(), begin_mask=0, end_mask=0,
     ``strides`` (no ellipsis or new axes): bounds normalized and clamped as TFLite does."""
     rank = len(x.shape)
     n = len(strides)
-    shape = shape_of(x, "int32")
     begin = _int_vector(begin)
     end = _int_vector(end)
+    static = _strided_static(x, begin, strides, begin_mask, shrink_axis_mask, static_shape)
+    if static is not None:
+        return static
+    shape = shape_of(x, "int32")
     starts, sizes, steps, shrink = [], [], [], []
     for i in range(rank):
         d = shape[i]
@@ -515,6 +571,29 @@ def strided_slice_dynamic(x, begin, end, strides=(), begin_mask=0, end_mask=0,
     if shrink:
         y = ops.squeeze(y, axis=tuple(shrink))
     return with_static_shape(y, static_shape)
+
+
+def _strided_static(x, begin, strides, begin_mask, shrink_axis_mask, static_shape):
+    """``strided_slice_dynamic`` with sizes known at build time (see :func:`_static_sizes`):
+    a slice of static size at the run-time begin (negative begins counted from the end, as
+    TFLite does), then the strides and the shrunk axes."""
+    rank, n = len(x.shape), len(strides)
+    steps = [int(strides[i]) if i < n else 1 for i in range(rank)]
+    shrink = [i for i in range(min(rank, n)) if shrink_axis_mask & (1 << i)]
+    sizes = _static_sizes(x, static_shape, steps=steps, shrink=shrink)
+    if sizes is None:
+        return None
+    starts = []
+    for i in range(rank):
+        if i >= n or (begin_mask & (1 << i) and i not in shrink):
+            starts.append(ops.convert_to_tensor(np.int32(0)))
+            continue
+        b = begin[i]
+        starts.append(ops.where(ops.less(b, 0), b + x.shape[i], b))
+    y = ops.slice(x, ops.stack(starts), sizes)
+    if any(s != 1 for s in steps):
+        y = y[tuple(slice(None, None, s) for s in steps)]
+    return ops.squeeze(y, axis=tuple(shrink)) if shrink else y
 
 
 @extra_op

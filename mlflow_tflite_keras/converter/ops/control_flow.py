@@ -38,7 +38,12 @@ import numpy as np
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
 from mlflow_tflite_keras.converter.layers import KerasOp
-from mlflow_tflite_keras.converter.layers.control_flow import IfElse, WhileLoop, _merge_shapes
+from mlflow_tflite_keras.converter.layers.control_flow import (
+    IfElse,
+    WhileLoop,
+    _call_model,
+    _merge_shapes,
+)
 from mlflow_tflite_keras.converter.registry import HANDLERS, Handler, load_handlers, register
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph, run_ops
 
@@ -138,7 +143,9 @@ def while_(op, ctx):
 
     constants = {k: values[i] for k, i in enumerate(loop) if not _is_tensor(values[i])}
     layer = WhileLoop(cond.model, body.model, n_vars=len(loop),
-                      shapes=[list(shapes[i]) for i in loop], constants=constants, name=base)
+                      shapes=[list(shapes[i]) for i in loop], constants=constants, name=base,
+                      trip_count=_static_trip_count(cond_g, body_g, cond.model, body.model,
+                                                    values, loop, shapes))
     tensors = [values[i] for i in loop if _is_tensor(values[i])]
     if tensors:
         results = layer(*tensors)
@@ -150,6 +157,62 @@ def while_(op, ctx):
     for i, r in zip(loop, results):
         out[i] = r
     return out
+
+
+def _input_deps(graph, index, memo) -> frozenset:
+    """The positions of ``graph``'s inputs that tensor ``index`` depends on."""
+    if index in memo:
+        return memo[index]
+    memo[index] = frozenset()  # cycles cannot occur in a subgraph; guards deep recursion
+    positions = [i for i, t in enumerate(graph.inputs) if t.index == index]
+    op = graph.producers.get(index)
+    deps = set(positions)
+    if op is not None:
+        for t in op.inputs:
+            if t is not None:
+                deps |= _input_deps(graph, t.index, memo)
+    memo[index] = frozenset(deps)
+    return memo[index]
+
+
+MAX_STATIC_TRIPS = 1024
+
+
+def _static_trip_count(cond_g, body_g, cond_model, body_model, values, loop, shapes):
+    """The loop's iteration count when it is fixed at build time, else None: the condition
+    depends only on loop variables that start constant and that the body updates from such
+    variables alone (counters against constant bounds, as RNN lowerings have). Found by
+    running the loop on those variables (the others as zeros: nothing they hold reaches the
+    condition)."""
+    n = len(values)
+    fixed = {i for i in range(n) if not _is_tensor(values[i])}
+    body_memo, cond_memo = {}, {}
+    while True:
+        keep = {i for i in fixed if _input_deps(body_g, body_g.outputs[i].index, body_memo)
+                <= fixed}
+        if keep == fixed:
+            break
+        fixed = keep
+    if not _input_deps(cond_g, cond_g.outputs[0].index, cond_memo) <= fixed:
+        return None
+    try:
+        xs = [ops.convert_to_tensor(np.asarray(values[i])) if i in fixed else
+              ops.zeros([1 if d is None else d for d in shapes[i]], dtype=_dtype_of(values[i]))
+              for i in loop]
+        for count in range(MAX_STATIC_TRIPS + 1):
+            going = ops.convert_to_numpy(_call_model(cond_model, xs)[0])
+            if not bool(np.asarray(going).reshape(-1)[0]):
+                return count
+            xs = [ops.cast(o, x.dtype) for o, x in zip(_call_model(body_model, xs), xs)]
+    except Exception:  # noqa: BLE001 - not evaluable here: the loop stays a while_loop
+        return None
+    return None
+
+
+def _dtype_of(value):
+    return str(value.dtype)
+
+
 
 
 # ---- IF ---------------------------------------------------------------------------------------

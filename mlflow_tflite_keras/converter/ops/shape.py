@@ -40,6 +40,34 @@ def static_rest(x) -> bool:
     return all(d is not None for d in x.shape[1:])
 
 
+def batch_source(ctx, t, depth=0):
+    """The graph tensor whose dynamic batch size an integer tensor computed from SHAPE ops
+    carries (the input of that SHAPE), or None."""
+    op = ctx.graph.producers.get(t.index) if t is not None else None
+    if op is None or depth > 24 or ctx.is_const(ctx.value(t)):
+        return None
+    if op.type == "SHAPE":
+        x = ctx.value(op.inputs[0])
+        return x if batched(ctx, x) else None
+    for u in op.inputs:
+        ref = batch_source(ctx, u, depth + 1) if u is not None else None
+        if ref is not None:
+            return ref
+    return None
+
+
+def _fill_batch(op, ctx, shape_tensor, value, target, mask):
+    """FILL / BROADCAST_TO to ``target`` whose masked entries are the batch size itself:
+    ``broadcast_to_batch_of`` the tensor that size comes from; None when it does not apply
+    (an entry depends on the batch otherwise, or the source is not found)."""
+    ref = batch_source(ctx, shape_tensor)
+    if ref is None or np.any(np.asarray(mask) > 1):
+        return None
+    return ctx.op(op, "broadcast_to_batch_of", ref, value,
+                  shape=[-1 if m else int(d) for d, m in zip(target, mask)])
+
+
+
 # ---- reshape-like ----------------------------------------------------------------------------
 
 @register("RESHAPE", layer="keras.layers.Reshape")
@@ -126,8 +154,11 @@ def concatenation(op, ctx):
     axis = int(op.opt("axis", 0))
     rank = op.outputs[0].rank
     axis = axis + rank if axis < 0 else axis
+    update = _list_set_item(op, ctx, axis)
     if len(xs) == 1:
         y = xs[0]
+    elif update is not None:
+        y = update
     elif not any(ctx.is_const(v) for v in xs) and len({len(v.shape) for v in xs}) == 1 \
             and axis != 0 and len({str(v.dtype) for v in xs}) == 1:
         y = keras.layers.Concatenate(axis=axis, name=ctx.name(op))(list(xs))
@@ -141,6 +172,33 @@ def concatenation(op, ctx):
         if static != dims:
             y = ctx.op(op, "with_static_shape", y, static_shape=static, suffix="_shape")
     return [ctx.activation(op, y)]
+
+
+def _list_set_item(op, ctx, axis):
+    """TensorFlow's lowering of ``TensorListSetItem`` (an RNN loop writing step ``i`` into
+    its accumulator): ``concat(acc[:i], item, acc[i + n:])`` along ``axis``, the two slices
+    of run-time size. Written as ``dynamic_update_slice(acc, item, start)``, which has static
+    shapes (JAX and PyTorch cannot slice to a run-time size); None for any other
+    concatenation."""
+    if len(op.inputs) != 3 or op.outputs[0].rank < 1:
+        return None
+    head, item, tail = (ctx.graph.producers.get(t.index) for t in op.inputs)
+    if head is None or tail is None or head.type != "SLICE" or tail.type != "SLICE" or \
+            head.inputs[0].index != tail.inputs[0].index or \
+            _bounds_known(ctx, tail.input(1), tail.input(2)) or not \
+            _bounds_known(ctx, head.input(1)):
+        return None
+    acc, value = ctx.value(head.inputs[0]), ctx.value(op.inputs[1])
+    n = op.inputs[1].shape[axis]
+    if ctx.is_const(acc) or ctx.is_const(value) or any(d is None for d in acc.shape) or \
+            tuple(value.shape) != tuple(acc.shape[:axis]) + (n,) + tuple(acc.shape[axis + 1:]) \
+            or any(axis_arg(ctx, head.input(1), "begin")) or \
+            partial_ints(ctx, tail.input(2)) != [-1] * len(acc.shape):
+        return None
+    shift = np.zeros(len(acc.shape), np.int32)
+    shift[axis] = n
+    start = ctx.op(op, "subtract", ctx.value(tail.input(1)), shift, suffix="_start")
+    return ctx.op(op, "dynamic_update_slice", acc, value, start)
 
 
 @register("PACK", layer="KerasOp(stack_n)")
@@ -460,6 +518,9 @@ def broadcast_to(op, ctx):
         if ctx.is_const(x) or off < 0 or any(m and (m == 2 or i < off or x.shape[i - off]
                                                     is not None) for i, m in enumerate(mask)):
             # The batch size comes from another tensor: broadcast to the run-time shape.
+            y = _fill_batch(op, ctx, op.input(1), x, target, mask)
+            if y is not None:
+                return [y]
             static = [None if m else int(d) for d, m in zip(target, mask)]
             return [ctx.op(op, "fill_dims", ctx.value(op.input(1)), x, static_shape=static)]
         return [ctx.op(op, "broadcast_to_keep", x,
@@ -507,6 +568,9 @@ def fill(op, ctx):
         if ctx.is_const(value):
             return [np.full(dims, value, dtype=dtype)]
         return [ctx.op(op, "broadcast_to", value, shape=tuple(dims))]
+    y = _fill_batch(op, ctx, op.input(0), value, dims, mask) if dims is not None else None
+    if y is not None:
+        return [y]
     static = [None if m else int(d) for d, m in zip(dims, mask)] if dims is not None else \
         [None if d == -1 else int(d) for d in op.outputs[0].shape_signature]
     return [ctx.op(op, "fill_dims", ctx.value(op.input(0)), value, static_shape=static)]
