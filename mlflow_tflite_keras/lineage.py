@@ -29,7 +29,7 @@ from mlflow_tflite_keras.tracking import failed_run_on_error, start_run
 __all__ = ["CHAIN", "FAILURE", "KERAS_VERSIONS", "METHOD", "PARENT", "PARITY_PASSED", "ROLE",
            "ROLE_KERAS", "ROLE_SOURCE", "SOURCE_SHA256", "SOURCE_URI", "LoadedSource",
            "SourceModel", "keras_pip_requirements", "keras_versions_of", "load_source",
-           "model_id_of", "register_keras_version", "resolve_source"]
+           "model_id_of", "register_keras_version", "resolve_source", "verify_keras_version"]
 
 _logger = logging.getLogger(__name__)
 
@@ -490,6 +490,39 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id, met
                                 or "none")
         + f"\n\n### Not recovered from the flatbuffer{notes}\n"
     )
+
+
+def verify_keras_version(model_uri: str, *, debug: bool = False, progress=None):
+    """Re-check a registered Keras version (``models:/name/N``) against the ``.tflite`` it
+    was made from (its ``tflite_keras.source_model_uri`` tag): the
+    :class:`~mlflow_tflite_keras.converter.parity.ParityReport`, not raised when it fails.
+    ``debug`` also compares every intermediate tensor (``report.divergence``); when they
+    cannot be matched (e.g. layers renamed), ``report.notes`` says why."""
+    from mlflow_tflite_keras.converter.parity import check_parity, locate_divergence
+
+    say = progress or (lambda message: _logger.info(message))
+    client = MlflowClient()
+    source = resolve_source(model_uri, client)
+    if not source.registered_name:
+        raise MlflowException(f"'{model_uri}' is not a registered model version.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    mv = client.get_model_version(source.registered_name, source.version)
+    source_uri = mv.tags.get(SOURCE_URI)
+    if not source_uri:
+        raise MlflowException(f"'{model_uri}' has no {SOURCE_URI} tag: it is not a Keras "
+                              "version registered by this package.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    say(f"Loading {model_uri} and its source {source_uri} ...")
+    keras_model = mlflow.keras.load_model(model_uri)
+    tflite = mlflow.tflite_keras.load_model(source_uri).model
+    report = check_parity(tflite, keras_model)
+    if debug:
+        say("Comparing intermediate tensors ...")
+        try:
+            report.divergence = locate_divergence(tflite, keras_model)
+        except ValueError as e:  # e.g. layers renamed: nothing to match
+            report.notes.append(f"debug: {e}")
+    return report
 
 
 def keras_versions_of(name: str, version: str | int) -> list[str]:
