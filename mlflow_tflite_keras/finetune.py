@@ -354,23 +354,10 @@ def finetune(
             exported, interface, parity = _export(
                 keras_model, tflite.model, plan.x, representative_data,
                 allow_interface_changes, parity_tolerances, say)
-            finetune_tags = {RECIPE_SOURCE: tflite.uri,
-                             lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id}
-            say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
-            keras_info = log_keras_model(keras_model, tflite.info, streaming=plan.streaming)
-            keras_version = _register(
-                client, keras_info.model_uri, keras_name, parent_chain, await_registration_for,
-                {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
-                 lineage.SOURCE_URI: model_uri, **finetune_tags})
-            say(f"Registering the exported .tflite under '{tflite_name}' ...")
-            tflite_info = mlflow.tflite_keras.log_model(
-                exported.model_bytes, name="tflite_model",
-                input_example=plan.x[0, :8] if plan.streaming else plan.x[:2])
-            tflite_version = _register(
-                client, tflite_info.model_uri, tflite_name,
-                [*parent_chain, _ref(keras_version)], await_registration_for,
-                {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
-                 **finetune_tags, lineage.PARITY_PASSED: str(int(parity.passed))})
+            keras_version, tflite_version = _register_versions(
+                client, keras_model, exported, tflite, plan, parity, model_uri,
+                (keras_name, tflite_name), parent_chain, run.info.run_id,
+                await_registration_for, say)
     return FinetuneResult(
         keras_version=client.get_model_version(keras_name, keras_version.version),
         tflite_version=client.get_model_version(tflite_name, tflite_version.version),
@@ -524,6 +511,32 @@ def _export(keras_model, source: TFLiteModel, x, representative_data,
             "The exported .tflite does not answer like the fine-tuned Keras model; "
             f"nothing was registered.\n{parity}")
     return exported, interface, parity
+
+
+def _register_versions(client: MlflowClient, keras_model, exported: TFLiteModel, tflite,
+                       plan: _TrainingPlan, parity, model_uri: str, names: tuple[str, str],
+                       parent_chain: list[str], run_id: str, await_registration_for: int,
+                       say) -> tuple[ModelVersion, ModelVersion]:
+    """Log and register the fine-tuned Keras model (under ``names[0]``, child of the end of
+    ``parent_chain``) and the exported ``.tflite`` (under ``names[1]``, its child)."""
+    keras_name, tflite_name = names
+    finetune_tags = {RECIPE_SOURCE: tflite.uri, lineage.TAG_PREFIX + "finetune_run_id": run_id}
+    say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
+    keras_info = log_keras_model(keras_model, tflite.info, streaming=plan.streaming)
+    keras_version = _register(
+        client, keras_info.model_uri, keras_name, parent_chain, await_registration_for,
+        {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
+         lineage.SOURCE_URI: model_uri, **finetune_tags})
+    say(f"Registering the exported .tflite under '{tflite_name}' ...")
+    tflite_info = mlflow.tflite_keras.log_model(
+        exported.model_bytes, name="tflite_model",
+        input_example=plan.x[0, :8] if plan.streaming else plan.x[:2])
+    tflite_version = _register(
+        client, tflite_info.model_uri, tflite_name, [*parent_chain, _ref(keras_version)],
+        await_registration_for,
+        {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version), **finetune_tags,
+         lineage.PARITY_PASSED: str(int(parity.passed))})
+    return keras_version, tflite_version
 
 
 def _register(client: MlflowClient, model_uri: str, name: str, parent_chain: list[str],
