@@ -111,7 +111,7 @@ class LoadedSource:
 
 def load_source(model_uri: str, local_path: str) -> LoadedSource:
     """The ``.tflite`` flavor model at ``model_uri``, already downloaded to ``local_path``
-    (which must outlive it: a kept Keras source is loaded from there)."""
+    (a kept Keras source is loaded from there: keep it while that may be needed)."""
     info = Model.load(local_path)
     return LoadedSource(model_uri, local_path, mlflow.tflite_keras.load_model(local_path), info,
                         source_input_example(info, local_path))
