@@ -76,7 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pyfunc_overhead.py
 
 docs: $(STAMP)
-	$(BIN)/python -m mlflow_tflite_keras.converter.docs > docs/operators.md
+	$(BIN)/python tools/operator_docs.py > docs/operators.md
 
 clean:
 	rm -rf $(VENV) .mlflow

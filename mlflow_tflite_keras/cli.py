@@ -408,31 +408,11 @@ def verify(model_uri, debug):
     """Re-check a registered Keras version (models:/name/N) against its .tflite source."""
     from mlflow.exceptions import MlflowException
 
-    import mlflow
-    from mlflow_tflite_keras import check_parity, locate_divergence
-    from mlflow_tflite_keras.lineage import SOURCE_URI, resolve_source
+    from mlflow_tflite_keras.lineage import verify_keras_version
 
     _tracking()
-    client = mlflow.MlflowClient()
     try:
-        source = resolve_source(model_uri, client)
-        if not source.registered_name:
-            raise MlflowException(f"'{model_uri}' is not a registered model version.")
-        mv = client.get_model_version(source.registered_name, source.version)
-        source_uri = mv.tags.get(SOURCE_URI)
-        if not source_uri:
-            raise MlflowException(f"'{model_uri}' has no {SOURCE_URI} tag: it is not a Keras "
-                                  "version registered by this package.")
-        _progress(f"Loading {model_uri} and its source {source_uri} ...")
-        keras_model = mlflow.keras.load_model(model_uri)
-        tflite = mlflow.tflite_keras.load_model(source_uri)
-        report = check_parity(tflite.model_bytes, keras_model)
-        if debug:
-            _progress("Comparing intermediate tensors ...")
-            try:
-                report.divergence = locate_divergence(tflite.model_bytes, keras_model)
-            except ValueError as e:  # e.g. layers renamed: nothing to match
-                click.echo(f"debug: {e}", err=True)
+        report = verify_keras_version(model_uri, debug=debug, progress=_progress)
     except MlflowException as e:
         _fail(e)
     click.echo(str(report))

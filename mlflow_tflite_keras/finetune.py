@@ -23,8 +23,10 @@ from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__, lineage
 from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
+from mlflow_tflite_keras.keras_logging import log_keras_model
 from mlflow_tflite_keras.noise import keras_noise_silenced
-from mlflow_tflite_keras.tracking import start_run
+from mlflow_tflite_keras.tflite_model import TFLiteModel
+from mlflow_tflite_keras.tracking import failed_run_on_error, start_run
 
 __all__ = ["ExportParityError", "FinetuneResult", "ROLE_EXPORTED", "ROLE_FINETUNED", "finetune",
            "load_training_data"]
@@ -133,15 +135,13 @@ def _targets(keras_model, y, source_outputs: list) -> dict:
     to_keras = _pair_names_safe(outputs, source_outputs)
     described = ", ".join(f"'{n}'" for n in source_outputs)
     if isinstance(y, dict):
-        found = {}
-        for key, value in y.items():
-            name = match_name(key, outputs, to_keras)
-            if name is None:
-                raise MlflowException(
-                    f"Targets for '{key}', which is not an output of the model; its outputs "
-                    f"are {described}.", error_code=INVALID_PARAMETER_VALUE)
-            if value is not None:
-                found[name] = value
+        names = {key: match_name(key, outputs, to_keras) for key in y}
+        unknown = [key for key, name in names.items() if name is None]
+        if unknown:
+            raise MlflowException(
+                f"Targets for '{unknown[0]}', which is not an output of the model; its "
+                f"outputs are {described}.", error_code=INVALID_PARAMETER_VALUE)
+        found = {names[key]: value for key, value in y.items() if value is not None}
     elif isinstance(y, (list, tuple)):
         if len(y) != len(outputs):
             raise MlflowException(
@@ -285,15 +285,15 @@ def finetune(
     learning_rate: float = 1e-4,
     loss=None,
     validation_data=None,
-    registered_model_name: str | None = None,
-    tflite_registered_model_name: str | None = None,
+    verbose: bool = True,
     representative_data=None,
     allow_interface_changes: bool = False,
+    parity_tolerances: dict | None = None,
+    registered_model_name: str | None = None,
+    tflite_registered_model_name: str | None = None,
     experiment_id: str | None = None,
     await_registration_for: int = 300,
     progress=None,
-    verbose: bool = True,
-    parity_tolerances: dict | None = None,
 ) -> FinetuneResult:
     """Train a Keras version (or a reconstructed ``.tflite`` flavor model) on ``data``,
     register the fine-tuned Keras model, export a ``.tflite`` with the source's recipe and
@@ -309,11 +309,11 @@ def finetune(
         loss: one loss for every trained output, or a dict by output name. By default per
             output: integer labels get sparse categorical cross-entropy, softmax outputs
             categorical and sigmoid outputs binary cross-entropy, others mean squared error.
+        verbose: report every epoch's metrics through ``progress`` (default: printed).
         representative_data: calibration data for a full-integer recipe; by default the
             first 200 training inputs.
-        progress: a callable receiving progress messages (default: the logger).
-        verbose: report every epoch's metrics through ``progress`` (default: printed).
         parity_tolerances: overrides for :func:`~mlflow_tflite_keras.converter.parity.check_parity`.
+        progress: a callable receiving progress messages (default: the logger).
 
     Both new versions go next to their parents by default (the Keras version's registered
     model, the source ``.tflite``'s registered model). Per-epoch metrics are logged with
@@ -321,72 +321,12 @@ def finetune(
     reason, if the training data, the interface check, the export, or the exported model's
     parity against the fine-tuned Keras model fail (:class:`ExportParityError`).
     """
-    import keras
-
-    from mlflow_tflite_keras.converter.parity import check_parity
-    from mlflow_tflite_keras.export import compare_interfaces, export_tflite, load_like
-
     say = progress or _logger.info
-    epoch_say = progress or (lambda message: print(message, flush=True))
     client = MlflowClient()
     source = lineage.resolve_source(model_uri, client)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = _download_artifact_from_uri(model_uri, output_path=tmp)
-        info = Model.load(local)
-        if "keras" in info.flavors:
-            say(f"Loading Keras model {model_uri} ...")
-            keras_model = mlflow.keras.load_model(local)
-            tags = client.get_model_version(source.registered_name, source.version).tags \
-                if source.registered_name else {}
-            # A fine-tuned version names the .tflite its recipe came from; a reconstructed
-            # one, its source.
-            tflite_uri = tags.get(RECIPE_SOURCE) or tags.get(lineage.SOURCE_URI)
-            if not tflite_uri:
-                raise MlflowException(f"'{model_uri}' has no {lineage.SOURCE_URI} tag: cannot "
-                                      "tell which .tflite to take the recipe from.",
-                                      error_code=INVALID_PARAMETER_VALUE)
-        elif "tflite_keras" in info.flavors:
-            from mlflow_tflite_keras.converter import to_keras
-
-            say(f"Reconstructing {model_uri} as Keras ...")
-            keras_model = to_keras(mlflow.tflite_keras.load_model(local).model_bytes)
-            tflite_uri = model_uri
-        else:
-            raise MlflowException(f"'{model_uri}' is neither a Keras nor a tflite_keras model.",
-                                  error_code=INVALID_PARAMETER_VALUE)
-    tflite_source = lineage.resolve_source(tflite_uri, client)
-    tflite_bytes = mlflow.tflite_keras.load_model(tflite_uri).model_bytes
-    source_outputs = list(load_like(tflite_bytes).signature().outputs)
-    input_shape = tuple(keras_model.inputs[0].shape[1:])
-    x, y = (load_training_data(data, input_shape=input_shape) if isinstance(data, str)
-            else data)
-    x = np.asarray(x, dtype=keras_model.inputs[0].dtype or "float32")
-    from mlflow_tflite_keras.export import _streaming_layer
-
-    # A streaming model trains on sequences [N, time, *frame], with targets per step or per
-    # sequence; its .tflite takes frames, one per invoke.
-    streaming = _streaming_layer(keras_model) is not None
-    if streaming:
-        trained = _training_view(keras_model, y, streaming)
-        targets = {"output": y}
-        losses = {"output": loss or _default_loss(trained, y, head=keras_model)}
-    else:
-        outputs = _output_tensors(keras_model)
-        targets = _targets(keras_model, y, source_outputs)
-        for name, values in targets.items():
-            if len(values) != len(x):
-                raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
-                                      f"{len(x)} input rows.", error_code=INVALID_PARAMETER_VALUE)
-            shape = tuple(outputs[name].shape[1:])
-            labels = np.issubdtype(values.dtype, np.integer) and values.ndim == len(shape)
-            if not labels and (values.ndim != len(shape) + 1 or any(
-                    d is not None and d != v for d, v in zip(shape, values.shape[1:]))):
-                raise MlflowException(
-                    f"Targets for output '{name}' have shape {list(values.shape)}; the output "
-                    f"is [N, {', '.join(str(d) for d in shape)}] (or integer class labels "
-                    f"[N{', ' if len(shape) > 1 else ''}{', '.join(str(d) for d in shape[:-1])}]).",
-                    error_code=INVALID_PARAMETER_VALUE)
-        losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
+    keras_model, tflite = _load(model_uri, source, client, say)
+    tflite_source = lineage.resolve_source(tflite.uri, client)
+    plan = _plan_training(keras_model, data, loss, list(tflite.model.signature().outputs))
     parent_chain = (_chain(client, source.registered_name, source.version)
                     if source.registered_name else [model_uri])
     keras_name = registered_model_name or source.registered_name
@@ -400,87 +340,213 @@ def finetune(
 
     with start_run(experiment_id=experiment_id or source.experiment_id,
                    run_name=f"finetune-{keras_name}") as run:
-        try:
+        with failed_run_on_error(lineage.FAILURE):
             mlflow.set_tags({lineage.ROLE: ROLE_FINETUNED, lineage.SOURCE_URI: model_uri})
             mlflow.log_params({"source_model_uri": model_uri, "epochs": epochs,
                                "batch_size": batch_size, "learning_rate": learning_rate,
                                "loss": ", ".join(f"{k}: {_loss_name(v)}"
-                                                 for k, v in losses.items()),
-                               "trained_outputs": ", ".join(targets), "train_rows": len(x),
-                               "converter_version": __version__})
-            # A model of the trained outputs only, sharing the layers (and weights): outputs
-            # without targets are not in the loss.
-            metrics = {k: ["accuracy"] for k, v in losses.items()
-                       if isinstance(v, keras.losses.SparseCategoricalCrossentropy)}
-            if streaming:
-                trainer, y_train = trained, y
-                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses["output"],
-                                metrics=metrics.get("output", []))
-            elif len(targets) == 1:  # plain metric names ("loss", "accuracy")
-                (name, y_train), = targets.items()
-                trainer = keras.Model(keras_model.input, outputs[name])
-                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses[name],
-                                metrics=metrics.get(name))
-            else:
-                y_train = targets
-                trainer = keras.Model(keras_model.input, {k: outputs[k] for k in targets})
-                trainer.compile(keras.optimizers.Adam(learning_rate), loss=losses,
-                                metrics=metrics or None)
-            say(f"Fine-tuning {', '.join(targets)} for {epochs} epoch(s) on {len(x)} rows ...")
-            callbacks = [mlflow.keras.MlflowCallback()]
-            if verbose:
-                callbacks.append(_epoch_callback(epoch_say, epochs))
-            history = trainer.fit(x, y_train, epochs=epochs, batch_size=batch_size, verbose=0,
-                                  validation_data=validation_data, callbacks=callbacks)
-            say("Exporting a .tflite with the source's recipe and interface ...")
-            rep = representative_data if representative_data is not None else x[:200]
-            new_bytes = export_tflite(keras_model, like=tflite_bytes, representative_data=rep,
-                                      allow_interface_changes=allow_interface_changes)
-            interface = compare_interfaces(tflite_bytes, new_bytes)
-            mlflow.log_dict(interface.to_dict(), "interface_report.json")
-            parity = check_parity(new_bytes, keras_model, x[:32], compiled="isolated",
-                                  **(parity_tolerances or {}))
-            mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
-            mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
-            if not parity.passed:
-                raise ExportParityError(parity,
-                    "The exported .tflite does not answer like the fine-tuned Keras model; "
-                    f"nothing was registered.\n{parity}")
-
-            say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
-            keras_info = Model.log(artifact_path=None, name="keras_model",
-                                   flavor=lineage._KERAS_FLAVOR, model=keras_model,
-                                   signature=None if streaming else lineage._keras_signature(
-                                       Model.load(tflite_uri)))
-            keras_tags = {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
-                          lineage.SOURCE_URI: model_uri, RECIPE_SOURCE: tflite_uri,
-                          lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id}
-            keras_version = mlflow.register_model(keras_info.model_uri, keras_name,
-                                                  await_registration_for, tags=keras_tags)
-            keras_chain = [*parent_chain, _ref(keras_version)]
-            client.set_model_version_tag(keras_name, keras_version.version, lineage.CHAIN,
-                                         " -> ".join(keras_chain))
-
-            say(f"Registering the exported .tflite under '{tflite_name}' ...")
-            tflite_info = mlflow.tflite_keras.log_model(new_bytes, name="tflite_model",
-                                                        input_example=x[0, :8] if streaming
-                                                        else x[:2])
-            tflite_tags = {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version),
-                           RECIPE_SOURCE: tflite_uri,
-                           lineage.TAG_PREFIX + "finetune_run_id": run.info.run_id,
-                           lineage.PARITY_PASSED: str(int(parity.passed))}
-            tflite_version = mlflow.register_model(tflite_info.model_uri, tflite_name,
-                                                   await_registration_for, tags=tflite_tags)
-            client.set_model_version_tag(tflite_name, tflite_version.version, lineage.CHAIN,
-                                         " -> ".join([*keras_chain, _ref(tflite_version)]))
-        except BaseException as e:
-            mlflow.set_tag(lineage.TAG_PREFIX + "failure", str(e)[:5000])
-            mlflow.end_run(status="FAILED")
-            raise
+                                                 for k, v in plan.losses.items()),
+                               "trained_outputs": ", ".join(plan.targets),
+                               "train_rows": len(plan.x), "converter_version": __version__})
+            epoch_say = progress or (lambda message: print(message, flush=True))
+            history = _fit(keras_model, plan, epochs, batch_size, learning_rate,
+                           validation_data, epoch_say if verbose else None, say)
+            exported, interface, parity = _export(
+                keras_model, tflite.model, plan.x, representative_data,
+                allow_interface_changes, parity_tolerances, say)
+            keras_version, tflite_version = _register_versions(
+                client, keras_model, exported, tflite, plan, parity, model_uri,
+                (keras_name, tflite_name), parent_chain, run.info.run_id,
+                await_registration_for, say)
     return FinetuneResult(
         keras_version=client.get_model_version(keras_name, keras_version.version),
         tflite_version=client.get_model_version(tflite_name, tflite_version.version),
         history=history.history, parity=parity, interface=interface, run_id=run.info.run_id)
+
+
+def _load(model_uri: str, source, client: MlflowClient, say):
+    """``(Keras model, LoadedSource)``: the model to train and the ``.tflite`` whose recipe
+    and interface the export reproduces (for a ``.tflite`` flavor model, itself: downloaded
+    and parsed once, then reconstructed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _download_artifact_from_uri(model_uri, output_path=_subdirectory(tmp, "model"))
+        flavors = Model.load(local).flavors
+        if "keras" in flavors:
+            say(f"Loading Keras model {model_uri} ...")
+            keras_model = mlflow.keras.load_model(local)
+            tflite_uri = _recipe_source(model_uri, source, client)
+            local = _download_artifact_from_uri(tflite_uri,
+                                                output_path=_subdirectory(tmp, "tflite"))
+            return keras_model, lineage.load_source(tflite_uri, local)
+        if "tflite_keras" in flavors:
+            from mlflow_tflite_keras.converter import to_keras
+
+            say(f"Reconstructing {model_uri} as Keras ...")
+            tflite = lineage.load_source(model_uri, local)
+            return to_keras(tflite.model), tflite
+    raise MlflowException(f"'{model_uri}' is neither a Keras nor a tflite_keras model.",
+                          error_code=INVALID_PARAMETER_VALUE)
+
+
+def _subdirectory(parent: str, name: str) -> str:
+    path = os.path.join(parent, name)
+    os.makedirs(path)
+    return path
+
+
+def _recipe_source(model_uri: str, source, client: MlflowClient) -> str:
+    """The ``.tflite`` a Keras version takes its recipe from: a fine-tuned version names
+    it; a reconstructed one, its source."""
+    tags = client.get_model_version(source.registered_name, source.version).tags \
+        if source.registered_name else {}
+    tflite_uri = tags.get(RECIPE_SOURCE) or tags.get(lineage.SOURCE_URI)
+    if not tflite_uri:
+        raise MlflowException(f"'{model_uri}' has no {lineage.SOURCE_URI} tag: cannot "
+                              "tell which .tflite to take the recipe from.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    return tflite_uri
+
+
+@dataclass
+class _TrainingPlan:
+    """What ``fit`` gets, checked before any run exists: inputs, targets and a loss per
+    trained output (a streaming model: one ``"output"``, trained through ``view``)."""
+
+    x: np.ndarray
+    targets: dict
+    losses: dict
+    streaming: bool
+    outputs: dict  # Keras output name -> output tensor (not streaming)
+    view: object = None  # streaming: the model fit trains (see _training_view)
+
+
+def _plan_training(keras_model, data, loss, source_outputs: list) -> _TrainingPlan:
+    from mlflow_tflite_keras.export import _streaming_layer
+
+    input_shape = tuple(keras_model.inputs[0].shape[1:])
+    x, y = (load_training_data(data, input_shape=input_shape) if isinstance(data, str)
+            else data)
+    x = np.asarray(x, dtype=keras_model.inputs[0].dtype or "float32")
+    # A streaming model trains on sequences [N, time, *frame], with targets per step or per
+    # sequence; its .tflite takes frames, one per invoke.
+    if _streaming_layer(keras_model) is not None:
+        view = _training_view(keras_model, y, True)
+        return _TrainingPlan(x, {"output": y},
+                             {"output": loss or _default_loss(view, y, head=keras_model)},
+                             True, {}, view)
+    outputs = _output_tensors(keras_model)
+    targets = _targets(keras_model, y, source_outputs)
+    for name, values in targets.items():
+        _check_target_shape(name, values, tuple(outputs[name].shape[1:]), len(x))
+    losses = _losses(outputs, targets, loss, _pair_names_safe(list(outputs), source_outputs))
+    return _TrainingPlan(x, targets, losses, False, outputs)
+
+
+def _check_target_shape(name: str, values: np.ndarray, shape: tuple, rows: int):
+    """Targets for an output of per-row ``shape``: ``[N, *shape]``, or integer class labels
+    ``[N, *shape[:-1]]``, with one row per input row."""
+    if len(values) != rows:
+        raise MlflowException(f"Output '{name}' has {len(values)} target rows for "
+                              f"{rows} input rows.", error_code=INVALID_PARAMETER_VALUE)
+    labels = np.issubdtype(values.dtype, np.integer) and values.ndim == len(shape)
+    if not labels and (values.ndim != len(shape) + 1 or any(
+            d is not None and d != v for d, v in zip(shape, values.shape[1:]))):
+        raise MlflowException(
+            f"Targets for output '{name}' have shape {list(values.shape)}; the output "
+            f"is [N, {', '.join(str(d) for d in shape)}] (or integer class labels "
+            f"[N{', ' if len(shape) > 1 else ''}{', '.join(str(d) for d in shape[:-1])}]).",
+            error_code=INVALID_PARAMETER_VALUE)
+
+
+def _fit(keras_model, plan: _TrainingPlan, epochs: int, batch_size: int,
+         learning_rate: float, validation_data, epoch_say, say):
+    """Train a model of the trained outputs only, sharing ``keras_model``'s layers (and
+    weights): outputs without targets are not in the loss. Returns the ``History``."""
+    import keras
+
+    metrics = {k: ["accuracy"] for k, v in plan.losses.items()
+               if isinstance(v, keras.losses.SparseCategoricalCrossentropy)}
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if plan.streaming:
+        trainer, y_train = plan.view, plan.targets["output"]
+        trainer.compile(optimizer, loss=plan.losses["output"], metrics=metrics.get("output", []))
+    elif len(plan.targets) == 1:  # plain metric names ("loss", "accuracy")
+        (name, y_train), = plan.targets.items()
+        trainer = keras.Model(keras_model.input, plan.outputs[name])
+        trainer.compile(optimizer, loss=plan.losses[name], metrics=metrics.get(name))
+    else:
+        y_train = plan.targets
+        trainer = keras.Model(keras_model.input, {k: plan.outputs[k] for k in plan.targets})
+        trainer.compile(optimizer, loss=plan.losses, metrics=metrics or None)
+    say(f"Fine-tuning {', '.join(plan.targets)} for {epochs} epoch(s) on {len(plan.x)} "
+        "rows ...")
+    callbacks = [mlflow.keras.MlflowCallback()]
+    if epoch_say is not None:
+        callbacks.append(_epoch_callback(epoch_say, epochs))
+    return trainer.fit(plan.x, y_train, epochs=epochs, batch_size=batch_size, verbose=0,
+                       validation_data=validation_data, callbacks=callbacks)
+
+
+def _export(keras_model, source: TFLiteModel, x, representative_data,
+            allow_interface_changes: bool, parity_tolerances, say):
+    """``(exported TFLiteModel, InterfaceReport, ParityReport)``: the fine-tuned model exported
+    like ``source`` (its interface compared by the export), parsed once and checked against
+    the Keras model; both reports logged. An :class:`ExportParityError` when parity fails."""
+    from mlflow_tflite_keras.converter.parity import check_parity
+    from mlflow_tflite_keras.export import export_tflite
+
+    say("Exporting a .tflite with the source's recipe and interface ...")
+    new_bytes, interface = export_tflite(
+        keras_model, like=source, return_report=True,
+        representative_data=representative_data if representative_data is not None
+        else x[:200], allow_interface_changes=allow_interface_changes)
+    mlflow.log_dict(interface.to_dict(), "interface_report.json")
+    exported = TFLiteModel(new_bytes)
+    parity = check_parity(exported, keras_model, x[:32], compiled="isolated",
+                          **(parity_tolerances or {}))
+    mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
+    mlflow.log_dict(parity.to_dict(), "export_parity_report.json")
+    if not parity.passed:
+        raise ExportParityError(parity,
+            "The exported .tflite does not answer like the fine-tuned Keras model; "
+            f"nothing was registered.\n{parity}")
+    return exported, interface, parity
+
+
+def _register_versions(client: MlflowClient, keras_model, exported: TFLiteModel, tflite,
+                       plan: _TrainingPlan, parity, model_uri: str, names: tuple[str, str],
+                       parent_chain: list[str], run_id: str, await_registration_for: int,
+                       say) -> tuple[ModelVersion, ModelVersion]:
+    """Log and register the fine-tuned Keras model (under ``names[0]``, child of the end of
+    ``parent_chain``) and the exported ``.tflite`` (under ``names[1]``, its child)."""
+    keras_name, tflite_name = names
+    finetune_tags = {RECIPE_SOURCE: tflite.uri, lineage.TAG_PREFIX + "finetune_run_id": run_id}
+    say(f"Registering the fine-tuned Keras model under '{keras_name}' ...")
+    keras_info = log_keras_model(keras_model, tflite.info, streaming=plan.streaming)
+    keras_version = _register(
+        client, keras_info.model_uri, keras_name, parent_chain, await_registration_for,
+        {lineage.ROLE: ROLE_FINETUNED, lineage.PARENT: parent_chain[-1],
+         lineage.SOURCE_URI: model_uri, **finetune_tags})
+    say(f"Registering the exported .tflite under '{tflite_name}' ...")
+    tflite_info = mlflow.tflite_keras.log_model(
+        exported.model_bytes, name="tflite_model",
+        input_example=plan.x[0, :8] if plan.streaming else plan.x[:2])
+    tflite_version = _register(
+        client, tflite_info.model_uri, tflite_name, [*parent_chain, _ref(keras_version)],
+        await_registration_for,
+        {lineage.ROLE: ROLE_EXPORTED, lineage.PARENT: _ref(keras_version), **finetune_tags,
+         lineage.PARITY_PASSED: str(int(parity.passed))})
+    return keras_version, tflite_version
+
+
+def _register(client: MlflowClient, model_uri: str, name: str, parent_chain: list[str],
+              await_registration_for: int, tags: dict) -> ModelVersion:
+    """Register a logged model with ``tags`` and its lineage path (``parent_chain`` and
+    itself)."""
+    version = mlflow.register_model(model_uri, name, await_registration_for, tags=tags)
+    client.set_model_version_tag(name, version.version, lineage.CHAIN,
+                                 " -> ".join([*parent_chain, _ref(version)]))
+    return version
 
 
 def _pair_names_safe(keras_names: list, source_names: list) -> dict:

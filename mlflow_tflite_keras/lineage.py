@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import re
 import tempfile
-import types
 from dataclasses import dataclass
-
-import numpy as np
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, MlflowException
-from mlflow.models import Model, ModelSignature
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import ActionableError, ParityCheckError
+from mlflow_tflite_keras.keras_logging import (
+    keras_pip_requirements,
+    log_keras_model,
+    source_input_example,
+)
 from mlflow_tflite_keras.noise import keras_noise_silenced
-from mlflow_tflite_keras.tracking import start_run
+from mlflow_tflite_keras.tracking import failed_run_on_error, start_run
 
-__all__ = ["CHAIN", "KERAS_VERSIONS", "METHOD", "PARENT", "PARITY_PASSED", "ROLE", "ROLE_KERAS",
-           "ROLE_SOURCE", "SOURCE_SHA256", "SOURCE_URI", "SourceModel", "keras_pip_requirements",
-           "keras_versions_of", "model_id_of", "register_keras_version", "resolve_source"]
+__all__ = ["CHAIN", "FAILURE", "KERAS_VERSIONS", "METHOD", "PARENT", "PARITY_PASSED", "ROLE",
+           "ROLE_KERAS", "ROLE_SOURCE", "SOURCE_SHA256", "SOURCE_URI", "LoadedSource",
+           "SourceModel", "keras_pip_requirements", "keras_versions_of", "load_source",
+           "model_id_of", "register_keras_version", "resolve_source", "verify_keras_version"]
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ KERAS_VERSIONS = TAG_PREFIX + "keras_versions"  # on the source: "name/3,name/5"
 PARENT = TAG_PREFIX + "parent"  # the version (or URI) this one was made from
 CHAIN = TAG_PREFIX + "lineage"  # the whole path: "name/1 -> name/2 -> ..."
 PARITY_PASSED = TAG_PREFIX + "parity_passed"  # "1" or "0"
+FAILURE = TAG_PREFIX + "failure"  # on a FAILED run: why nothing was registered
 
 
 @dataclass
@@ -89,6 +91,30 @@ def model_id_of(mv) -> str | None:
         return mv.model_id
     match = re.fullmatch(r"models:/(m-[0-9a-f]+)", mv.source or "")
     return match.group(1) if match else None
+
+
+@dataclass
+class LoadedSource:
+    """A ``.tflite`` flavor model downloaded once and parsed once: its ``TFLiteModel``
+    (``model``) travels through conversion, parity and export; ``info`` is its MLmodel."""
+
+    uri: str
+    local_path: str
+    loaded: object  # LoadedTFLiteModel
+    info: Model
+    input_example: object  # the saved input example as arrays, or None
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+
+def load_source(model_uri: str, local_path: str) -> LoadedSource:
+    """The ``.tflite`` flavor model at ``model_uri``, already downloaded to ``local_path``
+    (a kept Keras source is loaded from there: keep it while that may be needed)."""
+    info = Model.load(local_path)
+    return LoadedSource(model_uri, local_path, mlflow.tflite_keras.load_model(local_path), info,
+                        source_input_example(info, local_path))
 
 
 @keras_noise_silenced()
@@ -154,96 +180,107 @@ def register_keras_version(
     say(f"Loading {model_uri} ...")
     # The download stays until the end: a kept Keras source is loaded from it.
     with tempfile.TemporaryDirectory() as tmp:
-        local = _download_artifact_from_uri(model_uri, output_path=tmp)
-        loaded = mlflow.tflite_keras.load_model(local)
-        source_info = Model.load(local)
-        input_example = _input_example(source_info, local)
-        run_experiment = experiment_id or source.experiment_id
+        tflite = load_source(model_uri, _download_artifact_from_uri(model_uri, output_path=tmp))
         run_name = f"convert-{target_name}" + (f"-v{source.version}" if source.version else "")
-        with start_run(experiment_id=run_experiment, run_name=run_name) as run:
-            try:
+        with start_run(experiment_id=experiment_id or source.experiment_id,
+                       run_name=run_name) as run:
+            with failed_run_on_error(FAILURE):
                 mlflow.set_tags({ROLE: ROLE_KERAS, SOURCE_URI: model_uri,
-                                 SOURCE_SHA256: loaded.model.sha256})
+                                 SOURCE_SHA256: tflite.model.sha256})
                 mlflow.log_params({"source_model_uri": model_uri,
-                                   "source_quantization": loaded.model.quantization_kind,
+                                   "source_quantization": tflite.model.quantization_kind,
                                    "converter_version": __version__})
-                from mlflow_tflite_keras.converter import ConversionReport, convert
-                from mlflow_tflite_keras.converter.parity import check_parity
-
-                if not emulate_quantization and (
-                        method == "kept-source" or (method == "auto" and loaded.has_keras_source)):
-                    chosen = "kept-source"
-                    say("Loading the Keras model kept with the .tflite ...")
-                    keras_model = loaded.load_keras_source()
-                    conversion = ConversionReport(
-                        loaded.model.sha256, loaded.model.quantization_kind,
-                        loaded.model.operator_counts(),
-                        notes=["The Keras model kept when the .tflite was logged from it "
-                               f"(recipe {loaded.flavor_conf['keras_source'].get('recipe')}); "
-                               "nothing was reconstructed."])
-                else:
-                    chosen = "reconstructed"
-                    say("Reconstructing the Keras model ...")
-                    result = convert(loaded.model_bytes, unsupported=unsupported,
-                                     wrap_ops=wrap_ops,
-                                     emulate_quantization=emulate_quantization)
-                    keras_model, conversion = result.model, result.report
+                chosen, keras_model, conversion = _keras_model_for(
+                    tflite.loaded, method, unsupported, wrap_ops, emulate_quantization, say)
                 mlflow.set_tag(METHOD, chosen)
                 mlflow.log_dict({"method": chosen, **conversion.to_dict()},
                                 "conversion_report.json")
-                say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
-                    "separate process) ...")
-                from mlflow_tflite_keras.converter.streaming import is_streaming
-
-                # A streaming source is compared on frame sequences (check_parity does it);
-                # its input example is a handful of frames, so random sequences by default.
-                streaming = is_streaming(loaded.model)
-                inputs = parity_inputs if parity_inputs is not None else \
-                    (None if streaming else input_example)
-                # Compiled in a child process: a graph that crashes TensorFlow's runtime is
-                # reported as a failed check, and never registered.
-                report = check_parity(loaded.model, keras_model, inputs, compiled="isolated",
-                                      tensor_map=conversion.tensor_map,
-                                      **(tolerances or {}))
-                mlflow.log_metrics(report.metrics())
-                mlflow.log_dict(report.to_dict(), "parity_report.json")
-                if not report.passed:
-                    raise ParityCheckError(report)
+                report = _parity_against_source(tflite, keras_model, conversion, parity_inputs,
+                                                tolerances, say)
                 say("Logging the Keras model ...")
-                info = Model.log(
-                    artifact_path=None, name="keras_model", flavor=_KERAS_FLAVOR,
-                    model=keras_model,
-                    signature=None if streaming else _keras_signature(source_info),
-                    input_example=_keras_input_example(input_example, source_info, streaming),
-                )
-                tags = _lineage_tags(source, model_uri, loaded.model.sha256, report, chosen)
+                info = log_keras_model(keras_model, tflite.info,
+                                       input_example=tflite.input_example,
+                                       streaming=_is_streaming(tflite.model))
+                tags = _lineage_tags(source, model_uri, tflite.model.sha256, report, chosen)
                 mlflow.set_logged_model_tags(info.model_id, tags)
                 say(f"Registering under '{target_name}' ...")
                 version = mlflow.register_model(info.model_uri, target_name,
                                                 await_registration_for=await_registration_for,
                                                 tags=tags)
-            except BaseException as e:
-                mlflow.set_tag(TAG_PREFIX + "failure", str(e)[:5000])
-                mlflow.end_run(status="FAILED")
-                raise
-            try:
-                client.update_model_version(target_name, version.version,
-                                            description=_description(source, model_uri, report,
-                                                                     conversion, run.info.run_id,
-                                                                     chosen))
-                client.set_model_version_tag(target_name, version.version, CHAIN,
-                                             f"{tags[PARENT]} -> {target_name}/{version.version}")
-                if alias:
-                    client.set_registered_model_alias(target_name, alias, version.version)
-                _link_source(client, source, f"{target_name}/{version.version}")
-            except BaseException as e:
-                # Never leave a half-linked version behind, nor a source naming a deleted one.
-                _unlink_source(client, source, f"{target_name}/{version.version}")
-                _discard_version(client, source, target_name, version.version)
-                mlflow.set_tag(TAG_PREFIX + "failure", f"linking failed: {e}"[:5000])
-                mlflow.end_run(status="FAILED")
-                raise
+            _link_version(client, source, version, tags[PARENT], alias, _description(
+                source, model_uri, report, conversion, run.info.run_id, chosen))
         return client.get_model_version(target_name, version.version)
+
+
+def _keras_model_for(loaded, method: str, unsupported: str, wrap_ops,
+                     emulate_quantization: bool, say):
+    """``(method, Keras model, ConversionReport)``: the Keras model kept with the ``.tflite``
+    (``kept-source``) or one reconstructed from its parsed flatbuffer (with the quantization
+    emulated: always reconstructed)."""
+    from mlflow_tflite_keras.converter import ConversionReport, convert
+
+    model = loaded.model
+    if not emulate_quantization and (
+            method == "kept-source" or (method == "auto" and loaded.has_keras_source)):
+        say("Loading the Keras model kept with the .tflite ...")
+        keras_model = loaded.load_keras_source()
+        conversion = ConversionReport(
+            model.sha256, model.quantization_kind, model.operator_counts(),
+            notes=["The Keras model kept when the .tflite was logged from it "
+                   f"(recipe {loaded.flavor_conf['keras_source'].get('recipe')}); "
+                   "nothing was reconstructed."])
+        return "kept-source", keras_model, conversion
+    say("Reconstructing the Keras model ...")
+    result = convert(model, unsupported=unsupported, wrap_ops=wrap_ops,
+                     emulate_quantization=emulate_quantization)
+    return "reconstructed", result.model, result.report
+
+
+def _is_streaming(model) -> bool:
+    from mlflow_tflite_keras.converter.streaming import is_streaming
+
+    return is_streaming(model)
+
+
+def _parity_against_source(tflite: LoadedSource, keras_model, conversion, parity_inputs,
+                           tolerances, say):
+    """The parity report of ``keras_model`` against the source (logged to the run); a
+    :class:`ParityCheckError` when it fails."""
+    from mlflow_tflite_keras.converter.parity import check_parity
+
+    say("Checking parity against the LiteRT interpreter (eager, and compiled in a "
+        "separate process) ...")
+    # A streaming source is compared on frame sequences (check_parity does it); its input
+    # example is a handful of frames, so random sequences by default.
+    inputs = parity_inputs if parity_inputs is not None else \
+        (None if _is_streaming(tflite.model) else tflite.input_example)
+    # Compiled in a child process: a graph that crashes TensorFlow's runtime is reported as
+    # a failed check, and never registered.
+    report = check_parity(tflite.model, keras_model, inputs, compiled="isolated",
+                          tensor_map=conversion.tensor_map, **(tolerances or {}))
+    mlflow.log_metrics(report.metrics())
+    mlflow.log_dict(report.to_dict(), "parity_report.json")
+    if not report.passed:
+        raise ParityCheckError(report)
+    return report
+
+
+def _link_version(client: MlflowClient, source: SourceModel, version: ModelVersion,
+                  parent: str, alias: str | None, description: str):
+    """Describe the new version, chain it to ``parent``, set ``alias`` and list it on the
+    source. Never leaves a half-linked version behind, nor a source naming a deleted one."""
+    name, ref = version.name, f"{version.name}/{version.version}"
+    with failed_run_on_error(FAILURE, "linking failed: "):
+        try:
+            client.update_model_version(name, version.version, description=description)
+            client.set_model_version_tag(name, version.version, CHAIN, f"{parent} -> {ref}")
+            if alias:
+                client.set_registered_model_alias(name, alias, version.version)
+            _link_source(client, source, ref)
+        except BaseException:
+            _unlink_source(client, source, ref)
+            _discard_version(client, source, name, version.version)
+            raise
 
 
 def _lineage_tags(source: SourceModel, model_uri, sha256, report, method: str) -> dict[str, str]:
@@ -470,59 +507,37 @@ def _description(source: SourceModel, model_uri, parity, conversion, run_id, met
     )
 
 
-def _input_example(source_info: Model, local_path: str):
-    """The source's saved input example as arrays, or None."""
-    try:
-        example = source_info.load_input_example(local_path)
-    except Exception:
-        return None
-    if example is None:
-        return None
-    if isinstance(example, dict):
-        return {k: np.asarray(v) for k, v in example.items()}
-    return np.asarray(example)
+def verify_keras_version(model_uri: str, *, debug: bool = False, progress=None):
+    """Re-check a registered Keras version (``models:/name/N``) against the ``.tflite`` it
+    was made from (its ``tflite_keras.source_model_uri`` tag): the
+    :class:`~mlflow_tflite_keras.converter.parity.ParityReport`, not raised when it fails.
+    ``debug`` also compares every intermediate tensor (``report.divergence``); when they
+    cannot be matched (e.g. layers renamed), ``report.notes`` says why."""
+    from mlflow_tflite_keras.converter.parity import check_parity, locate_divergence
 
-
-def keras_pip_requirements() -> list[str]:
-    """What a reconstructed Keras model needs, pinned to this environment. Given explicitly,
-    so mlflow.keras does not load the model in a subprocess to infer them (slow)."""
-    from mlflow.utils.requirements_utils import _get_pinned_requirement
-
-    return [*(_get_pinned_requirement(p) for p in ("mlflow", "keras", "tensorflow", "numpy")),
-            f"mlflow-tflite-keras=={__version__}"]
-
-
-def _save_keras_model(path, **kwargs):
-    # mlflow.keras.save_model (3.17) writes the input example before creating the directory.
-    os.makedirs(path, exist_ok=True)
-    if kwargs.get("pip_requirements") is None and kwargs.get("conda_env") is None:
-        kwargs["pip_requirements"] = keras_pip_requirements()
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-# mlflow.keras for Model.log, with the directory created first (see _save_keras_model).
-_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
-
-
-def _keras_signature(source_info: Model):
-    """The source's signature, when mlflow.keras accepts it (tensors, dynamic batch)."""
-    signature = source_info.signature
-    if signature is None or not signature.inputs.is_tensor_spec():
-        return None
-    if any(not spec.shape or spec.shape[0] != -1 for spec in signature.inputs.inputs):
-        return None
-    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs)
-
-
-def _keras_input_example(example, source_info, streaming: bool = False):
-    if example is None or isinstance(example, dict):
-        return example
-    schema = source_info.get_input_schema()
-    if schema is not None and schema.is_tensor_spec():
-        example = np.asarray(example, dtype=schema.numpy_types()[0])
-    if streaming:  # the source's rows are frames of one stream: one sequence for the RNN
-        example = np.asarray(example, dtype=np.float32)[None]
-    return example
+    say = progress or (lambda message: _logger.info(message))
+    client = MlflowClient()
+    source = resolve_source(model_uri, client)
+    if not source.registered_name:
+        raise MlflowException(f"'{model_uri}' is not a registered model version.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    mv = client.get_model_version(source.registered_name, source.version)
+    source_uri = mv.tags.get(SOURCE_URI)
+    if not source_uri:
+        raise MlflowException(f"'{model_uri}' has no {SOURCE_URI} tag: it is not a Keras "
+                              "version registered by this package.",
+                              error_code=INVALID_PARAMETER_VALUE)
+    say(f"Loading {model_uri} and its source {source_uri} ...")
+    keras_model = mlflow.keras.load_model(model_uri)
+    tflite = mlflow.tflite_keras.load_model(source_uri).model
+    report = check_parity(tflite, keras_model)
+    if debug:
+        say("Comparing intermediate tensors ...")
+        try:
+            report.divergence = locate_divergence(tflite, keras_model)
+        except ValueError as e:  # e.g. layers renamed: nothing to match
+            report.notes.append(f"debug: {e}")
+    return report
 
 
 def keras_versions_of(name: str, version: str | int) -> list[str]:

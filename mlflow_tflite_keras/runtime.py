@@ -141,6 +141,9 @@ class RuntimeModel:
             with open(path, "rb") as f:
                 buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if \
                     os.fstat(f.fileno()).st_size else b""
+            # The mapping outlives the file: a model loaded into a temporary directory
+            # still answers after the directory is gone.
+            self._mapped = buffer
         else:
             self.model_bytes = buffer = model_bytes
         self._recorded_stateful = stateful
@@ -156,8 +159,7 @@ class RuntimeModel:
 
     @cached_property
     def model_bytes(self) -> bytes:  # only when a path was given (else an attribute)
-        with open(self.model_path, "rb") as f:
-            return f.read()
+        return bytes(self._mapped)
 
     def _use_full(self):
         if self._full is None:
@@ -332,7 +334,8 @@ class TFLiteRunner:
         self.model.check_litert_support()
         try:
             path = getattr(self.model, "model_path", None)
-            source = {"model_path": path} if path else {"model_content": self.model.model_bytes}
+            source = {"model_path": path} if path and os.path.exists(path) else \
+                {"model_content": self.model.model_bytes}
             interpreter = Interpreter(**source, num_threads=self.num_threads, **options)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:

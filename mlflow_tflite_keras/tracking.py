@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["experiment", "start_run", "use_default_tracking"]
+__all__ = ["experiment", "failed_run_on_error", "start_run", "use_default_tracking"]
 
 DEFAULT_HOME = ".mlflow"
 _artifact_root: Path | None = None  # set when the embedded store is in use
@@ -46,3 +47,17 @@ def start_run(experiment_id: str | None = None, run_name: str | None = None):
     if run_id:
         return mlflow.start_run(run_id=run_id)
     return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+
+
+@contextlib.contextmanager
+def failed_run_on_error(failure_tag: str, reason_prefix: str = ""):
+    """When the block raises, end the active run FAILED with the reason in ``failure_tag``
+    (then re-raise): a run that registered nothing says why."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as e:
+        mlflow.set_tag(failure_tag, f"{reason_prefix}{e}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise

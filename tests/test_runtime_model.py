@@ -66,3 +66,24 @@ def test_damaged_artifact_is_a_clear_error(tmp_path):
     (tmp_path / "m" / "model.tflite").write_bytes(data[: len(data) // 2])
     with pytest.raises(MlflowException, match="damaged or replaced"):
         flavor.load_model(str(tmp_path / "m"))
+
+
+def test_a_model_loaded_into_a_directory_that_is_gone_still_answers(tmp_path):
+    """The runtime maps the saved file lazily; a model loaded into a temporary directory
+    (``dst_path``) still parses, predicts and makes new interpreters after it is removed."""
+    import shutil
+
+    import mlflow
+
+    data, (x, _) = fm.cnn(), fm.digits()
+    mlflow.tflite_keras.save_model(data, tmp_path / "saved")
+    local = tmp_path / "download"
+    local.mkdir()
+    loaded = mlflow.tflite_keras.load_model(str(tmp_path / "saved"), dst_path=str(local))
+    expected = loaded.predict(x[:4])
+    shutil.rmtree(local)
+    shutil.rmtree(tmp_path / "saved")
+    assert loaded.model.sha256 == TFLiteModel(data).sha256
+    np.testing.assert_array_equal(loaded.predict(x[:4]), expected)
+    interpreter = loaded.interpreter()  # a new one, from the mapping
+    assert interpreter.get_signature_list()

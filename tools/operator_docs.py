@@ -2,7 +2,8 @@
 then custom operators by custom code) with its Keras layer, its family module and the tests
 that exercise it.
 
-Run: ``python -m mlflow_tflite_keras.converter.docs > docs/operators.md`` (``make docs``).
+Run: ``python tools/operator_docs.py > docs/operators.md`` (``make docs``). A developer tool,
+not part of the package: it reads ``tests/``, which is not installed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from mlflow_tflite_keras.converter.registry import load_handlers, unsupported_reason
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
@@ -54,8 +55,7 @@ def operators_markdown(tests_dir: Path | None = None) -> str:
         "# Supported operators",
         "",
         "Generated from the converter's handler registry by "
-        "`python -m mlflow_tflite_keras.converter.docs` (`make docs`); a test checks it is "
-        "current.",
+        "`tools/operator_docs.py` (`make docs`); a test checks it is current.",
         "",
         f"{len(builtins)} of the schema's {len(schema_ops)} builtin operators "
         f"({100 * len(builtins) / len(schema_ops):.0f}%); every other one is listed below "
@@ -92,6 +92,7 @@ def _table(names, handlers, tests) -> list[str]:
         test_refs = "<br>".join(f"`{t}`" for t in tests.get(op, [])[:3]) or "—"
         lines.append(f"| `{op}` | {h.layer} | {family} | {test_refs} |")
     return lines
+
 
 if __name__ == "__main__":
     sys.stdout.write(operators_markdown())
