@@ -57,11 +57,11 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.runtime import TFLiteRunner, string_outputs_as_text
-from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
+from mlflow_tflite_keras.tflite_model import TFLiteModel, describe_path, read_model_bytes
 
 __all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
-           "get_default_pip_requirements", "infer_signature", "load_model", "log_model",
-           "save_model"]
+           "get_default_pip_requirements", "infer_signature", "load_like", "load_model",
+           "log_model", "save_model"]
 
 FLAVOR_NAME = "tflite_keras"
 RUNTIME_PACKAGE = "ai-edge-litert"
@@ -140,7 +140,8 @@ def _prepare(tflite_model, recipe=None, representative_data=None,
                                   error_code=INVALID_PARAMETER_VALUE)
         return read_model_bytes(tflite_model), None
     if _is_keras_model(tflite_model):
-        from mlflow_tflite_keras.export import keras_to_tflite, normalize_recipe
+        from mlflow_tflite_keras.keras_export import keras_to_tflite
+        from mlflow_tflite_keras.recipes import normalize_recipe
 
         recipe = normalize_recipe(recipe or "float32")
         data = keras_to_tflite(tflite_model, recipe, representative_data=representative_data)
@@ -654,3 +655,32 @@ def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
     _add_code_from_conf_to_system_path(local_path, conf)
     model_bytes = Path(local_path, conf["data"]).read_bytes()
     return LoadedTFLiteModel(model_bytes, conf, conf.get("num_threads"), local_path)
+
+
+def load_like(like):
+    """A :class:`TFLiteModel` from a ``.tflite`` path or bytes, a TFLiteModel, a loaded
+    flavor model, or any MLflow model URI (or local model directory) of the tflite_keras
+    flavor."""
+    if isinstance(like, TFLiteModel):
+        return like
+    if isinstance(like, (bytes, bytearray, memoryview)):
+        return TFLiteModel(bytes(like))
+    if hasattr(like, "model_bytes") and not isinstance(like, (str, os.PathLike)):
+        return like.model if isinstance(like, LoadedTFLiteModel) else TFLiteModel(like.model_bytes)
+    if isinstance(like, (str, os.PathLike)):
+        path = os.fspath(like)
+        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path) or \
+                not describe_path(path).startswith("'"):
+            return TFLiteModel.load(path)  # (an unprintable "path" is refused, not echoed)
+        try:  # an MLflow model URI or directory
+            return load_model(path).model
+        except MlflowException:
+            raise
+        except Exception as e:
+            raise MlflowException(
+                f"Cannot load the source model '{path}': it is neither a .tflite file nor an "
+                f"MLflow model of the tflite_keras flavor ({type(e).__name__}: {e}).",
+                error_code=INVALID_PARAMETER_VALUE) from e
+    raise MlflowException(
+        "like must be a .tflite path, its bytes, a TFLiteModel or an MLflow model URI of the "
+        f"tflite_keras flavor; got {type(like).__name__}.", error_code=INVALID_PARAMETER_VALUE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.deep import run_deep
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
+from mlflow_tflite_keras.converter.names import keras_name
 from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.errors import UnsupportedOperatorsError
@@ -111,13 +111,13 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
         shape = tuple(None if d == -1 else d for d in t.shape_signature)
         if batched and not per_example:
             shape = (None, *shape[1:])
-        specs.append(InputSpec(t.index, _sanitize(in_names.get(t.index, t.name)), shape,
+        specs.append(InputSpec(t.index, keras_name(in_names.get(t.index, t.name)), shape,
                                t.float_dtype))
-    output_names = [_sanitize(out_names.get(index, out_name))
+    output_names = [keras_name(out_names.get(index, out_name))
                     for out_name, index in signature.outputs.items()]
 
     report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts())
-    model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
+    model_name = keras_name(name or model.description or "reconstructed") or "reconstructed"
     from mlflow_tflite_keras.converter import streaming
 
     if streaming.is_streaming(model, signature.subgraph_index):
@@ -231,8 +231,3 @@ def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
     return any(op.name in LOOP_AND_BRANCH_OPS
                for i in reachable_subgraphs(model, graph.subgraph_index)
                for op in model.subgraphs[i].operators)
-
-
-def _sanitize(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", name.split(":")[0]).strip("_")
-    return name or "tensor"

@@ -17,51 +17,25 @@ from mlflow_tflite_keras.converter.compiled import (
 )
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.noise import keras_noise_silenced
+from mlflow_tflite_keras.recipes import (
+    DEFAULT_TOLERANCES,
+    OP_BY_OP_TOLERANCES,
+    OP_MAX_STEPS,
+    tolerance_family,
+)
 from mlflow_tflite_keras.runtime import TFLiteRunner
-from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, tolerance_family
-
-# Each op of a full-integer model, fed the interpreter's own (integer) inputs, is within this
-# many quantization steps of the integer kernel (measured: <= 0.8 on every builtin's tests).
-OP_MAX_STEPS = 1.0
+from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range
 
 __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
            "check_parity", "check_sequence_parity", "locate_divergence", "output_roles",
            "sample_inputs", "sample_sequences", "snap_to_input_grid", "streaming_reference"]
 
-# Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
-# by the output's value range; quantized kinds are judged in output quantization steps and by
-# top-1 agreement because a float model cannot reproduce integer rounding exactly.
-DEFAULT_TOLERANCES = {
-    # float summation order and kernel approximations (XNNPACK vs TF) accumulate over deep
-    # networks: up to 1.3e-4 of the range measured (MobileNetV3); a 5% kernel error is >= 3e-2
-    "none": {"max_rel_error": 5e-4},
-    "float16": {"max_rel_error": 1e-3},
-    # float compute on the dequantized weights, as the Keras model does: float noise
-    "weight-only": {"max_rel_error": 1e-4},
-    "dynamic-range": {"max_rel_error": 5e-2, "min_cosine": 0.99},
-    "full-int8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
-    "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
-    "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99},
-}
 # What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``: every limit a
 # default uses, and those only callers set.
 TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key in limits}
                           | {"max_abs_error", "max_rel_error", "max_steps", "min_cosine",
                              "min_top1"}))
 
-# Kinds whose activations the interpreter quantizes are checked op by op (check_ops): each op
-# fed the interpreter's own inputs is within 1 step of its integer kernel (full-integer), or
-# within float noise for hybrid kernels whose input quantization is replayed (measured: <= 0.8
-# steps, <= 1e-6). Rounding accumulates
-# over layers, so where the op-by-op check runs, end to end only top-1 decisions are judged
-# by default (the other figures are reported); where it cannot run (a Keras model that is
-# not a reconstruction), the end-to-end defaults above apply.
-OP_BY_OP_TOLERANCES = {
-    "dynamic-range": {"op_max_rel_error": 1e-4},
-    "full-int8": {"op_max_steps": OP_MAX_STEPS},
-    "full-uint8": {"op_max_steps": OP_MAX_STEPS},
-    "int16x8": {"op_max_steps": OP_MAX_STEPS},
-}
 _OP_LIMITS = ("op_max_steps", "op_max_rel_error")
 
 

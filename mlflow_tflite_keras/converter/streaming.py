@@ -32,7 +32,6 @@ variable has that leading 1 too (ring buffers ``[1, time, channels]``); otherwis
 
 from __future__ import annotations
 
-import re
 
 import keras
 import numpy as np
@@ -41,6 +40,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.layers import PACKAGE, KerasOp, extra_op
+from mlflow_tflite_keras.converter.names import keras_name
 from mlflow_tflite_keras.converter.registry import Handler
 
 __all__ = ["StreamingCell", "StreamingRNN", "convert_streaming", "is_streaming",
@@ -85,7 +85,7 @@ class StreamingCell(keras.layers.Layer):
         values = initial_state if initial_state is not None else \
             [np.zeros(s, np.float32) for s in self.state_shapes]
         self.initial_weights = [
-            self.add_weight(name=f"initial_{_sanitize(n)}", shape=s, dtype="float32",
+            self.add_weight(name=f"initial_{keras_name(n, 'state')}", shape=s, dtype="float32",
                             trainable=False,
                             initializer=keras.initializers.Constant(np.asarray(v, np.float32)))
             for n, s, v in zip(self.state_names, self.state_shapes, values)]
@@ -220,10 +220,6 @@ def streaming_layer(model):
 _VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 
 
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", str(name)).strip("_") or "state"
-
-
 class StateVariable:
     """A resource variable assigned by the step graph: its handle, name, initial value and
     the tensor holding its value at the end of the step."""
@@ -236,7 +232,7 @@ class StateVariable:
 
     @property
     def name(self) -> str:
-        return _sanitize(self.handle.shared_name or self.handle.label)
+        return keras_name(self.handle.shared_name or self.handle.label, "state")
 
 
 def _assigning_subgraphs(model) -> set[int]:
@@ -347,7 +343,6 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     ``per_example``: build the step at the exact shapes and map it over the batch even when
     every state has a leading 1 (a fixed batch of 1 with loops or branches baked in, as
     :func:`~mlflow_tflite_keras.converter.convert.convert` decides)."""
-    from mlflow_tflite_keras.converter.convert import _sanitize as sanitize_name
     from mlflow_tflite_keras.converter.ops.control_flow import (
         _constant_output,
         reachable_subgraphs,
@@ -398,9 +393,9 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
             raise ConversionError(f"state variable '{s.handle.label}' is {s.dtype}; only "
                                   "float (or quantized) state converts.")
     frame_shape = tuple(int(d) for d in frame.shape[1:])
-    input_name = sanitize_name(in_names.get(frame.index, frame.name))
+    input_name = keras_name(in_names.get(frame.index, frame.name))
     output_indices = list(signature.outputs.values())
-    output_names = [sanitize_name(out_names.get(i, name))
+    output_names = [keras_name(out_names.get(i, name))
                     for name, i in signature.outputs.items()]
 
     state_inputs = {s.handle: -(k + 1) for k, s in enumerate(states)}  # no real tensor
