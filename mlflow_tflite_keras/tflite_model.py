@@ -262,6 +262,17 @@ class SignatureInfo:
     outputs: dict[str, int]
 
 
+def has_batch_dimension(tensors) -> bool:
+    """Dimension 0 is a batch dimension when every one of ``tensors`` (a signature's inputs:
+    anything with ``shape`` and ``shape_signature``) has one there: declared dynamic (-1), or
+    fixed at 1 with more dimensions behind it (then run row by row). The one rule of the
+    pyfunc, the signature and the converter."""
+    tensors = list(tensors)
+    return bool(tensors) and all(
+        len(t.shape) >= 1 and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and len(t.shape) >= 2))
+        for t in tensors)
+
+
 def read_model_bytes(tflite_model) -> bytes:
     """Accept a path (str / PathLike) or the bytes of a ``.tflite`` file."""
     if isinstance(tflite_model, (bytes, bytearray, memoryview)):

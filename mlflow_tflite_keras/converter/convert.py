@@ -15,7 +15,7 @@ from mlflow_tflite_keras.converter.registry import handles, load_handlers
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.errors import UnsupportedOperatorsError
 from mlflow_tflite_keras.noise import keras_noise_silenced
-from mlflow_tflite_keras.tflite_model import TFLiteModel
+from mlflow_tflite_keras.tflite_model import TFLiteModel, has_batch_dimension
 
 __all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "check_supported",
            "convert", "to_keras"]
@@ -101,7 +101,7 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
                     skip={op.index for r in regions or () for op in r.ops})
 
     in_names, out_names = graph.signature_names
-    batched = _batched(graph)
+    batched = has_batch_dimension(graph.inputs)
     # A fixed batch of 1 with loops or branches: TFLite's graph (and its loop bodies) bakes
     # the batch of 1 in, so the model is built for exactly one example and mapped over the
     # batch (what the interpreter does too: one invoke per row).
@@ -206,14 +206,6 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
         raise UnsupportedOperatorsError(
             f"The model has {sum(missing.values())} operator(s) the converter cannot rebuild:\n"
             + "\n".join(lines), dict(missing))
-
-
-def _batched(graph: Graph) -> bool:
-    """Same rule as the pyfunc: dimension 0 is a batch dimension on every input."""
-    ins = graph.inputs
-    return bool(ins) and all(
-        t.rank >= 1 and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and t.rank >= 2))
-        for t in ins)
 
 
 def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:

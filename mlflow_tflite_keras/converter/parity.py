@@ -15,6 +15,7 @@ from mlflow_tflite_keras.converter.compiled import (
     compare_compiled,
     predict_compiled,
 )
+from mlflow_tflite_keras.converter.metrics import error_metrics
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.recipes import (
@@ -395,12 +396,7 @@ def _compare(spec, expected: np.ndarray, actual: np.ndarray, limits: dict,
         quantization, dtype = quantized
         err = _beyond_saturation(err, expected, actual, quantization,
                                  (np.iinfo(dtype).min, np.iinfo(dtype).max))
-    max_abs = float(err.max()) if err.size else 0.0
-    value_range = float(expected.max() - expected.min()) if expected.size else 0.0
-    max_rel = max_abs / max(value_range, float(np.abs(expected).max(initial=0.0)), 1e-12)
-    denom = np.linalg.norm(expected) * np.linalg.norm(actual)
-    cosine = float(np.dot(expected.ravel(), actual.ravel()) / denom) if denom else \
-        (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, err)
     top1 = decisive = None
     if kind == "class-scores" and expected.ndim >= 2 and expected.shape[-1] > 1:
         agree = expected.argmax(-1) == actual.argmax(-1)
@@ -891,22 +887,15 @@ def _compare_op_output(op, t, expected, actual, limits) -> TensorParity:
     q = t.quantization if t.is_quantized else None
     if q is not None and q.scale.size and not q.per_channel:
         err = _beyond_saturation(err, expected, actual, q, integer_range(t.type_name))
-    err = np.where(np.isnan(expected) & np.isnan(actual), 0.0, err)
-    max_abs = float(np.nanmax(np.where(np.isnan(err), np.inf, err))) if err.size else 0.0
-    finite = expected[np.isfinite(expected)]
-    scale = max(float(np.ptp(finite)) if finite.size else 0.0,
-                float(np.abs(finite).max(initial=0.0)), 1e-12)
-    e, a = np.nan_to_num(expected.ravel()), np.nan_to_num(actual.ravel())
-    denom = np.linalg.norm(e) * np.linalg.norm(a)
-    cosine = float(np.dot(e, a) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, err)
     if q is not None and q.scale.size and not q.per_channel:
         steps = max_abs / float(q.scale.reshape(-1)[0])
         failures = [] if steps <= limits["max_steps"] else \
             [f"steps {steps:.3g} outside max_steps={limits['max_steps']}"]
     else:
-        failures = [] if max_abs / scale <= limits["max_rel_error"] else \
-            [f"rel_error {max_abs / scale:.3g} outside max_rel_error={limits['max_rel_error']}"]
-    return TensorParity(**base, max_abs_error=max_abs, max_rel_error=max_abs / scale,
+        failures = [] if max_rel <= limits["max_rel_error"] else \
+            [f"rel_error {max_rel:.3g} outside max_rel_error={limits['max_rel_error']}"]
+    return TensorParity(**base, max_abs_error=max_abs, max_rel_error=max_rel,
                         cosine=cosine, max_steps=steps, passed=not failures, failures=failures)
 
 
@@ -973,16 +962,8 @@ def _compare_tensor(op, t, label: str, expected: np.ndarray, actual: np.ndarray,
                                 failures=[f"shape {list(actual.shape)} != "
                                           f"{list(expected.shape)}"])
         actual = actual.reshape(expected.shape)
-    err = np.abs(expected - actual)
     finite = bool(np.all(np.isfinite(actual)) or not np.all(np.isfinite(expected)))
-    err = np.where(np.isnan(err) & np.isnan(expected) & np.isnan(actual), 0.0, err)
-    max_abs = float(err.max())
-    scale = max(float(np.ptp(expected)) if np.all(np.isfinite(expected)) else 0.0,
-                float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)), 1e-12)
-    max_rel = max_abs / scale
-    e, a = np.nan_to_num(expected.ravel()), np.nan_to_num(actual.ravel())
-    denom = np.linalg.norm(e) * np.linalg.norm(a)
-    cosine = float(np.dot(e, a) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, np.abs(expected - actual))
     steps = None
     if t.is_quantized and t.quantization is not None and t.quantization.scale.size:
         step = float(np.max(t.quantization.scale))
