@@ -21,10 +21,22 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.errors import InterfaceChangedError
 from mlflow_tflite_keras.flavor import load_like
-from mlflow_tflite_keras.interface import _norm, _sig_tensors, compare_interfaces, match_name
+from mlflow_tflite_keras.interface import (
+    _norm,
+    _sig_tensors,
+    compare_interfaces,
+    match_name,  # noqa: F401 (finetune imports it from here)
+    match_names,
+)
 from mlflow_tflite_keras.keras_export import convert_with_recipe, export_saved_model
 from mlflow_tflite_keras.keras_export import keras_to_tflite  # noqa: F401 (public here too)
-from mlflow_tflite_keras.recipes import FULL_INTEGER, QUANTIZED_IO, RECIPES, normalize_recipe
+from mlflow_tflite_keras.recipes import (
+    FULL_INTEGER,
+    MIXED,
+    QUANTIZED_IO,
+    RECIPES,
+    normalize_recipe,
+)
 from mlflow_tflite_keras.tflite_model import FILE_IDENTIFIER
 
 __all__ = ["export_streaming_tflite", "export_tflite", "keras_to_tflite", "recipe_for"]
@@ -40,7 +52,7 @@ def recipe_for(model) -> str:
     :func:`load_like` takes)."""
     model = load_like(model)
     kind = model.quantization_kind
-    if kind == "mixed":
+    if kind == MIXED:
         raise MlflowException(
             "The source model mixes quantization recipes (weights of different types or "
             "modes); there is no single recipe to recreate it: pass recipe= explicitly.",
@@ -167,14 +179,9 @@ def _samples(data, specs: dict, order: list, aliases: dict, limit: int):
 
     def as_dict(sample) -> dict:
         if isinstance(sample, dict):
-            out = {}
-            for key, value in sample.items():
-                name = match_name(key, specs, aliases)
-                if name is None:
-                    raise MlflowException(
-                        f"representative_data has an entry '{key}' that matches no input of "
-                        f"the model; its inputs are {names}.", error_code=INVALID_PARAMETER_VALUE)
-                out[name] = value
+            out = match_names(sample, specs, aliases, lambda key: (
+                f"representative_data has an entry '{key}' that matches no input of the "
+                f"model; its inputs are {names}."))
         elif isinstance(sample, (list, tuple)):
             out = dict(zip(names, sample))
             if len(sample) != len(names):

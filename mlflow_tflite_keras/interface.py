@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
 from mlflow_tflite_keras.flavor import load_like
 from mlflow_tflite_keras.recipes import FULL_INTEGER, QUANTIZED_IO, WEIGHT_TYPES
 
-__all__ = ["InterfaceDifference", "InterfaceReport", "compare_interfaces", "match_name"]
+__all__ = ["InterfaceDifference", "InterfaceReport", "compare_interfaces", "match_name",
+           "match_names"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,19 @@ def match_name(key: str, names, aliases: dict | None = None) -> str | None:
         return aliases[key]
     matches = [n for n in names if _norm(n) == _norm(key)]
     return matches[0] if len(matches) == 1 else None
+
+
+def match_names(entries: dict, names, aliases: dict | None, unknown) -> dict:
+    """``entries`` re-keyed by the one of ``names`` each key means (:func:`match_name`); a
+    key that means none is an error, ``unknown(key)`` its message (e.g. calibration data or
+    training targets given by input / output name)."""
+    out = {}
+    for key, value in entries.items():
+        name = match_name(key, names, aliases)
+        if name is None:
+            raise MlflowException(unknown(key), error_code=INVALID_PARAMETER_VALUE)
+        out[name] = value
+    return out
 
 
 def _pair_by_name(source: dict, new: dict):

@@ -128,11 +128,11 @@ def quantize_float_model(float_model: bytes, recipe: str) -> bytes:
     from ai_edge_quantizer import qtyping, quantizer
 
     recipe = normalize_recipe(recipe)
-    mode, bits, block_size = quantizer_config(recipe)
+    weight_only, bits, block_size = quantizer_config(recipe)
     granularity = (qtyping.QuantGranularity(f"BLOCKWISE_{block_size}") if block_size
                    else qtyping.QuantGranularity.CHANNELWISE)
     quant = quantizer.Quantizer(bytearray(float_model))
-    add = quant.add_weight_only_config if mode == "weight-only" else quant.add_dynamic_config
+    add = quant.add_weight_only_config if weight_only else quant.add_dynamic_config
     add(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=bits,
         granularity=granularity)
     try:

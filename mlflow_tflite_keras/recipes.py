@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-__all__ = ["BLOCK_SIZES", "CONVERTER_RECIPES", "DEFAULT_TOLERANCES", "FULL_INTEGER",
+__all__ = ["BLOCK_SIZES", "CONVERTER_RECIPES", "DEFAULT_TOLERANCES", "FULL_INTEGER", "MIXED",
            "OP_BY_OP_TOLERANCES", "QUANTIZED_TYPES", "RECIPES", "WEIGHT_TYPES", "is_quantized",
            "kind_from", "normalize_recipe", "quantizer_config", "tolerance_family",
            "weight_scheme"]
@@ -31,8 +31,9 @@ __all__ = ["BLOCK_SIZES", "CONVERTER_RECIPES", "DEFAULT_TOLERANCES", "FULL_INTEG
 #: every width, activations (INT8 / UINT8 / INT16) and the INT32 / INT64 biases of integer ops.
 QUANTIZED_TYPES = ("INT2", "INT4", "UINT4", "INT8", "UINT8", "INT16", "INT32", "INT64")
 
-#: Weight constant types a recipe stores quantized (interface comparison of the recipe).
-WEIGHT_TYPES = ("INT8", "INT4")
+#: Integer types weights are stored in, quantized: what hybrid (dynamic-range) kernels and
+#: weight-only dequantization take, and the constant types an interface comparison reports.
+WEIGHT_TYPES = ("INT8", "INT4", "INT2")
 
 #: Float types stored narrower than float32: their own kind when weights have them.
 _NARROW_FLOATS = ("FLOAT16", "BFLOAT16")
@@ -112,14 +113,14 @@ CONVERTER_RECIPES = {
 }
 
 
-def quantizer_config(recipe: str) -> tuple[str, int, int]:
-    """``(mode, bits, block size)`` of a recipe made by ai-edge-quantizer: mode
-    ``weight-only`` or ``dynamic-range``, block size 0 for channelwise."""
+def quantizer_config(recipe: str) -> tuple[bool, int, int]:
+    """``(weight_only, bits, block size)`` of a recipe made by ai-edge-quantizer: weight-only
+    (else dynamic-range), the weights' bits, the block size (0: channelwise)."""
     made = _QUANTIZER.match(normalize_recipe(recipe))
     if made is None:
         raise MlflowException(f"Recipe '{recipe}' is made by TFLiteConverter, not by "
                               "ai-edge-quantizer.", error_code=INVALID_PARAMETER_VALUE)
-    return made.group(1), int(made.group(2)), int(made.group(3) or 0)
+    return made.group(1) == "weight-only", int(made.group(2)), int(made.group(3) or 0)
 
 
 # ---- kinds: how each is recognised -------------------------------------------------------------
@@ -143,6 +144,10 @@ def activation_types() -> tuple[str, ...]:
     return tuple(f.activation_type for f in FULL_INTEGER.values())
 
 
+#: The kind of a model whose weights are quantized several ways.
+MIXED = "mixed"
+
+
 def kind_from(activations: set[str], weight_schemes: set[str]) -> str:
     """A model's kind from the types of its quantized activations and the schemes of its
     reduced-precision weights (:func:`weight_scheme`)."""
@@ -157,7 +162,7 @@ def kind_from(activations: set[str], weight_schemes: set[str]) -> str:
     hybrid = {s.replace("weight-only-", "dynamic-range-") for s in schemes}
     if len(hybrid) == 1:
         return hybrid.pop()
-    return "mixed"
+    return MIXED
 
 
 # ---- parity tolerances, by family of kinds -----------------------------------------------------
@@ -172,7 +177,7 @@ def tolerance_family(kind: str) -> str:
         return "float16"
     if kind.startswith("weight-only"):
         return "weight-only"
-    if kind.startswith("dynamic-range") or kind == "mixed":
+    if kind.startswith("dynamic-range") or kind == MIXED:
         return "dynamic-range"
     return kind
 

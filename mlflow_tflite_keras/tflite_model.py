@@ -725,7 +725,7 @@ class TFLiteModel:
             "custom_ops": self.custom_ops,
             "quantization": self.quantization_kind,
             **({"quantization_breakdown": self.quantization_breakdown}
-               if self.quantization_kind == "mixed" else {}),
+               if self.quantization_kind == recipes.MIXED else {}),
             "stateful": self.is_stateful,
             "inputs": [main.tensors[i].to_dict() for i in main.inputs],
             "outputs": [main.tensors[i].to_dict() for i in main.outputs],

@@ -22,6 +22,7 @@ from mlflow_tflite_keras.recipes import (
     DEFAULT_TOLERANCES,
     OP_BY_OP_TOLERANCES,
     OP_MAX_STEPS,
+    WEIGHT_TYPES,
     tolerance_family,
 )
 from mlflow_tflite_keras.runtime import TFLiteRunner
@@ -824,7 +825,7 @@ HYBRID_MAX_REL_ERROR = 1e-2
 def _has_integer_weights(op) -> bool:
     outputs_float = all(not t.is_quantized for t in op.outputs)
     return outputs_float and any(t is not None and t.is_constant and t.is_quantized
-                                 and t.type_name in ("INT8", "INT4", "INT2")
+                                 and t.type_name in WEIGHT_TYPES
                                  for t in op.inputs[1:])
 
 
@@ -834,7 +835,7 @@ def _is_hybrid(op) -> bool:
         return False
     x, w = op.inputs[0], op.inputs[1]
     return x is not None and not x.is_quantized and x.type_name == "FLOAT32" and \
-        w.is_quantized and w.type_name in ("INT8", "INT4", "INT2") and \
+        w.is_quantized and w.type_name in WEIGHT_TYPES and \
         not getattr(w.quantization, "block_size", 0)  # blockwise kernels quantize per block
 
 
