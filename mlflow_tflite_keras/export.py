@@ -22,8 +22,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.errors import InterfaceChangedError
 from mlflow_tflite_keras.flavor import load_like
 from mlflow_tflite_keras.interface import (
-    _norm,
-    _sig_tensors,
+    comparable_name,
+    signature_tensors,
     compare_interfaces,
     match_name,  # noqa: F401 (finetune imports it from here)
     match_names,
@@ -95,7 +95,7 @@ def _interface_types(source, recipe: str, input_type=None, output_type=None):
     sig = source.signature()
     types = []
     for which in ("inputs", "outputs"):
-        found = {QUANTIZED_IO[t.type_name] for t in _sig_tensors(source, sig, which).values()
+        found = {QUANTIZED_IO[t.type_name] for t in signature_tensors(source, sig, which).values()
                  if t.type_name in QUANTIZED_IO and t.quantization is not None}
         found = [t for t in found if t in allowed]
         types.append(np.dtype(found[0]) if len(found) == 1 else np.dtype(np.float32))
@@ -161,7 +161,7 @@ def _name_map(names: list, target: list) -> dict:
     for n in names:
         if n in mapping:
             continue
-        candidates = [t for t in left if _norm(t) == _norm(n)]
+        candidates = [t for t in left if comparable_name(t) == comparable_name(n)]
         if len(candidates) == 1:
             mapping[n] = candidates[0]
             left.remove(candidates[0])

@@ -16,8 +16,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow_tflite_keras.flavor import load_like
 from mlflow_tflite_keras.recipes import FULL_INTEGER, QUANTIZED_IO, WEIGHT_TYPES
 
-__all__ = ["InterfaceDifference", "InterfaceReport", "compare_interfaces", "match_name",
-           "match_names"]
+__all__ = ["InterfaceDifference", "InterfaceReport", "comparable_name", "compare_interfaces",
+           "match_name", "match_names", "signature_tensors"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _norm(name: str) -> str:
+def comparable_name(name: str) -> str:
     """Compare names as the app would recognise them: 'serving_default_x:0' ~ 'x'."""
     name = str(name).split(":")[0]
     if name.startswith("serving_default_"):
@@ -88,12 +88,12 @@ def _norm(name: str) -> str:
 
 def match_name(key: str, names, aliases: dict | None = None) -> str | None:
     """The one of ``names`` that ``key`` means: itself, its alias, or the only name equal to
-    it up to case and punctuation (:func:`_norm`); None when there is none."""
+    it up to case and punctuation (:func:`comparable_name`); None when there is none."""
     if key in names:
         return key
     if aliases and aliases.get(key) is not None:
         return aliases[key]
-    matches = [n for n in names if _norm(n) == _norm(key)]
+    matches = [n for n in names if comparable_name(n) == comparable_name(key)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -117,7 +117,7 @@ def _pair_by_name(source: dict, new: dict):
     left_src = [n for n in source if n not in new]
     left_new = [n for n in new if n not in source]
     for n in list(left_src):
-        candidates = [m for m in left_new if _norm(m) == _norm(n)]
+        candidates = [m for m in left_new if comparable_name(m) == comparable_name(n)]
         if len(candidates) == 1:
             pairs.append((n, candidates[0], True))
             left_src.remove(n)
@@ -148,7 +148,7 @@ def _compare_tensor(where: str, src, new, diffs: list):
                                          new.quantization is not None))
 
 
-def _sig_tensors(model, sig, which: str) -> dict:
+def signature_tensors(model, sig, which: str) -> dict:
     sg = model.subgraphs[sig.subgraph_index]
     return {name: sg.tensors[i] for name, i in getattr(sig, which).items()}
 
@@ -187,8 +187,8 @@ def compare_interfaces(source, new) -> InterfaceReport:
                 continue
             prefix = f"signature '{sig.key}' " if len(src.signatures) > 1 else ""
             for which in ("inputs", "outputs"):
-                pairs = _compare_named(prefix + which[:-1], _sig_tensors(src, sig, which),
-                                       _sig_tensors(dst, other, which), diffs)
+                pairs = _compare_named(prefix + which[:-1], signature_tensors(src, sig, which),
+                                       signature_tensors(dst, other, which), diffs)
                 _compare_order(prefix + which, pairs, (src, sig), (dst, other), which, diffs)
         extra = [s.key for s in dst.signatures if s.key not in {x.key for x in src.signatures}
                  and s.key != dst.signatures[0].key]
@@ -250,7 +250,8 @@ def _compare_ordered(kind: str, source: list, new: list, diffs: list):
     for i, (s, n) in enumerate(zip(source, new)):
         _compare_tensor(f"{kind} #{i} ('{s.name}')", s, n, diffs)
     # The same inputs in another order would go unnoticed when they share shape and dtype.
-    s_names, n_names = [_norm(t.name) for t in source], [_norm(t.name) for t in new]
+    s_names = [comparable_name(t.name) for t in source]
+    n_names = [comparable_name(t.name) for t in new]
     if sorted(s_names) == sorted(n_names) and len(set(s_names)) == len(s_names) and \
             s_names != n_names and kind == "input":
         diffs.append(InterfaceDifference("order", f"{kind}s", s_names, n_names))

@@ -269,7 +269,8 @@ def has_batch_dimension(tensors) -> bool:
     pyfunc, the signature and the converter."""
     tensors = list(tensors)
     return bool(tensors) and all(
-        len(t.shape) >= 1 and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and len(t.shape) >= 2))
+        len(t.shape) >= 1
+        and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and len(t.shape) >= 2))
         for t in tensors)
 
 

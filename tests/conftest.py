@@ -22,6 +22,19 @@ def postgres_tracking_server(tmp_path_factory):
         yield url
 
 
+@pytest.fixture
+def tracking(tmp_path):
+    """A throwaway local tracking store (SQLite) and experiment for the test."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports it
+
+
 class ParseCounter:
     """The ``.tflite`` flatbuffers parsed (``TFLiteModel`` built from bytes) while the
     :func:`count_parses` fixture is active, by content."""

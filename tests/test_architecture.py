@@ -143,20 +143,6 @@ print(json.dumps(failures))
 # ---- a .tflite is parsed once per call chain ---------------------------------------------------
 
 
-@pytest.fixture
-def tracking(tmp_path):
-    import os
-
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=exp)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-
-
 def test_log_model_parses_once(tracking, count_parses):
     import flavor_models as fm
     import mlflow
