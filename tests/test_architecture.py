@@ -193,12 +193,17 @@ def test_the_parse_counter_counts(count_parses):
     assert count_parses.of(data) == 3 and count_parses.total == 3
 
 
-def test_to_keras_and_check_parity_take_a_parsed_model(count_parses):
+def test_convert_check_and_export_take_a_parsed_model(count_parses):
+    """to_keras -> check_parity -> export_tflite(like=) with one parsed source: none parses
+    it again (the export's own result is parsed once, by its interface check)."""
     import flavor_models as fm
 
-    from mlflow_tflite_keras import TFLiteModel, check_parity, to_keras
+    from mlflow_tflite_keras import TFLiteModel, check_parity, export_tflite, to_keras
 
     model = TFLiteModel(fm.cnn())
     keras_model = to_keras(model)
     assert check_parity(model, keras_model, fm.images(4)).passed
     assert count_parses.of(model.model_bytes) == 1
+    exported, report = export_tflite(keras_model, like=model, return_report=True)
+    assert report.ok and count_parses.of(model.model_bytes) == 1
+    assert count_parses.of(exported) == 1
