@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 EXPORT_TIMEOUT = 3600.0
+# What the child runs, by name: ``export`` imports this module to dispatch here.
+EXPORT_FUNCTION = ("mlflow_tflite_keras.export", "export_tflite")
 
 
 def keras_backend() -> str:
@@ -32,7 +34,7 @@ def export_in_tensorflow_process(keras_model, *, like=None, representative_data=
     """``export_tflite(keras_model, like=like, ...)`` run in a TensorFlow child process."""
     from mlflow.exceptions import MlflowException
 
-    from mlflow_tflite_keras.export import load_like
+    from mlflow_tflite_keras.flavor import load_like
 
     if callable(representative_data):  # a generator cannot cross processes: its samples can
         samples = []
@@ -84,8 +86,12 @@ class _Samples:
 def _export(model_path: str, args_path: str, out_path: str) -> None:
     import keras
 
+    import importlib
+
     import mlflow_tflite_keras.converter  # noqa: F401  (registers the package's layers)
-    from mlflow_tflite_keras.export import export_tflite
+
+    module, name = EXPORT_FUNCTION
+    export_tflite = getattr(importlib.import_module(module), name)
 
     with open(args_path, "rb") as f:
         args = pickle.load(f)

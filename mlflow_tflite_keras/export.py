@@ -1,8 +1,10 @@
-"""Keras -> ``.tflite`` with a named quantization recipe (TensorFlow needed).
+"""Export a Keras model "like" a source ``.tflite`` (TensorFlow needed).
 
-:func:`keras_to_tflite` converts with a recipe; :func:`export_tflite` converts "like" a source
-model (same recipe, same interface types) and checks with :func:`compare_interfaces` that the
-app sees the same interface.
+:func:`export_tflite` converts with the source's recipe and interface types, gives the result
+the source's signature (key, names, order) and checks with
+:func:`~mlflow_tflite_keras.interface.compare_interfaces` that the app sees the same interface.
+Plain Keras -> ``.tflite`` with a recipe is :mod:`mlflow_tflite_keras.keras_export`; what the
+recipes are, :mod:`mlflow_tflite_keras.recipes`.
 """
 
 from __future__ import annotations
@@ -10,232 +12,47 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import tempfile
-import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.errors import InterfaceChangedError
+from mlflow_tflite_keras.flavor import load_like
+from mlflow_tflite_keras.interface import (
+    comparable_name,
+    signature_tensors,
+    compare_interfaces,
+    match_name,  # noqa: F401 (finetune imports it from here)
+    match_names,
+)
+from mlflow_tflite_keras.keras_export import convert_with_recipe, export_saved_model
+from mlflow_tflite_keras.keras_export import keras_to_tflite  # noqa: F401 (public here too)
+from mlflow_tflite_keras.recipes import (
+    FULL_INTEGER,
+    MIXED,
+    QUANTIZED_IO,
+    RECIPES,
+    normalize_recipe,
+)
+from mlflow_tflite_keras.tflite_model import FILE_IDENTIFIER
 
-__all__ = ["RECIPES", "InterfaceChangedError", "InterfaceDifference", "InterfaceReport",
-           "compare_interfaces", "export_saved_model", "export_streaming_tflite",
-           "export_tflite", "keras_to_tflite",
-           "load_like", "normalize_recipe", "representative_dataset",
-           "convert_with_recipe", "quantize_float_model", "recipe_for", "BLOCK_SIZES"]
-
-#: Recipe names are the quantization kinds a source can have (``float32`` for kind ``none``).
-#: ``<mode>-int<bits>-blockwise-<N>`` (mode ``weight-only`` or ``dynamic-range``, N one of
-#: :data:`BLOCK_SIZES`) are recipes too.
-RECIPES = ("float32", "float16", "weight-only-int8", "dynamic-range-int8", "weight-only-int4",
-           "dynamic-range-int4", "full-int8", "full-uint8", "int16x8")
-BLOCK_SIZES = (32, 64, 128, 256)
-_ALIASES = {"none": "float32", "fp32": "float32", "fp16": "float16",
-            "dynamic": "dynamic-range-int8", "dynamic-range": "dynamic-range-int8",
-            "weight-only": "weight-only-int8", "int4": "dynamic-range-int4",
-            "int8": "full-int8", "uint8": "full-uint8"}
-_BLOCKWISE = re.compile(r"^(weight-only|dynamic-range)-int(4|8)-blockwise-(\d+)$")
-# Made by TFLiteConverter from the SavedModel; the others by ai-edge-quantizer from the float
-# .tflite (TFLiteConverter has no weight-only, int4 or blockwise recipe).
-_CONVERTER_RECIPES = ("float32", "float16", "dynamic-range-int8", "full-int8", "full-uint8",
-                      "int16x8")
-
-
-def normalize_recipe(recipe: str) -> str:
-    name = _ALIASES.get(str(recipe).lower(), str(recipe).lower())
-    blockwise = _BLOCKWISE.match(name)
-    if name in RECIPES or (blockwise and int(blockwise.group(3)) in BLOCK_SIZES):
-        return name
-    raise MlflowException(
-        f"Unknown quantization recipe '{recipe}'; use one of {RECIPES}, or "
-        "'<weight-only|dynamic-range>-int<4|8>-blockwise-<N>' with N in "
-        f"{BLOCK_SIZES} (aliases: {sorted(_ALIASES)}).", error_code=INVALID_PARAMETER_VALUE)
-
-
-def representative_dataset(data, limit: int = 200) -> Callable[[], Iterable[list[np.ndarray]]]:
-    """A TFLiteConverter representative dataset from an array, a list of arrays (one per
-    input) or a callable that already yields lists of arrays."""
-    if callable(data):
-        return data
-    inputs = list(data) if isinstance(data, (list, tuple)) else [data]
-    inputs = [np.asarray(x, dtype=np.float32) for x in inputs]
-    count = min(limit, min(len(x) for x in inputs))
-
-    def generate():
-        for i in range(count):
-            yield [x[i:i + 1] for x in inputs]
-
-    return generate
-
-
-def keras_to_tflite(model, recipe: str = "float32", representative_data=None,
-                    inference_input_type=None, inference_output_type=None) -> bytes:
-    """Convert a Keras model to ``.tflite`` bytes with one of :data:`RECIPES`.
-
-    Full-integer recipes need ``representative_data``; their interface types default to the
-    recipe's integer type (int8 / uint8 / int16), pass ``np.float32`` to keep float I/O.
-    """
-    import tensorflow as tf
-
-    recipe = normalize_recipe(recipe)
-    with tempfile.TemporaryDirectory() as saved_model_dir:
-        export_saved_model(model, saved_model_dir)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        return convert_with_recipe(converter, recipe, representative_data,
-                                   inference_input_type, inference_output_type)
-
-
-def export_saved_model(model, directory: str) -> None:
-    """Keras 3's own SavedModel export: it keeps dict inputs/outputs and their names, which
-    TFLiteConverter.from_keras_model (a tf_keras-era path) does not. A batch size the model
-    declares (``keras.Input(..., batch_size=1)``) is kept: the export would otherwise make it
-    dynamic, which models with recurrent layers cannot be lowered with."""
-    import keras
-    import tensorflow as tf
-
-    signature = None
-    if model.inputs and all(t.shape and t.shape[0] is not None for t in model.inputs):
-        struct = getattr(model, "_inputs_struct", None)
-        struct = model.inputs if struct is None else struct
-        signature = [keras.tree.map_structure(
-            lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name), struct)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        model.export(directory, format="tf_saved_model", verbose=False,
-                     input_signature=signature)
-
-
-def convert_with_recipe(converter, recipe: str, representative_data=None,
-                        inference_input_type=None, inference_output_type=None) -> bytes:
-    """Run a ``tf.lite.TFLiteConverter`` with a recipe: TFLiteConverter's own options where it
-    has the recipe, else a float conversion quantized by ai-edge-quantizer
-    (:func:`quantize_float_model`). Builtin ops only: a Flex op would need the Select-TF-ops
-    runtime, which the source's app does not have."""
-    import tensorflow as tf
-
-    recipe = normalize_recipe(recipe)
-    if recipe not in _CONVERTER_RECIPES:
-        return quantize_float_model(convert_with_recipe(converter, "float32"), recipe)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if recipe == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif recipe == "dynamic-range-int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif recipe in _FULL_INTEGER:
-        if representative_data is None:
-            raise MlflowException(f"Recipe '{recipe}' needs representative_data.",
-                                  error_code=INVALID_PARAMETER_VALUE)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset(representative_data)
-        io_type = {"full-int8": tf.int8, "full-uint8": tf.uint8, "int16x8": tf.int16}[recipe]
-        if recipe == "int16x8":
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-        else:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.as_dtype(inference_input_type or io_type)
-        converter.inference_output_type = tf.as_dtype(inference_output_type or io_type)
-    try:
-        # TensorFlow prints its SavedModel export summary to stdout; keep CLI output clean.
-        # Calibration uses tf.lite.Interpreter, which warns that it is deprecated.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-            return converter.convert()
-    except Exception as e:
-        raise MlflowException(f"TFLiteConverter failed for recipe '{recipe}': {e}") from e
-
-
-def quantize_float_model(float_model: bytes, recipe: str) -> bytes:
-    """Quantize a float ``.tflite`` with ai-edge-quantizer to a weight-only or dynamic-range
-    recipe with int8 or int4 weights, channelwise or blockwise (``...-blockwise-<N>``: INT4
-    constants with ``BlockwiseQuantization`` of that block size, on the ops that support it,
-    e.g. FULLY_CONNECTED). Raises if nothing was quantized: the recipe would not be kept."""
-    from ai_edge_quantizer import qtyping, quantizer
-
-    recipe = normalize_recipe(recipe)
-    blockwise = _BLOCKWISE.match(recipe)
-    plain = re.match(r"^(weight-only|dynamic-range)-int(4|8)$", recipe)
-    if not (blockwise or plain):
-        raise MlflowException(f"Recipe '{recipe}' is made by TFLiteConverter, not by "
-                              "ai-edge-quantizer.", error_code=INVALID_PARAMETER_VALUE)
-    mode, bits = (blockwise or plain).group(1), int((blockwise or plain).group(2))
-    granularity = (qtyping.QuantGranularity(f"BLOCKWISE_{blockwise.group(3)}") if blockwise
-                   else qtyping.QuantGranularity.CHANNELWISE)
-    quant = quantizer.Quantizer(bytearray(float_model))
-    add = quant.add_weight_only_config if mode == "weight-only" else quant.add_dynamic_config
-    add(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=bits,
-        granularity=granularity)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = bytes(quant.quantize(enable_progress_report=False).quantized_model)
-    except Exception as e:
-        raise MlflowException(f"ai-edge-quantizer failed for recipe '{recipe}': "
-                              f"{type(e).__name__}: {e}", error_code=INVALID_PARAMETER_VALUE
-                              ) from e
-    from mlflow_tflite_keras.tflite_model import TFLiteModel
-
-    made = _source_recipe(TFLiteModel(result))
-    if made != recipe:
-        raise MlflowException(
-            f"ai-edge-quantizer made a '{made}' model for recipe '{recipe}': none of the "
-            "model's ops supports it (blockwise recipes apply to FULLY_CONNECTED weights whose "
-            "input dimension is a multiple of the block size).",
-            error_code=INVALID_PARAMETER_VALUE)
-    return result
+__all__ = ["export_streaming_tflite", "export_tflite", "keras_to_tflite", "recipe_for"]
 
 
 # ---- round trip: export like a source model, and check the interface ---------------------------
 
 _log = logging.getLogger(__name__)
 
-_WEIGHT_TYPES = {"INT8": 8, "INT4": 4}
-
-
-def _source_recipe(model) -> str:
-    """The quantization kind of a :class:`TFLiteModel` (named like the recipe that makes it,
-    ``none`` for float32)."""
-    return model.quantization_kind
-
-
-def _block_size(subgraph, index: int) -> int:
-    """The block size of a blockwise-quantized tensor (schema ``BlockwiseQuantization``)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    q = subgraph.tensors[index].quantization
-    if q is not None and q.detailsType == schema.QuantizationDetails.BlockwiseQuantization:
-        return int(q.details.blockSize)
-    return 0
-
-
-def _constant_types(model) -> dict:
-    """The recipe as stored: the types of the quantized / float16 weight constants and the
-    block sizes of blockwise ones, e.g. ``{"types": ["INT4"], "block_sizes": [32]}``."""
-    types, blocks = set(), set()
-    for sg_info, sg in zip(model.subgraphs, model._model.subgraphs):
-        consumed = {i for op in sg_info.operators for i in op.inputs if i >= 0}
-        for t in sg_info.tensors:
-            if t.index not in consumed or model._raw_buffer(t.buffer) is None:
-                continue
-            block = _block_size(sg, t.index)
-            if t.type_name == "FLOAT16" or (t.type_name in _WEIGHT_TYPES and (
-                    t.quantization is not None or block)):
-                types.add(t.type_name)
-            if block:
-                blocks.add(block)
-    return {"types": sorted(types), "block_sizes": sorted(blocks)}
-
 
 def recipe_for(model) -> str:
     """The recipe that reproduces a source model's quantization (a TFLiteModel or anything
     :func:`load_like` takes)."""
     model = load_like(model)
-    kind = _source_recipe(model)
-    if kind == "mixed":
+    kind = model.quantization_kind
+    if kind == MIXED:
         raise MlflowException(
             "The source model mixes quantization recipes (weights of different types or "
             "modes); there is no single recipe to recreate it: pass recipe= explicitly.",
@@ -249,270 +66,23 @@ def recipe_for(model) -> str:
             error_code=INVALID_PARAMETER_VALUE) from None
 
 
-_FULL_INTEGER = ("full-int8", "full-uint8", "int16x8")
-# What TFLiteConverter accepts as interface types per recipe (float32 keeps float I/O).
-_IO_TYPES = {"full-int8": ("float32", "int8", "uint8"), "full-uint8": ("float32", "int8", "uint8"),
-             "int16x8": ("float32", "int16")}
-_QUANTIZED_IO = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16"}
-
-
-@dataclass(frozen=True)
-class InterfaceDifference:
-    """One way the new model's interface differs from the source's."""
-
-    what: str  # "signature", "key", "input", "output", "name", "shape", "dtype", "quantized",
-    #            "order", "quantization kind", "constant types", "block sizes"
-    where: str  # e.g. "output 'output_0'", "signature 'serving_default'", "model"
-    source: object
-    new: object
-
-    def to_dict(self) -> dict:
-        return {"what": self.what, "where": self.where, "source": self.source, "new": self.new}
-
-    def __str__(self) -> str:
-        return f"{self.where} {self.what}: source {_fmt(self.source)}, new {_fmt(self.new)}"
-
-
-@dataclass
-class InterfaceReport:
-    """The result of :func:`compare_interfaces`: empty ``differences`` means the app sees the
-    same interface (names, ranks and shapes, dtypes) and the same recipe (quantization kind,
-    types of the weight constants, block sizes)."""
-
-    source_quantization: str
-    new_quantization: str
-    matched_by: str  # "signature" (SignatureDef names) or "order" (source has no SignatureDef)
-    differences: list[InterfaceDifference] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "source_quantization": self.source_quantization,
-                "new_quantization": self.new_quantization, "matched_by": self.matched_by,
-                "differences": [d.to_dict() for d in self.differences], "notes": list(self.notes)}
-
-    def __str__(self) -> str:
-        if self.ok:
-            head = "The interfaces match"
-        else:
-            head = f"{len(self.differences)} interface difference(s)"
-        lines = [f"{head} (quantization: source {self.source_quantization}, "
-                 f"new {self.new_quantization}; matched by {self.matched_by})."]
-        lines += [f"  - {d}" for d in self.differences]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f"'{value}'"
-    return str(value)
-
-
-def load_like(like):
-    """A :class:`TFLiteModel` from a ``.tflite`` path or bytes, a TFLiteModel, a loaded
-    flavor model, or any MLflow model URI (or local model directory) of the tflite_keras
-    flavor."""
-    from mlflow_tflite_keras.tflite_model import TFLiteModel, describe_path
-
-    if isinstance(like, TFLiteModel):
-        return like
-    if isinstance(like, (bytes, bytearray, memoryview)):
-        return TFLiteModel(bytes(like))
-    if hasattr(like, "model_bytes") and not isinstance(like, (str, os.PathLike)):
-        return TFLiteModel(like.model_bytes)  # LoadedTFLiteModel
-    if isinstance(like, (str, os.PathLike)):
-        path = os.fspath(like)
-        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path) or \
-                not describe_path(path).startswith("'"):
-            return TFLiteModel.load(path)  # (an unprintable "path" is refused, not echoed)
-        import mlflow_tflite_keras.flavor as flavor  # lazily: MLflow model URI or directory
-
-        try:
-            return TFLiteModel(flavor.load_model(path).model_bytes)
-        except MlflowException:
-            raise
-        except Exception as e:
-            raise MlflowException(
-                f"Cannot load the source model '{path}': it is neither a .tflite file nor an "
-                f"MLflow model of the tflite_keras flavor ({type(e).__name__}: {e}).",
-                error_code=INVALID_PARAMETER_VALUE) from e
-    raise MlflowException(
-        "like must be a .tflite path, its bytes, a TFLiteModel or an MLflow model URI of the "
-        f"tflite_keras flavor; got {type(like).__name__}.", error_code=INVALID_PARAMETER_VALUE)
-
-
-def _norm(name: str) -> str:
-    """Compare names as the app would recognise them: 'serving_default_x:0' ~ 'x'."""
-    name = str(name).split(":")[0]
-    if name.startswith("serving_default_"):
-        name = name[len("serving_default_"):]
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def match_name(key: str, names, aliases: dict | None = None) -> str | None:
-    """The one of ``names`` that ``key`` means: itself, its alias, or the only name equal to
-    it up to case and punctuation (:func:`_norm`); None when there is none."""
-    if key in names:
-        return key
-    if aliases and aliases.get(key) is not None:
-        return aliases[key]
-    matches = [n for n in names if _norm(n) == _norm(key)]
-    return matches[0] if len(matches) == 1 else None
-
-
-def _pair_by_name(source: dict, new: dict):
-    """Pairs (source name, new name, renamed?) by exact name, then by normalised name, then a
-    single leftover on each side; and the unmatched names of each side."""
-    pairs = [(n, n, False) for n in source if n in new]
-    left_src = [n for n in source if n not in new]
-    left_new = [n for n in new if n not in source]
-    for n in list(left_src):
-        candidates = [m for m in left_new if _norm(m) == _norm(n)]
-        if len(candidates) == 1:
-            pairs.append((n, candidates[0], True))
-            left_src.remove(n)
-            left_new.remove(candidates[0])
-    if len(left_src) == 1 and len(left_new) == 1:
-        pairs.append((left_src[0], left_new[0], True))
-        left_src, left_new = [], []
-    order = list(source)
-    pairs.sort(key=lambda p: order.index(p[0]))
-    return pairs, left_src, left_new
-
-
-def _compare_tensor(where: str, src, new, diffs: list):
-    s_sig, n_sig = list(src.shape_signature), list(new.shape_signature)
-    if len(s_sig) != len(n_sig):
-        diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
-    else:
-        # Exactly, batch included: a fixed batch of 1 that became dynamic changes what the
-        # app's delegates and preallocated buffers see.
-        if s_sig != n_sig:
-            diffs.append(InterfaceDifference("shape", where, s_sig, n_sig))
-    if src.type_name != new.type_name:
-        diffs.append(InterfaceDifference("dtype", where, src.type_name.lower(),
-                                         new.type_name.lower()))
-    elif (src.quantization is not None) != (new.quantization is not None) and \
-            src.type_name in _QUANTIZED_IO:
-        diffs.append(InterfaceDifference("quantized", where, src.quantization is not None,
-                                         new.quantization is not None))
-
-
-def _sig_tensors(model, sig, which: str) -> dict:
-    sg = model.subgraphs[sig.subgraph_index]
-    return {name: sg.tensors[i] for name, i in getattr(sig, which).items()}
-
-
-def compare_interfaces(source, new) -> InterfaceReport:
-    """Compare what an app sees of two models (each a ``.tflite`` path or bytes, a
-    TFLiteModel or an MLflow model URI): SignatureDef keys, input/output names and their
-    order (in the SignatureDef and in the subgraph; by position when the source has no
-    SignatureDef), shapes exactly (``-1`` where dynamic), dtypes, and the recipe
-    (quantization kind, weight constant types, block sizes)."""
-    src, dst = load_like(source), load_like(new)
-    src_kind, dst_kind = _source_recipe(src), _source_recipe(dst)
-    report = InterfaceReport(src_kind, dst_kind, "signature" if src.signatures else "order")
-    diffs = report.differences
-    if src_kind != dst_kind:
-        diffs.append(InterfaceDifference("quantization kind", "model", src_kind, dst_kind))
-    src_consts, dst_consts = _constant_types(src), _constant_types(dst)
-    # In a full-integer model every constant operand is quantized, weights or not (an
-    # epsilon, a resize size): its kind says all there is to say about the recipe.
-    compared = ("block_sizes",) if src_kind == dst_kind and src_kind in _FULL_INTEGER \
-        else ("types", "block_sizes")
-    for key, what in (("types", "constant types"), ("block_sizes", "block sizes")):
-        if key in compared and src_consts[key] != dst_consts[key]:
-            diffs.append(InterfaceDifference(what, "weights", src_consts[key], dst_consts[key]))
-    if src.signatures:
-        new_keys = {s.key: s for s in dst.signatures}
-        for i, sig in enumerate(src.signatures):
-            other = new_keys.get(sig.key)
-            if other is None and i == 0 and dst.signatures and \
-                    not any(s.key == dst.signatures[0].key for s in src.signatures):
-                other = dst.signatures[0]
-                diffs.append(InterfaceDifference("key", "signature", sig.key, other.key))
-            if other is None:
-                diffs.append(InterfaceDifference("signature", f"signature '{sig.key}'",
-                                                 "present", "missing"))
-                continue
-            prefix = f"signature '{sig.key}' " if len(src.signatures) > 1 else ""
-            for which in ("inputs", "outputs"):
-                pairs = _compare_named(prefix + which[:-1], _sig_tensors(src, sig, which),
-                                       _sig_tensors(dst, other, which), diffs)
-                _compare_order(prefix + which, pairs, (src, sig), (dst, other), which, diffs)
-        extra = [s.key for s in dst.signatures if s.key not in {x.key for x in src.signatures}
-                 and s.key != dst.signatures[0].key]
-        if extra:
-            report.notes.append(f"The new model has extra signatures: {extra}.")
-    else:
-        report.notes.append("The source has no SignatureDef: inputs and outputs are matched "
-                            "by position, tensor names are not compared.")
-        s_main, d_main = src.main, dst.main
-        _compare_ordered("input", [s_main.tensors[i] for i in s_main.inputs],
-                         [d_main.tensors[i] for i in d_main.inputs], diffs)
-        _compare_ordered("output", [s_main.tensors[i] for i in s_main.outputs],
-                         [d_main.tensors[i] for i in d_main.outputs], diffs)
-    return report
-
-
-def _compare_named(kind: str, source: dict, new: dict, diffs: list):
-    pairs, missing, extra = _pair_by_name(source, new)
-    for s_name, n_name, renamed in pairs:
-        if renamed:
-            diffs.append(InterfaceDifference("name", f"{kind} '{s_name}'", s_name, n_name))
-        _compare_tensor(f"{kind} '{s_name}'", source[s_name], new[n_name], diffs)
-    for name in missing:
-        diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "present", "missing"))
-    for name in extra:
-        diffs.append(InterfaceDifference(kind, f"{kind} '{name}'", "absent", "added"))
-    return pairs
-
-
-def _compare_order(kind: str, pairs, source, new, which: str, diffs: list):
-    """Apps that read outputs by index (most do) see the subgraph's order; the SignatureDef
-    has its own order too. Both must be the source's."""
-    to_new = {s: n for s, n, _ in pairs}
-    for (s_model, s_sig), label in ((source, "signature"), (source, "subgraph")):
-        n_model, n_sig = new
-        s_names = list(getattr(s_sig, which))
-        n_names = list(getattr(n_sig, which))
-        if label == "subgraph":
-            s_names = _subgraph_order(s_model, s_sig, which)
-            n_names = _subgraph_order(n_model, n_sig, which)
-        expected = [to_new[n] for n in s_names if n in to_new]
-        got = [n for n in n_names if n in set(expected)]
-        if expected != got:
-            diffs.append(InterfaceDifference("order", f"{label} {kind}",
-                                             [n for n in s_names if n in to_new],
-                                             [s for n in got for s, m, _ in pairs if m == n]))
-
-
-def _subgraph_order(model, sig, which: str) -> list:
-    """The signature names in the order of the subgraph's inputs / outputs."""
-    by_index = {i: name for name, i in getattr(sig, which).items()}
-    sg = model.subgraphs[sig.subgraph_index]
-    return [by_index[i] for i in getattr(sg, which) if i in by_index]
-
-
-def _compare_ordered(kind: str, source: list, new: list, diffs: list):
-    if len(source) != len(new):
-        diffs.append(InterfaceDifference(f"{kind} count", "model", len(source), len(new)))
-    for i, (s, n) in enumerate(zip(source, new)):
-        _compare_tensor(f"{kind} #{i} ('{s.name}')", s, n, diffs)
-    # The same inputs in another order would go unnoticed when they share shape and dtype.
-    s_names, n_names = [_norm(t.name) for t in source], [_norm(t.name) for t in new]
-    if sorted(s_names) == sorted(n_names) and len(set(s_names)) == len(s_names) and \
-            s_names != n_names and kind == "input":
-        diffs.append(InterfaceDifference("order", f"{kind}s", s_names, n_names))
-
-
 # ---- export ------------------------------------------------------------------------------------
+
+
+def _recipe(source, recipe: str | None) -> str:
+    """The recipe given, else the one that recreates the source's, else float32."""
+    if recipe is None:
+        recipe = recipe_for(source) if source is not None else "float32"
+    return normalize_recipe(recipe)
+
+
+def _full_integer_types(source, recipe: str, representative_data, input_type, output_type,
+                        missing: str):
+    """The interface types of a full-integer export (:func:`_interface_types`); without
+    calibration data, an error saying ``missing``."""
+    if representative_data is None:
+        raise MlflowException(missing, error_code=INVALID_PARAMETER_VALUE)
+    return _interface_types(source, recipe, input_type, output_type)
 
 
 def _interface_types(source, recipe: str, input_type=None, output_type=None):
@@ -521,12 +91,12 @@ def _interface_types(source, recipe: str, input_type=None, output_type=None):
     type, otherwise float32); without a source, those given (None: the recipe's default)."""
     if source is None:
         return input_type, output_type
-    allowed = _IO_TYPES[recipe]
+    allowed = FULL_INTEGER[recipe].io_types
     sig = source.signature()
     types = []
     for which in ("inputs", "outputs"):
-        found = {_QUANTIZED_IO[t.type_name] for t in _sig_tensors(source, sig, which).values()
-                 if t.type_name in _QUANTIZED_IO and t.quantization is not None}
+        found = {QUANTIZED_IO[t.type_name] for t in signature_tensors(source, sig, which).values()
+                 if t.type_name in QUANTIZED_IO and t.quantization is not None}
         found = [t for t in found if t in allowed]
         types.append(np.dtype(found[0]) if len(found) == 1 else np.dtype(np.float32))
     return input_type or types[0], output_type or types[1]
@@ -591,7 +161,7 @@ def _name_map(names: list, target: list) -> dict:
     for n in names:
         if n in mapping:
             continue
-        candidates = [t for t in left if _norm(t) == _norm(n)]
+        candidates = [t for t in left if comparable_name(t) == comparable_name(n)]
         if len(candidates) == 1:
             mapping[n] = candidates[0]
             left.remove(candidates[0])
@@ -609,14 +179,9 @@ def _samples(data, specs: dict, order: list, aliases: dict, limit: int):
 
     def as_dict(sample) -> dict:
         if isinstance(sample, dict):
-            out = {}
-            for key, value in sample.items():
-                name = match_name(key, specs, aliases)
-                if name is None:
-                    raise MlflowException(
-                        f"representative_data has an entry '{key}' that matches no input of "
-                        f"the model; its inputs are {names}.", error_code=INVALID_PARAMETER_VALUE)
-                out[name] = value
+            out = match_names(sample, specs, aliases, lambda key: (
+                f"representative_data has an entry '{key}' that matches no input of the "
+                f"model; its inputs are {names}."))
         elif isinstance(sample, (list, tuple)):
             out = dict(zip(names, sample))
             if len(sample) != len(names):
@@ -718,19 +283,14 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             allow_interface_changes=allow_interface_changes, num_samples=num_samples,
             inference_input_type=inference_input_type,
             inference_output_type=inference_output_type, return_report=return_report)
-    if recipe is None:
-        recipe = recipe_for(source) if source is not None else "float32"
-    recipe = normalize_recipe(recipe)
-    if recipe in _FULL_INTEGER:
-        if representative_data is None:
-            origin = f"The source model is {_source_recipe(source)}-quantized; recreating " \
-                     "that recipe" if source is not None else f"Recipe '{recipe}'"
-            raise MlflowException(
-                f"{origin} needs representative_data to calibrate activations: an array, a "
-                "list of arrays (one per input), a dict by input name, or a callable yielding "
-                "samples.", error_code=INVALID_PARAMETER_VALUE)
-        inference_input_type, inference_output_type = _interface_types(
-            source, recipe, inference_input_type, inference_output_type)
+    recipe = _recipe(source, recipe)
+    if recipe in FULL_INTEGER:
+        origin = f"The source model is {source.quantization_kind}-quantized; recreating " \
+                 "that recipe" if source is not None else f"Recipe '{recipe}'"
+        inference_input_type, inference_output_type = _full_integer_types(
+            source, recipe, representative_data, inference_input_type, inference_output_type,
+            f"{origin} needs representative_data to calibrate activations: an array, a list "
+            "of arrays (one per input), a dict by input name, or a callable yielding samples.")
     elif inference_input_type is not None or inference_output_type is not None:
         _log.warning("Recipe '%s' ignores inference_input_type / inference_output_type.", recipe)
 
@@ -760,7 +320,7 @@ def _convert_saved_model(directory, recipe, representative_data, order, aliases,
     converter = tf.lite.TFLiteConverter.from_saved_model(directory,
                                                          signature_keys=[_EXPORT_KEY])
     dataset = None
-    if recipe in _FULL_INTEGER:
+    if recipe in FULL_INTEGER:
         signature = tf.saved_model.load(directory).signatures[_EXPORT_KEY]
         specs = {name: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
                  for name, spec in signature.structured_input_signature[1].items()}
@@ -890,7 +450,7 @@ def _plan_like(keras_model, source) -> _ExportPlan | None:
     inputs = []
     for name, index in sig.inputs.items():
         t = sg.tensors[index]
-        quantized = t.quantization is not None and t.type_name in _QUANTIZED_IO
+        quantized = t.quantization is not None and t.type_name in QUANTIZED_IO
         dtype = np.float32 if quantized else t.dtype
         shape = [None if d == -1 else int(d) for d in t.shape_signature]
         tf_name = _tf_name(name, taken)
@@ -935,7 +495,7 @@ def _restore_interface(model_bytes: bytes, source, inputs: dict, outputs: dict) 
         sig.signatureKey = src_sig.key
     model.signatureDefs = [sig]
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 
 
@@ -1047,18 +607,13 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
         if len(sig.inputs) == 1 and len(sig.outputs) == cell.n_outputs:
             in_name, out_names = next(iter(sig.inputs)), list(sig.outputs)
             batch = max(int(tensors[next(iter(sig.inputs.values()))].shape[0]), 1)
-    if recipe is None:
-        recipe = recipe_for(source) if source is not None else "float32"
-    recipe = normalize_recipe(recipe)
+    recipe = _recipe(source, recipe)
     dataset = None
-    if recipe in _FULL_INTEGER:
-        if representative_data is None:
-            raise MlflowException(
-                f"Recipe '{recipe}' needs representative_data: frame sequences "
-                "[n, time, *frame] (or frames [n, *frame]) to calibrate the activations and the "
-                "state.", error_code=INVALID_PARAMETER_VALUE)
-        inference_input_type, inference_output_type = _interface_types(
-            source, recipe, inference_input_type, inference_output_type)
+    if recipe in FULL_INTEGER:
+        inference_input_type, inference_output_type = _full_integer_types(
+            source, recipe, representative_data, inference_input_type, inference_output_type,
+            f"Recipe '{recipe}' needs representative_data: frame sequences [n, time, *frame] "
+            "(or frames [n, *frame]) to calibrate the activations and the state.")
         dataset = _streaming_frames(representative_data, frame_shape, num_samples)
 
     # Per-example cells hold the variables' exact shapes; others lack the stream's batch.
@@ -1092,7 +647,7 @@ def export_streaming_tflite(keras_model, *, source=None, recipe: str | None = No
             tf.saved_model.save(module, saved_model_dir, signatures={signature_key: module.step})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.experimental_enable_resource_variables = True
-        if recipe in _FULL_INTEGER:
+        if recipe in FULL_INTEGER:
             converter._experimental_variable_quantization = True
         result = convert_with_recipe(converter, recipe, dataset, inference_input_type,
                                      inference_output_type)

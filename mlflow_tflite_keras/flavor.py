@@ -58,11 +58,11 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 from mlflow_tflite_keras import __version__
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.runtime import RuntimeModel, TFLiteRunner, string_outputs_as_text
-from mlflow_tflite_keras.tflite_model import TFLiteModel, read_model_bytes
+from mlflow_tflite_keras.tflite_model import TFLiteModel, describe_path
 
 __all__ = ["FLAVOR_NAME", "LoadedTFLiteModel", "get_default_conda_env",
-           "get_default_pip_requirements", "infer_signature", "load_model", "log_model",
-           "save_model"]
+           "get_default_pip_requirements", "infer_signature", "load_like", "load_model",
+           "log_model", "save_model"]
 
 FLAVOR_NAME = "tflite_keras"
 RUNTIME_PACKAGE = "ai-edge-litert"
@@ -119,7 +119,7 @@ class _KerasSource:
     """A Keras model converted once (in ``log_model``) and carried to ``save_model``."""
 
     model: object
-    tflite_bytes: bytes
+    tflite: TFLiteModel
     recipe: str
 
 
@@ -129,26 +129,29 @@ def _is_keras_model(obj) -> bool:
 
 
 def _prepare(tflite_model, recipe=None, representative_data=None,
-             keep_source=True) -> tuple[bytes, _KerasSource | None]:
-    """``.tflite`` bytes from a path, bytes or a Keras model (converted with ``recipe``), and
-    the Keras source to keep alongside, if any."""
+             keep_source=True) -> tuple[TFLiteModel, _KerasSource | None]:
+    """The parsed ``.tflite`` (a :class:`TFLiteModel` is taken as it is, a path or bytes
+    parsed, a Keras model converted with ``recipe``), and the Keras source to keep alongside,
+    if any. Invalid flatbuffers are refused here, before anything is written."""
     if isinstance(tflite_model, _KerasSource):
-        return tflite_model.tflite_bytes, (tflite_model if keep_source else None)
-    if isinstance(tflite_model, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return tflite_model.tflite, (tflite_model if keep_source else None)
+    if isinstance(tflite_model, (TFLiteModel, str, os.PathLike, bytes, bytearray, memoryview)):
         if recipe is not None or representative_data is not None:
             raise MlflowException("recipe and representative_data apply to Keras models only; "
                                   "a .tflite file is stored as it is.",
                                   error_code=INVALID_PARAMETER_VALUE)
-        return read_model_bytes(tflite_model), None
+        return TFLiteModel.load(tflite_model), None
     if _is_keras_model(tflite_model):
-        from mlflow_tflite_keras.export import keras_to_tflite, normalize_recipe
+        from mlflow_tflite_keras.keras_export import keras_to_tflite
+        from mlflow_tflite_keras.recipes import normalize_recipe
 
         recipe = normalize_recipe(recipe or "float32")
-        data = keras_to_tflite(tflite_model, recipe, representative_data=representative_data)
-        return data, (_KerasSource(tflite_model, data, recipe) if keep_source else None)
+        model = TFLiteModel(keras_to_tflite(tflite_model, recipe,
+                                            representative_data=representative_data))
+        return model, (_KerasSource(tflite_model, model, recipe) if keep_source else None)
     raise MlflowException(
-        "tflite_model must be a path to a .tflite file, its bytes, or a Keras model; got "
-        f"{type(tflite_model).__name__}.",
+        "tflite_model must be a path to a .tflite file, its bytes, a TFLiteModel or a Keras "
+        f"model; got {type(tflite_model).__name__}.",
         error_code=INVALID_PARAMETER_VALUE,
     )
 
@@ -205,9 +208,10 @@ def save_model(
     Save a TFLite model to a path on the local file system.
 
     Args:
-        tflite_model: Path (str or PathLike) to a ``.tflite`` file, its bytes, or a Keras model
-            (converted with ``TFLiteConverter``, float32). Anything that is not a valid TFLite
-            flatbuffer is refused before anything is written.
+        tflite_model: Path (str or PathLike) to a ``.tflite`` file, its bytes, a parsed
+            :class:`~mlflow_tflite_keras.tflite_model.TFLiteModel` (used as it is, not parsed
+            again), or a Keras model (converted with ``TFLiteConverter``, float32). Anything
+            that is not a valid TFLite flatbuffer is refused before anything is written.
         path: Local path where the model is to be saved.
         conda_env: {{ conda_env }}
         code_paths: {{ code_paths }}
@@ -234,9 +238,8 @@ def save_model(
             naming the closest valid parameter.
     """
     reject_unknown_keywords("save_model", kwargs, _parameters(save_model))
-    model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data,
-                                         keep_source)
-    model = _check_saveable(TFLiteModel(model_bytes))  # validates before anything is written
+    model, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
+    _check_saveable(model)  # before anything is written
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise MlflowException(f"num_threads must be a positive integer, got {num_threads!r}.",
                               error_code=INVALID_PARAMETER_VALUE)
@@ -397,7 +400,8 @@ def log_model(
     Log a TFLite model as an MLflow model of the current run (a run is started if none is).
 
     Args:
-        tflite_model: Path to a ``.tflite`` file, its bytes, or a Keras model.
+        tflite_model: Path to a ``.tflite`` file, its bytes, a ``TFLiteModel``, or a Keras
+            model. It is parsed (or converted) once, before a run or a model is created.
         name: {{ name }}
         conda_env: {{ conda_env }}
         code_paths: {{ code_paths }}
@@ -430,13 +434,14 @@ def log_model(
 
     reject_unknown_keywords("log_model", kwargs, {*_parameters(log_model), *_MODEL_LOG_KEYWORDS})
     # Validate (and convert a Keras model, once) before a run or a logged model is created.
-    model_bytes, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
-    _check_saveable(TFLiteModel(model_bytes))
+    # The model is parsed (and a Keras model converted) once, here, and handed to save_model.
+    model, keras_source = _prepare(tflite_model, recipe, representative_data, keep_source)
+    _check_saveable(model)
     return Model.log(
         artifact_path=kwargs.pop("artifact_path", None),
         name=name,
         flavor=this_flavor,
-        tflite_model=keras_source or model_bytes,
+        tflite_model=keras_source or model,
         keep_source=keep_source,
         conda_env=conda_env,
         code_paths=code_paths,
@@ -702,3 +707,32 @@ def load_model(model_uri, dst_path=None) -> LoadedTFLiteModel:
     _add_code_from_conf_to_system_path(local_path, conf)
     return LoadedTFLiteModel(None, conf, conf.get("num_threads"), local_path,
                              model_file=_model_file(local_path, conf))
+
+
+def load_like(like):
+    """A :class:`TFLiteModel` from a ``.tflite`` path or bytes, a TFLiteModel, a loaded
+    flavor model, or any MLflow model URI (or local model directory) of the tflite_keras
+    flavor."""
+    if isinstance(like, TFLiteModel):
+        return like
+    if isinstance(like, (bytes, bytearray, memoryview)):
+        return TFLiteModel(bytes(like))
+    if hasattr(like, "model_bytes") and not isinstance(like, (str, os.PathLike)):
+        return like.model if isinstance(like, LoadedTFLiteModel) else TFLiteModel(like.model_bytes)
+    if isinstance(like, (str, os.PathLike)):
+        path = os.fspath(like)
+        if os.path.isfile(path) or (path.endswith(".tflite") and "://" not in path) or \
+                not describe_path(path).startswith("'"):
+            return TFLiteModel.load(path)  # (an unprintable "path" is refused, not echoed)
+        try:  # an MLflow model URI or directory
+            return load_model(path).model
+        except MlflowException:
+            raise
+        except Exception as e:
+            raise MlflowException(
+                f"Cannot load the source model '{path}': it is neither a .tflite file nor an "
+                f"MLflow model of the tflite_keras flavor ({type(e).__name__}: {e}).",
+                error_code=INVALID_PARAMETER_VALUE) from e
+    raise MlflowException(
+        "like must be a .tflite path, its bytes, a TFLiteModel or an MLflow model URI of the "
+        f"tflite_keras flavor; got {type(like).__name__}.", error_code=INVALID_PARAMETER_VALUE)

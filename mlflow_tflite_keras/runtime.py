@@ -18,7 +18,7 @@ import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras import tflite_model as _tm
-from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel
+from mlflow_tflite_keras.tflite_model import Quantization, TFLiteModel, has_batch_dimension
 
 __all__ = ["RuntimeModel", "SignatureSpec", "TFLiteRunner", "TensorSpec"]
 
@@ -93,12 +93,7 @@ class SignatureSpec:
         # Sequence ops keep their running state in variable tensors that survive an invoke;
         # every row (or batch) is a new sequence, so they start from their initial zeros.
         self.reset_variables = model.has_variable_tensors and not model.is_stateful
-        # Dimension 0 is a batch dimension when every input has one there: either declared
-        # dynamic (-1) or fixed at 1 with more dimensions behind it (run row by row).
-        self.batched = bool(self.inputs) and all(
-            len(s.shape) >= 1 and (s.shape_signature[0] == -1 or (s.shape[0] == 1 and len(s.shape) >= 2))
-            for s in self.inputs
-        )
+        self.batched = has_batch_dimension(self.inputs)
         self.resizable_batch = self.batched and all(s.shape_signature[0] == -1 for s in self.inputs)
         self._precompute()
 

@@ -17,6 +17,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from ai_edge_litert import schema_py_generated as schema
 
+from mlflow_tflite_keras import recipes
+
 __all__ = ["OperatorInfo", "Quantization", "SignatureInfo", "SubgraphInfo", "TFLiteModel",
            "TensorInfo", "builtin_name", "read_model_bytes", "tensor_type_name"]
 
@@ -38,9 +40,6 @@ NUMPY_DTYPES = {
 # element k in byte k // (8 // bits) at bit offset (k % (8 // bits)) * bits (lowest bits
 # first, the last byte padded), as LiteRT unpacks them and ai-edge-quantizer packs them.
 PACKED_BITS = {"INT2": 2, "INT4": 4, "UINT4": 4}
-# The integer types that carry affine-quantized values (with a Quantization): weights of
-# every width, activations (INT8 / UINT8 / INT16) and the INT32 / INT64 biases of integer ops.
-QUANTIZED_TYPES = ("INT2", "INT4", "UINT4", "INT8", "UINT8", "INT16", "INT32", "INT64")
 _BUILTIN_NAMES = {
     v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")
 }
@@ -261,6 +260,18 @@ class SignatureInfo:
     subgraph_index: int
     inputs: dict[str, int]  # signature name -> tensor index in its subgraph
     outputs: dict[str, int]
+
+
+def has_batch_dimension(tensors) -> bool:
+    """Dimension 0 is a batch dimension when every one of ``tensors`` (a signature's inputs:
+    anything with ``shape`` and ``shape_signature``) has one there: declared dynamic (-1), or
+    fixed at 1 with more dimensions behind it (then run row by row). The one rule of the
+    pyfunc, the signature and the converter."""
+    tensors = list(tensors)
+    return bool(tensors) and all(
+        len(t.shape) >= 1
+        and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and len(t.shape) >= 2))
+        for t in tensors)
 
 
 def read_model_bytes(tflite_model) -> bytes:
@@ -665,13 +676,13 @@ class TFLiteModel:
                     continue
                 activations = [sg.tensors[i] for i in op.inputs if i >= 0 and i not in weights]
                 quantized = {t.type_name for t in activations if t.quantization is not None
-                             and t.type_name in ("INT8", "UINT8", "INT16")}
+                             and t.type_name in recipes.activation_types()}
                 activation_types |= quantized
                 for i in op.inputs:
                     if i in weights:
                         source, dequantized = weights[i]
-                        scheme = _weight_scheme(sg.tensors[source], dequantized,
-                                                integer_op=bool(quantized))
+                        scheme = recipes.weight_scheme(sg.tensors[source], dequantized,
+                                                       integer_op=bool(quantized))
                         if scheme is not None:
                             schemes[sg.tensors[source].name] = scheme
         return activation_types, schemes
@@ -692,22 +703,8 @@ class TFLiteModel:
         ``dynamic-range-<int>`` (``<int>``: int8, int4, uint4, int2...; blockwise with
         ``-blockwise-<N>``), ``full-int8``, ``full-uint8``, ``int16x8``, or ``mixed``
         (weights quantized several ways: see :attr:`quantization_breakdown`)."""
-        activation_types, breakdown = self._quantization_scan
-        if "INT16" in activation_types:
-            return "int16x8"
-        if "INT8" in activation_types:
-            return "full-int8"
-        if "UINT8" in activation_types:
-            return "full-uint8"
-        schemes = set(breakdown.values())
-        if len(schemes) <= 1:
-            return schemes.pop() if schemes else "none"
-        # TFLiteConverter's dynamic-range recipe dequantizes the weights of ops that have no
-        # hybrid kernel: weight-only and dynamic-range of one width are still that recipe.
-        hybrid = {s.replace("weight-only-", "dynamic-range-") for s in schemes}
-        if len(hybrid) == 1:
-            return hybrid.pop()
-        return "mixed"
+        activations, breakdown = self._quantization_scan
+        return recipes.kind_from(activations, set(breakdown.values()))
 
     def describe(self) -> dict:
         """A YAML/JSON-friendly summary, recorded in the MLmodel flavor."""
@@ -729,7 +726,7 @@ class TFLiteModel:
             "custom_ops": self.custom_ops,
             "quantization": self.quantization_kind,
             **({"quantization_breakdown": self.quantization_breakdown}
-               if self.quantization_kind == "mixed" else {}),
+               if self.quantization_kind == recipes.MIXED else {}),
             "stateful": self.is_stateful,
             "inputs": [main.tensors[i].to_dict() for i in main.inputs],
             "outputs": [main.tensors[i].to_dict() for i in main.outputs],
@@ -740,32 +737,6 @@ class TFLiteModel:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def _weight_scheme(t: TensorInfo, dequantized: bool, integer_op: bool) -> str | None:
-    """How an op computes with a stored weight (see ``quantization_breakdown``)."""
-    if t.type_name in ("FLOAT16", "BFLOAT16"):
-        return t.type_name.lower()
-    if t.quantization is None or t.type_name not in QUANTIZED_TYPES or \
-            (integer_op and not dequantized):
-        return None
-    blockwise = f"-blockwise-{t.quantization.block_size}" if t.quantization.block_size else ""
-    return f"{'weight-only' if dequantized else 'dynamic-range'}-{t.type_name.lower()}{blockwise}"
-
-
-def tolerance_family(kind: str) -> str:
-    """The family of a quantization kind that sets parity tolerances: ``none``, ``float16``,
-    ``weight-only``, ``dynamic-range``, ``full-int8``, ``full-uint8`` or ``int16x8``.
-    Weight-only models compute in float with the dequantized weights (float noise); mixed
-    ones are judged like the loosest weight scheme, dynamic range."""
-    if kind == "bfloat16":
-        return "float16"
-    if kind.startswith("weight-only"):
-        return "weight-only"
-    if kind.startswith("dynamic-range") or kind == "mixed":
-        return "dynamic-range"
-    return kind
-
 
 
 def _text(value) -> str | None:

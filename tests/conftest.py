@@ -20,3 +20,57 @@ def postgres_tracking_server(tmp_path_factory):
 
     with tracking_server_on("postgres", tmp_path_factory.mktemp("postgres-server")) as url:
         yield url
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    """A throwaway local tracking store (SQLite) and experiment for the test."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports it
+
+
+class ParseCounter:
+    """The ``.tflite`` flatbuffers parsed (``TFLiteModel`` built from bytes) while the
+    :func:`count_parses` fixture is active, by content."""
+
+    def __init__(self):
+        self.digests: list[str] = []
+
+    @property
+    def total(self) -> int:
+        return len(self.digests)
+
+    def of(self, model_bytes) -> int:
+        """How often these bytes were parsed."""
+        import hashlib
+
+        return self.digests.count(hashlib.sha256(bytes(model_bytes)).hexdigest())
+
+    def __repr__(self):
+        return f"ParseCounter(total={self.total}, digests={[d[:8] for d in self.digests]})"
+
+
+@pytest.fixture
+def count_parses(monkeypatch):
+    """Counts flatbuffer parses by wrapping the real ``TFLiteModel.__init__`` (the one parse
+    of the package: every reader goes through it). For parse-count tests of a call chain:
+    ``assert count_parses.of(model_bytes) == 1``."""
+    import hashlib
+
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    counter = ParseCounter()
+    real_init = TFLiteModel.__init__
+
+    def counting_init(self, model_bytes):
+        counter.digests.append(hashlib.sha256(bytes(model_bytes)).hexdigest())
+        real_init(self, model_bytes)
+
+    monkeypatch.setattr(TFLiteModel, "__init__", counting_init)
+    return counter

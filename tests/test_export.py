@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_tflite_keras.export import (InterfaceChangedError, _source_recipe, compare_interfaces,
-                                        export_tflite, keras_to_tflite)
+from mlflow_tflite_keras.errors import InterfaceChangedError
+from mlflow_tflite_keras.export import export_tflite
+from mlflow_tflite_keras.interface import compare_interfaces
+from mlflow_tflite_keras.keras_export import keras_to_tflite
 from mlflow_tflite_keras.tflite_model import TFLiteModel
 
 keras = pytest.importorskip("keras")
@@ -79,13 +81,13 @@ def interface(model_bytes) -> dict:
 @pytest.mark.parametrize("recipe", list(RECIPE_KIND))
 def test_export_like_source_keeps_recipe_and_interface(recipe, mlp, data, sources):
     source = sources(recipe)
-    assert _source_recipe(TFLiteModel(source)) == RECIPE_KIND[recipe]
+    assert TFLiteModel(source).quantization_kind == RECIPE_KIND[recipe]
 
     new, report = export_tflite(copy_of(mlp), like=source, representative_data=data,
                                 return_report=True)
 
     assert report.ok, str(report)
-    assert _source_recipe(TFLiteModel(new)) == RECIPE_KIND[recipe]
+    assert TFLiteModel(new).quantization_kind == RECIPE_KIND[recipe]
     assert interface(new) == interface(source)
     if recipe == "full-int8":  # integer I/O kept
         sig = interface(new)["signatures"]["serving_default"]
@@ -285,7 +287,8 @@ def test_single_named_output_is_kept():
 
 import roundtrip_models as rm  # noqa: E402
 
-from mlflow_tflite_keras.export import _constant_types, normalize_recipe  # noqa: E402
+from mlflow_tflite_keras.interface import _constant_types  # noqa: E402
+from mlflow_tflite_keras.recipes import normalize_recipe  # noqa: E402
 
 ROUND_TRIP_RECIPES = ["float32", "float16", "weight-only-int8", "dynamic-range-int8",
                       "weight-only-int4", "dynamic-range-int4", "full-int8"]
@@ -313,7 +316,7 @@ def ordered_interface(model_bytes) -> dict:
     return {"key": sig.key, "inputs": tensors("inputs"), "outputs": tensors("outputs"),
             "subgraph_inputs": [sg.tensors[i].name for i in sg.inputs],
             "subgraph_outputs": [sg.tensors[i].name for i in sg.outputs],
-            "recipe": _source_recipe(model), "constants": _constant_types(model)}
+            "recipe": model.quantization_kind, "constants": _constant_types(model)}
 
 
 def no_flex_ops(model_bytes):
@@ -345,7 +348,7 @@ def test_real_shaped_round_trip(kind, recipe):
     from mlflow_tflite_keras.converter.parity import check_parity
 
     source = rm.model(kind, recipe)
-    assert normalize_recipe(_source_recipe(TFLiteModel(source))) == recipe
+    assert normalize_recipe(TFLiteModel(source).quantization_kind) == recipe
     keras_model = rebuilt(kind, recipe)
     # Calibrated like the source was, so a full-integer export reproduces its scales.
     new, report = export_tflite(keras_model, like=source,

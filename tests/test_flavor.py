@@ -44,16 +44,6 @@ def images():
     return fm.digits()[0][:7]
 
 
-@pytest.fixture
-def tracking(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=exp)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports it
-
-
 def test_save_load_round_trip(tmp_path, images):
     data = fm.cnn()
     path = tmp_path / "model"

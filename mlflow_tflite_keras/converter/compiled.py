@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlflow_tflite_keras.converter.metrics import error_metrics
+
 __all__ = ["CompiledCheck", "CompiledInferenceError", "check_compiled", "predict_compiled"]
 
 # Compiled and eager results of the same model differ by float reassociation only.
@@ -116,12 +118,7 @@ def compare_compiled(eager: list[np.ndarray], compiled: list[np.ndarray],
         e64, c64 = np.asarray(e, np.float64), np.asarray(c, np.float64)
         if not e64.size:
             continue
-        diff = np.abs(e64 - c64)
-        diff = np.where(np.isnan(e64) & np.isnan(c64), 0.0, diff)
-        finite = e64[np.isfinite(e64)]
-        scale = max(float(np.ptp(finite)) if finite.size else 0.0,
-                    float(np.abs(finite).max(initial=0.0)), 1e-12)
-        worst = max(worst, float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) / scale)
+        worst = max(worst, error_metrics(e64, c64, np.abs(e64 - c64))[1])
     if worst > max_rel_diff:
         return CompiledCheck(False, worst, f"model.predict differs from the eager call by "
                                            f"{worst:.3g} of the output range (> {max_rel_diff})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -11,11 +10,12 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.deep import run_deep
 from mlflow_tflite_keras.converter.ir import Graph, build_graph
+from mlflow_tflite_keras.converter.names import keras_name
 from mlflow_tflite_keras.converter.registry import handles, load_handlers, unsupported_reason
 from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
 from mlflow_tflite_keras.errors import UnsupportedOperatorsError
 from mlflow_tflite_keras.noise import keras_noise_silenced
-from mlflow_tflite_keras.tflite_model import TFLiteModel
+from mlflow_tflite_keras.tflite_model import TFLiteModel, has_batch_dimension
 
 __all__ = ["ConversionReport", "ConversionResult", "UnsupportedOperatorsError", "check_supported",
            "convert", "to_keras"]
@@ -110,7 +110,7 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
                     skip={op.index for r in regions or () for op in r.ops})
 
     in_names, out_names = graph.signature_names
-    batched = _batched(graph)
+    batched = has_batch_dimension(graph.inputs)
     # A fixed batch of 1 with loops or branches: TFLite's graph (and its loop bodies) bakes
     # the batch of 1 in, so the model is built for exactly one example and mapped over the
     # batch (what the interpreter does too: one invoke per row).
@@ -120,14 +120,14 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
         shape = tuple(None if d == -1 else d for d in t.shape_signature)
         if batched and not per_example:
             shape = (None, *shape[1:])
-        specs.append(InputSpec(t.index, _sanitize(in_names.get(t.index, t.name)), shape,
+        specs.append(InputSpec(t.index, keras_name(in_names.get(t.index, t.name)), shape,
                                t.float_dtype))
-    output_names = [_sanitize(out_names.get(index, out_name))
+    output_names = [keras_name(out_names.get(index, out_name))
                     for out_name, index in signature.outputs.items()]
 
     report = ConversionReport(model.sha256, model.quantization_kind, model.operator_counts(),
                               emulate_quantization=bool(emulate_quantization))
-    model_name = _sanitize(name or model.description or "reconstructed") or "reconstructed"
+    model_name = keras_name(name or model.description or "reconstructed") or "reconstructed"
     from mlflow_tflite_keras.converter import streaming
 
     if streaming.is_streaming(model, signature.subgraph_index):
@@ -221,14 +221,6 @@ def check_supported(graph: Graph, handlers, skip=frozenset()) -> None:
             + "\n".join(lines), dict(missing))
 
 
-def _batched(graph: Graph) -> bool:
-    """Same rule as the pyfunc: dimension 0 is a batch dimension on every input."""
-    ins = graph.inputs
-    return bool(ins) and all(
-        t.rank >= 1 and (t.shape_signature[0] == -1 or (t.shape[0] == 1 and t.rank >= 2))
-        for t in ins)
-
-
 def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
     """Fixed batch of 1 (every input and output), and WHILE/IF in the subgraphs it runs."""
     from mlflow_tflite_keras.converter.ops.control_flow import LOOP_AND_BRANCH_OPS
@@ -242,8 +234,3 @@ def _per_example(model: TFLiteModel, graph: Graph, signature) -> bool:
     return any(op.name in LOOP_AND_BRANCH_OPS
                for i in reachable_subgraphs(model, [graph.subgraph_index])
                for op in model.subgraphs[i].operators)
-
-
-def _sanitize(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", name.split(":")[0]).strip("_")
-    return name or "tensor"

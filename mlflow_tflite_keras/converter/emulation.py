@@ -44,11 +44,11 @@ def quantize_outputs(ctx, op: Op) -> None:
 def hybrid_inputs(ctx, op: Op):
     """While a hybrid op's handler runs, its float input is the kernel's int8-quantized one
     (restored afterwards: other consumers see the float tensor)."""
-    from mlflow_tflite_keras.converter.parity import _is_hybrid, hybrid_scheme
+    from mlflow_tflite_keras.converter.hybrid import hybrid_scheme, is_hybrid
 
     x = op.inputs[0] if op.inputs else None
     value = ctx.values.get(x.index) if x is not None else None
-    if not (isinstance(value, keras.KerasTensor) and _is_hybrid(op)):
+    if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)):
         yield
         return
     row_size, asymmetric = hybrid_scheme(op, value.shape)

@@ -14,8 +14,8 @@ from functools import cached_property
 
 import numpy as np
 
+from mlflow_tflite_keras.recipes import is_quantized
 from mlflow_tflite_keras.tflite_model import (
-    QUANTIZED_TYPES,
     OperatorInfo,
     Quantization,
     SubgraphInfo,
@@ -45,7 +45,7 @@ class Tensor:
 
     @property
     def is_quantized(self) -> bool:
-        return self.quantization is not None and self.type_name in QUANTIZED_TYPES
+        return is_quantized(self)
 
     @property
     def float_dtype(self) -> str:
@@ -170,7 +170,7 @@ def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
         from mlflow_tflite_keras.converter.sparsity import densify
 
         raw = densify(raw, t.sparsity, t.shape)
-    if t.quantization is not None and t.type_name in QUANTIZED_TYPES:
+    if is_quantized(t):
         return t.quantization.dequantize(raw)
     if raw.dtype == np.float16:
         return raw.astype(np.float32)

@@ -15,53 +15,30 @@ from mlflow_tflite_keras.converter.compiled import (
     compare_compiled,
     predict_compiled,
 )
+from mlflow_tflite_keras.converter.hybrid import hybrid_input_quantization, is_hybrid
+from mlflow_tflite_keras.converter.metrics import error_metrics
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.noise import keras_noise_silenced
+from mlflow_tflite_keras.recipes import (
+    DEFAULT_TOLERANCES,
+    OP_BY_OP_TOLERANCES,
+    OP_MAX_STEPS,
+    WEIGHT_TYPES,
+    tolerance_family,
+)
 from mlflow_tflite_keras.runtime import TFLiteRunner
-from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range, tolerance_family
-
-# Each op of a full-integer model, fed the interpreter's own (integer) inputs, is within this
-# many quantization steps of the integer kernel (measured: <= 0.8 on every builtin's tests).
-OP_MAX_STEPS = 1.0
+from mlflow_tflite_keras.tflite_model import TFLiteModel, integer_range
 
 __all__ = ["DivergenceReport", "OutputParity", "ParityReport", "TensorParity", "check_ops",
            "check_parity", "check_sequence_parity", "locate_divergence", "output_roles",
            "sample_inputs", "sample_sequences", "snap_to_input_grid", "streaming_reference"]
 
-# Default tolerances by quantization kind. "max_rel_error" is the max absolute error divided
-# by the output's value range; quantized kinds are judged in output quantization steps and by
-# top-1 agreement because a float model cannot reproduce integer rounding exactly.
-DEFAULT_TOLERANCES = {
-    # float summation order and kernel approximations (XNNPACK vs TF) accumulate over deep
-    # networks: up to 1.3e-4 of the range measured (MobileNetV3); a 5% kernel error is >= 3e-2
-    "none": {"max_rel_error": 5e-4},
-    "float16": {"max_rel_error": 1e-3},
-    # float compute on the dequantized weights, as the Keras model does: float noise
-    "weight-only": {"max_rel_error": 1e-4},
-    "dynamic-range": {"max_rel_error": 5e-2, "min_cosine": 0.99},
-    "full-int8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
-    "full-uint8": {"max_steps": 8.0, "min_cosine": 0.95, "min_top1": 0.8},
-    "int16x8": {"max_rel_error": 1e-2, "min_cosine": 0.99},
-}
 # What ``check_parity`` / ``locate_divergence`` accept as ``**tolerances``: every limit a
 # default uses, and those only callers set.
 TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key in limits}
                           | {"max_abs_error", "max_rel_error", "max_steps", "min_cosine",
                              "min_top1"}))
 
-# Kinds whose activations the interpreter quantizes are checked op by op (check_ops): each op
-# fed the interpreter's own inputs is within 1 step of its integer kernel (full-integer), or
-# within float noise for hybrid kernels whose input quantization is replayed (measured: <= 0.8
-# steps, <= 1e-6). Rounding accumulates
-# over layers, so where the op-by-op check runs, end to end only top-1 decisions are judged
-# by default (the other figures are reported); where it cannot run (a Keras model that is
-# not a reconstruction), the end-to-end defaults above apply.
-OP_BY_OP_TOLERANCES = {
-    "dynamic-range": {"op_max_rel_error": 1e-4},
-    "full-int8": {"op_max_steps": OP_MAX_STEPS},
-    "full-uint8": {"op_max_steps": OP_MAX_STEPS},
-    "int16x8": {"op_max_steps": OP_MAX_STEPS},
-}
 _OP_LIMITS = ("op_max_steps", "op_max_rel_error")
 # Models built with emulate_quantization=True compute what the integer kernels compute: full-
 # integer outputs within 1 step everywhere (rounding ties of the fixed-point requantization),
@@ -447,12 +424,7 @@ def _compare(spec, expected: np.ndarray, actual: np.ndarray, limits: dict,
         quantization, dtype = quantized
         err = _beyond_saturation(err, expected, actual, quantization,
                                  (np.iinfo(dtype).min, np.iinfo(dtype).max))
-    max_abs = float(err.max()) if err.size else 0.0
-    value_range = float(expected.max() - expected.min()) if expected.size else 0.0
-    max_rel = max_abs / max(value_range, float(np.abs(expected).max(initial=0.0)), 1e-12)
-    denom = np.linalg.norm(expected) * np.linalg.norm(actual)
-    cosine = float(np.dot(expected.ravel(), actual.ravel()) / denom) if denom else \
-        (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, err)
     top1 = decisive = None
     if kind == "class-scores" and expected.ndim >= 2 and expected.shape[-1] > 1:
         agree = expected.argmax(-1) == actual.argmax(-1)
@@ -853,7 +825,7 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
             continue
         feed = [values[t.index].astype(known[t.index].dtype) for t in sources]
         op_limits = limits
-        if _is_hybrid(op) and op.inputs[0] is sources[0]:
+        if is_hybrid(op) and op.inputs[0] is sources[0]:
             feed[0] = hybrid_input_quantization(op, feed[0])
             op_limits = {**limits, "max_rel_error": max(max_rel_error, HYBRID_REPLAYED_MAX_REL)}
         elif _has_integer_weights(op):  # other hybrid kernels (SVDF, blockwise...): not replayed
@@ -864,9 +836,6 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     return DivergenceReport(model.quantization_kind, int(n), limits, results, skipped,
                             mode="op by op (each op fed the interpreter's inputs)")
-
-
-_HYBRID_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"})
 
 
 # Hybrid kernels fed the replayed activation quantization: float noise on most (1e-6), up to
@@ -880,45 +849,8 @@ HYBRID_MAX_REL_ERROR = 1e-2
 def _has_integer_weights(op) -> bool:
     outputs_float = all(not t.is_quantized for t in op.outputs)
     return outputs_float and any(t is not None and t.is_constant and t.is_quantized
-                                 and t.type_name in ("INT8", "INT4", "INT2")
+                                 and t.type_name in WEIGHT_TYPES
                                  for t in op.inputs[1:])
-
-
-def _is_hybrid(op) -> bool:
-    """A hybrid (dynamic-range) kernel: float activations, integer weights."""
-    if op.type not in _HYBRID_OPS or len(op.inputs) < 2 or op.inputs[1] is None:
-        return False
-    x, w = op.inputs[0], op.inputs[1]
-    return x is not None and not x.is_quantized and x.type_name == "FLOAT32" and \
-        w.is_quantized and w.type_name in ("INT8", "INT4", "INT2") and \
-        not getattr(w.quantization, "block_size", 0)  # blockwise kernels quantize per block
-
-
-def hybrid_scheme(op, x_shape) -> tuple[int | None, bool]:
-    """``(row_size, asymmetric)`` of a hybrid kernel's input quantization: per batch element
-    (``row_size`` None) for convolutions, asymmetric when the weights are per-channel; per row
-    of the weights' input depth (fully connected) or of the last dimension (batch matmul),
-    asymmetric when the op asks for it."""
-    if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        w = op.inputs[1]
-        return None, bool(w.quantization is not None and w.quantization.per_channel)
-    row_size = op.inputs[1].shape[-1] if op.type == "FULLY_CONNECTED" else x_shape[-1]
-    return int(row_size), bool(op.opt("asymmetricQuantizeInputs", False))
-
-
-def hybrid_input_quantization(op, x: np.ndarray) -> np.ndarray:
-    """The float activations a hybrid kernel actually multiplies (rounding half away from
-    zero; :func:`~mlflow_tflite_keras.converter.layers.quantization.quantize_hybrid_input`, the one
-    routine the emulated models use too), computed in float64. Feeding these to the float
-    layer reproduces the kernel's result up to float summation order."""
-    import keras
-
-    from mlflow_tflite_keras.converter.layers.quantization import quantize_hybrid_input
-
-    x = np.asarray(x, np.float32)
-    row_size, asymmetric = hybrid_scheme(op, x.shape)
-    out = quantize_hybrid_input(x.astype(np.float64), row_size, asymmetric, dtype="float64")
-    return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
 
 def _compare_op_output(op, t, expected, actual, limits) -> TensorParity:
@@ -935,22 +867,15 @@ def _compare_op_output(op, t, expected, actual, limits) -> TensorParity:
     q = t.quantization if t.is_quantized else None
     if q is not None and q.scale.size and not q.per_channel:
         err = _beyond_saturation(err, expected, actual, q, integer_range(t.type_name))
-    err = np.where(np.isnan(expected) & np.isnan(actual), 0.0, err)
-    max_abs = float(np.nanmax(np.where(np.isnan(err), np.inf, err))) if err.size else 0.0
-    finite = expected[np.isfinite(expected)]
-    scale = max(float(np.ptp(finite)) if finite.size else 0.0,
-                float(np.abs(finite).max(initial=0.0)), 1e-12)
-    e, a = np.nan_to_num(expected.ravel()), np.nan_to_num(actual.ravel())
-    denom = np.linalg.norm(e) * np.linalg.norm(a)
-    cosine = float(np.dot(e, a) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, err)
     if q is not None and q.scale.size and not q.per_channel:
         steps = max_abs / float(q.scale.reshape(-1)[0])
         failures = [] if steps <= limits["max_steps"] else \
             [f"steps {steps:.3g} outside max_steps={limits['max_steps']}"]
     else:
-        failures = [] if max_abs / scale <= limits["max_rel_error"] else \
-            [f"rel_error {max_abs / scale:.3g} outside max_rel_error={limits['max_rel_error']}"]
-    return TensorParity(**base, max_abs_error=max_abs, max_rel_error=max_abs / scale,
+        failures = [] if max_rel <= limits["max_rel_error"] else \
+            [f"rel_error {max_rel:.3g} outside max_rel_error={limits['max_rel_error']}"]
+    return TensorParity(**base, max_abs_error=max_abs, max_rel_error=max_rel,
                         cosine=cosine, max_steps=steps, passed=not failures, failures=failures)
 
 
@@ -1017,16 +942,8 @@ def _compare_tensor(op, t, label: str, expected: np.ndarray, actual: np.ndarray,
                                 failures=[f"shape {list(actual.shape)} != "
                                           f"{list(expected.shape)}"])
         actual = actual.reshape(expected.shape)
-    err = np.abs(expected - actual)
     finite = bool(np.all(np.isfinite(actual)) or not np.all(np.isfinite(expected)))
-    err = np.where(np.isnan(err) & np.isnan(expected) & np.isnan(actual), 0.0, err)
-    max_abs = float(err.max())
-    scale = max(float(np.ptp(expected)) if np.all(np.isfinite(expected)) else 0.0,
-                float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)), 1e-12)
-    max_rel = max_abs / scale
-    e, a = np.nan_to_num(expected.ravel()), np.nan_to_num(actual.ravel())
-    denom = np.linalg.norm(e) * np.linalg.norm(a)
-    cosine = float(np.dot(e, a) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
+    max_abs, max_rel, cosine = error_metrics(expected, actual, np.abs(expected - actual))
     steps = None
     if t.is_quantized and t.quantization is not None and t.quantization.scale.size:
         step = float(np.max(t.quantization.scale))

@@ -44,17 +44,15 @@ from __future__ import annotations
 
 import copy
 import heapq
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.converter.names import keras_name
 from mlflow_tflite_keras.converter.registry import handles
-from mlflow_tflite_keras.tflite_model import reachable_subgraphs
-
-FILE_IDENTIFIER = b"TFL3"
+from mlflow_tflite_keras.tflite_model import FILE_IDENTIFIER, reachable_subgraphs
 _UNCROSSABLE = ("RESOURCE", "VARIANT")
 
 
@@ -351,10 +349,6 @@ def schedule(graph: Graph, regions: list[Region]) -> list:
 
 # ---- writing a standalone model ---------------------------------------------------------------
 
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", name.split(":")[0]).strip("_") or "tensor"
-
-
 def _called_by(model, ops) -> list[int]:
     """Subgraph indices the given ops call, transitively, in discovery order."""
     return reachable_subgraphs(model, [r for op in ops for r in op.called_subgraphs])
@@ -530,7 +524,7 @@ def write_region_model(graph: Graph, ops: list[Op], inputs: list[Tensor], output
 
     names, used = {}, set()
     for t in inputs + outputs:
-        name = base = _sanitize(t.name)
+        name = base = keras_name(t.name)
         n = 1
         while name in used:
             n += 1

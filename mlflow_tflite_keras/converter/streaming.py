@@ -38,7 +38,8 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.layers import KerasOp
-from mlflow_tflite_keras.converter.layers.streaming import StreamingCell, StreamingRNN, _sanitize
+from mlflow_tflite_keras.converter.layers.streaming import StreamingCell, StreamingRNN
+from mlflow_tflite_keras.converter.names import keras_name
 from mlflow_tflite_keras.converter.registry import Handler
 
 __all__ = ["StreamingCell", "StreamingRNN", "convert_streaming", "is_streaming",
@@ -84,7 +85,7 @@ class StateVariable:
 
     @property
     def name(self) -> str:
-        return _sanitize(self.handle.shared_name or self.handle.label)
+        return keras_name(self.handle.shared_name or self.handle.label, "state")
 
 
 def _assigning_subgraphs(model) -> set[int]:
@@ -192,7 +193,6 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
     ``per_example``: build the step at the exact shapes and map it over the batch even when
     every state has a leading 1 (a fixed batch of 1 with loops or branches baked in, as
     :func:`~mlflow_tflite_keras.converter.convert.convert` decides)."""
-    from mlflow_tflite_keras.converter.convert import _sanitize as sanitize_name
     from mlflow_tflite_keras.converter.ops.control_flow import _constant_output, variable_state
     from mlflow_tflite_keras.tflite_model import reachable_subgraphs
     from mlflow_tflite_keras.converter.subgraph import InputSpec, build_subgraph
@@ -240,9 +240,9 @@ def convert_streaming(model, signature, graph, handlers, report, name: str, *,
             raise ConversionError(f"state variable '{s.handle.label}' is {s.dtype}; only "
                                   "float (or quantized) state converts.")
     frame_shape = tuple(int(d) for d in frame.shape[1:])
-    input_name = sanitize_name(in_names.get(frame.index, frame.name))
+    input_name = keras_name(in_names.get(frame.index, frame.name))
     output_indices = list(signature.outputs.values())
-    output_names = [sanitize_name(out_names.get(i, name))
+    output_names = [keras_name(out_names.get(i, name))
                     for name, i in signature.outputs.items()]
 
     state_inputs = {s.handle: -(k + 1) for k, s in enumerate(states)}  # no real tensor

@@ -492,7 +492,7 @@ def test_wrapped_blockwise_region_keeps_its_scales():
 
 def test_every_kind_has_a_tolerance_family():
     from mlflow_tflite_keras.converter.parity import DEFAULT_TOLERANCES
-    from mlflow_tflite_keras.tflite_model import tolerance_family
+    from mlflow_tflite_keras.recipes import tolerance_family
 
     expected = {
         "none": "none", "float16": "float16", "bfloat16": "float16",

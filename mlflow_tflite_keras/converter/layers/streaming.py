@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import re
 
 import keras
 import numpy as np
 from keras import ops
 
 from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE, extra_op
+from mlflow_tflite_keras.converter.names import keras_name
 
 # ---- layers -----------------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ class StreamingCell(keras.layers.Layer):
         values = initial_state if initial_state is not None else \
             [np.zeros(s, np.float32) for s in self.state_shapes]
         self.initial_weights = [
-            self.add_weight(name=f"initial_{_sanitize(n)}", shape=s, dtype="float32",
+            self.add_weight(name=f"initial_{keras_name(n, 'state')}", shape=s, dtype="float32",
                             trainable=False,
                             initializer=keras.initializers.Constant(np.asarray(v, np.float32)))
             for n, s, v in zip(self.state_names, self.state_shapes, values)]
@@ -156,7 +156,3 @@ def streaming_output(x, start=0, stop=None, shape=()):
     y = x[..., int(start):int(stop)]
     lead = [ops.shape(x)[i] for i in range(len(x.shape) - 1)]
     return ops.reshape(y, (*lead, *[int(d) for d in shape]))
-
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", str(name)).strip("_") or "state"

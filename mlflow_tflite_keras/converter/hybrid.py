@@ -1,0 +1,49 @@
+"""Hybrid (dynamic-range) kernels: float activations, integer weights. Which ops are hybrid,
+and how their kernels quantize the float input on the fly (per batch element or per row,
+symmetric or asymmetric), for the emulated models (converter/emulation.py) and the op-by-op
+parity check that replays it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlflow_tflite_keras.recipes import WEIGHT_TYPES
+
+HYBRID_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"})
+
+
+def is_hybrid(op) -> bool:
+    """A hybrid (dynamic-range) kernel: float activations, integer weights."""
+    if op.type not in HYBRID_OPS or len(op.inputs) < 2 or op.inputs[1] is None:
+        return False
+    x, w = op.inputs[0], op.inputs[1]
+    return x is not None and not x.is_quantized and x.type_name == "FLOAT32" and \
+        w.is_quantized and w.type_name in WEIGHT_TYPES and \
+        not getattr(w.quantization, "block_size", 0)  # blockwise kernels quantize per block
+
+
+def hybrid_scheme(op, x_shape) -> tuple[int | None, bool]:
+    """``(row_size, asymmetric)`` of a hybrid kernel's input quantization: per batch element
+    (``row_size`` None) for convolutions, asymmetric when the weights are per-channel; per row
+    of the weights' input depth (fully connected) or of the last dimension (batch matmul),
+    asymmetric when the op asks for it."""
+    if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        w = op.inputs[1]
+        return None, bool(w.quantization is not None and w.quantization.per_channel)
+    row_size = op.inputs[1].shape[-1] if op.type == "FULLY_CONNECTED" else x_shape[-1]
+    return int(row_size), bool(op.opt("asymmetricQuantizeInputs", False))
+
+
+def hybrid_input_quantization(op, x: np.ndarray) -> np.ndarray:
+    """The float activations a hybrid kernel actually multiplies (rounding half away from
+    zero; :func:`~mlflow_tflite_keras.converter.layers.quantization.quantize_hybrid_input`, the one
+    routine the emulated models use too), computed in float64. Feeding these to the float
+    layer reproduces the kernel's result up to float summation order."""
+    import keras
+
+    from mlflow_tflite_keras.converter.layers.quantization import quantize_hybrid_input
+
+    x = np.asarray(x, np.float32)
+    row_size, asymmetric = hybrid_scheme(op, x.shape)
+    out = quantize_hybrid_input(x.astype(np.float64), row_size, asymmetric, dtype="float64")
+    return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
