@@ -20,6 +20,7 @@ from mlflow_tflite_keras.converter.metrics import error_metrics
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.recipes import (
+    EMULATED_TOLERANCES,
     DEFAULT_TOLERANCES,
     OP_BY_OP_TOLERANCES,
     OP_MAX_STEPS,
@@ -40,18 +41,6 @@ TOLERANCES = tuple(sorted({key for limits in DEFAULT_TOLERANCES.values() for key
                              "min_top1"}))
 
 _OP_LIMITS = ("op_max_steps", "op_max_rel_error")
-# Models built with emulate_quantization=True compute what the integer kernels compute: full-
-# integer outputs within 1 step everywhere (rounding ties of the fixed-point requantization),
-# hybrid kernels within float noise, judged end to end. int16x8 kernels requantize with a
-# multiplier reduced to 15 bits and compute softmax/logistic/tanh from lookup tables, which
-# the emulation does not replay: a few int16 steps per op (measured 8 steps = 2.4e-4 of the
-# range on the digits CNN, 734 steps without emulation; a 5% kernel change is >= 1e-2).
-EMULATED_TOLERANCES = {
-    "dynamic-range": {"max_rel_error": 1e-4},
-    "full-int8": {"max_steps": 1.0},
-    "full-uint8": {"max_steps": 1.0},
-    "int16x8": {"max_rel_error": 1e-3},
-}
 
 
 @dataclass
