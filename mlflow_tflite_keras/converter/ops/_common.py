@@ -15,6 +15,16 @@ _PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
 PADDING = {0: "same", 1: "valid"}  # schema Padding: SAME=0, VALID=1 (TF's definitions)
 
 
+def keras_op_handler(fn: str, arity: int, prefix: str):
+    """A handler applying ``KerasOp(fn)`` to the op's first ``arity`` inputs (elementwise
+    operators with no options)."""
+    def handler(op, ctx):
+        return [ctx.op(op, fn, *ctx.inputs(op)[:arity])]
+
+    handler.__name__ = f"{prefix}_{fn}"
+    return handler
+
+
 def batched(ctx, x) -> bool:
     """``x`` is a graph tensor whose dimension 0 is the dynamic Keras batch."""
     return not ctx.is_const(x) and len(x.shape) >= 1 and x.shape[0] is None

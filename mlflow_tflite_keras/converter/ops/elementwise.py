@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from mlflow_tflite_keras.converter.ops._common import keras_op_handler
 from mlflow_tflite_keras.converter.registry import register
 
 
@@ -107,18 +108,10 @@ def _binary_handler(fn):
     return handler
 
 
-def _unary_handler(fn):
-    def handler(op, ctx):
-        return [ctx.op(op, fn, ctx.value(op.inputs[0]))]
-
-    handler.__name__ = f"unary_{fn}"
-    return handler
-
-
 for _type, _fn in BINARY.items():
     register(_type, layer=f"KerasOp({_fn})")(_binary_handler(_fn))
 for _type, _fn in UNARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(_unary_handler(_fn))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, "unary"))
 
 
 @register("ADD_N", layer="keras.layers.Add / KerasOp(add)")

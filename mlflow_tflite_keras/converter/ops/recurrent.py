@@ -94,6 +94,20 @@ def _lstm_weights(op, ctx, base: int, bias_base: int, prefix: str = ""):
             np.concatenate(b))
 
 
+def lstm_operands(op, ctx):
+    """``(kernel, recurrent kernel, bias, h0, c0)`` of a unidirectional LSTM (the sequence
+    operator and the one-step cell share the operand layout); peephole, projection and layer
+    norm refused; both initial states computed or neither."""
+    _refuse_lstm_extras(op, peephole=(9, 10, 11), projection=(16, 17),
+                        layer_norm=(20, 21, 22, 23))
+    kernel, recurrent, bias = _lstm_weights(op, ctx, 1, 12)
+    h0 = _initial_state(op, ctx, 18, "output state")
+    c0 = _initial_state(op, ctx, 19, "cell state")
+    if (h0 is None) != (c0 is None):
+        raise ConversionError(f"{op.type}: only one of the two initial states is computed; "
+                              "give both or neither.")
+    return kernel, recurrent, bias, h0, c0
+
 def _lstm_layer(op, ctx, units: int, name: str, go_backwards=False, clipped=None):
     """A built-in LSTM, or RNN(ClippedLSTMCell) when the cell clip can act."""
     act = _activation(op)
@@ -145,15 +159,8 @@ def _batch_major_shape(op):
           layer="keras.layers.LSTM (keras.layers.RNN(ClippedLSTMCell) when the clip can act)")
 def unidirectional_sequence_lstm(op, ctx):
     _check_input(op)
-    _refuse_lstm_extras(op, peephole=(9, 10, 11), projection=(16, 17),
-                        layer_norm=(20, 21, 22, 23))
-    kernel, recurrent, bias = _lstm_weights(op, ctx, 1, 12)
+    kernel, recurrent, bias, h0, c0 = lstm_operands(op, ctx)
     units = recurrent.shape[0]
-    h0 = _initial_state(op, ctx, 18, "output state")
-    c0 = _initial_state(op, ctx, 19, "cell state")
-    if (h0 is None) != (c0 is None):
-        raise ConversionError(f"{op.type}: only one of the two initial states is computed; "
-                              "give both or neither.")
     layer = _lstm_layer(op, ctx, units, ctx.name(op), clipped=c0 is not None)
     layer.build(_batch_major_shape(op))
     layer.set_weights([kernel, recurrent, bias])

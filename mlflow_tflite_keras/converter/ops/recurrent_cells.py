@@ -16,9 +16,8 @@ from mlflow_tflite_keras.converter.ops.recurrent import (
     ClippedLSTMCell,
     _activation,
     _initial_state,
-    _lstm_weights,
-    _refuse_lstm_extras,
     _rnn_weights,
+    lstm_operands,
 )
 from mlflow_tflite_keras.converter.registry import register
 
@@ -44,15 +43,8 @@ def lstm(op, ctx):
                               "the FULL kernel.")
     if len(op.outputs) != 1:
         raise ConversionError(f"LSTM: {len(op.outputs)} outputs (an old format); expected 1.")
-    _refuse_lstm_extras(op, peephole=(9, 10, 11), projection=(16, 17),
-                        layer_norm=(20, 21, 22, 23))
-    kernel, recurrent, bias = _lstm_weights(op, ctx, 1, 12)
+    kernel, recurrent, bias, h0, c0 = lstm_operands(op, ctx)
     units = recurrent.shape[0]
-    h0 = _initial_state(op, ctx, 18, "output state")
-    c0 = _initial_state(op, ctx, 19, "cell state")
-    if (h0 is None) != (c0 is None):
-        raise ConversionError("LSTM: only one of the two initial states is computed; give both "
-                              "or neither.")
     act = _activation(op)
     clip = float(op.opt("cellClip", 0.0) or 0.0)
     # One step from zeros moves the cell state by less than 1: a clip >= 1 cannot act.

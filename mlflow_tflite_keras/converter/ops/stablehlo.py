@@ -18,7 +18,7 @@ import numpy as np
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
 from mlflow_tflite_keras.converter.layers import KerasOp
-from mlflow_tflite_keras.converter.ops._common import batched
+from mlflow_tflite_keras.converter.ops._common import batched, keras_op_handler
 from mlflow_tflite_keras.converter.ops.shape import _reshape
 from mlflow_tflite_keras.converter.registry import register
 
@@ -52,26 +52,10 @@ _COMPARISONS = {0: "equal", 1: "not_equal", 2: "greater_equal", 3: "greater", 4:
                 5: "less"}
 
 
-def _unary_handler(fn):
-    def handler(op, ctx):
-        return [ctx.op(op, fn, ctx.value(op.inputs[0]))]
-
-    handler.__name__ = f"stablehlo_{fn}"
-    return handler
-
-
-def _binary_handler(fn):
-    def handler(op, ctx):
-        return [ctx.op(op, fn, *ctx.inputs(op)[:2])]
-
-    handler.__name__ = f"stablehlo_{fn}"
-    return handler
-
-
 for _type, _fn in UNARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(_unary_handler(_fn))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, "stablehlo"))
 for _type, _fn in BINARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(_binary_handler(_fn))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 2, "stablehlo"))
 
 
 def _is_bool(t) -> bool:
