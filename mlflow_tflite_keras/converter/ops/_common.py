@@ -15,13 +15,14 @@ _PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
 PADDING = {0: "same", 1: "valid"}  # schema Padding: SAME=0, VALID=1 (TF's definitions)
 
 
-def keras_op_handler(fn: str, arity: int, prefix: str):
+def keras_op_handler(fn: str, arity: int, family: str):
     """A handler applying ``KerasOp(fn)`` to the op's first ``arity`` inputs (elementwise
-    operators with no options)."""
+    operators with no options), belonging to the ``family`` module (its ``__name__``: the
+    registry and the operator docs name the family by the handler's module)."""
     def handler(op, ctx):
         return [ctx.op(op, fn, *ctx.inputs(op)[:arity])]
 
-    handler.__name__ = f"{prefix}_{fn}"
+    handler.__name__, handler.__module__ = fn, family
     return handler
 
 

@@ -111,7 +111,7 @@ def _binary_handler(fn):
 for _type, _fn in BINARY.items():
     register(_type, layer=f"KerasOp({_fn})")(_binary_handler(_fn))
 for _type, _fn in UNARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, "unary"))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, __name__))
 
 
 @register("ADD_N", layer="keras.layers.Add / KerasOp(add)")

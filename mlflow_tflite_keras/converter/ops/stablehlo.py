@@ -53,9 +53,9 @@ _COMPARISONS = {0: "equal", 1: "not_equal", 2: "greater_equal", 3: "greater", 4:
 
 
 for _type, _fn in UNARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, "stablehlo"))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 1, __name__))
 for _type, _fn in BINARY.items():
-    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 2, "stablehlo"))
+    register(_type, layer=f"KerasOp({_fn})")(keras_op_handler(_fn, 2, __name__))
 
 
 def _is_bool(t) -> bool:
