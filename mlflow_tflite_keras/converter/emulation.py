@@ -68,6 +68,10 @@ def quantize_weights(ctx, op: Op, layer):
                 continue
             entry = _grid_of(value, t)
             if entry is not None:
+                perm = _layout(t.data, value)
+                if perm is not None:  # where export_tflite(like=source) writes it back
+                    entry["source"] = {"subgraph": int(ctx.graph.subgraph_index),
+                                       "tensor": int(t.index), "perm": perm}
                 entries.append({"weight": i, **entry})
                 used.add(t.index)
                 break
@@ -102,6 +106,19 @@ def _grid_of(value, t: Tensor):
         if np.all((q >= qmin) & (q <= qmax)) and \
                 np.allclose((q - z) * s, value, rtol=0, atol=1e-3 * float(np.min(scale))):
             return {**base, "axes": axes}
+    return None
+
+
+def _layout(data: np.ndarray, value: np.ndarray):
+    """The axis permutation ``perm`` with ``transpose(data, perm).reshape(value.shape) ==
+    value`` (how the handler laid the source constant out for Keras), or None."""
+    from itertools import permutations
+
+    data = np.asarray(data, np.float32)
+    value = np.asarray(value, np.float32)
+    for perm in permutations(range(data.ndim)):
+        if np.array_equal(np.transpose(data, perm).reshape(value.shape), value):
+            return list(perm)
     return None
 
 

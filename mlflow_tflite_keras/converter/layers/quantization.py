@@ -123,7 +123,9 @@ class QuantizedWeights(keras.layers.Wrapper):
 
     ``quantization``: one entry per quantized weight, ``{"weight": index in
     layer.weights, "scale": [...], "zero_point": [...], "qmin": int, "qmax": int, "axes":
-    [Keras axes the channels run along, C order] or None (per tensor)}``. The variables stay
+    [Keras axes the channels run along, C order] or None (per tensor), "source": {"subgraph",
+    "tensor", "perm"}}`` (the source constant it came from and the axis permutation that
+    laid it out for Keras: ``export_tflite(like=source)`` writes it back). The variables stay
     the inner layer's (saved and trained as usual); the quantized values are fed to its call
     through a :class:`keras.StatelessScope`."""
 
@@ -133,7 +135,11 @@ class QuantizedWeights(keras.layers.Wrapper):
             {"weight": int(q["weight"]), "scale": [float(s) for s in q["scale"]],
              "zero_point": [int(z) for z in q["zero_point"]], "qmin": int(q["qmin"]),
              "qmax": int(q["qmax"]),
-             "axes": None if q.get("axes") is None else [int(a) for a in q["axes"]]}
+             "axes": None if q.get("axes") is None else [int(a) for a in q["axes"]],
+             **({"source": {"subgraph": int(q["source"]["subgraph"]),
+                            "tensor": int(q["source"]["tensor"]),
+                            "perm": [int(a) for a in q["source"]["perm"]]}}
+                if q.get("source") else {})}
             for q in quantization]
         self.trainable = layer.trainable
 
@@ -162,6 +168,17 @@ class QuantizedWeights(keras.layers.Wrapper):
             pairs.append((w, fake_quantize(ops.convert_to_tensor(w), scale, zero_point,
                                            q["qmin"], q["qmax"])))
         return pairs
+
+    def integer_weights(self) -> list:
+        """[(entry, the weight's integers on its grid, numpy, Keras layout)]."""
+        result = []
+        for q in self.quantization:
+            w = np.asarray(self.layer.weights[q["weight"]].numpy(), np.float32)  # as call()
+            scale, zero_point = self.grid(q, w.shape)
+            integers = np.clip(np.sign(w / scale) * np.floor(np.abs(w / scale) + 0.5)
+                               + zero_point, q["qmin"], q["qmax"])
+            result.append((q, integers.astype(np.int64)))
+        return result
 
     def call(self, inputs, *args, **kwargs):
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
