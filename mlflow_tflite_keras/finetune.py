@@ -294,6 +294,7 @@ def finetune(
     progress=None,
     verbose: bool = True,
     parity_tolerances: dict | None = None,
+    quantization_aware: bool = False,
 ) -> FinetuneResult:
     """Train a Keras version (or a reconstructed ``.tflite`` flavor model) on ``data``,
     register the fine-tuned Keras model, export a ``.tflite`` with the source's recipe and
@@ -314,6 +315,11 @@ def finetune(
         progress: a callable receiving progress messages (default: the logger).
         verbose: report every epoch's metrics through ``progress`` (default: printed).
         parity_tolerances: overrides for :func:`~mlflow_tflite_keras.converter.parity.check_parity`.
+        quantization_aware: train through the source's integer arithmetic (a ``.tflite``
+            source is rebuilt with ``emulate_quantization=True``; a Keras version must have
+            been registered so): weights stay on the source's grid, and the export writes
+            them into the source, keeping every activation scale / zero point (no
+            calibration; ``representative_data`` is not used).
 
     Both new versions go next to their parents by default (the Keras version's registered
     model, the source ``.tflite``'s registered model). Per-epoch metrics are logged with
@@ -323,6 +329,7 @@ def finetune(
     """
     import keras
 
+    from mlflow_tflite_keras.converter.layers.quantization import is_emulated
     from mlflow_tflite_keras.converter.parity import check_parity
     from mlflow_tflite_keras.export import compare_interfaces, export_tflite, load_like
 
@@ -336,6 +343,12 @@ def finetune(
         if "keras" in info.flavors:
             say(f"Loading Keras model {model_uri} ...")
             keras_model = mlflow.keras.load_model(local)
+            if quantization_aware and not is_emulated(keras_model):
+                raise MlflowException(
+                    f"'{model_uri}' was not registered with emulate_quantization=True: "
+                    "quantization-aware fine-tuning needs the emulated reconstruction (pass "
+                    "the .tflite version, or register_keras_version(emulate_quantization="
+                    "True)).", error_code=INVALID_PARAMETER_VALUE)
             tags = client.get_model_version(source.registered_name, source.version).tags \
                 if source.registered_name else {}
             # A fine-tuned version names the .tflite its recipe came from; a reconstructed
@@ -349,7 +362,8 @@ def finetune(
             from mlflow_tflite_keras.converter import to_keras
 
             say(f"Reconstructing {model_uri} as Keras ...")
-            keras_model = to_keras(mlflow.tflite_keras.load_model(local).model_bytes)
+            keras_model = to_keras(mlflow.tflite_keras.load_model(local).model_bytes,
+                                   emulate_quantization=quantization_aware)
             tflite_uri = model_uri
         else:
             raise MlflowException(f"'{model_uri}' is neither a Keras nor a tflite_keras model.",

@@ -36,8 +36,10 @@ def fake_quantize(ctx, t: Tensor, value, name: str):
     qmin, qmax = integer_range(t.type_name)
     quantization = t.quantization
     axis = quantization.quantized_dimension if quantization.per_channel else None
+    model_output = any(o.index == t.index for o in ctx.graph.outputs)
     layer = FakeQuant(quantization.scale.reshape(-1), quantization.zero_point.reshape(-1),
-                      qmin, qmax, axis, name=_unique(ctx, f"{name}_fakequant"))
+                      qmin, qmax, axis, model_output=model_output,
+                      name=_unique(ctx, f"{name}_fakequant"))
     return layer(value)
 
 

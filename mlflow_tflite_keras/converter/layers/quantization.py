@@ -67,8 +67,12 @@ class FakeQuant(keras.layers.Layer):
     (one scale) or per channel along ``axis``; no trainable weights."""
 
     def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
-                 **kwargs):
+                 model_output: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # On a model output, training sees the float value (as TF's QAT leaves the output
+        # unquantized): a loss of rounded probabilities (0 for most classes) has no
+        # gradient where it matters. Inference, and so parity and export, round as usual.
+        self.model_output = bool(model_output)
         self.scale = [float(s) for s in scale]
         self.zero_point = [int(z) for z in zero_point]
         if len(self.scale) != len(self.zero_point) or not self.scale:
@@ -77,7 +81,9 @@ class FakeQuant(keras.layers.Layer):
         self.axis = None if axis is None else int(axis)
         self.trainable = False
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if training and self.model_output:
+            return x
         # the one broadcasting of quantization parameters (per tensor / along the axis)
         scale, zero_point = Quantization(
             np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
@@ -89,7 +95,8 @@ class FakeQuant(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point,
-                "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
+                "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis,
+                "model_output": self.model_output}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
