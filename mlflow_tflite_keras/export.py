@@ -805,9 +805,10 @@ def export_emulated(keras_model, source) -> bytes:
     if missing:
         raise MlflowException(
             f"{len(missing)} trainable weights of the emulated model have no quantized constant "
-            f"of the source to go to (e.g. '{missing[0]}'): a layer was added or replaced. "
-            "Export it without emulation (convert with emulate_quantization=False) or with "
-            "a recipe and representative_data.", error_code=INVALID_PARAMETER_VALUE)
+            f"of the source to go to (e.g. '{missing[0]}'): a layer was added or replaced, "
+            "or the source keeps float weights (dynamic-range models: written back only "
+            "from quantized constants so far). Export a reconstruction built without "
+            "emulation instead.", error_code=INVALID_PARAMETER_VALUE)
     users: dict = {}
     for sg in model.subgraphs:
         for tensor in sg.tensors:

@@ -104,9 +104,11 @@ def _grid_of(value, t: Tensor):
         for a in axes or []:
             target[a] = value.shape[a]
         s, z = scale.reshape(target), zero_point.reshape(target)
-        q = np.round(value / s) + z
+        steps = value / s + z
+        q = np.round(steps)
+        # in grid steps, allowing float32's rounding of large integers (int32/int64 biases)
         if np.all((q >= qmin) & (q <= qmax)) and \
-                np.allclose((q - z) * s, value, rtol=0, atol=1e-3 * float(np.min(scale))):
+                np.all(np.abs(steps - q) <= np.maximum(1e-3, 1e-6 * np.abs(q))):
             return {**base, "axes": axes}
     return None
 
