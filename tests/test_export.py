@@ -446,7 +446,7 @@ def _quantization_differences(source: bytes, exported: bytes) -> list:
     return differ
 
 
-def test_export_like_source_of_an_emulated_model_keeps_every_scale():
+def test_export_like_source_of_an_emulated_model_keeps_every_scale(tmp_path):
     """export_tflite(emulated, like=source): no calibration data; the trained weights go into
     the source's constants on its per-channel scheme; every tensor keeps its scale / zero
     point; int8 I/O kept; LiteRT computes what the emulated Keras model computes."""
@@ -457,8 +457,12 @@ def test_export_like_source_of_an_emulated_model_keeps_every_scale():
 
     source = _source("full-int8")
     model = convert(source, emulate_quantization=True).model
-    # untouched: the source itself, byte for byte
+    # untouched: the source itself, byte for byte (also after a .keras round trip: the
+    # weights' source tensors are in the layers' config)
     assert export_tflite(model, like=source) == source
+    model.save(tmp_path / "emulated.keras")
+    reloaded = keras.saving.load_model(tmp_path / "emulated.keras", safe_mode=True)
+    assert export_tflite(reloaded, like=source) == source
 
     x, y = digits()
     model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
