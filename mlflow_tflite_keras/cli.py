@@ -362,10 +362,14 @@ def convert(model_uri, registered_model_name, alias, experiment_id, method, unsu
               help="Exported .tflite's name (default: the source .tflite's).")
 @click.option("--allow-interface-changes", is_flag=True,
               help="Export even if inputs/outputs differ from the source .tflite.")
+@click.option("--quantization-aware", is_flag=True,
+              help="Train through the source's integer arithmetic and export with its scales "
+                   "and zero points unchanged (a .tflite source is rebuilt with "
+                   "--emulate-quantization).")
 @click.option("--quiet", is_flag=True, help="Do not print each epoch's metrics.")
 @_verbose_option
 def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered_model_name,
-             tflite_registered_model_name, allow_interface_changes, quiet):
+             tflite_registered_model_name, allow_interface_changes, quantization_aware, quiet):
     """Fine-tune a Keras version (or a .tflite flavor model, reconstructed first; a local
     .tflite file is logged and registered under --registered-model-name first) on your data,
     then register the fine-tuned Keras model and a .tflite exported with the source's
@@ -388,6 +392,7 @@ def finetune(model_uri, data_path, epochs, batch_size, learning_rate, registered
                               registered_model_name=registered_model_name,
                               tflite_registered_model_name=tflite_registered_model_name,
                               allow_interface_changes=allow_interface_changes,
+                              quantization_aware=quantization_aware,
                               progress=_progress, verbose=not quiet)
     except MlflowException as e:  # ExportParityError: a ParityCheckError, exit 1
         _fail(e)

@@ -39,7 +39,8 @@ from mlflow_tflite_keras.recipes import (
 )
 from mlflow_tflite_keras.tflite_model import FILE_IDENTIFIER
 
-__all__ = ["export_streaming_tflite", "export_tflite", "keras_to_tflite", "recipe_for"]
+__all__ = ["export_emulated", "export_streaming_tflite", "export_tflite", "keras_to_tflite",
+           "recipe_for"]
 
 
 # ---- round trip: export like a source model, and check the interface ---------------------------
@@ -277,6 +278,14 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
             inference_output_type=inference_output_type, align_names=align_names,
             return_report=return_report)
     source = load_like(like) if like is not None else None
+    if source is not None and _is_emulated(keras_model):
+        if recipe is not None and normalize_recipe(recipe) != recipe_for(source):
+            raise MlflowException(
+                "A model built with emulate_quantization=True is exported like its source "
+                f"('{recipe_for(source)}'); recipe '{recipe}' would change its quantization.",
+                error_code=INVALID_PARAMETER_VALUE)
+        result = export_emulated(keras_model, source)
+        return _checked_against(source, result, allow_interface_changes, return_report)
     if _streaming_layer(keras_model) is not None:  # streaming: one frame per invoke
         return export_streaming_tflite(
             keras_model, source=source, recipe=recipe, representative_data=representative_data,
@@ -311,6 +320,87 @@ def export_tflite(keras_model, *, like=None, recipe: str | None = None, represen
     if plan is not None:
         result = plan.restore_interface(result)
     return _checked_against(source, result, allow_interface_changes, return_report)
+
+
+def _is_emulated(keras_model) -> bool:
+    from mlflow_tflite_keras.converter.layers.quantization import is_emulated
+
+    return hasattr(keras_model, "_flatten_layers") and is_emulated(keras_model)
+
+
+def export_emulated(keras_model, source) -> bytes:
+    """The source ``.tflite`` with the trained weights of ``keras_model`` (built from it with
+    ``emulate_quantization=True``) written into its quantized constants, each on the source's
+    own scheme (per-channel int8 kernels, int32 biases): every op, every activation scale and
+    zero point and the int8 / float interface stay the source's, so no calibration data is
+    needed, and LiteRT computes what the emulated Keras model computes.
+
+    Raises when a trainable weight has no source constant to go to (a layer added or
+    replaced after conversion: export without emulation instead) or ``source`` is not the
+    model it was built from."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from mlflow_tflite_keras.converter.layers.quantization import QuantizedWeights
+    from mlflow_tflite_keras.tflite_model import FILE_IDENTIFIER, NUMPY_DTYPES
+
+    source = load_like(source)
+    model = schema.ModelT.InitFromPackedBuf(bytearray(source.model_bytes), 0)
+    placed, written = set(), {}
+    for layer in keras_model._flatten_layers():
+        if not isinstance(layer, QuantizedWeights):
+            continue
+        for entry, integers in layer.integer_weights():
+            where = entry.get("source")
+            weight = layer.layer.weights[entry["weight"]]
+            if where is None or where["subgraph"] >= len(source.subgraphs) or \
+                    where["tensor"] >= len(source.subgraphs[where["subgraph"]].tensors):
+                continue
+            t = source.subgraphs[where["subgraph"]].tensors[where["tensor"]]
+            perm = where["perm"]
+            laid_out = tuple(int(t.shape[a]) for a in perm) if len(perm) == len(t.shape) else None
+            if t.sparsity is not None:
+                raise MlflowException(f"Tensor '{t.name}' of the source is sparse: emulated "
+                                      "models do not write sparse constants back.",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            if t.quantization is None or laid_out is None or \
+                    int(np.prod(laid_out)) != integers.size or \
+                    not np.array_equal(np.asarray(t.quantization.scale, np.float32).reshape(-1),
+                                       np.asarray(entry["scale"], np.float32)):
+                raise MlflowException(
+                    f"Weight '{weight.path}' was not built from this source (tensor "
+                    f"'{t.name}' differs): export an emulated model like the .tflite it was "
+                    "converted from.", error_code=INVALID_PARAMETER_VALUE)
+            data = np.transpose(integers.reshape(laid_out), np.argsort(perm))
+            written[(where["subgraph"], where["tensor"])] = data.astype(NUMPY_DTYPES[t.type_name])
+            placed.add(id(weight))
+    missing = [w.path for w in keras_model.trainable_weights if id(w) not in placed]
+    if missing:
+        raise MlflowException(
+            f"{len(missing)} trainable weights of the emulated model have no quantized constant "
+            f"of the source to go to (e.g. '{missing[0]}'): a layer was added or replaced, "
+            "or the source keeps float weights (dynamic-range models: written back only "
+            "from quantized constants so far). Export a reconstruction built without "
+            "emulation instead.", error_code=INVALID_PARAMETER_VALUE)
+    users: dict = {}
+    for sg in model.subgraphs:
+        for tensor in sg.tensors:
+            users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    for (sg_index, t_index), data in written.items():
+        tensor = model.subgraphs[sg_index].tensors[t_index]
+        buffer = model.buffers[tensor.buffer]
+        if getattr(buffer, "offset", 0) and buffer.offset > 1:
+            raise MlflowException("Sources with constants outside the flatbuffer (> 2 GB) are "
+                                  "not exported from emulated models.")
+        if users[tensor.buffer] > 1:  # a constant shared with another tensor: its own copy
+            buffer = schema.BufferT()
+            model.buffers.append(buffer)
+            tensor.buffer = len(model.buffers) - 1
+        buffer.data = np.frombuffer(np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"))
+                                    .tobytes(), np.uint8)
+    builder = flatbuffers.Builder(len(source.model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 def _convert_saved_model(directory, recipe, representative_data, order, aliases, num_samples,

@@ -294,6 +294,7 @@ def finetune(
     experiment_id: str | None = None,
     await_registration_for: int = 300,
     progress=None,
+    quantization_aware: bool = False,
 ) -> FinetuneResult:
     """Train a Keras version (or a reconstructed ``.tflite`` flavor model) on ``data``,
     register the fine-tuned Keras model, export a ``.tflite`` with the source's recipe and
@@ -314,6 +315,11 @@ def finetune(
             first 200 training inputs.
         parity_tolerances: overrides for :func:`~mlflow_tflite_keras.converter.parity.check_parity`.
         progress: a callable receiving progress messages (default: the logger).
+        quantization_aware: train through the source's integer arithmetic (a ``.tflite``
+            source is rebuilt with ``emulate_quantization=True``; a Keras version must have
+            been registered so): weights stay on the source's grid, and the export writes
+            them into the source, keeping every activation scale / zero point (no
+            calibration; ``representative_data`` is not used).
 
     Both new versions go next to their parents by default (the Keras version's registered
     model, the source ``.tflite``'s registered model). Per-epoch metrics are logged with
@@ -324,7 +330,7 @@ def finetune(
     say = progress or _logger.info
     client = MlflowClient()
     source = lineage.resolve_source(model_uri, client)
-    keras_model, tflite = _load(model_uri, source, client, say)
+    keras_model, tflite = _load(model_uri, source, client, say, quantization_aware)
     tflite_source = lineage.resolve_source(tflite.uri, client)
     plan = _plan_training(keras_model, data, loss, list(tflite.model.signature().outputs))
     parent_chain = (_chain(client, source.registered_name, source.version)
@@ -347,7 +353,8 @@ def finetune(
                                "loss": ", ".join(f"{k}: {_loss_name(v)}"
                                                  for k, v in plan.losses.items()),
                                "trained_outputs": ", ".join(plan.targets),
-                               "train_rows": len(plan.x), "converter_version": __version__})
+                               "train_rows": len(plan.x), "quantization_aware": quantization_aware,
+                               "converter_version": __version__})
             epoch_say = progress or (lambda message: print(message, flush=True))
             history = _fit(keras_model, plan, epochs, batch_size, learning_rate,
                            validation_data, epoch_say if verbose else None, say)
@@ -364,16 +371,25 @@ def finetune(
         history=history.history, parity=parity, interface=interface, run_id=run.info.run_id)
 
 
-def _load(model_uri: str, source, client: MlflowClient, say):
+def _load(model_uri: str, source, client: MlflowClient, say, quantization_aware: bool):
     """``(Keras model, LoadedSource)``: the model to train and the ``.tflite`` whose recipe
     and interface the export reproduces (for a ``.tflite`` flavor model, itself: downloaded
-    and parsed once, then reconstructed)."""
+    and parsed once, then reconstructed, with its quantization emulated when
+    ``quantization_aware``)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = _download_artifact_from_uri(model_uri, output_path=_subdirectory(tmp, "model"))
         flavors = Model.load(local).flavors
         if "keras" in flavors:
+            from mlflow_tflite_keras.converter.layers.quantization import is_emulated
+
             say(f"Loading Keras model {model_uri} ...")
             keras_model = mlflow.keras.load_model(local)
+            if quantization_aware and not is_emulated(keras_model):
+                raise MlflowException(
+                    f"'{model_uri}' was not registered with emulate_quantization=True: "
+                    "quantization-aware fine-tuning needs the emulated reconstruction (pass "
+                    "the .tflite version, or register_keras_version(emulate_quantization="
+                    "True)).", error_code=INVALID_PARAMETER_VALUE)
             tflite_uri = _recipe_source(model_uri, source, client)
             local = _download_artifact_from_uri(tflite_uri,
                                                 output_path=_subdirectory(tmp, "tflite"))
@@ -383,7 +399,7 @@ def _load(model_uri: str, source, client: MlflowClient, say):
 
             say(f"Reconstructing {model_uri} as Keras ...")
             tflite = lineage.load_source(model_uri, local)
-            return to_keras(tflite.model), tflite
+            return to_keras(tflite.model, emulate_quantization=quantization_aware), tflite
     raise MlflowException(f"'{model_uri}' is neither a Keras nor a tflite_keras model.",
                           error_code=INVALID_PARAMETER_VALUE)
 

@@ -407,3 +407,85 @@ def test_batch_and_order_changes_are_reported():
     found = {(d.what, d.where) for d in report.differences}
     assert ("shape", "input 'input'") in found  # [1, 16, 16, 3] -> [-1, 16, 16, 3]
     assert ("order", "subgraph outputs") in found or ("order", "signature outputs") in found
+
+
+# ---- emulated models (to_keras(emulate_quantization=True)) exported like their source --------
+
+def _litert_steps(model_bytes, keras_model, x):
+    """(max |LiteRT - Keras| in output quantization steps, share at 0 steps, I/O dtypes)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    (in_scale, in_zp), (out_scale, out_zp) = inp["quantization"], out["quantization"]
+    results = []
+    for row in x:
+        value = row[None]
+        if inp["dtype"] != np.float32:
+            value = np.clip(np.round(value / in_scale) + in_zp, -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        results.append((interpreter.get_tensor(out["index"]).astype(np.float32) - out_zp)
+                       * out_scale)
+    diff = np.abs(np.concatenate(results) - keras_model.predict(x, verbose=0)) / out_scale
+    return float(diff.max()), float(np.mean(diff < 1e-3)), (inp["dtype"], out["dtype"])
+
+
+def _quantization_differences(source: bytes, exported: bytes) -> list:
+    """Tensors (of every subgraph) whose type or quantization parameters differ."""
+    a, b = TFLiteModel(source), TFLiteModel(exported)
+    assert [len(sg.tensors) for sg in a.subgraphs] == [len(sg.tensors) for sg in b.subgraphs]
+    differ = []
+    for sa, sb in zip(a.subgraphs, b.subgraphs):
+        for ta, tb in zip(sa.tensors, sb.tensors):
+            qa, qb = ta.quantization, tb.quantization
+            same = ta.type_name == tb.type_name and (qa is None) == (qb is None) and (
+                qa is None or (np.array_equal(qa.scale, qb.scale)
+                               and np.array_equal(qa.zero_point, qb.zero_point)
+                               and qa.quantized_dimension == qb.quantized_dimension))
+            if not same:
+                differ.append(ta.name)
+    return differ
+
+
+def test_export_like_source_of_an_emulated_model_keeps_every_scale(tmp_path):
+    """export_tflite(emulated, like=source): no calibration data; the trained weights go into
+    the source's constants on its per-channel scheme; every tensor keeps its scale / zero
+    point; int8 I/O kept; LiteRT computes what the emulated Keras model computes."""
+    from converter.test_emulation import _inputs, _source
+
+    from model_factory import digits
+    from mlflow_tflite_keras.converter import convert
+
+    source = _source("full-int8")
+    model = convert(source, emulate_quantization=True).model
+    # untouched: the source itself, byte for byte (also after a .keras round trip: the
+    # weights' source tensors are in the layers' config)
+    assert export_tflite(model, like=source) == source
+    model.save(tmp_path / "emulated.keras")
+    reloaded = keras.saving.load_model(tmp_path / "emulated.keras", safe_mode=True)
+    assert export_tflite(reloaded, like=source) == source
+
+    x, y = digits()
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    model.fit(x[:512], y[:512], epochs=1, batch_size=32, verbose=0)
+    exported = export_tflite(model, like=source)
+    assert _quantization_differences(source, exported) == []
+    changed = [t.name for t, u in zip(TFLiteModel(source).subgraphs[0].tensors,
+                                      TFLiteModel(exported).subgraphs[0].tensors)
+               if TFLiteModel(source).constant(t) is not None
+               and not np.array_equal(TFLiteModel(source).constant(t),
+                                      TFLiteModel(exported).constant(u))]
+    assert len(changed) >= 5, changed  # the fine-tuned kernels / biases were written
+    steps, exact, io = _litert_steps(exported, model, _inputs())
+    print(f"\nexported vs emulated Keras: max {steps} steps, {exact:.1%} at 0 steps")
+    assert steps <= 1.0 and io == (np.int8, np.int8)
+
+    # the check rejects a wrong answer: a fine-tuned model written into another model's
+    # constants (int16x8 source: other bias scales) and a model with a layer added
+    with pytest.raises(MlflowException, match="not built from this source"):
+        export_tflite(model, like=_source("int16x8"))
+    extended = keras.Model(model.inputs, keras.layers.Dense(3)(model.outputs[0]))
+    with pytest.raises(MlflowException, match="no quantized constant"):
+        export_tflite(extended, like=source)

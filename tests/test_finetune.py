@@ -309,3 +309,64 @@ def test_cli_and_mlproject_finetune_detector(detector, tmp_path):
     new = mlflow.tflite_keras.load_model("models:/detector/6").model_bytes
     source = mlflow.tflite_keras.load_model("models:/detector/1").model_bytes
     assert interface_of(new) == interface_of(source)
+
+
+def _litert_accuracy(model_bytes, x, y):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero_point = inp["quantization"]
+    hits = 0
+    for row, label in zip(x, y):
+        interpreter.set_tensor(inp["index"], np.clip(np.round(row[None] / scale) + zero_point,
+                                                     -128, 127).astype(inp["dtype"]))
+        interpreter.invoke()
+        hits += int(np.argmax(interpreter.get_tensor(out["index"])[0]) == label)
+    return hits / len(y)
+
+
+def test_finetune_quantization_aware_keeps_every_scale(tmp_path):
+    """finetune(quantization_aware=True) on a shifted split (classes 0-3 relabelled) of a
+    full-int8 digits CNN: accuracy measured on LiteRT improves, and the exported model keeps
+    every tensor's scale / zero point and its int8 I/O."""
+    from converter.test_emulation import _source
+    from test_export import _quantization_differences
+
+    from mlflow_tflite_keras.tracking import experiment, use_default_tracking
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    use_default_tracking(tmp_path / ".mlflow")
+    try:
+        mlflow.set_experiment(experiment_id=experiment("qat"))
+        x, y = fm.digits()
+        shifted = np.where(y < 4, (y + 1) % 4, y)  # 0->1, 1->2, 2->3, 3->0
+        source = _source("full-int8")
+        with mlflow.start_run():
+            mlflow.tflite_keras.log_model(source, name="model", input_example=x[:4],
+                                          registered_model_name="digits-qat")
+        before = _litert_accuracy(source, x[-300:], shifted[-300:])
+        result = finetune("models:/digits-qat/1", (x[:1200], shifted[:1200]), epochs=6,
+                          learning_rate=3e-3, verbose=False, quantization_aware=True)
+        exported = mlflow.tflite_keras.load_model(
+            f"models:/digits-qat/{result.tflite_version.version}").model_bytes
+        after = _litert_accuracy(exported, x[-300:], shifted[-300:])
+        print(f"\nLiteRT accuracy on the shifted split: {before:.3f} -> {after:.3f}; "
+              f"export parity: {result.parity}")
+        assert after >= before + 0.25, (before, after)
+        assert _quantization_differences(source, exported) == []
+        new = TFLiteModel(exported)
+        assert [new.main.tensors[i].type_name for i in (*new.main.inputs, *new.main.outputs)] \
+            == ["INT8", "INT8"]
+        assert result.parity.passed and result.interface.ok
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_finetune_quantization_aware_needs_an_emulated_keras_version(registered):
+    x, y, keras_version = registered
+    with pytest.raises(MlflowException, match="emulate_quantization=True"):
+        finetune(f"models:/digits/{keras_version.version}", (x[:32], y[:32]),
+                 quantization_aware=True)

@@ -111,6 +111,10 @@ class BuildContext:
         if inputs and all(self.is_const(v) for v in inputs):
             result = layer(*[keras.ops.convert_to_tensor(v) for v in inputs])
             return _to_numpy(result)
+        if getattr(self, "emulate_quantization", False) and self._current_op is not None:
+            from mlflow_tflite_keras.converter import emulation  # weights kept on the grid
+
+            layer = emulation.quantize_weights(self, self._current_op, layer)
         return layer(*[self.tensor(v) for v in inputs])
 
     def op(self, op: Op, fn: str, *inputs, suffix: str = "", **fn_kwargs):

@@ -5,8 +5,10 @@ the source (graph inputs and op outputs) is followed by a
 :class:`~mlflow_tflite_keras.converter.layers.quantization.FakeQuant` with the source's scale /
 zero point and its integer type's range; a hybrid (dynamic-range) op sees its float input
 quantized per batch / per row as its kernel does
-(:class:`~mlflow_tflite_keras.converter.layers.quantization.HybridInputQuant`). Quantized weights are
-already exactly their dequantized integers (``ir.decode_constant``).
+(:class:`~mlflow_tflite_keras.converter.layers.quantization.HybridInputQuant`). Quantized weights
+start exactly on their dequantized integers (``ir.decode_constant``); the layer holding them is
+wrapped in a :class:`~mlflow_tflite_keras.converter.layers.quantization.QuantizedWeights` that
+keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weights`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import keras
+import numpy as np
 
 from mlflow_tflite_keras.converter.ir import Op, Tensor
-from mlflow_tflite_keras.converter.layers.quantization import FakeQuant, HybridInputQuant
+from mlflow_tflite_keras.converter.layers.quantization import (
+    FakeQuant,
+    HybridInputQuant,
+    QuantizedWeights,
+)
 from mlflow_tflite_keras.tflite_model import integer_range
 
 
@@ -29,8 +36,10 @@ def fake_quantize(ctx, t: Tensor, value, name: str):
     qmin, qmax = integer_range(t.type_name)
     quantization = t.quantization
     axis = quantization.quantized_dimension if quantization.per_channel else None
+    model_output = any(o.index == t.index for o in ctx.graph.outputs)
     layer = FakeQuant(quantization.scale.reshape(-1), quantization.zero_point.reshape(-1),
-                      qmin, qmax, axis, name=_unique(ctx, f"{name}_fakequant"))
+                      qmin, qmax, axis, model_output=model_output,
+                      name=_unique(ctx, f"{name}_fakequant"))
     return layer(value)
 
 
@@ -38,6 +47,83 @@ def quantize_outputs(ctx, op: Op) -> None:
     """Fake-quantize the op's quantized outputs in ``ctx.values``."""
     for t in op.outputs:
         ctx.values[t.index] = fake_quantize(ctx, t, ctx.values.get(t.index), _safe(t.name))
+
+
+def quantize_weights(ctx, op: Op, layer):
+    """``layer`` (built, holding the op's weights) wrapped so its weights stay on the grid of
+    the op's quantized constant operands; ``layer`` itself when none of its weights is one.
+
+    A weight is matched to a constant of the same size, and the constant's channel axis to
+    the Keras axes (a contiguous run whose sizes multiply to the channel count, the last
+    such run first) on which the weight is exactly on the constant's grid: handlers
+    transpose / reshape constants into Keras layouts, and a weight taken from a quantized
+    constant is its dequantized integers, so the right scheme leaves it unchanged."""
+    constants = [t for t in op.inputs if t is not None and t.is_quantized
+                 and t.data is not None and t.quantization.block_shape is None]
+    if not constants or not layer.weights or isinstance(layer, QuantizedWeights):
+        return layer
+    entries, used = [], set()
+    for i, w in enumerate(layer.weights):
+        value = np.asarray(w.numpy(), np.float64)
+        for t in constants:
+            if t.index in used or t.data.size != value.size:
+                continue
+            entry = _grid_of(value, t)
+            if entry is not None:
+                perm = _layout(t.data, value)
+                if perm is not None:  # where export_tflite(like=source) writes it back
+                    entry["source"] = {"subgraph": int(ctx.graph.subgraph_index),
+                                       "tensor": int(t.index), "perm": perm}
+                entries.append({"weight": i, **entry})
+                used.add(t.index)
+                break
+    if not entries:
+        return layer
+    return QuantizedWeights(layer, entries, name=_unique(ctx, f"{layer.name}_qweights"))
+
+
+def _grid_of(value, t: Tensor):
+    """The quantization entry putting ``value`` on ``t``'s grid, or None."""
+    quantization = t.quantization
+    scale = np.asarray(quantization.scale, np.float64).reshape(-1)
+    zero_point = np.asarray(quantization.zero_point, np.float64).reshape(-1)
+    qmin, qmax = integer_range(t.type_name)
+    if t.type_name == "INT8" and np.all(zero_point == 0):
+        qmin = -127  # symmetric int8 weights (TFLite's quantization spec: [-127, 127])
+    base = {"scale": scale.tolist(), "zero_point": zero_point.astype(int).tolist(),
+            "qmin": int(qmin), "qmax": int(qmax)}
+    if scale.size == 1:
+        candidates = [None]
+    else:
+        shape = value.shape
+        candidates = [list(range(start, end)) for end in range(len(shape), 0, -1)
+                      for start in range(end - 1, -1, -1)
+                      if int(np.prod(shape[start:end])) == scale.size]
+    for axes in candidates:
+        target = [1] * value.ndim
+        for a in axes or []:
+            target[a] = value.shape[a]
+        s, z = scale.reshape(target), zero_point.reshape(target)
+        steps = value / s + z
+        q = np.round(steps)
+        # in grid steps, allowing float32's rounding of large integers (int32/int64 biases)
+        if np.all((q >= qmin) & (q <= qmax)) and \
+                np.all(np.abs(steps - q) <= np.maximum(1e-3, 1e-6 * np.abs(q))):
+            return {**base, "axes": axes}
+    return None
+
+
+def _layout(data: np.ndarray, value: np.ndarray):
+    """The axis permutation ``perm`` with ``transpose(data, perm).reshape(value.shape) ==
+    value`` (how the handler laid the source constant out for Keras), or None."""
+    from itertools import permutations
+
+    data = np.asarray(data, np.float32)
+    value = np.asarray(value, np.float32)
+    for perm in permutations(range(data.ndim)):
+        if np.array_equal(np.transpose(data, perm).reshape(value.shape), value):
+            return list(perm)
+    return None
 
 
 @contextmanager

@@ -15,7 +15,11 @@ from converter.op_harness import perturbed
 from model_factory import digits, keras_model_tflite
 from mlflow_tflite_keras.converter import convert
 from mlflow_tflite_keras.converter.parity import check_parity
-from mlflow_tflite_keras.converter.layers.quantization import FakeQuant, is_emulated
+from mlflow_tflite_keras.converter.layers.quantization import (
+    FakeQuant,
+    QuantizedWeights,
+    is_emulated,
+)
 
 
 def _digits_cnn():
@@ -111,12 +115,27 @@ def test_fit_trains_through_fake_quant():
     data = _source("full-int8-float-io")
     model = convert(data, emulate_quantization=True).model
     x, y = digits()
+    wrapped = [layer for layer in model._flatten_layers() if isinstance(layer, QuantizedWeights)]
+    # every kernel and bias of the digits CNN is kept on its source grid, and starts on it
+    assert len(wrapped) == 5 and sum(len(layer.quantization) for layer in wrapped) == 10
+    for layer in wrapped:
+        for w, q in layer.quantized_weights():
+            np.testing.assert_array_equal(w.numpy(), np.asarray(q))
     before = [np.array(w.numpy()) for w in model.trainable_weights]
     assert before, "no trainable weights"
     model.compile("sgd", "sparse_categorical_crossentropy")
     model.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
     moved = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved) if not m]
+    # the forward pass stays on the grid: snapping the moved variables changes no output
+    predicted = model.predict(x[:64], verbose=0)
+    off_grid = 0
+    for layer in wrapped:
+        for w, q in layer.quantized_weights():
+            off_grid += int(np.sum(w.numpy() != np.asarray(q)))
+            w.assign(q)
+    assert off_grid > 0
+    np.testing.assert_array_equal(model.predict(x[:64], verbose=0), predicted)
     assert not any(w.trainable for layer in model._flatten_layers()
                    if isinstance(layer, FakeQuant) for w in layer.weights)
 

@@ -54,14 +54,25 @@ def quantize_hybrid_input(x, row_size=None, asymmetric=False, dtype="float32"):
     return ops.reshape(ops.cast(out, x.dtype), shape)
 
 
+def fake_quantize(x, scale, zero_point, qmin, qmax):
+    """``x`` snapped to the grid ``(q - zero_point) * scale``, ``q`` in ``[qmin, qmax]``
+    (``scale`` / ``zero_point`` broadcast against ``x``), straight-through gradient."""
+    q = ops.clip(round_half_away(x / scale) + zero_point, qmin, qmax)
+    return straight_through(x, (q - zero_point) * scale)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FakeQuant(keras.layers.Layer):
     """``(clip(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``, per tensor
     (one scale) or per channel along ``axis``; no trainable weights."""
 
     def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
-                 **kwargs):
+                 model_output: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # On a model output, training sees the float value (as TF's QAT leaves the output
+        # unquantized): a loss of rounded probabilities (0 for most classes) has no
+        # gradient where it matters. Inference, and so parity and export, round as usual.
+        self.model_output = bool(model_output)
         self.scale = [float(s) for s in scale]
         self.zero_point = [int(z) for z in zero_point]
         if len(self.scale) != len(self.zero_point) or not self.scale:
@@ -70,20 +81,22 @@ class FakeQuant(keras.layers.Layer):
         self.axis = None if axis is None else int(axis)
         self.trainable = False
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if training and self.model_output:
+            return x
         # the one broadcasting of quantization parameters (per tensor / along the axis)
         scale, zero_point = Quantization(
             np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
             self.axis or 0).broadcast(len(x.shape), np.float32)
-        q = ops.clip(round_half_away(x / scale) + zero_point, self.qmin, self.qmax)
-        return straight_through(x, (q - zero_point) * scale)
+        return fake_quantize(x, scale, zero_point, self.qmin, self.qmax)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point,
-                "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
+                "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis,
+                "model_output": self.model_output}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -108,7 +121,84 @@ class HybridInputQuant(keras.layers.Layer):
                 "asymmetric": self.asymmetric}
 
 
-EMULATION_LAYERS = (FakeQuant, HybridInputQuant)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantizedWeights(keras.layers.Wrapper):
+    """A built-in Keras layer whose weights are fake-quantized on the source's scheme in every
+    forward pass (straight-through gradient): the kernels compute with the integer weights
+    (per-channel int8, int32 bias of scale ``input_scale * weight_scale``) and ``fit`` moves
+    the float variables underneath, keeping the forward pass on the source grid.
+
+    ``quantization``: one entry per quantized weight, ``{"weight": index in
+    layer.weights, "scale": [...], "zero_point": [...], "qmin": int, "qmax": int, "axes":
+    [Keras axes the channels run along, C order] or None (per tensor), "source": {"subgraph",
+    "tensor", "perm"}}`` (the source constant it came from and the axis permutation that
+    laid it out for Keras: ``export_tflite(like=source)`` writes it back). The variables stay
+    the inner layer's (saved and trained as usual); the quantized values are fed to its call
+    through a :class:`keras.StatelessScope`."""
+
+    def __init__(self, layer, quantization, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.quantization = [
+            {"weight": int(q["weight"]), "scale": [float(s) for s in q["scale"]],
+             "zero_point": [int(z) for z in q["zero_point"]], "qmin": int(q["qmin"]),
+             "qmax": int(q["qmax"]),
+             "axes": None if q.get("axes") is None else [int(a) for a in q["axes"]],
+             **({"source": {"subgraph": int(q["source"]["subgraph"]),
+                            "tensor": int(q["source"]["tensor"]),
+                            "perm": [int(a) for a in q["source"]["perm"]]}}
+                if q.get("source") else {})}
+            for q in quantization]
+        self.trainable = layer.trainable
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def grid(self, q: dict, shape) -> tuple:
+        """(scale, zero point) of entry ``q`` broadcast against a weight of ``shape``."""
+        scale = np.asarray(q["scale"], np.float32)
+        zero_point = np.asarray(q["zero_point"], np.float32)
+        if q["axes"] is None:
+            return scale.reshape(()), zero_point.reshape(())
+        target = [1] * len(shape)
+        for a in q["axes"]:
+            target[a] = shape[a]
+        return scale.reshape(target), zero_point.reshape(target)
+
+    def quantized_weights(self) -> list:
+        """[(variable, its fake-quantized value)]."""
+        pairs = []
+        for q in self.quantization:
+            w = self.layer.weights[q["weight"]]
+            scale, zero_point = self.grid(q, tuple(w.shape))
+            pairs.append((w, fake_quantize(ops.convert_to_tensor(w), scale, zero_point,
+                                           q["qmin"], q["qmax"])))
+        return pairs
+
+    def integer_weights(self) -> list:
+        """[(entry, the weight's integers on its grid, numpy, Keras layout)]."""
+        result = []
+        for q in self.quantization:
+            w = np.asarray(self.layer.weights[q["weight"]].numpy(), np.float32)  # as call()
+            scale, zero_point = self.grid(q, w.shape)
+            integers = np.clip(np.sign(w / scale) * np.floor(np.abs(w / scale) + 0.5)
+                               + zero_point, q["qmin"], q["qmax"])
+            result.append((q, integers.astype(np.int64)))
+        return result
+
+    def call(self, inputs, *args, **kwargs):
+        with keras.StatelessScope(state_mapping=self.quantized_weights()):
+            return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "quantization": self.quantization}
+
+
+EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights)
 
 
 def is_emulated(keras_model) -> bool:
