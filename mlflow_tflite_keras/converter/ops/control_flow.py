@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+from keras import ops
 
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import build_graph
