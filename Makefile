@@ -35,8 +35,12 @@ ui: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" \
 	  --host 127.0.0.1 -p $(UI_PORT)
 
+# The suite runs on up to 4 worker processes (pytest-xdist; one per core, each imports
+# TensorFlow): CI's 2 cores take it in about half the serial time. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP) java browser postgres
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25
 
 # Reconstructions on the JAX backend alone (also part of `make test`): real-world-shaped models
 # built under TensorFlow, reloaded and rebuilt under KERAS_BACKEND=jax in a worker process.
