@@ -512,12 +512,12 @@ def _export(keras_model, source: TFLiteModel, x, representative_data,
     from mlflow_tflite_keras.export import export_tflite
 
     say("Exporting a .tflite with the source's recipe and interface ...")
-    new_bytes, interface = export_tflite(
+    _, interface = export_tflite(
         keras_model, like=source, return_report=True,
         representative_data=representative_data if representative_data is not None
         else x[:200], allow_interface_changes=allow_interface_changes)
     mlflow.log_dict(interface.to_dict(), "interface_report.json")
-    exported = TFLiteModel(new_bytes)
+    exported = interface.new_model  # parsed once, by the export's interface check
     parity = check_parity(exported, keras_model, x[:32], compiled="isolated",
                           **(parity_tolerances or {}))
     mlflow.log_metrics(parity.metrics(prefix="export_parity_"))
@@ -545,7 +545,7 @@ def _register_versions(client: MlflowClient, keras_model, exported: TFLiteModel,
          lineage.SOURCE_URI: model_uri, **finetune_tags})
     say(f"Registering the exported .tflite under '{tflite_name}' ...")
     tflite_info = mlflow.tflite_keras.log_model(
-        exported.model_bytes, name="tflite_model",
+        exported, name="tflite_model",
         input_example=plan.x[0, :8] if plan.streaming else plan.x[:2])
     tflite_version = _register(
         client, tflite_info.model_uri, tflite_name, [*parent_chain, _ref(keras_version)],

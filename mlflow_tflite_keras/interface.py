@@ -48,6 +48,8 @@ class InterfaceReport:
     matched_by: str  # "signature" (SignatureDef names) or "order" (source has no SignatureDef)
     differences: list[InterfaceDifference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The new model as parsed for the comparison: callers go on with it (one parse).
+    new_model: object = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -161,7 +163,8 @@ def compare_interfaces(source, new) -> InterfaceReport:
     (quantization kind, weight constant types, block sizes)."""
     src, dst = load_like(source), load_like(new)
     src_kind, dst_kind = src.quantization_kind, dst.quantization_kind
-    report = InterfaceReport(src_kind, dst_kind, "signature" if src.signatures else "order")
+    report = InterfaceReport(src_kind, dst_kind, "signature" if src.signatures else "order",
+                             new_model=dst)
     diffs = report.differences
     if src_kind != dst_kind:
         diffs.append(InterfaceDifference("quantization kind", "model", src_kind, dst_kind))

@@ -52,6 +52,10 @@ class ParseCounter:
 
         return self.digests.count(hashlib.sha256(bytes(model_bytes)).hexdigest())
 
+    def clear(self):
+        """Count from here on (after a chain's set-up steps)."""
+        self.digests.clear()
+
     def __repr__(self):
         return f"ParseCounter(total={self.total}, digests={[d[:8] for d in self.digests]})"
 
