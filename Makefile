@@ -11,7 +11,7 @@ MODEL  ?= models:/digits-tflite/1
 PORT   ?= 5001
 UI_PORT ?= 5000
 
-.PHONY: install demo serve ui test test-jax bench docs clean java browser postgres
+.PHONY: install demo serve ui test test-jax test-torch bench docs clean java browser postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ test: $(STAMP) java browser postgres
 # built under TensorFlow, reloaded and rebuilt under KERAS_BACKEND=jax in a worker process.
 test-jax: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/converter/test_backends.py
+
+# The same on the PyTorch backend. Installs the CPU build of torch (pinned; pip takes it from
+# the local wheel where one is provided, a plain `torch` would pull a CUDA build of several GB).
+# Not part of `make test`: the install costs more than CI's budget allows for it.
+TORCH ?= torch==2.13.0
+test-torch: $(STAMP)
+	$(BIN)/python -m pip install -q $(TORCH) --extra-index-url https://download.pytorch.org/whl/cpu
+	TFLITE_KERAS_TEST_BACKEND=torch $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/converter/test_backends.py
 
 # The Spark tests need a JVM: install one with apt-get when `java` is absent and we are root
 # (otherwise they are skipped with a message).
