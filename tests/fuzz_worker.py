@@ -14,7 +14,7 @@ Three parts, used by ``tests/test_fuzz.py`` and ``benchmarks/fuzz_loader.py``:
   parses the valid file.
 * **Worker** (``python tests/fuzz_worker.py MUTANT_DIR OUT.jsonl``): feeds each mutant to
   ``TFLiteModel(bytes)``, ``flavor.save_model``, ``flavor.load_model`` of a saved model whose
-  ``model.tflite`` was replaced, the pyfunc (load + predict), the CLI ``inspect`` and
+  ``model.tflite`` was replaced (and its parsed ``model``), the pyfunc (load + predict), the CLI ``inspect`` and
   ``converter.to_keras``, and writes one JSON line per mutant (plus a ``start`` line before
   it, so the driver knows which mutant a crash belongs to).
 * **Driver** (:func:`run_campaign`): runs the worker in a subprocess with a per-mutant
@@ -556,7 +556,11 @@ class Worker:
     def _load(self, path, data, base):
         from mlflow_tflite_keras import flavor
 
-        flavor.load_model(str(self._install(data, base)))
+        # Loading reads only the signature tensors (the file was validated when saved); a
+        # replaced file is refused when the parsed model is first asked for.
+        loaded = flavor.load_model(str(self._install(data, base)))
+        loaded.signature_keys
+        loaded.model
 
     def _pyfunc(self, path, data, base):
         import mlflow

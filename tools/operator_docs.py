@@ -12,7 +12,11 @@ import ast
 import sys
 from pathlib import Path
 
-from mlflow_tflite_keras.converter.registry import load_handlers, unsupported_reason
+from mlflow_tflite_keras.converter.registry import (
+    load_handlers,
+    schema_builtin_operators,
+    unsupported_reason,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,13 +40,6 @@ def tests_by_operator(tests_dir: Path) -> dict[str, list[str]]:
             for op in names & literals:
                 found.setdefault(op, []).append(f"{path.relative_to(REPO)}::{node.name}")
     return found
-
-
-def schema_builtin_operators() -> list[str]:
-    """Every builtin operator of the official schema (``ai_edge_litert``), sorted."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    return sorted(k for k in vars(schema.BuiltinOperator) if not k.startswith("_"))
 
 
 def operators_markdown(tests_dir: Path | None = None) -> str:

@@ -52,6 +52,13 @@ NOT_CONVERTIBLE: dict[str, str] = {
 }
 
 
+def schema_builtin_operators() -> list[str]:
+    """Every builtin operator of the official schema (``ai_edge_litert``), sorted."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return sorted(k for k in vars(schema.BuiltinOperator) if not k.startswith("_"))
+
+
 def unsupported_reason(op_type: str) -> str | None:
     """Why a builtin operator has no handler, when it has no Keras meaning."""
     return NOT_CONVERTIBLE.get(op_type)

@@ -7,9 +7,12 @@ import pytest
 
 from converter.handmade import FlatModel
 from mlflow_tflite_keras.converter import UnsupportedOperatorsError, convert, to_keras
-from mlflow_tflite_keras.converter.docs import schema_builtin_operators
 from mlflow_tflite_keras.converter.parity import check_parity
-from mlflow_tflite_keras.converter.registry import NOT_CONVERTIBLE, load_handlers
+from mlflow_tflite_keras.converter.registry import (
+    NOT_CONVERTIBLE,
+    load_handlers,
+    schema_builtin_operators,
+)
 
 
 def lsh_model():
