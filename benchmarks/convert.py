@@ -196,6 +196,15 @@ def inference(data: bytes, repeats: int) -> list[tuple]:
 
 # ---- report ---------------------------------------------------------------------------------
 
+def run_children(data: bytes, *kinds) -> list[dict]:
+    """:func:`run_child` of each kind on ``data`` written to a temporary file."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        return [run_child(kind, path) for kind in kinds]
+
+
 def large_memory():
     """Peak RSS of ``to_keras`` on large models, in float32 weight bytes (the Keras model's
     variables): above a TensorFlow + Keras baseline (target <= 2x on float32), above the
@@ -206,13 +215,7 @@ def large_memory():
           f"{'/imports':>9} {'/warm':>7} {'kept':>6}")
     for recipe in ("float32", "float16"):
         data = app("ResNet50", recipe)
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "model.tflite")
-            with open(path, "wb") as f:
-                f.write(data)
-            base_tf = run_child("baseline-tf", path)
-            base = run_child("baseline", path)
-            warm = run_child("warm", path)
+        base_tf, base, warm = run_children(data, "baseline-tf", "baseline", "warm")
         weights = warm["weight_bytes"]
         peak = warm["convert_peak"]
         print(f"{'ResNet50 64x64 ' + recipe:<24} {len(data) / 2 ** 20:>8.1f} "
@@ -244,14 +247,7 @@ def main():
     data = mobilenet_v2("float32")
     size = len(data)
     mb = 2 ** 20
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "mobilenet_v2.tflite")
-        with open(path, "wb") as f:
-            f.write(data)
-        base_tf = run_child("baseline-tf", path)
-        base = run_child("baseline", path)
-        conv = run_child("convert", path)
-        warm = run_child("warm", path)
+    base_tf, base, conv, warm = run_children(data, "baseline-tf", "baseline", "convert", "warm")
     rows = inference(data, args.repeats)
 
     def status(ok):
