@@ -245,6 +245,10 @@ def _perturb_exported_weights(monkeypatch):
         builder = flatbuffers.Builder(len(data) + 1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         perturbed = bytes(builder.Output())
+        if report is not None:  # the parsed model the export hands on is the perturbed one
+            from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+            report.new_model = TFLiteModel(perturbed)
         return (perturbed, report) if kwargs.get("return_report") else perturbed
 
     monkeypatch.setattr(export, "export_tflite", export_then_perturb)
