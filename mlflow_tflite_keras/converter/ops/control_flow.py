@@ -205,9 +205,21 @@ def _static_trip_count(cond_g, body_g, cond_model, body_model, values, loop, sha
             if not bool(np.asarray(going).reshape(-1)[0]):
                 return count
             xs = [ops.cast(o, x.dtype) for o, x in zip(_call_model(body_model, xs), xs)]
-    except Exception:  # noqa: BLE001 - not evaluable here: the loop stays a while_loop
+    except _evaluation_errors():  # not evaluable at build time: the loop stays a while_loop
         return None
     return None
+
+
+def _evaluation_errors() -> tuple:
+    """What running a loop's ops on sample values may raise when they cannot be evaluated
+    there (shape or dtype mismatches, the backend's own op errors), and nothing else: a
+    programming error must surface, not turn into a silent fallback."""
+    errors = (ValueError, TypeError, ArithmeticError, IndexError, RuntimeError)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # the backend in use: already imported
+
+        errors += (tf.errors.OpError,)
+    return errors
 
 
 def _dtype_of(value):
