@@ -55,8 +55,10 @@ def sample(shape, kind, rng, batch=3):
     raise ValueError(kind)
 
 
-def op_tflite(name: str, fn, inputs, recipe: str = "float32", rep_seed: int = 0) -> bytes:
-    """Convert ``fn`` (a function of tf tensors) to .tflite with the given recipe, cached."""
+def op_tflite(name: str, fn, inputs, recipe: str = "float32", rep_seed: int = 0,
+              custom_ops: bool = False) -> bytes:
+    """Convert ``fn`` (a function of tf tensors) to .tflite with the given recipe, cached;
+    ``custom_ops``: TF ops TFLite ships as custom operators (AudioSpectrogram, Mfcc) allowed."""
 
     def build():
         import tensorflow as tf
@@ -66,6 +68,7 @@ def op_tflite(name: str, fn, inputs, recipe: str = "float32", rep_seed: int = 0)
         func = tf.function(fn, input_signature=specs, autograph=False)
         concrete = func.get_concrete_function()
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], func)
+        converter.allow_custom_ops = custom_ops
         if recipe != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if recipe == "float16":
@@ -91,11 +94,11 @@ def op_tflite(name: str, fn, inputs, recipe: str = "float32", rep_seed: int = 0)
         source = repr(fn)
     key = [source, recipe, [(s, k if not isinstance(k, np.ndarray) else k.tobytes().hex())
                             for s, k in inputs]]
-    return cached(f"op-{name}-{recipe}", build, *key)
+    return cached(f"op-{name}-{recipe}", build, *key, *(["custom"] if custom_ops else []))
 
 
 def check_op(op_type: str, fn, inputs, *, recipe: str = "float32", seed: int = 0,
-             expect_ops=None, roundtrip: bool = True, **tolerances):
+             expect_ops=None, roundtrip: bool = True, custom_ops: bool = False, **tolerances):
     """Build a single-op model, check it contains ``op_type``, convert it and check parity
     (and, by default, the ``.keras`` round trip with ``safe_mode=True``).
 
@@ -103,7 +106,7 @@ def check_op(op_type: str, fn, inputs, *, recipe: str = "float32", seed: int = 0
     """
     from mlflow_tflite_keras.tflite_model import TFLiteModel
 
-    data = op_tflite(op_type.lower(), fn, inputs, recipe)
+    data = op_tflite(op_type.lower(), fn, inputs, recipe, custom_ops=custom_ops)
     runner_inputs = _feeds(TFLiteModel(data), inputs, np.random.default_rng(seed))
     return _check(data, expect_ops or [op_type], [runner_inputs], roundtrip, tolerances)
 

@@ -128,3 +128,71 @@ def keyword_spotter() -> bytes:
         return converter.convert()
 
     return cached("real-keyword-spotter", build, keyword_spotter_fn)
+
+
+# ---- a speech-commands keyword spotter: waveform -> AudioSpectrogram -> Mfcc -> CNN ------------
+
+SPEECH_RATE, SPEECH_SAMPLES, SPEECH_CLASSES = 8000, 4000, 4
+SPEECH_FRONT_END = dict(window_size=240, stride=120, magnitude_squared=True)
+SPEECH_MFCC = dict(lower_frequency_limit=20.0, upper_frequency_limit=3800.0,
+                   filterbank_channel_count=32, dct_coefficient_count=12)
+
+
+def tones(n: int, seed: int = 0):
+    """``(audio [n, samples, 1], labels)``: a tone of one of four pitch ranges per clip with a
+    random phase, level and onset, over noise (the speech-commands input layout, 8 kHz)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, SPEECH_CLASSES, n)
+    t = np.arange(SPEECH_SAMPLES) / SPEECH_RATE
+    audio = rng.normal(0, 0.05, (n, SPEECH_SAMPLES))
+    for i, label in enumerate(labels):
+        freq = 250.0 * 2 ** (label + rng.uniform(0, 0.5))
+        onset = rng.integers(0, SPEECH_SAMPLES // 2)
+        audio[i, onset:] += rng.uniform(0.2, 1) * np.sin(2 * np.pi * freq * t[onset:]
+                                                         + rng.uniform(0, 2 * np.pi))
+    return audio[..., None].astype(np.float32), labels
+
+
+def speech_commands() -> bytes:
+    """The layout of TensorFlow's speech-commands models: one clip ``[samples, 1]`` (no batch
+    axis), the front end as TFLite's AudioSpectrogram and Mfcc custom operators, a small CNN
+    trained on `tones` (the front end has no weights; the classifier is trained on its
+    features), softmax scores ``[1, 4]``."""
+
+    def build():
+        import keras
+        import tensorflow as tf
+
+        def features(clip):
+            spectrogram = tf.raw_ops.AudioSpectrogram(input=clip, **SPEECH_FRONT_END)
+            return tf.raw_ops.Mfcc(spectrogram=spectrogram, sample_rate=SPEECH_RATE,
+                                   **SPEECH_MFCC)[..., None]  # [1, frames, coefficients, 1]
+
+        audio, labels = tones(160, seed=1)
+        x = np.concatenate([features(tf.constant(a)).numpy() for a in audio])
+        keras.utils.set_random_seed(5)
+        classifier = keras.Sequential([
+            keras.Input(x.shape[1:]),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(SPEECH_CLASSES, activation="softmax")])
+        classifier.compile("adam", "sparse_categorical_crossentropy")
+        classifier.fit(x, labels, epochs=30, batch_size=16, verbose=0)
+
+        @tf.function(input_signature=[tf.TensorSpec([SPEECH_SAMPLES, 1], tf.float32,
+                                                    name="audio")])
+        def spot(audio):
+            return {"scores": classifier(features(audio))}
+
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
+
+        # the classifier's weights as constants, as a frozen graph has them
+        frozen = convert_variables_to_constants_v2(spot.get_concrete_function())
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
+        converter.allow_custom_ops = True  # AudioSpectrogram and Mfcc: LiteRT's own kernels
+        return converter.convert()
+
+    return cached("real-speech-commands", build, SPEECH_FRONT_END, SPEECH_MFCC, tones)

@@ -60,8 +60,8 @@ def struct_options(op, names: tuple[str, ...]) -> dict[str, int]:
     return dict(zip(names, struct.unpack_from(f"<{len(names)}i", raw)))
 
 
-def flex_options(op) -> dict:
-    """Custom options stored as a flexbuffer map."""
+def flex_options(op, required: tuple[str, ...] = ()) -> dict:
+    """Custom options stored as a flexbuffer map, holding at least the keys ``required``."""
     from flatbuffers import flexbuffers
 
     try:
@@ -71,6 +71,9 @@ def flex_options(op) -> dict:
             from None
     if not isinstance(options, dict):
         raise ConversionError(f"{op.type}: custom options are not a flexbuffer map.")
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ConversionError(f"{op.type}: custom options lack {', '.join(missing)}.")
     return options
 
 
@@ -169,12 +172,9 @@ def max_unpooling_2d(op, ctx):
 
 @register_custom("TFLite_Detection_PostProcess", layer="DetectionPostProcess (not trainable)")
 def detection_postprocess(op, ctx):
-    options = flex_options(op)
-    required = ("max_detections", "max_classes_per_detection", "nms_score_threshold",
-                "nms_iou_threshold", "num_classes", "y_scale", "x_scale", "h_scale", "w_scale")
-    missing = [k for k in required if k not in options]
-    if missing:
-        raise ConversionError(f"{op.type}: custom options lack {', '.join(missing)}.")
+    options = flex_options(op, ("max_detections", "max_classes_per_detection",
+                                "nms_score_threshold", "nms_iou_threshold", "num_classes",
+                                "y_scale", "x_scale", "h_scale", "w_scale"))
     encodings, class_scores = ctx.inputs(op)[:2]
     anchors = np.asarray(ctx.const(op.input(2), "the anchors"), np.float32)
     if anchors.ndim != 2 or anchors.shape[1] != 4:
