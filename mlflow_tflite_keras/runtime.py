@@ -551,13 +551,24 @@ class _Session:
             return False
         try:
             self._resize(sg, spec, arrays)
-            return True
+            if self._batch_reaches_outputs(sg, spec, arrays[0].shape[0]):
+                return True
         except (ValueError, RuntimeError):
-            # The interpreter may be half-resized: force every input to be set again.
-            self.refuses.add(key)
-            for s in spec.inputs:
-                self.shapes[(sg, s.index)] = None
-            return False
+            pass
+        # The interpreter may be half-resized: force every input to be set again.
+        self.refuses.add(key)
+        self.ready.pop(sg, None)
+        for s in spec.inputs:
+            self.shapes[(sg, s.index)] = None
+        return False
+
+    def _batch_reaches_outputs(self, sg, spec, rows: int) -> bool:
+        """Whether every output that the file says follows the batch got ``rows`` rows on
+        allocation. A kernel whose Prepare keeps its stored output shape (LiteRT's
+        ``aeq.hadamard_rotation`` does) would otherwise write a whole batch into a one-row
+        buffer at Invoke: heap corruption, not an error. Such a model runs row by row."""
+        return all(self.wrapper.TensorSize(o.index, sg)[0] == rows for o in spec.outputs
+                   if o.shape_signature and o.shape_signature[0] == -1)
 
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
         wrapper = self.wrapper

@@ -537,3 +537,31 @@ class Landmarks2TransformMatrixV1(keras.layers.Layer):
                 "landmarks_range": self.landmarks_range,
                 "bbox_size_multiplier": self.bbox_size_multiplier,
                 "input_hw": list(self.input_hw), "output_hw": list(self.output_hw)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HadamardRotation(keras.layers.Layer):
+    """ai-edge-quantizer's ``aeq.hadamard_rotation`` (LiteRT ``kernels/hadamard_rotation.cc``):
+    the last axis, in blocks of ``hadamard_size`` (a power of two), multiplied by the
+    Sylvester-ordered Walsh-Hadamard matrix scaled by ``1 / sqrt(hadamard_size)``. The
+    quantizer rotated the consuming weights to match; the kernel does not apply the random
+    sign vector it stores, so neither does this."""
+
+    def __init__(self, hadamard_size, **kwargs):
+        super().__init__(**kwargs)
+        self.hadamard_size = int(hadamard_size)
+        hadamard = np.ones((1, 1))
+        while hadamard.shape[0] < self.hadamard_size:
+            hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+        self.matrix = (hadamard / np.sqrt(self.hadamard_size)).astype("float32")
+
+    def call(self, x):
+        shape = ops.shape(x)
+        blocks = ops.reshape(x, (-1, self.hadamard_size))
+        return ops.reshape(ops.matmul(blocks, self.matrix), shape)
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "hadamard_size": self.hadamard_size}
