@@ -187,24 +187,29 @@ class RuntimeModel:
     def has_variable_tensors(self) -> bool:
         return self._scan[1]
 
+    @property
+    def has_custom_ops(self) -> bool:
+        return self._scan[3]
+
     def check_litert_support(self):
         if self._full is not None or self._scan[2]:
             self._use_full().check_litert_support()
 
     @cached_property
-    def _scan(self) -> tuple[bool, bool, bool]:
-        """(stateful, has variable tensors, maybe unsupported by LiteRT) in one pass over the
-        tensors and operators; a suspicion is confirmed by the full model."""
+    def _scan(self) -> tuple[bool, bool, bool, bool]:
+        """(stateful, has variable tensors, maybe unsupported by LiteRT, has custom ops) in one
+        pass over the tensors and operators; a suspicion is confirmed by the full model."""
         if self._full is not None:
             full = self._full
-            return full.is_stateful, full.has_variable_tensors, bool(full.litert_unsupported)
+            return (full.is_stateful, full.has_variable_tensors, bool(full.litert_unsupported),
+                    full.has_custom_ops)
         try:
             return self._scan_flatbuffer()
         except Exception:
             self._use_full()
             return self._scan
 
-    def _scan_flatbuffer(self) -> tuple[bool, bool, bool]:
+    def _scan_flatbuffer(self) -> tuple[bool, bool, bool, bool]:
         schema, root = _tm.schema, self._root
         codes = []
         for i in range(root.OperatorCodesLength()):
@@ -224,7 +229,7 @@ class RuntimeModel:
                 # looks at; the full model decides.
                 suspicious = suspicious or tensor.Type() == int2 or (
                     q is not None and q.DetailsType() != schema.QuantizationDetails.NONE)
-        return stateful, bool(variable), suspicious
+        return stateful, bool(variable), suspicious, "CUSTOM" in codes
 
 
 class _LazySubgraphs:
@@ -335,7 +340,19 @@ class TFLiteRunner:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT cannot load this model: {e}") from None
-        return _Session(interpreter)
+        return _Session(interpreter, self._reference_interpreter if self.model.has_custom_ops
+                        else None)
+
+    def _reference_interpreter(self):
+        """The model on LiteRT's own kernels, no delegate: allocating it prepares every op, so
+        the shapes it gives are the ones each kernel will write."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        path = getattr(self.model, "model_path", None)
+        source = {"model_path": path} if path and os.path.exists(path) else \
+            {"model_content": self.model.model_bytes}
+        return Interpreter(**source, experimental_op_resolver_type=(
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
 
     # ---- public ---------------------------------------------------------------------------
 
@@ -511,10 +528,15 @@ class TFLiteRunner:
 
 
 class _Session:
-    """One interpreter plus the input shapes it is currently allocated for."""
+    """One interpreter plus the input shapes it is currently allocated for.
 
-    def __init__(self, interpreter):
+    ``reference``: for models with custom kernels, a function making the model's interpreter
+    without delegates, where a new batch size is first tried out (see ``can_resize``)."""
+
+    def __init__(self, interpreter, reference=None):
         self.interpreter = interpreter
+        self.reference = reference
+        self._probe = None
         # The SignatureRunner's own calls, without its per-call dict building and re-allocation.
         self.wrapper = interpreter._interpreter
         self.shapes: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -550,8 +572,8 @@ class _Session:
         if key in self.refuses:
             return False
         try:
-            self._resize(sg, spec, arrays)
-            if self._batch_reaches_outputs(sg, spec, arrays[0].shape[0]):
+            if self.reference is None or self._batch_reaches_outputs(sg, spec, arrays):
+                self._resize(sg, spec, arrays)
                 return True
         except (ValueError, RuntimeError):
             pass
@@ -562,13 +584,29 @@ class _Session:
             self.shapes[(sg, s.index)] = None
         return False
 
-    def _batch_reaches_outputs(self, sg, spec, rows: int) -> bool:
-        """Whether every output that the file says follows the batch got ``rows`` rows on
-        allocation. A kernel whose Prepare keeps its stored output shape (LiteRT's
-        ``aeq.hadamard_rotation`` does) would otherwise write a whole batch into a one-row
-        buffer at Invoke: heap corruption, not an error. Such a model runs row by row."""
-        return all(self.wrapper.TensorSize(o.index, sg)[0] == rows for o in spec.outputs
-                   if o.shape_signature and o.shape_signature[0] == -1)
+    def _batch_reaches_outputs(self, sg, spec, arrays) -> bool:
+        """Whether every output that the file says follows the batch gets the batch's rows
+        when the model is allocated for ``arrays`` on its own kernels. A custom kernel whose
+        Prepare keeps its stored output shape (LiteRT's ``aeq.hadamard_rotation`` does) would
+        write a whole batch into a one-row buffer at Invoke: heap corruption, not an error.
+        Such a model runs row by row. (The delegated interpreter itself cannot tell: XNNPACK
+        sets its output shapes at Invoke.)"""
+        if self._probe is None:
+            self._probe = self.reference()
+        probe = self._probe._interpreter
+        for s, a in zip(spec.inputs, arrays):
+            probe.ResizeInputTensor(s.index, np.array(a.shape, dtype=np.int32), False, sg)
+        probe.AllocateTensors(sg)
+        for o in spec.outputs:
+            if not o.shape_signature or o.shape_signature[0] != -1:
+                continue
+            try:
+                probe.GetTensor(o.index, sg)  # raises while unallocated (behind a dynamic op)
+            except ValueError:
+                continue
+            if probe.TensorSize(o.index, sg)[0] != arrays[0].shape[0]:
+                return False
+        return True
 
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
         wrapper = self.wrapper

@@ -574,6 +574,10 @@ class TFLiteModel:
     def custom_ops(self) -> list[str]:
         return sorted({code for name, code, _ in self.opcodes if name == "CUSTOM" and code})
 
+    @property
+    def has_custom_ops(self) -> bool:
+        return bool(self.custom_ops)
+
     @cached_property
     def is_stateful(self) -> bool:
         """Resource variables: state carried from one invoke to the next (streaming models).

@@ -323,6 +323,67 @@ def detection_model(num_anchors=24, num_classes=3, background=True, seed=0, **op
     return b.finish()
 
 
+def _quantization(scale, zero_point):
+    from ai_edge_litert import schema_py_generated as schema
+
+    q = schema.QuantizationParametersT()
+    q.scale, q.zeroPoint = [float(scale)], [int(zero_point)]
+    return q
+
+
+def quantized_detection_model(num_anchors=24, num_classes=3, seed=0, uint8_inputs=False):
+    """The end of a uint8 detector (SSD MobileNet's ``detect.tflite`` layout): box encodings
+    and class scores as uint8 tensors (model inputs, or QUANTIZE of float inputs as the last
+    layers' outputs), anchors a uint8 constant, float outputs."""
+    rng = np.random.default_rng(seed)
+    opts = dict(max_detections=6, max_classes_per_detection=1, detections_per_class=4,
+                use_regular_nms=False, nms_score_threshold=0.3, nms_iou_threshold=0.45,
+                num_classes=num_classes, y_scale=10.0, x_scale=10.0, h_scale=5.0, w_scale=5.0)
+    centers = rng.uniform(0.3, 0.7, size=(num_anchors // 4, 2)).repeat(4, axis=0)
+    anchors = np.concatenate([centers, rng.uniform(0.15, 0.35, (num_anchors, 2))], axis=1)
+    anchor_scale = anchors.max() / 255
+    b = FlatModel()
+    shapes = [(1, num_anchors, 4), (1, num_anchors, num_classes + 1)]
+    params = [(0.02, 128), (1 / 255, 0)]
+    quantized = []
+    for shape, (scale, zero_point) in zip(shapes, params):
+        t = b.input(shape, np.uint8) if uint8_inputs else b.intermediate(shape, np.uint8)
+        b.tensors[t].quantization = _quantization(scale, zero_point)
+        if not uint8_inputs:
+            b.op("QUANTIZE", [b.input(shape)], [t])
+        quantized.append(t)
+    a = b.const(np.clip(np.round(anchors / anchor_scale), 0, 255).astype(np.uint8),
+                quantization=_quantization(anchor_scale, 0))
+    rows = opts["max_detections"]
+    outs = [b.output((1, rows, 4)), b.output((1, rows)), b.output((1, rows)), b.output((1,))]
+    b.custom_op("TFLite_Detection_PostProcess", [*quantized, a], outs, flexbuffers.Dumps(opts))
+    return b.finish()
+
+
+def test_detection_postprocess_quantized_inputs():
+    """uint8 box encodings, scores and anchors, dequantized as the kernel does. Fed uint8 by
+    the model: float noise. Quantized inside the model: the float reconstruction passes its
+    tolerances; the emulated one is exact, and a 5% change of its anchors is rejected."""
+    rng = np.random.default_rng(7)
+    on_grid = {"input_0": ((rng.integers(90, 166, (1, 24, 4)) - 128) * 0.02).astype(np.float32),
+               "input_1": (rng.integers(0, 256, (1, 24, 4)) / 255).astype(np.float32)}
+    data = quantized_detection_model(uint8_inputs=True)
+    assert TFLiteModel(data).quantization_kind == "full-uint8"
+    report = check_parity(data, to_keras(data), on_grid, float_max_rel_error=1e-6)
+    assert report.passed, str(report)
+
+    data = quantized_detection_model()
+    feeds = detection_feeds(data, 7)
+    assert check_parity(data, to_keras(data), feeds).passed
+    emulated = to_keras(data, emulate_quantization=True)
+    report = check_parity(data, emulated, feeds)
+    assert report.passed and all(o.max_abs_error == 0 for o in report.outputs), str(report)
+    layer, = [layer for layer in emulated._flatten_layers()
+              if type(layer).__name__ == "DetectionPostProcess"]
+    layer.anchors.assign(layer.anchors.numpy() * 1.05)
+    assert not check_parity(data, emulated, feeds, compiled=False).passed
+
+
 def detection_feeds(data, seed):
     model = TFLiteModel(data)
     sg = model.subgraphs[0]
