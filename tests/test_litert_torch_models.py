@@ -102,12 +102,16 @@ def test_a_five_percent_kernel_change_fails_parity(name, converted):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_trainable_and_fit_compiled(name):
-    """The weights are trainable variables; one compiled ``fit`` step changes every kernel
-    (a fresh conversion: the step must not disturb the other tests' model)."""
+def test_trainable_fit_compiled_and_export_like_the_source(name):
+    """The weights are trainable variables; one compiled ``fit`` step changes every one of
+    them (a fresh conversion: the step must not disturb the other tests' model); the
+    fine-tuned model exports back to a ``.tflite`` with the source's interface that answers
+    like it."""
     import keras
 
+    from converter.op_harness import check_export
     from mlflow_tflite_keras.converter import to_keras
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
 
     data, shape = fixture(name)
     model = to_keras(data)
@@ -125,6 +129,9 @@ def test_trainable_and_fit_compiled(name):
     changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     unchanged = [w.path for w, c in zip(model.trainable_weights, changed) if not c]
     assert not unchanged, f"fit left these weights unchanged: {unchanged}"
+    exported = check_export(TFLiteModel(data), model, batches[1])
+    assert exported.subgraphs[0].inputs and tuple(
+        exported.subgraphs[0].tensors[exported.subgraphs[0].inputs[0]].shape) == shape
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -141,3 +148,24 @@ def test_keras_file_reloads_in_safe_mode(name, converted, tmp_path):
     report = check_parity(data, reloaded, x, compiled=False)
     assert report.passed, f"after .keras reload: {report}"
     np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(result.model(x)))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_weight_read_by_several_ops_is_one_variable(name, converted):
+    """One Dense layer per FULLY_CONNECTED weight tensor of the source: litert-torch unrolls
+    the LSTM over its 8 rows, and the 7 steps after the first read one recurrent kernel; one
+    layer called 7 times keeps it tied through training, as in the PyTorch model."""
+    import keras
+
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    data, _, result = converted(name)
+    graph = TFLiteModel(data).subgraphs[0]
+    readers = {}
+    for op in graph.operators:
+        if op.opcode == "FULLY_CONNECTED":
+            readers[op.inputs[1]] = readers.get(op.inputs[1], 0) + 1
+    dense = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Dense)]
+    assert sorted(len(layer._inbound_nodes) for layer in dense) == sorted(readers.values())
+    if name == "lstm":
+        assert sorted(readers.values()) == [1, 1, 7]

@@ -245,6 +245,24 @@ def test_fully_connected_quantized(recipe):
     assert report.quantization == KIND_OF_RECIPE.get(recipe, recipe)
 
 
+@pytest.mark.parametrize("recipe, n_dense", [("float32", 1), ("dynamic-range", 1),
+                                             ("full-int8", 2)])
+def test_fully_connected_ops_reading_one_weight_tensor_share_one_dense(recipe, n_dense):
+    """Two FULLY_CONNECTED ops reading one kernel and bias (as an RNN unrolled over time
+    steps reads its recurrent kernel): one Dense layer called twice, so training keeps the
+    weight tied. Full-int8 sources hold two int32 biases (each on its op's input scale): two
+    layers. Parity holds (op by op for the quantized recipes)."""
+    import keras
+
+    fn = lambda x: tf.matmul(tf.tanh(tf.matmul(x, w(4, 4)) + w(4, seed=1)),  # noqa: E731
+                             w(4, 4)) + w(4, seed=1)
+    model, _ = check_op("FULLY_CONNECTED", fn, [((None, 4), "float")], recipe=recipe)
+    dense = _layers(model, keras.layers.Dense)
+    calls = sorted(len(layer._inbound_nodes) for layer in dense)
+    assert calls == ([2] if n_dense == 1 else [1, 1]), [layer.name for layer in dense]
+    assert len(model.trainable_weights) == 2 * n_dense
+
+
 # ---- BATCH_MATMUL ------------------------------------------------------------------------
 
 BMM_CASES = {

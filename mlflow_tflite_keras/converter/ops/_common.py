@@ -118,6 +118,22 @@ def with_weights(layer, input_shape, weights):
     return layer
 
 
+def shared_layer(op, ctx, key, make):
+    """One Keras layer for every op that reads the same weight tensors: ``key`` names them
+    (tensor indices) and the layer's configuration; ``make()`` builds the layer on first use.
+    A weight the source shares (litert-torch unrolls an LSTM into one FULLY_CONNECTED per
+    time step, all reading one recurrent kernel) stays one variable, so training keeps it
+    tied. Emulated layers wrap their weights per op, so they are never shared."""
+    if ctx.emulate_quantization:
+        return make()
+    layer = ctx.shared_layers.get(key)
+    if layer is None:
+        layer = ctx.shared_layers[key] = make()
+    else:
+        ctx.layers_by_op.setdefault(op.index, []).append(layer.name)
+    return layer
+
+
 def padding(op):
     code = op.opt("padding", 0)
     if code not in PADDING:

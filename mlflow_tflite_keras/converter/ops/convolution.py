@@ -22,6 +22,7 @@ import numpy as np
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ops._common import (
     padding,
+    shared_layer,
     transpose_output_padding,
     with_weights,
 )
@@ -187,9 +188,15 @@ def fully_connected(op, ctx):
             y = ctx.op(op, "add_exact", y, bias, suffix="_bias")
         return [ctx.activation(op, y)]
     act = ctx.activation_name(op)
-    layer = keras.layers.Dense(weights.shape[0], use_bias=bias is not None,
-                               activation=act or None, name=ctx.name(op))
-    with_weights(layer, (None, k), [weights.T] + ([bias] if bias is not None else []))
+
+    def dense():
+        layer = keras.layers.Dense(weights.shape[0], use_bias=bias is not None,
+                                   activation=act or None, name=ctx.name(op))
+        return with_weights(layer, (None, k), [weights.T] + ([bias] if bias is not None else []))
+
+    bias_t = op.input(2)
+    layer = shared_layer(op, ctx, (op.type, op.input(1).index, bias_t and bias_t.index, act),
+                         dense)
     return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
 
 
