@@ -12,8 +12,10 @@ Three small classifiers of sklearn's digits (local data, nothing downloaded), tr
 epochs so that their outputs depend on the input: a CNN (convolution, batch norm, ReLU,
 pooling, linear), a transformer encoder block (multi-head self-attention, GELU MLP, layer
 norm) over the image's rows as tokens, and an LSTM over the rows. Each is exported at a fixed
-batch (as litert-torch exports by default); ``manifest.json`` records the versions and each
-model's input shape. The output is deterministic for one torch build.
+batch (as litert-torch exports by default), and again with int8 weights by ai-edge-quantizer's
+dynamic-range recipe (``dynamic_wi8_afp32``, the quantizer litert-torch installs);
+``manifest.json`` records the versions and each model's input shape. The output is
+deterministic for one torch build.
 """
 
 from __future__ import annotations
@@ -128,22 +130,39 @@ def export(name, out_dir):
             "litert_vs_torch_max_abs_diff": float(np.abs(got - expected).max())}
 
 
+def quantize(name, entry, out_dir):
+    """The exported model with int8 weights, float activations (hybrid kernels)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    source = out_dir / entry["file"]
+    path = out_dir / f"{name}-dynamic-int8.tflite"
+    qt = quantizer.Quantizer(str(source))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    qt.quantize().export_model(str(path), overwrite=True)
+    return {**{k: entry[k] for k in ("input_shape", "input_dtype", "train_accuracy")},
+            "file": path.name, "quantized_from": source.name,
+            "ai_edge_quantizer_recipe": "dynamic_wi8_afp32"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("models", nargs="*", default=list(MODELS))
     args = parser.parse_args()
     import litert_torch
+    from importlib.metadata import version
 
     torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest.update({"torch": torch.__version__, "litert_torch": litert_torch.__version__,
+                     "ai_edge_quantizer": version("ai-edge-quantizer"),
                      "exported_by": "tools/export_litert_torch_models.py"})
     models = manifest.setdefault("models", {})
     for name in args.models:
         models[name] = export(name, args.out)
+        models[f"{name}-dynamic-int8"] = quantize(name, models[name], args.out)
         print(name, models[name])
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
