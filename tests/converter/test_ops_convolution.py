@@ -263,6 +263,22 @@ def test_fully_connected_ops_reading_one_weight_tensor_share_one_dense(recipe, n
     assert len(model.trainable_weights) == 2 * n_dense
 
 
+def test_conv_2d_ops_reading_one_filter_share_one_layer():
+    """Two CONV_2D ops reading one filter and bias (a Keras layer called twice): one Conv2D
+    called twice, the weight tied through training; a third with other strides is its own."""
+    import keras
+
+    def fn(x):
+        def conv(v, stride):
+            return tf.nn.relu(tf.nn.conv2d(v, w(3, 3, 3, 3), stride, "SAME") + w(3, seed=1))
+        return conv(conv(conv(x, 1), 1), 2)
+
+    model, _ = check_op("CONV_2D", fn, [((None, 6, 6, 3), "float")])
+    convs = _layers(model, keras.layers.Conv2D)
+    assert sorted(len(layer._inbound_nodes) for layer in convs) == [1, 2], \
+        [layer.name for layer in convs]
+
+
 # ---- BATCH_MATMUL ------------------------------------------------------------------------
 
 BMM_CASES = {
