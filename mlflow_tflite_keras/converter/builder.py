@@ -44,6 +44,7 @@ class BuildContext:
         self.values: dict[int, object] = {}
         self.layer_names: Counter = Counter()
         self.layers_by_op: dict[int, list[str]] = {}
+        self.shared_layers: dict = {}  # weight tensors read by several ops -> their one layer
         self.notes: list[str] = []  # what could not be recovered, for the conversion report
         self._current_op: Op | None = None
         # Fake-quantize quantized tensors (converter/emulation.py); per subgraph: loop bodies
@@ -62,6 +63,7 @@ class BuildContext:
         scratch.values = dict(values)
         scratch.layer_names = self.layer_names.copy()
         scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
+        scratch.shared_layers = {}
         scratch.emulate_quantization = False
         return scratch
 

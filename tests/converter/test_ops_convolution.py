@@ -245,6 +245,40 @@ def test_fully_connected_quantized(recipe):
     assert report.quantization == KIND_OF_RECIPE.get(recipe, recipe)
 
 
+@pytest.mark.parametrize("recipe, n_dense", [("float32", 1), ("dynamic-range", 1),
+                                             ("full-int8", 2)])
+def test_fully_connected_ops_reading_one_weight_tensor_share_one_dense(recipe, n_dense):
+    """Two FULLY_CONNECTED ops reading one kernel and bias (as an RNN unrolled over time
+    steps reads its recurrent kernel): one Dense layer called twice, so training keeps the
+    weight tied. Full-int8 sources hold two int32 biases (each on its op's input scale): two
+    layers. Parity holds (op by op for the quantized recipes)."""
+    import keras
+
+    fn = lambda x: tf.matmul(tf.tanh(tf.matmul(x, w(4, 4)) + w(4, seed=1)),  # noqa: E731
+                             w(4, 4)) + w(4, seed=1)
+    model, _ = check_op("FULLY_CONNECTED", fn, [((None, 4), "float")], recipe=recipe)
+    dense = _layers(model, keras.layers.Dense)
+    calls = sorted(len(layer._inbound_nodes) for layer in dense)
+    assert calls == ([2] if n_dense == 1 else [1, 1]), [layer.name for layer in dense]
+    assert len(model.trainable_weights) == 2 * n_dense
+
+
+def test_conv_2d_ops_reading_one_filter_share_one_layer():
+    """Two CONV_2D ops reading one filter and bias (a Keras layer called twice): one Conv2D
+    called twice, the weight tied through training; a third with other strides is its own."""
+    import keras
+
+    def fn(x):
+        def conv(v, stride):
+            return tf.nn.relu(tf.nn.conv2d(v, w(3, 3, 3, 3), stride, "SAME") + w(3, seed=1))
+        return conv(conv(conv(x, 1), 1), 2)
+
+    model, _ = check_op("CONV_2D", fn, [((None, 6, 6, 3), "float")])
+    convs = _layers(model, keras.layers.Conv2D)
+    assert sorted(len(layer._inbound_nodes) for layer in convs) == [1, 2], \
+        [layer.name for layer in convs]
+
+
 # ---- BATCH_MATMUL ------------------------------------------------------------------------
 
 BMM_CASES = {

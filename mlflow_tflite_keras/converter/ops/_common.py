@@ -118,6 +118,25 @@ def with_weights(layer, input_shape, weights):
     return layer
 
 
+def shared_layer(op, ctx, make, *config):
+    """One Keras layer for every op of this type that reads the same constant tensors (its
+    weights) with the same ``config`` (the layer's other settings); ``make()`` builds it on
+    first use. A weight the source shares (litert-torch unrolls an LSTM into one
+    FULLY_CONNECTED per time step, all reading one recurrent kernel; a Keras layer called
+    twice) stays one variable, so training keeps it tied. Emulated layers wrap their weights
+    per op, so they are never shared."""
+    if ctx.emulate_quantization:
+        return make()
+    weights = tuple(t.index for t in op.inputs if t is not None and ctx.is_const(ctx.value(t)))
+    key = (op.type, weights, repr(config))
+    layer = ctx.shared_layers.get(key)
+    if layer is None:
+        layer = ctx.shared_layers[key] = make()
+    else:
+        ctx.layers_by_op.setdefault(op.index, []).append(layer.name)
+    return layer
+
+
 def padding(op):
     code = op.opt("padding", 0)
     if code not in PADDING:

@@ -22,6 +22,7 @@ import numpy as np
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.ops._common import (
     padding,
+    shared_layer,
     transpose_output_padding,
     with_weights,
 )
@@ -48,11 +49,16 @@ def _bias(ctx, op, i):
 def _kernel_layer(op, ctx, layer_cls, x, input_t, kernel, bias, **config):
     """``layer_cls(**config)`` holding ``kernel`` (Keras layout) and ``bias`` (or none), built
     for ``input_t``'s channels, applied to ``x``, with the op's fused activation (carried by
-    the layer when Keras names it)."""
+    the layer when Keras names it); one layer for the ops sharing these weights."""
     act = ctx.activation_name(op)
-    layer = layer_cls(use_bias=bias is not None, activation=act or None, name=ctx.name(op),
-                      **config)
-    with_weights(layer, build_shape(input_t), [kernel] + ([bias] if bias is not None else []))
+
+    def make():
+        layer = layer_cls(use_bias=bias is not None, activation=act or None,
+                          name=ctx.name(op), **config)
+        return with_weights(layer, build_shape(input_t),
+                            [kernel] + ([bias] if bias is not None else []))
+
+    layer = shared_layer(op, ctx, make, layer_cls.__name__, act, sorted(config.items()))
     return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
 
 
@@ -187,9 +193,13 @@ def fully_connected(op, ctx):
             y = ctx.op(op, "add_exact", y, bias, suffix="_bias")
         return [ctx.activation(op, y)]
     act = ctx.activation_name(op)
-    layer = keras.layers.Dense(weights.shape[0], use_bias=bias is not None,
-                               activation=act or None, name=ctx.name(op))
-    with_weights(layer, (None, k), [weights.T] + ([bias] if bias is not None else []))
+
+    def dense():
+        layer = keras.layers.Dense(weights.shape[0], use_bias=bias is not None,
+                                   activation=act or None, name=ctx.name(op))
+        return with_weights(layer, (None, k), [weights.T] + ([bias] if bias is not None else []))
+
+    layer = shared_layer(op, ctx, dense, act)
     return [finish(op, ctx, ctx.apply(layer, x), act is not False)]
 
 
