@@ -199,3 +199,51 @@ def quantized_tflite(name: str, float_tflite: bytes, kind: str) -> bytes:
         return bytes(result.quantized_model)
 
     return cached(f"{name}-{kind}", build, digest, kind, version("ai-edge-quantizer"))
+
+
+# ---- models for the quantization-emulation tests (tests/converter/test_emulation*.py) ---------
+
+TONE_CLASSES, TONE_SAMPLES = 4, 256
+
+
+def tones(n: int = 512, seed: int = 0):
+    """(x, y): ``n`` synthetic audio clips of ``TONE_SAMPLES`` samples ``[n, TONE_SAMPLES, 1]``
+    float32 in about [-1, 1], with labels: a low tone, a high tone, a rising and a falling
+    chirp, each at a random phase, amplitude and frequency jitter, plus white noise. Made
+    deterministically (nothing downloaded); a small CNN learns them in a few epochs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(TONE_SAMPLES, dtype=np.float64)
+    y = np.arange(n) % TONE_CLASSES
+    x = np.empty((n, TONE_SAMPLES), np.float64)
+    for i, label in enumerate(y):
+        jitter = rng.uniform(0.9, 1.1)
+        f0, f1 = {0: (0.03, 0.03), 1: (0.15, 0.15), 2: (0.02, 0.2), 3: (0.2, 0.02)}[int(label)]
+        # instantaneous frequency f0 -> f1 (cycles per sample), linearly over the clip
+        phase = 2 * np.pi * jitter * (f0 * t + (f1 - f0) * t ** 2 / (2 * TONE_SAMPLES))
+        x[i] = rng.uniform(0.3, 0.9) * np.sin(phase + rng.uniform(0, 2 * np.pi)) \
+            + rng.normal(0, 0.1, TONE_SAMPLES)
+    return x.astype(np.float32)[..., None], y.astype(np.int64)
+
+
+def make_audio_cnn():
+    """A keyword-spotter-shaped 1-D CNN on the :func:`tones` waveforms: a strided Conv1D front
+    end (a learned filter bank), two Conv1D blocks, pooling, a softmax head; trained 10
+    epochs (its outputs depend on its input). Every weight but the front end's has >= 1024
+    elements, so the dynamic-range recipe quantizes it (hybrid kernels)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((TONE_SAMPLES, 1)),
+        keras.layers.Conv1D(16, 16, strides=4, padding="same", activation="relu"),
+        keras.layers.Conv1D(32, 5, strides=2, padding="same", activation="relu"),
+        keras.layers.MaxPooling1D(2),
+        keras.layers.Conv1D(32, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(TONE_CLASSES, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = tones()
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0, shuffle=False)
+    return model

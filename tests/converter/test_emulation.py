@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from converter.op_harness import perturbed
-from model_factory import digits, keras_model_tflite
+from model_factory import digits, keras_model_tflite, make_audio_cnn, tones
 from mlflow_tflite_keras.converter import convert
 from mlflow_tflite_keras.converter.parity import check_parity
 from mlflow_tflite_keras.converter.layers.quantization import (
@@ -40,8 +40,11 @@ def _digits_cnn():
     return model
 
 
-def _representative():
-    return digits()[0][:64]
+# test model -> (builder, representative rows, held-out inputs)
+MODELS = {
+    "digits-cnn": (_digits_cnn, lambda: digits()[0][:64], lambda n: digits()[0][-n:]),
+    "audio-cnn": (make_audio_cnn, lambda: tones()[0][:64], lambda n: tones(n, seed=1)[0]),
+}
 
 
 # variant -> (recipe, extra conversion arguments)
@@ -54,15 +57,16 @@ VARIANTS = {
 }
 
 
-def _source(variant):
+def _source(variant, model="digits-cnn"):
     recipe, kwargs = VARIANTS[variant]
-    rep = _representative if recipe in ("full-int8", "int16x8") else None
-    return keras_model_tflite("digits-cnn-emulation", _digits_cnn, recipe, representative=rep,
+    make, representative, _ = MODELS[model]
+    rep = representative if recipe in ("full-int8", "int16x8") else None
+    return keras_model_tflite(f"{model}-emulation", make, recipe, representative=rep,
                               **kwargs)
 
 
-def _inputs(n=64):
-    return digits()[0][-n:]  # held out from the representative rows
+def _inputs(n=64, model="digits-cnn"):
+    return MODELS[model][2](n)  # held out from the representative rows
 
 
 # int16x8 kernels requantize with a 15-bit multiplier and use lookup tables for softmax, which
@@ -70,17 +74,18 @@ def _inputs(n=64):
 MAX_STEPS = {"int16x8": None}
 
 
+@pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_emulated_parity_is_strict(variant, tmp_path):
+def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     import keras
 
-    data = _source(variant)
+    data = _source(variant, model_name)
     result = convert(data, emulate_quantization=True)
     model = result.model
     assert is_emulated(model)
-    x = _inputs()
+    x = _inputs(64, model_name)
     report = check_parity(data, model, x)
-    print(f"\n{variant}: {report}")
+    print(f"\n{model_name} {variant}: {report}")
     assert report.passed, str(report)
     assert report.compiled.passed, str(report)
     for out in report.outputs:
