@@ -247,3 +247,78 @@ def make_audio_cnn():
     x, y = tones()
     model.fit(x, y, epochs=10, batch_size=32, verbose=0, shuffle=False)
     return model
+
+
+def make_digits_lstm():
+    """A small sequence classifier: each 8x8 digit read as 8 time steps of 8 features by a
+    ``keras.layers.LSTM(32)`` and a softmax head, trained 8 epochs, then rebuilt with a fixed
+    batch of 1 (TFLiteConverter lowers a Keras 3 LSTM, a WHILE loop, only with a static
+    batch). The recurrent kernel (32x128) and kernel (8x128) have >= 1024 values: the
+    dynamic-range recipe quantizes both (hybrid FULLY_CONNECTED in the loop body)."""
+    import keras
+
+    def build(batch_size=None):
+        keras.utils.set_random_seed(0)
+        rows = keras.Input((8, 8), batch_size=batch_size)
+        h = keras.layers.LSTM(32)(rows)
+        return keras.Model(rows, keras.layers.Dense(10, activation="softmax")(h))
+
+    model = build()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = digits()
+    model.fit(x[..., 0], y, epochs=8, batch_size=32, verbose=0, shuffle=False)
+    fixed = build(batch_size=1)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
+    """:func:`make_digits_lstm`'s trained weights in TensorFlow's fusable LSTM function (the
+    ``api_implements="lstm_..."`` contract of Keras 2's LSTM), so TFLiteConverter emits one
+    UNIDIRECTIONAL_SEQUENCE_LSTM (a Keras 3 LSTM becomes a WHILE loop, whose full-integer
+    calibration crashes TF 2.21's converter); under full-int8 that is TFLite's integer LSTM
+    kernel (int8 weights and activations, int32 gate biases, INT16 cell state). Fixed batch
+    of 1; cached. ``io_types``: ``inference_input_type`` / ``inference_output_type``."""
+
+    def build():
+        import uuid
+
+        import keras
+        import tensorflow as tf
+
+        from mlflow_tflite_keras.keras_export import convert_with_recipe
+
+        trained = make_digits_lstm()
+        lstm = next(layer for layer in trained.layers if isinstance(layer, keras.layers.LSTM))
+        kernel, recurrent, bias = (tf.constant(w) for w in lstm.get_weights())
+        dense_kernel, dense_bias = (tf.constant(w) for w in trained.layers[-1].get_weights())
+
+        def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+            h, c, outs = init_h, init_c, []
+            for x in tf.unstack(inputs, axis=1):
+                z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
+                z0, z1, z2, z3 = tf.split(z, 4, axis=1)
+                c = tf.sigmoid(z1) * c + tf.sigmoid(z0) * tf.tanh(z2)
+                h = tf.sigmoid(z3) * tf.tanh(c)
+                outs.append(h)
+            outputs = tf.stack(outs, axis=1)
+            return outputs[:, -1], outputs, h, c, tf.constant(1.0)
+
+        fused = tf.function(standard_lstm, autograph=False, experimental_attributes={
+            "api_implements": f"lstm_{uuid.uuid4()}", "time_major": False,
+            "go_backwards": False})
+        module = tf.Module()
+
+        @tf.function(input_signature=[tf.TensorSpec((1, 8, 8), tf.float32)])
+        def model(rows):
+            zeros = tf.zeros((1, 32))
+            h = fused(rows, zeros, zeros, kernel, recurrent, bias)[0]
+            return tf.nn.softmax(tf.matmul(h, dense_kernel) + dense_bias)
+
+        module.model = model
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [model.get_concrete_function()], module)
+        return convert_with_recipe(converter, recipe, digits()[0][:64, ..., 0], **io_types)
+
+    return cached(f"digits-fused-lstm-{recipe}", build, recipe, sorted(io_types.items()),
+                  inspect.getsource(make_digits_lstm))

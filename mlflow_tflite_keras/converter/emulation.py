@@ -137,8 +137,8 @@ def hybrid_inputs(ctx, op: Op):
     if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)):
         yield
         return
-    row_size, asymmetric = hybrid_scheme(op, value.shape)
-    layer = HybridInputQuant(row_size, asymmetric,
+    row_size, asymmetric, kernel = hybrid_scheme(op, value.shape)
+    layer = HybridInputQuant(row_size, asymmetric, kernel,
                              name=_unique(ctx, f"{_safe(op.outputs[0].name)}_hybrid_input"))
     ctx.values[x.index] = layer(value)
     try:
