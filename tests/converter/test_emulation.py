@@ -185,3 +185,40 @@ def test_cli_convert_has_emulate_quantization_flag():
 
     result = CliRunner().invoke(cli, ["convert", "--help"])
     assert result.exit_code == 0 and "--emulate-quantization" in result.output
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_dynamic_range_export_like_source(model_name):
+    """export_tflite(emulated, like=dynamic-range source): the fine-tuned int8 kernels go back
+    on the source's per-channel scales, its float biases / small kernels as float32; every
+    tensor's type and quantization parameters are the source's, and LiteRT computes what the
+    emulated Keras model computes (float noise)."""
+    import keras
+
+    from test_export import _quantization_differences
+    from mlflow_tflite_keras.export import export_tflite
+    from mlflow_tflite_keras.recipes import EMULATED_TOLERANCES
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    source = _source("dynamic-range", model_name)
+    model = convert(source, emulate_quantization=True).model
+    wrapped = [layer for layer in model._flatten_layers() if isinstance(layer, QuantizedWeights)]
+    assert any(layer.quantization for layer in wrapped)  # hybrid kernels
+    assert any(layer.float_weights for layer in wrapped)  # float biases
+    x = _inputs(64, model_name)
+    y = np.asarray(model.predict(x, verbose=0)).argmax(-1)  # its own answers, shifted below
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, (y + 1) % y.max(initial=1), epochs=1, batch_size=16, verbose=0)
+    exported = export_tflite(model, like=source)
+    assert _quantization_differences(source, exported) == []
+    a, b = TFLiteModel(source), TFLiteModel(exported)
+    changed = [t.name for sa, sb in zip(a.subgraphs, b.subgraphs)
+               for t, u in zip(sa.tensors, sb.tensors) if a.constant(t) is not None
+               and not np.array_equal(a.constant(t), b.constant(u))]
+    assert len(changed) == len(model.trainable_weights), changed
+    report = check_parity(exported, model, x, compiled=False)
+    print(f"\n{model_name} dynamic-range export vs emulated Keras: {report}")
+    assert report.passed and report.outputs[0].max_rel_error <= \
+        EMULATED_TOLERANCES["dynamic-range"]["max_rel_error"], str(report)
+    # the source is not what was trained: the fine-tuned model is judged off it
+    assert not check_parity(source, model, x, compiled=False).passed

@@ -162,10 +162,20 @@ class QuantizedWeights(keras.layers.Wrapper):
     "tensor", "perm"}}`` (the source constant it came from and the axis permutation that
     laid it out for Keras: ``export_tflite(like=source)`` writes it back). The variables stay
     the inner layer's (saved and trained as usual); the quantized values are fed to its call
-    through a :class:`keras.StatelessScope`."""
+    through a :class:`keras.StatelessScope`.
 
-    def __init__(self, layer, quantization, **kwargs):
+    ``float_weights``: ``[{"weight", "source"}]``, the layer's weights taken from float
+    constants of a quantized source (a dynamic-range model's biases, its kernels too small
+    to quantize): trained as they are, written back there by ``export_tflite(like=source)``."""
+
+    def __init__(self, layer, quantization, float_weights=(), **kwargs):
         super().__init__(layer, **kwargs)
+        self.float_weights = [
+            {"weight": int(f["weight"]),
+             "source": {"subgraph": int(f["source"]["subgraph"]),
+                        "tensor": int(f["source"]["tensor"]),
+                        "perm": [int(a) for a in f["source"]["perm"]]}}
+            for f in float_weights]
         self.quantization = [
             {"weight": int(q["weight"]), "scale": [float(s) for s in q["scale"]],
              "zero_point": [int(z) for z in q["zero_point"]], "qmin": int(q["qmin"]),
@@ -216,6 +226,8 @@ class QuantizedWeights(keras.layers.Wrapper):
         return result
 
     def call(self, inputs, *args, **kwargs):
+        if not self.quantization:
+            return self.layer(inputs, *args, **kwargs)
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
             return self.layer(inputs, *args, **kwargs)
 
@@ -223,7 +235,8 @@ class QuantizedWeights(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "quantization": self.quantization}
+        return {**super().get_config(), "quantization": self.quantization,
+                "float_weights": self.float_weights}
 
 
 EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights)
