@@ -332,9 +332,9 @@ def export_emulated(keras_model, source) -> bytes:
     """The source ``.tflite`` with the trained weights of ``keras_model`` (built from it with
     ``emulate_quantization=True``) written into its quantized constants, each on the source's
     own scheme (per-channel int8 kernels, int32 biases), and into its float constants (a
-    dynamic-range model's float biases and small kernels) as float32: every op, every activation scale and
-    zero point and the int8 / float interface stay the source's, so no calibration data is
-    needed, and LiteRT computes what the emulated Keras model computes.
+    dynamic-range model's float biases and small kernels) as float32: every op, every
+    activation scale and zero point and the int8 / float interface stay the source's, so no
+    calibration data is needed, and LiteRT computes what the emulated Keras model computes.
 
     Raises when a trainable weight has no source constant to go to (a layer added or
     replaced after conversion: export without emulation instead) or ``source`` is not the
@@ -417,7 +417,8 @@ def _float_constant(source, where: dict, weight) -> np.ndarray:
         if sg < len(source.subgraphs) and index < len(source.subgraphs[sg].tensors) else None
     laid_out = tuple(int(t.shape[a]) for a in perm) \
         if t is not None and len(perm) == len(t.shape) else None
-    if t is None or t.type_name != "FLOAT32" or laid_out is None or int(np.prod(laid_out)) != value.size:
+    if t is None or t.type_name != "FLOAT32" or laid_out is None or \
+            int(np.prod(laid_out)) != value.size:
         raise MlflowException(
             f"Weight '{weight.path}' was not built from this source (tensor "
             f"{'#' + str(index) if t is None else repr(t.name)} differs): export an emulated "

@@ -208,7 +208,7 @@ def test_dynamic_range_export_like_source(model_name):
     x = _inputs(64, model_name)
     y = np.asarray(model.predict(x, verbose=0)).argmax(-1)  # its own answers, shifted below
     model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
-    model.fit(x, (y + 1) % y.max(initial=1), epochs=1, batch_size=16, verbose=0)
+    model.fit(x, (y + 1) % y.max(initial=1), epochs=1, batch_size=16, verbose=0, shuffle=False)
     exported = export_tflite(model, like=source)
     assert _quantization_differences(source, exported) == []
     a, b = TFLiteModel(source), TFLiteModel(exported)

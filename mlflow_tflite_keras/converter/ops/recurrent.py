@@ -172,7 +172,8 @@ def _batch_major_shape(op):
 
 
 @register("UNIDIRECTIONAL_SEQUENCE_LSTM",
-          layer="keras.layers.LSTM (keras.layers.RNN(ClippedLSTMCell) when the clip can act)")
+          layer="keras.layers.LSTM (keras.layers.RNN(ClippedLSTMCell) when the clip can act; "
+                "RNN(IntegerLSTMCell) for an emulated integer LSTM)")
 def unidirectional_sequence_lstm(op, ctx):
     _check_input(op)
     kernel, recurrent, bias, h0, c0 = lstm_operands(op, ctx)
