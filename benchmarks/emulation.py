@@ -1,6 +1,7 @@
 """Cost of quantization emulation: ``to_keras(emulate_quantization=True)`` vs the float
-reconstruction of the same quantized ``.tflite`` (MobileNetV2 at 224x224, the cached test
-models, full-int8 and dynamic-range).
+reconstruction of the same quantized ``.tflite`` (MobileNetV2 at 224x224 and the audio CNN,
+full-int8 and dynamic-range; the dynamic-range digits LSTM, a WHILE loop: the cached test
+models).
 
 Each variant is called through ``tf.function(lambda x: model(x, training=False))`` at batch 1
 and 16 (median of ``--repeats`` timed calls after a warm-up); the parity of each against the
@@ -38,24 +39,39 @@ def main():
 
     import tensorflow as tf
     from converter.app_models import app_tflite, image_batch
+    from model_factory import (digits, keras_model_tflite, make_audio_cnn, make_digits_lstm,
+                               tones)
 
     from mlflow_tflite_keras.converter import convert
     from mlflow_tflite_keras.converter.parity import check_parity
 
-    for recipe in ("full-int8", "dynamic-range"):
-        data = app_tflite("MobileNetV2", recipe)
-        x4 = image_batch(4)
+    def audio(recipe):  # the cached models of tests/converter/test_emulation.py
+        rep = (lambda: tones()[0][:64]) if recipe == "full-int8" else None
+        return keras_model_tflite("audio-cnn-emulation", make_audio_cnn, recipe,
+                                  representative=rep)
+
+    # (name, the .tflite bytes, a batch of n inputs)
+    cases = [(f"MobileNetV2 {r}", lambda r=r: app_tflite("MobileNetV2", r), image_batch)
+             for r in ("full-int8", "dynamic-range")]
+    cases += [(f"audio CNN {r}", lambda r=r: audio(r), lambda n: tones(n, seed=1)[0])
+              for r in ("full-int8", "dynamic-range")]
+    cases.append(("digits LSTM (WHILE) dynamic-range",
+                  lambda: keras_model_tflite("digits-lstm-emulation", make_digits_lstm,
+                                             "dynamic-range"),
+                  lambda n: digits()[0][-n:, ..., 0]))
+    for name, source, batch in cases:
+        data = source()
         row = {}
         for emulate in (False, True):
             model = convert(data, emulate_quantization=emulate).model
-            report = check_parity(data, model, x4, compiled=False)
+            report = check_parity(data, model, batch(4), compiled=False)
             out = report.outputs[0]
             fn = tf.function(lambda x, m=model: m(x, training=False))
-            times = {n: _time(fn, image_batch(n), args.repeats) for n in (1, 16)}
+            times = {n: _time(fn, batch(n), args.repeats) for n in (1, 16)}
             row[emulate] = times
             figures = (f"steps={out.max_steps:.2f} exact={out.share_exact:.4f}"
                        if out.max_steps is not None else f"rel={out.max_rel_error:.3g}")
-            print(f"MobileNetV2 {recipe} {'emulated' if emulate else 'float   '}: "
+            print(f"{name} {'emulated' if emulate else 'float   '}: "
                   f"batch 1 {times[1] * 1e3:.1f} ms, batch 16 {times[16] * 1e3:.1f} ms; "
                   f"parity {'PASSED' if report.passed else 'FAILED'} {figures}")
         print(f"  emulated / float: batch 1 {row[True][1] / row[False][1]:.2f}x, "

@@ -331,9 +331,10 @@ def _is_emulated(keras_model) -> bool:
 def export_emulated(keras_model, source) -> bytes:
     """The source ``.tflite`` with the trained weights of ``keras_model`` (built from it with
     ``emulate_quantization=True``) written into its quantized constants, each on the source's
-    own scheme (per-channel int8 kernels, int32 biases): every op, every activation scale and
-    zero point and the int8 / float interface stay the source's, so no calibration data is
-    needed, and LiteRT computes what the emulated Keras model computes.
+    own scheme (per-channel int8 kernels, int32 biases), and into its float constants (a
+    dynamic-range model's float biases and small kernels) as float32: every op, every
+    activation scale and zero point and the int8 / float interface stay the source's, so no
+    calibration data is needed, and LiteRT computes what the emulated Keras model computes.
 
     Raises when a trainable weight has no source constant to go to (a layer added or
     replaced after conversion: export without emulation instead) or ``source`` is not the
@@ -350,6 +351,11 @@ def export_emulated(keras_model, source) -> bytes:
     for layer in keras_model._flatten_layers():
         if not isinstance(layer, QuantizedWeights):
             continue
+        for entry in layer.float_weights:  # float constants of a quantized source, as trained
+            weight = layer.layer.weights[entry["weight"]]
+            data = _float_constant(source, entry["source"], weight)
+            written[(entry["source"]["subgraph"], entry["source"]["tensor"])] = data
+            placed.add(id(weight))
         for entry, integers in layer.integer_weights():
             where = entry.get("source")
             weight = layer.layer.weights[entry["weight"]]
@@ -378,10 +384,8 @@ def export_emulated(keras_model, source) -> bytes:
     if missing:
         raise MlflowException(
             f"{len(missing)} trainable weights of the emulated model have no quantized constant "
-            f"of the source to go to (e.g. '{missing[0]}'): a layer was added or replaced, "
-            "or the source keeps float weights (dynamic-range models: written back only "
-            "from quantized constants so far). Export a reconstruction built without "
-            "emulation instead.", error_code=INVALID_PARAMETER_VALUE)
+            f"of the source to go to (nor a float one: e.g. '{missing[0]}'): a layer was "
+            "added or replaced. Export a reconstruction built without emulation instead.", error_code=INVALID_PARAMETER_VALUE)
     users: dict = {}
     for sg in model.subgraphs:
         for tensor in sg.tensors:
@@ -401,6 +405,25 @@ def export_emulated(keras_model, source) -> bytes:
     builder = flatbuffers.Builder(len(source.model_bytes) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
+
+
+def _float_constant(source, where: dict, weight) -> np.ndarray:
+    """``weight`` laid out as the float32 source constant ``where`` points to (the inverse
+    of the handler's layout ``perm``); refused when that constant is not a float32 one of
+    its size (``source`` is not the model it was built from)."""
+    value = np.asarray(weight.numpy(), np.float32)
+    sg, index, perm = where["subgraph"], where["tensor"], where["perm"]
+    t = source.subgraphs[sg].tensors[index] \
+        if sg < len(source.subgraphs) and index < len(source.subgraphs[sg].tensors) else None
+    laid_out = tuple(int(t.shape[a]) for a in perm) \
+        if t is not None and len(perm) == len(t.shape) else None
+    if t is None or t.type_name != "FLOAT32" or laid_out is None or \
+            int(np.prod(laid_out)) != value.size:
+        raise MlflowException(
+            f"Weight '{weight.path}' was not built from this source (tensor "
+            f"{'#' + str(index) if t is None else repr(t.name)} differs): export an emulated "
+            "model like the .tflite it was converted from.", error_code=INVALID_PARAMETER_VALUE)
+    return np.transpose(value.reshape(laid_out), np.argsort(perm))
 
 
 def _convert_saved_model(directory, recipe, representative_data, order, aliases, num_samples,

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 __all__ = ["BLOCK_SIZES", "CONVERTER_RECIPES", "DEFAULT_TOLERANCES", "FULL_INTEGER", "MIXED",
-           "EMULATED_TOLERANCES", "OP_BY_OP_TOLERANCES", "QUANTIZED_TYPES", "RECIPES", "WEIGHT_TYPES", "is_quantized",
-           "is_hybrid_kind", "kind_from", "normalize_recipe", "quantizer_config", "tolerance_family",
+           "EMULATED_COMPILED_MAX_STEPS", "EMULATED_TOLERANCES",
+           "OP_BY_OP_TOLERANCES", "QUANTIZED_TYPES", "RECIPES", "WEIGHT_TYPES", "is_quantized",
+           "is_hybrid_kind", "kind_from", "normalize_recipe", "quantizer_config",
+           "tolerance_family",
            "weight_scheme"]
 
 # ---- stored types ------------------------------------------------------------------------------
@@ -231,4 +233,14 @@ EMULATED_TOLERANCES = {
     **{name: {"max_steps": 1.0, "float_max_rel_error": 1e-4}
        for name in FULL_INTEGER if name != "int16x8"},
     "int16x8": {"max_rel_error": 1e-3},
+}
+# An emulated model rounds at every quantized tensor, so model.predict (a graph whose float
+# summation order differs from the eager call's) may land a tie on the other side: compiled
+# and eager calls of an emulated full-integer model agree within this many steps of each
+# quantized output (each is also judged against the interpreter by EMULATED_TOLERANCES). A
+# flip in a middle int16 tensor moves the finer int16 output by a few steps (measured 2 on
+# the audio CNN); an int8 one by at most 1. Hybrid kernels: the float models' limit.
+EMULATED_COMPILED_MAX_STEPS = {
+    **{name: 1.0 for name in FULL_INTEGER if name != "int16x8"},
+    "int16x8": 4.0,
 }

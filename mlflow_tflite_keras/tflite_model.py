@@ -678,7 +678,10 @@ class TFLiteModel:
             for op in sg.operators:
                 if op.opcode in ("QUANTIZE", "DEQUANTIZE", "DENSIFY"):
                     continue
-                activations = [sg.tensors[i] for i in op.inputs if i >= 0 and i not in weights]
+                # Variable tensors are state, not activations: an integer LSTM of a full-int8
+                # model keeps its cell state in INT16 (that does not make it int16x8).
+                activations = [sg.tensors[i] for i in op.inputs if i >= 0 and i not in weights
+                               and not sg.tensors[i].is_variable]
                 quantized = {t.type_name for t in activations if t.quantization is not None
                              and t.type_name in recipes.activation_types()}
                 activation_types |= quantized

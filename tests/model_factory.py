@@ -199,3 +199,126 @@ def quantized_tflite(name: str, float_tflite: bytes, kind: str) -> bytes:
         return bytes(result.quantized_model)
 
     return cached(f"{name}-{kind}", build, digest, kind, version("ai-edge-quantizer"))
+
+
+# ---- models for the quantization-emulation tests (tests/converter/test_emulation*.py) ---------
+
+TONE_CLASSES, TONE_SAMPLES = 4, 256
+
+
+def tones(n: int = 512, seed: int = 0):
+    """(x, y): ``n`` synthetic audio clips of ``TONE_SAMPLES`` samples ``[n, TONE_SAMPLES, 1]``
+    float32 in about [-1, 1], with labels: a low tone, a high tone, a rising and a falling
+    chirp, each at a random phase, amplitude and frequency jitter, plus white noise. Made
+    deterministically (nothing downloaded); a small CNN learns them in a few epochs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(TONE_SAMPLES, dtype=np.float64)
+    y = np.arange(n) % TONE_CLASSES
+    x = np.empty((n, TONE_SAMPLES), np.float64)
+    for i, label in enumerate(y):
+        jitter = rng.uniform(0.9, 1.1)
+        f0, f1 = {0: (0.03, 0.03), 1: (0.15, 0.15), 2: (0.02, 0.2), 3: (0.2, 0.02)}[int(label)]
+        # instantaneous frequency f0 -> f1 (cycles per sample), linearly over the clip
+        phase = 2 * np.pi * jitter * (f0 * t + (f1 - f0) * t ** 2 / (2 * TONE_SAMPLES))
+        x[i] = rng.uniform(0.3, 0.9) * np.sin(phase + rng.uniform(0, 2 * np.pi)) \
+            + rng.normal(0, 0.1, TONE_SAMPLES)
+    return x.astype(np.float32)[..., None], y.astype(np.int64)
+
+
+def make_audio_cnn():
+    """A keyword-spotter-shaped 1-D CNN on the :func:`tones` waveforms: a strided Conv1D front
+    end (a learned filter bank), two Conv1D blocks, pooling, a softmax head; trained 10
+    epochs (its outputs depend on its input). Every weight but the front end's has >= 1024
+    elements, so the dynamic-range recipe quantizes it (hybrid kernels)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((TONE_SAMPLES, 1)),
+        keras.layers.Conv1D(16, 16, strides=4, padding="same", activation="relu"),
+        keras.layers.Conv1D(32, 5, strides=2, padding="same", activation="relu"),
+        keras.layers.MaxPooling1D(2),
+        keras.layers.Conv1D(32, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(TONE_CLASSES, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = tones()
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0, shuffle=False)
+    return model
+
+
+def make_digits_lstm():
+    """A small sequence classifier: each 8x8 digit read as 8 time steps of 8 features by a
+    ``keras.layers.LSTM(32)`` and a softmax head, trained 8 epochs, then rebuilt with a fixed
+    batch of 1 (TFLiteConverter lowers a Keras 3 LSTM, a WHILE loop, only with a static
+    batch). The recurrent kernel (32x128) and kernel (8x128) have >= 1024 values: the
+    dynamic-range recipe quantizes both (hybrid FULLY_CONNECTED in the loop body)."""
+    import keras
+
+    def build(batch_size=None):
+        keras.utils.set_random_seed(0)
+        rows = keras.Input((8, 8), batch_size=batch_size)
+        h = keras.layers.LSTM(32)(rows)
+        return keras.Model(rows, keras.layers.Dense(10, activation="softmax")(h))
+
+    model = build()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = digits()
+    model.fit(x[..., 0], y, epochs=8, batch_size=32, verbose=0, shuffle=False)
+    fixed = build(batch_size=1)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
+    """:func:`make_digits_lstm`'s trained weights in TensorFlow's fusable LSTM function (the
+    ``api_implements="lstm_..."`` contract of Keras 2's LSTM), so TFLiteConverter emits one
+    UNIDIRECTIONAL_SEQUENCE_LSTM (a Keras 3 LSTM becomes a WHILE loop, whose full-integer
+    calibration crashes TF 2.21's converter); under full-int8 that is TFLite's integer LSTM
+    kernel (int8 weights and activations, int32 gate biases, INT16 cell state). Fixed batch
+    of 1; cached. ``io_types``: ``inference_input_type`` / ``inference_output_type``."""
+
+    def build():
+        import uuid
+
+        import keras
+        import tensorflow as tf
+
+        from mlflow_tflite_keras.keras_export import convert_with_recipe
+
+        trained = make_digits_lstm()
+        lstm = next(layer for layer in trained.layers if isinstance(layer, keras.layers.LSTM))
+        kernel, recurrent, bias = (tf.constant(w) for w in lstm.get_weights())
+        dense_kernel, dense_bias = (tf.constant(w) for w in trained.layers[-1].get_weights())
+
+        def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+            h, c, outs = init_h, init_c, []
+            for x in tf.unstack(inputs, axis=1):
+                z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
+                z0, z1, z2, z3 = tf.split(z, 4, axis=1)
+                c = tf.sigmoid(z1) * c + tf.sigmoid(z0) * tf.tanh(z2)
+                h = tf.sigmoid(z3) * tf.tanh(c)
+                outs.append(h)
+            outputs = tf.stack(outs, axis=1)
+            return outputs[:, -1], outputs, h, c, tf.constant(1.0)
+
+        fused = tf.function(standard_lstm, autograph=False, experimental_attributes={
+            "api_implements": f"lstm_{uuid.uuid4()}", "time_major": False,
+            "go_backwards": False})
+        module = tf.Module()
+
+        @tf.function(input_signature=[tf.TensorSpec((1, 8, 8), tf.float32)])
+        def model(rows):
+            zeros = tf.zeros((1, 32))
+            h = fused(rows, zeros, zeros, kernel, recurrent, bias)[0]
+            return tf.nn.softmax(tf.matmul(h, dense_kernel) + dense_bias)
+
+        module.model = model
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [model.get_concrete_function()], module)
+        return convert_with_recipe(converter, recipe, digits()[0][:64, ..., 0], **io_types)
+
+    return cached(f"digits-fused-lstm-{recipe}", build, recipe, sorted(io_types.items()),
+                  inspect.getsource(make_digits_lstm))

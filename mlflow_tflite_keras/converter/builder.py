@@ -47,8 +47,8 @@ class BuildContext:
         self.shared_layers: dict = {}  # weight tensors read by several ops -> their one layer
         self.notes: list[str] = []  # what could not be recovered, for the conversion report
         self._current_op: Op | None = None
-        # Fake-quantize quantized tensors (converter/emulation.py); per subgraph: loop bodies
-        # and branches are built float.
+        # Fake-quantize quantized tensors (converter/emulation.py); set per subgraph by
+        # build_subgraph (loop bodies and branches inherit it from their caller).
         self.emulate_quantization = False
         for t in graph.tensors:
             if t.is_constant:

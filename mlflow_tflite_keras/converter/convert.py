@@ -147,9 +147,6 @@ def _convert(model: TFLiteModel, signature_key, name, unsupported, wrap_ops,
                            dict_inputs=True, graph=graph, steps=steps,
                            emulate_quantization=emulate_quantization)
     report.notes = built.ctx.notes
-    if emulate_quantization and any(op.called_subgraphs for op in graph.ops):
-        report.notes.append("emulate_quantization: the subgraphs called by control-flow ops "
-                            "(loop bodies, branches) compute in float.")
     report.tensor_map = _tensor_map(graph, built.ctx.values, built.model)
     keras_model = built.model
     if per_example:

@@ -51,35 +51,61 @@ def quantize_outputs(ctx, op: Op) -> None:
 
 def quantize_weights(ctx, op: Op, layer):
     """``layer`` (built, holding the op's weights) wrapped so its weights stay on the grid of
-    the op's quantized constant operands; ``layer`` itself when none of its weights is one.
+    the op's quantized constant operands; ``layer`` itself when none of its weights comes
+    from a constant of a quantized source.
 
     A weight is matched to a constant of the same size, and the constant's channel axis to
     the Keras axes (a contiguous run whose sizes multiply to the channel count, the last
     such run first) on which the weight is exactly on the constant's grid: handlers
     transpose / reshape constants into Keras layouts, and a weight taken from a quantized
-    constant is its dequantized integers, so the right scheme leaves it unchanged."""
+    constant is its dequantized integers, so the right scheme leaves it unchanged. In a
+    quantized source, a weight equal to a float constant (a dynamic-range model's biases and
+    small kernels) is recorded too: ``export_tflite(like=source)`` writes it back there."""
     constants = [t for t in op.inputs if t is not None and t.is_quantized
                  and t.data is not None and t.quantization.block_shape is None]
-    if not constants or not layer.weights or isinstance(layer, QuantizedWeights):
+    floats = [t for t in op.inputs if t is not None and not t.is_quantized
+              and t.data is not None and t.type_name == "FLOAT32"] \
+        if ctx.graph.model.quantization_kind != "none" else []
+    if not (constants or floats) or not layer.weights or isinstance(layer, QuantizedWeights):
         return layer
-    entries, used = [], set()
+    entries, float_entries, used = [], [], set()
     for i, w in enumerate(layer.weights):
         value = np.asarray(w.numpy(), np.float64)
-        for t in constants:
-            if t.index in used or t.data.size != value.size:
-                continue
-            entry = _grid_of(value, t)
-            if entry is not None:
-                perm = _layout(t.data, value)
-                if perm is not None:  # where export_tflite(like=source) writes it back
-                    entry["source"] = {"subgraph": int(ctx.graph.subgraph_index),
-                                       "tensor": int(t.index), "perm": perm}
-                entries.append({"weight": i, **entry})
+        entry = _quantized_entry(ctx, value, constants, used)
+        if entry is not None:
+            entries.append({"weight": i, **entry})
+            continue
+        for t in floats:
+            perm = None if t.index in used or t.data.size != value.size else \
+                _layout(t.data, value)
+            if perm is not None:
+                float_entries.append({"weight": i, "source": _source(ctx, t, perm)})
                 used.add(t.index)
                 break
-    if not entries:
+    if not entries and not float_entries:
         return layer
-    return QuantizedWeights(layer, entries, name=_unique(ctx, f"{layer.name}_qweights"))
+    return QuantizedWeights(layer, entries, float_weights=float_entries,
+                            name=_unique(ctx, f"{layer.name}_qweights"))
+
+
+def _quantized_entry(ctx, value, constants, used):
+    """The quantization entry of the first unused quantized constant ``value`` is on the grid
+    of (marking it used), or None."""
+    for t in constants:
+        if t.index in used or t.data.size != value.size:
+            continue
+        entry = _grid_of(value, t)
+        if entry is not None:
+            perm = _layout(t.data, value)
+            if perm is not None:  # where export_tflite(like=source) writes it back
+                entry["source"] = _source(ctx, t, perm)
+            used.add(t.index)
+            return entry
+    return None
+
+
+def _source(ctx, t: Tensor, perm) -> dict:
+    return {"subgraph": int(ctx.graph.subgraph_index), "tensor": int(t.index), "perm": perm}
 
 
 def _grid_of(value, t: Tensor):
@@ -137,8 +163,8 @@ def hybrid_inputs(ctx, op: Op):
     if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)):
         yield
         return
-    row_size, asymmetric = hybrid_scheme(op, value.shape)
-    layer = HybridInputQuant(row_size, asymmetric,
+    row_size, asymmetric, kernel = hybrid_scheme(op, value.shape)
+    layer = HybridInputQuant(row_size, asymmetric, kernel,
                              name=_unique(ctx, f"{_safe(op.outputs[0].name)}_hybrid_input"))
     ctx.values[x.index] = layer(value)
     try:

@@ -9,6 +9,7 @@ import numpy as np
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from mlflow_tflite_keras.converter.compiled import (
+    COMPILED_MAX_REL_DIFF,
     CompiledCheck,
     CompiledInferenceError,
     as_output_list,
@@ -20,6 +21,7 @@ from mlflow_tflite_keras.converter.metrics import error_metrics
 from mlflow_tflite_keras.errors import reject_unknown_keywords
 from mlflow_tflite_keras.noise import keras_noise_silenced
 from mlflow_tflite_keras.recipes import (
+    EMULATED_COMPILED_MAX_STEPS,
     EMULATED_TOLERANCES,
     DEFAULT_TOLERANCES,
     OP_BY_OP_TOLERANCES,
@@ -354,7 +356,8 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     n = next(iter(inputs.values())).shape[0] if spec.batched else 1
     report = ParityReport(model.quantization_kind, int(n), limits, compare_all(actual))
     if compiled:
-        _check_compiled_run(report, keras_model, feed, actual, compare_all, compiled)
+        _check_compiled_run(report, keras_model, feed, actual, compare_all, compiled,
+                            _emulated_compiled_limit(report, actual, family) if emulated else None)
     report.ops = ops
     report.notes = notes or []
     if debug:
@@ -364,15 +367,34 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     return report
 
 
-def _check_compiled_run(report, keras_model, feed, eager, compare_all, compiled) -> None:
-    """Fill ``report.compiled`` (compiled vs eager; a crash fails) and
-    ``report.compiled_outputs`` (compiled vs the interpreter)."""
+def _emulated_compiled_limit(report, eager, family: str) -> float:
+    """How far (relative to the output range) ``model.predict`` of an emulated model may be
+    from its eager call: :data:`~mlflow_tflite_keras.recipes.EMULATED_COMPILED_MAX_STEPS`
+    steps of its quantized outputs (rounding ties resolved the other way), at least the
+    float models' limit."""
+    limit = COMPILED_MAX_REL_DIFF
+    steps = EMULATED_COMPILED_MAX_STEPS.get(family, 0.0)
+    for out, value in zip(report.outputs, eager):
+        value = np.asarray(value, np.float64)
+        finite = value[np.isfinite(value)]  # the range error_metrics divides by
+        span = max(float(np.ptp(finite)), float(np.abs(finite).max())) if finite.size else 0.0
+        if out.quantization_step and span > 0:
+            limit = max(limit, steps * out.quantization_step / span)
+    return limit
+
+
+def _check_compiled_run(report, keras_model, feed, eager, compare_all, compiled,
+                        max_rel_diff=None) -> None:
+    """Fill ``report.compiled`` (compiled vs eager within ``max_rel_diff`` of the output
+    range, the float default when None; a crash fails) and ``report.compiled_outputs``
+    (compiled vs the interpreter)."""
     try:
         values = predict_compiled(keras_model, feed, isolated=compiled == "isolated")
     except CompiledInferenceError as e:
         report.compiled = CompiledCheck(False, None, str(e))
         return
-    report.compiled = compare_compiled(eager, values)
+    report.compiled = compare_compiled(eager, values, COMPILED_MAX_REL_DIFF
+                                       if max_rel_diff is None else max_rel_diff)
     report.compiled_outputs = compare_all(values) if len(values) == len(eager) else None
 
 

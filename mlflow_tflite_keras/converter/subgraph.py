@@ -100,7 +100,7 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
                    key_prefix: str = "", graph: Graph | None = None,
                    steps: list | None = None,
                    parent: BuildContext | None = None,
-                   emulate_quantization: bool = False) -> BuiltSubgraph:
+                   emulate_quantization: bool | None = None) -> BuiltSubgraph:
     """A functional model computing the subgraph's tensors ``outputs`` (indices) from
     ``inputs``.
 
@@ -111,10 +111,13 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
     ``"index:OP"`` keys (``"sg2/"`` for a loop body). ``parent``: the context of the op that
     calls this subgraph, whose conversion state the new context shares.
     ``emulate_quantization``: fake-quantize every quantized tensor as the integer kernels
-    compute it (:mod:`..emulation`).
+    compute it (:mod:`..emulation`); None: as the ``parent`` does (loop bodies and branches
+    are emulated with the model that calls them).
     """
     graph = graph or build_graph(tflite_model, subgraph_index)
     ctx = BuildContext(graph, parent)
+    if emulate_quantization is None:
+        emulate_quantization = bool(getattr(parent, "emulate_quantization", False))
     ctx.emulate_quantization = emulate_quantization
     keras_inputs = {}
     for spec in inputs:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from converter.op_harness import perturbed
-from model_factory import digits, keras_model_tflite
+from model_factory import digits, keras_model_tflite, make_audio_cnn, tones
 from mlflow_tflite_keras.converter import convert
 from mlflow_tflite_keras.converter.parity import check_parity
 from mlflow_tflite_keras.converter.layers.quantization import (
@@ -40,8 +40,11 @@ def _digits_cnn():
     return model
 
 
-def _representative():
-    return digits()[0][:64]
+# test model -> (builder, representative rows, held-out inputs)
+MODELS = {
+    "digits-cnn": (_digits_cnn, lambda: digits()[0][:64], lambda n: digits()[0][-n:]),
+    "audio-cnn": (make_audio_cnn, lambda: tones()[0][:64], lambda n: tones(n, seed=1)[0]),
+}
 
 
 # variant -> (recipe, extra conversion arguments)
@@ -54,15 +57,16 @@ VARIANTS = {
 }
 
 
-def _source(variant):
+def _source(variant, model="digits-cnn"):
     recipe, kwargs = VARIANTS[variant]
-    rep = _representative if recipe in ("full-int8", "int16x8") else None
-    return keras_model_tflite("digits-cnn-emulation", _digits_cnn, recipe, representative=rep,
+    make, representative, _ = MODELS[model]
+    rep = representative if recipe in ("full-int8", "int16x8") else None
+    return keras_model_tflite(f"{model}-emulation", make, recipe, representative=rep,
                               **kwargs)
 
 
-def _inputs(n=64):
-    return digits()[0][-n:]  # held out from the representative rows
+def _inputs(n=64, model="digits-cnn"):
+    return MODELS[model][2](n)  # held out from the representative rows
 
 
 # int16x8 kernels requantize with a 15-bit multiplier and use lookup tables for softmax, which
@@ -70,17 +74,18 @@ def _inputs(n=64):
 MAX_STEPS = {"int16x8": None}
 
 
+@pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_emulated_parity_is_strict(variant, tmp_path):
+def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     import keras
 
-    data = _source(variant)
+    data = _source(variant, model_name)
     result = convert(data, emulate_quantization=True)
     model = result.model
     assert is_emulated(model)
-    x = _inputs()
+    x = _inputs(64, model_name)
     report = check_parity(data, model, x)
-    print(f"\n{variant}: {report}")
+    print(f"\n{model_name} {variant}: {report}")
     assert report.passed, str(report)
     assert report.compiled.passed, str(report)
     for out in report.outputs:
@@ -180,3 +185,40 @@ def test_cli_convert_has_emulate_quantization_flag():
 
     result = CliRunner().invoke(cli, ["convert", "--help"])
     assert result.exit_code == 0 and "--emulate-quantization" in result.output
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_dynamic_range_export_like_source(model_name):
+    """export_tflite(emulated, like=dynamic-range source): the fine-tuned int8 kernels go back
+    on the source's per-channel scales, its float biases / small kernels as float32; every
+    tensor's type and quantization parameters are the source's, and LiteRT computes what the
+    emulated Keras model computes (float noise)."""
+    import keras
+
+    from test_export import _quantization_differences
+    from mlflow_tflite_keras.export import export_tflite
+    from mlflow_tflite_keras.recipes import EMULATED_TOLERANCES
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    source = _source("dynamic-range", model_name)
+    model = convert(source, emulate_quantization=True).model
+    wrapped = [layer for layer in model._flatten_layers() if isinstance(layer, QuantizedWeights)]
+    assert any(layer.quantization for layer in wrapped)  # hybrid kernels
+    assert any(layer.float_weights for layer in wrapped)  # float biases
+    x = _inputs(64, model_name)
+    y = np.asarray(model.predict(x, verbose=0)).argmax(-1)  # its own answers, shifted below
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, (y + 1) % y.max(initial=1), epochs=1, batch_size=16, verbose=0, shuffle=False)
+    exported = export_tflite(model, like=source)
+    assert _quantization_differences(source, exported) == []
+    a, b = TFLiteModel(source), TFLiteModel(exported)
+    changed = [t.name for sa, sb in zip(a.subgraphs, b.subgraphs)
+               for t, u in zip(sa.tensors, sb.tensors) if a.constant(t) is not None
+               and not np.array_equal(a.constant(t), b.constant(u))]
+    assert len(changed) == len(model.trainable_weights), changed
+    report = check_parity(exported, model, x, compiled=False)
+    print(f"\n{model_name} dynamic-range export vs emulated Keras: {report}")
+    assert report.passed and report.outputs[0].max_rel_error <= \
+        EMULATED_TOLERANCES["dynamic-range"]["max_rel_error"], str(report)
+    # the source is not what was trained: the fine-tuned model is judged off it
+    assert not check_parity(source, model, x, compiled=False).passed

@@ -28,29 +28,54 @@ def straight_through(x, quantized):
     return x + ops.stop_gradient(quantized - x)
 
 
-def quantize_hybrid_input(x, row_size=None, asymmetric=False, dtype="float32"):
+def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
     """The float activations a hybrid (dynamic-range) kernel multiplies: quantized to int8 on
     the fly per batch element (``row_size=None``: convolutions) or per row of ``row_size``
-    values (fully connected, batch matmul), symmetric or asymmetric as the kernel does
-    (tensor_utils::Symmetric/AsymmetricQuantizeFloats), then dequantized. On ``keras.ops``:
-    used by the emulation layer and, on numpy, by the parity checker."""
+    values (fully connected, batch matmul), then dequantized; returned in ``x``'s dtype.
+
+    ``kernel="builtin"``: as TFLite's builtin kernels (tensor_utils::Symmetric /
+    AsymmetricQuantizeFloats), symmetric or asymmetric: float32 values times a float32
+    inverse scale (not a division: it decides which way a value on a half step rounds, half
+    away from zero); the asymmetric scale and zero point computed in double from the float32
+    range, the zero point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
+    dynamically quantized (qd8) operators, always asymmetric, all in float32: multiplier
+    ``255 / range``, zero point rounded to even, values clamped then rounded to even.
+    On ``keras.ops``: used by the emulation layer and, on numpy, by the parity checker."""
     x = ops.convert_to_tensor(x)
     shape = ops.shape(x)
     rows = ops.cast(ops.reshape(x, (shape[0], -1) if row_size is None else (-1, row_size)),
-                    dtype)
-    if asymmetric:
+                    "float32")
+    if kernel == "xnnpack":
         low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
         high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
-        scale = (high - low) / 255.0
-        safe = ops.where(scale > 0, scale, ops.ones_like(scale))
-        zero_point = ops.clip(round_half_away(-128.0 - low / safe), -128, 127)
-        q = ops.clip(round_half_away(zero_point + rows / safe), -128, 127)
-        out = ops.where(scale > 0, (q - zero_point) * scale, ops.zeros_like(rows))
+        multiplier = ops.where(high == low, ops.ones_like(low),
+                               255.0 / ops.where(high == low, ops.ones_like(low), high - low))
+        descaled_low, descaled_high = low * multiplier, high * multiplier
+        zero_point = ops.where((-128.0 + descaled_low) + (127.0 + descaled_high) > 0,
+                               -128.0 - descaled_low, 127.0 - descaled_high)
+        zero_point = ops.round(ops.clip(zero_point, -128.0, 127.0))  # ties to even (rintf)
+        q = ops.round(ops.clip(rows * multiplier, -128.0 - zero_point, 127.0 - zero_point))
+        out = q * (1.0 / multiplier)
+    elif asymmetric:
+        low = ops.cast(ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0), "float64")
+        high = ops.cast(ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0), "float64")
+        empty = high == low
+        scale64 = ops.where(empty, ops.ones_like(low), (high - low) / 255.0)
+        # the zero point from the end whose error is smaller, nudged into [-128, 127]
+        from_min, from_max = -128.0 - low / scale64, 127.0 - high / scale64
+        zero_point = ops.where(128.0 + ops.abs(low / scale64) < 127.0 + ops.abs(high / scale64),
+                               from_min, from_max)
+        zero_point = ops.clip(round_half_away(zero_point), -128.0, 127.0)
+        scale = ops.cast(scale64, "float32")
+        inverse = ops.cast(1.0 / ops.cast(scale, "float64"), "float32")
+        zero_point = ops.cast(zero_point, "float32")
+        q = ops.clip(round_half_away(zero_point + rows * inverse), -128.0, 127.0)
+        out = ops.where(empty, ops.zeros_like(rows), (q - zero_point) * scale)
     else:
-        scale = ops.max(ops.abs(rows), axis=1, keepdims=True) / 127.0
-        safe = ops.where(scale > 0, scale, ops.ones_like(scale))
-        q = ops.clip(round_half_away(rows / safe), -127, 127)
-        out = ops.where(scale > 0, q * scale, ops.zeros_like(rows))
+        top = ops.max(ops.abs(rows), axis=1, keepdims=True)
+        safe = ops.where(top > 0, top, ops.ones_like(top))
+        q = ops.clip(round_half_away(rows * (127.0 / safe)), -127.0, 127.0)
+        out = ops.where(top > 0, q * (safe / 127.0), ops.zeros_like(rows))
     return ops.reshape(ops.cast(out, x.dtype), shape)
 
 
@@ -104,21 +129,24 @@ class HybridInputQuant(keras.layers.Layer):
     """A hybrid kernel's on-the-fly int8 quantization of its float input
     (:func:`quantize_hybrid_input`), straight-through gradient; no weights."""
 
-    def __init__(self, row_size: int | None = None, asymmetric: bool = False, **kwargs):
+    def __init__(self, row_size: int | None = None, asymmetric: bool = False,
+                 kernel: str = "builtin", **kwargs):
         super().__init__(**kwargs)
         self.row_size = None if row_size is None else int(row_size)
         self.asymmetric = bool(asymmetric)
+        self.kernel = str(kernel)
         self.trainable = False
 
     def call(self, x):
-        return straight_through(x, quantize_hybrid_input(x, self.row_size, self.asymmetric))
+        return straight_through(x, quantize_hybrid_input(x, self.row_size, self.asymmetric,
+                                                         self.kernel))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "row_size": self.row_size,
-                "asymmetric": self.asymmetric}
+                "asymmetric": self.asymmetric, "kernel": self.kernel}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -134,10 +162,20 @@ class QuantizedWeights(keras.layers.Wrapper):
     "tensor", "perm"}}`` (the source constant it came from and the axis permutation that
     laid it out for Keras: ``export_tflite(like=source)`` writes it back). The variables stay
     the inner layer's (saved and trained as usual); the quantized values are fed to its call
-    through a :class:`keras.StatelessScope`."""
+    through a :class:`keras.StatelessScope`.
 
-    def __init__(self, layer, quantization, **kwargs):
+    ``float_weights``: ``[{"weight", "source"}]``, the layer's weights taken from float
+    constants of a quantized source (a dynamic-range model's biases, its kernels too small
+    to quantize): trained as they are, written back there by ``export_tflite(like=source)``."""
+
+    def __init__(self, layer, quantization, float_weights=(), **kwargs):
         super().__init__(layer, **kwargs)
+        self.float_weights = [
+            {"weight": int(f["weight"]),
+             "source": {"subgraph": int(f["source"]["subgraph"]),
+                        "tensor": int(f["source"]["tensor"]),
+                        "perm": [int(a) for a in f["source"]["perm"]]}}
+            for f in float_weights]
         self.quantization = [
             {"weight": int(q["weight"]), "scale": [float(s) for s in q["scale"]],
              "zero_point": [int(z) for z in q["zero_point"]], "qmin": int(q["qmin"]),
@@ -188,6 +226,8 @@ class QuantizedWeights(keras.layers.Wrapper):
         return result
 
     def call(self, inputs, *args, **kwargs):
+        if not self.quantization:
+            return self.layer(inputs, *args, **kwargs)
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
             return self.layer(inputs, *args, **kwargs)
 
@@ -195,7 +235,8 @@ class QuantizedWeights(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "quantization": self.quantization}
+        return {**super().get_config(), "quantization": self.quantization,
+                "float_weights": self.float_weights}
 
 
 EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights)

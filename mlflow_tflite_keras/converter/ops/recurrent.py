@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
-from mlflow_tflite_keras.converter.layers.recurrent import ClippedLSTMCell
+from mlflow_tflite_keras.converter.layers.recurrent import ClippedLSTMCell, IntegerLSTMCell
 from mlflow_tflite_keras.converter.registry import register
 
 # ActivationFunctionType -> Keras activation of the cell (gate activations are sigmoid).
@@ -108,10 +108,26 @@ def lstm_operands(op, ctx):
                               "give both or neither.")
     return kernel, recurrent, bias, h0, c0
 
+def _integer_lstm(op) -> bool:
+    """TFLite's integer LSTM kernel: int8 input, INT16 cell state."""
+    cell = op.input(19)
+    return op.inputs[0].type_name == "INT8" and cell is not None and \
+        cell.type_name == "INT16" and op.input(18) is not None and op.input(18).is_quantized
+
+
 def _lstm_layer(op, ctx, units: int, name: str, go_backwards=False, clipped=None):
-    """A built-in LSTM, or RNN(ClippedLSTMCell) when the cell clip can act."""
+    """A built-in LSTM, or RNN(ClippedLSTMCell) when the cell clip can act; an emulated
+    integer LSTM is RNN(IntegerLSTMCell) on the kernel's grids."""
     act = _activation(op)
     clip = float(op.opt("cellClip", 0.0) or 0.0)
+    if getattr(ctx, "emulate_quantization", False) and _integer_lstm(op):
+        hidden = op.input(18).quantization
+        cell = IntegerLSTMCell(units, cell_scale=float(op.input(19).quantization.scale[0]),
+                               hidden_scale=float(hidden.scale[0]),
+                               hidden_zero_point=int(hidden.zero_point[0]), cell_clip=clip,
+                               activation=act)
+        return keras.layers.RNN(cell, return_sequences=True, go_backwards=go_backwards,
+                                name=name)
     steps = _timesteps(op)
     if clip > 0 and (clipped or steps is None or steps > clip):
         cell = ClippedLSTMCell(units, cell_clip=clip, activation=act)
@@ -156,7 +172,8 @@ def _batch_major_shape(op):
 
 
 @register("UNIDIRECTIONAL_SEQUENCE_LSTM",
-          layer="keras.layers.LSTM (keras.layers.RNN(ClippedLSTMCell) when the clip can act)")
+          layer="keras.layers.LSTM (keras.layers.RNN(ClippedLSTMCell) when the clip can act; "
+                "RNN(IntegerLSTMCell) for an emulated integer LSTM)")
 def unidirectional_sequence_lstm(op, ctx):
     _check_input(op)
     kernel, recurrent, bias, h0, c0 = lstm_operands(op, ctx)

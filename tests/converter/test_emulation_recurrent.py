@@ -1,0 +1,129 @@
+"""to_keras(emulate_quantization=True) on a small LSTM quantized by TFLiteConverter.
+
+A Keras 3 LSTM converts to a WHILE loop: under the dynamic-range recipe its body holds two
+hybrid FULLY_CONNECTED ops (input and recurrent matmuls), which LiteRT's default CPU path
+(XNNPACK) runs with per-row int8 input quantization; the emulation reaches into the loop body
+and replays it (float noise). TF 2.21's converter crashes calibrating that loop for the
+full-integer recipes, so the full-int8 model is the fused UNIDIRECTIONAL_SEQUENCE_LSTM (TF's
+fusable LSTM function with the same trained weights): TFLite's integer LSTM kernel. Emulated,
+it computes on the kernel's grids (IntegerLSTMCell: Q3.12 pre-activations, Q0.15 gates, int16
+cell, int8 hidden state) but not with its fixed-point sigmoid / tanh and multipliers: 5 steps
+at the output (90.8% at 0; the LSTM output 3 steps, float reconstruction 3.85) measured, an
+xfail below, not a loosened tolerance. A 5% change on one middle kernel fails parity in each
+case.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from converter.op_harness import perturbed
+from model_factory import digits, digits_fused_lstm_tflite, keras_model_tflite, make_digits_lstm
+from mlflow_tflite_keras.converter import convert
+from mlflow_tflite_keras.converter.layers.quantization import (
+    HybridInputQuant,
+    QuantizedWeights,
+    is_emulated,
+)
+from mlflow_tflite_keras.converter.layers.control_flow import WhileLoop
+from mlflow_tflite_keras.converter.parity import check_parity
+
+
+def _rows(n=64):
+    return digits()[0][-n:, ..., 0]  # 8 time steps of 8 features, held out from calibration
+
+
+def _nested(model, cls):
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, cls)]
+
+
+def test_dynamic_range_lstm_loop_body_is_emulated(tmp_path):
+    import keras
+
+    data = keras_model_tflite("digits-lstm-emulation", make_digits_lstm, "dynamic-range")
+    x = _rows()
+    model = convert(data, emulate_quantization=True).model
+    assert is_emulated(model)
+    (loop,) = _nested(model, WhileLoop)
+    body = loop.body_model
+    # both hybrid matmuls of the body: their input quantized as the kernel does, their int8
+    # per-channel weights kept on the source grid
+    assert len(_nested(body, HybridInputQuant)) == 2
+    assert len(_nested(body, QuantizedWeights)) == 2
+    report = check_parity(data, model, x)
+    print(f"\nemulated: {report}")
+    assert report.passed, str(report)
+    assert report.outputs[0].max_rel_error <= 1e-6, str(report)
+
+    # the float reconstruction is within the dynamic-range default only; a 5% kernel change
+    # hides under that default but fails the emulated model's float-noise limit
+    float_model = convert(data).model
+    undo = perturbed(float_model)
+    try:
+        assert check_parity(data, float_model, x, compiled=False).passed
+    finally:
+        undo()
+    undo = perturbed(model)
+    try:
+        wrong = check_parity(data, model, x, compiled=False)
+    finally:
+        undo()
+    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+
+    path = os.path.join(tmp_path, "lstm.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(again.predict(x, verbose=0)),
+                                  np.asarray(model.predict(x, verbose=0)))
+
+
+FUSED_VARIANTS = {
+    "full-int8": {},  # int8 I/O
+    "full-int8-float-io": {"inference_input_type": np.float32,
+                           "inference_output_type": np.float32},
+}
+
+
+@pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
+def test_integer_lstm_is_full_int8_and_a_kernel_change_fails(variant, tmp_path):
+    """TFLite's integer LSTM (INT16 cell state) is a full-int8 model; emulated, it runs on the
+    kernel's grids (IntegerLSTMCell, a .keras round trip with safe_mode=True) and a 5% kernel
+    change fails parity."""
+    import keras
+
+    from mlflow_tflite_keras.converter.layers.recurrent import IntegerLSTMCell
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    data = digits_fused_lstm_tflite("full-int8", **FUSED_VARIANTS[variant])
+    parsed = TFLiteModel(data)
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in parsed.operator_names
+    assert parsed.quantization_kind == "full-int8"
+    model = convert(data, emulate_quantization=True).model
+    assert len(_nested(model, IntegerLSTMCell)) == 1
+    x = _rows()
+    report = check_parity(data, model, x, compiled=False)
+    print(f"\n{variant} emulated: {report}")
+    path = os.path.join(tmp_path, "integer_lstm.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(again.predict(x, verbose=0)),
+                                  np.asarray(model.predict(x, verbose=0)))
+    undo = perturbed(model)
+    try:
+        wrong = check_parity(data, model, x, compiled=False)
+    finally:
+        undo()
+    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+
+
+@pytest.mark.xfail(strict=True, reason="the integer LSTM kernel's fixed-point sigmoid / tanh "
+                   "and multipliers are not replayed bit-exactly: 5 steps measured")
+def test_integer_lstm_emulated_within_one_step():
+    data = digits_fused_lstm_tflite("full-int8")
+    report = check_parity(data, convert(data, emulate_quantization=True).model, _rows(),
+                          compiled=False)
+    assert report.outputs[0].max_steps <= 1.0, str(report)
