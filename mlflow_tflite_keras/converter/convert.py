@@ -85,7 +85,8 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     if unsupported not in ("error", "wrap"):
         raise MlflowException(f"unsupported must be 'error' or 'wrap', got {unsupported!r}.",
                               error_code=INVALID_PARAMETER_VALUE)
-    model = TFLiteModel.load(tflite_model)
+    # A path is mapped, not read: each weight is then in memory once, as a variable.
+    model = TFLiteModel.load(tflite_model, map_file=True)
     # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
     depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
     return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,

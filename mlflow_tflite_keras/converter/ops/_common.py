@@ -3,11 +3,14 @@ run-time shape arithmetic, padding codes, building a layer with given weights.""
 
 from __future__ import annotations
 
+import mmap
+
 import keras
 import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.registry import HANDLERS
+from mlflow_tflite_keras.tflite_model import drop_file_pages
 
 INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
 _PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
@@ -99,23 +102,73 @@ def target_shape(op, ctx, i=1):
 # ---- convolution and pooling -----------------------------------------------------------------
 
 def with_weights(layer, input_shape, weights):
-    """Build ``layer`` for ``input_shape`` and load ``weights`` (trainable variables).
+    """Build ``layer`` for ``input_shape`` holding ``weights`` (trainable variables, in the
+    order of ``layer.weights``).
 
-    Built with zero initializers first: drawing random initial weights that are overwritten
-    at once costs a weight-sized allocation per layer (peak memory on big models). The
-    layer's configured initializers are restored afterwards, so the saved config is as
-    usual."""
+    Each variable is created from its weight: no initial values drawn and overwritten, no
+    second copy for an assignment (peak memory on big models). A layer that creates its weights in another order or from other
+    initializers is built with zeros and assigned instead. The layer's configured
+    initializers are restored afterwards, so the saved config is as usual."""
+    given = _GivenWeights(weights)
     saved = {}
     for attr in ("kernel_initializer", "depthwise_initializer", "bias_initializer",
                  "recurrent_initializer"):
         if hasattr(layer, attr):
             saved[attr] = getattr(layer, attr)
-            setattr(layer, attr, keras.initializers.Zeros())
+            setattr(layer, attr, given)
     layer.build(input_shape)
     for attr, value in saved.items():
         setattr(layer, attr, value)
-    layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
+    if not given.complete(layer):
+        layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
     return layer
+
+
+class _GivenWeights:
+    """An initializer handing out given weights in turn (each checked against the shape
+    asked for; anything unexpected makes the zeros that :func:`with_weights` then
+    overwrites)."""
+
+    def __init__(self, weights):
+        self.weights = list(weights)
+        self.used = 0
+        self.mismatch = False
+
+    def __call__(self, shape, dtype=None):
+        if self.used < len(self.weights) and not self.mismatch and \
+                tuple(np.shape(self.weights[self.used])) == tuple(shape):
+            # The weight is often a view of a mapped file in another layout: each copy on
+            # the way (contiguous, TensorFlow's, the variable's) lets go of the one before,
+            # so a layer's weight is never held three times.
+            source = self.weights[self.used]
+            weight = _contiguous(source)
+            drop_file_pages(source)  # copied: its pages are not needed
+            value = keras.ops.convert_to_tensor(weight)
+            drop_file_pages(weight)  # not copied (already contiguous): TensorFlow's copy is
+            del weight, source
+            self.weights[self.used] = None  # the variable holds it now
+            self.used += 1
+            return value
+        self.mismatch = True
+        return np.zeros(shape, np.float32)
+
+    def complete(self, layer) -> bool:
+        return not self.mismatch and self.used == len(self.weights) == len(layer.weights)
+
+
+def _contiguous(array) -> np.ndarray:
+    """``array`` as contiguous float32: itself when it is, else a copy in memory mapped for
+    it alone, which goes back to the system as soon as it is dropped (a freed heap block of
+    that size would stay in the process)."""
+    array = np.asarray(array)
+    if array.dtype == np.float32 and array.flags.c_contiguous or array.nbytes < _MAPPED_COPY:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    copy = np.frombuffer(mmap.mmap(-1, array.size * 4), np.float32).reshape(array.shape)
+    np.copyto(copy, array, casting="unsafe")
+    return copy
+
+
+_MAPPED_COPY = 1 << 20
 
 
 def padding(op):
