@@ -62,14 +62,24 @@ class Values(dict):
             return None
         return t if t is not None and t.is_constant else None
 
+    def defer(self, op: Op):
+        """Fold ``op`` (its inputs are constants) when one of its outputs is first asked for,
+        not now (:data:`~mlflow_tflite_keras.converter.ir.STORAGE_OPS`)."""
+        for t in op.outputs:
+            self._released[t.index] = op
+
     def __missing__(self, index):
         op = self._released.pop(index, None)
         if op is not None:
             from mlflow_tflite_keras.converter.registry import HANDLERS
 
-            scratch = self.ctx.scratch(op, {u.index: self[u.index] for u in op.inputs
-                                            if u is not None})
+            inputs = [u for u in op.inputs if u is not None]
+            held = [u for u in inputs if u.is_constant and u.holds_data]
+            scratch = self.ctx.scratch(op, {u.index: self[u.index] for u in inputs})
             outputs = HANDLERS[op.type].convert(op, scratch)
+            for u in inputs:  # decoded for this fold only: the value here holds the result
+                if u.is_constant and u not in held:
+                    u.release()
             value = self[index] = outputs[[t.index for t in op.outputs].index(index)]
             return value
         t = self._constant(index)

@@ -185,7 +185,7 @@ def _tensor_map(graph: Graph, values: dict, model: keras.Model
     mapping = {}
     for op in graph.ops:
         for t in op.outputs:
-            value = values.get(t.index)
+            value = dict.get(values, t.index)  # as held: released arrays are not refolded
             history = getattr(value, "_keras_history", None)
             if isinstance(value, keras.KerasTensor) and history is not None \
                     and id(history.operation) in in_model:

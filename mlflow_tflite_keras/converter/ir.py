@@ -27,6 +27,13 @@ from mlflow_tflite_keras.tflite_model import (
 )
 
 
+# Ops that only decode a stored constant (float16, quantized or sparse weights), which the IR
+# decodes itself: with a constant input the builder folds them where their output is first
+# used, not at their place in the graph (converters put them all first; folding them there
+# would hold every weight decoded at once).
+STORAGE_OPS = ("DEQUANTIZE", "DENSIFY")
+
+
 @dataclass(eq=False)
 class Tensor:
     index: int

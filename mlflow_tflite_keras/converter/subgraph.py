@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_tflite_keras.converter import emulation
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
-from mlflow_tflite_keras.converter.ir import Graph, Op, build_graph
+from mlflow_tflite_keras.converter.ir import STORAGE_OPS, Graph, Op, build_graph
 
 _UNBOUND = object()
 
@@ -67,6 +67,13 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
             op.materialize(ctx, report, key_prefix)
             pending.update({t.index: len(graph.ops) + 1 for t in op.outputs})  # not refolded
             _release_constants(graph, ctx, op.ops, pending)
+            continue
+        if op.type in STORAGE_OPS and op.inputs and \
+                all(t is not None and t.is_constant for t in op.inputs):
+            ctx.values.defer(op)  # folded where its output is used
+            if report is not None:
+                report.folded_ops.append(f"{key_prefix}{op.index}:{op.type}")
+            _release_constants(graph, ctx, [op], pending)
             continue
         ctx._current_op = op
         emulate = getattr(ctx, "emulate_quantization", False)
