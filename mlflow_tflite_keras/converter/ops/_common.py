@@ -3,8 +3,6 @@ run-time shape arithmetic, padding codes, building a layer with given weights.""
 
 from __future__ import annotations
 
-import mmap
-
 import keras
 import numpy as np
 
@@ -137,15 +135,12 @@ class _GivenWeights:
     def __call__(self, shape, dtype=None):
         if self.used < len(self.weights) and not self.mismatch and \
                 tuple(np.shape(self.weights[self.used])) == tuple(shape):
-            # The weight is often a view of a mapped file in another layout: each copy on
-            # the way (contiguous, TensorFlow's, the variable's) lets go of the one before,
-            # so a layer's weight is never held three times.
+            # The weight is often a view of a mapped file in another layout: one copy,
+            # which becomes the variable's memory (its file pages go once it is made).
             source = self.weights[self.used]
-            weight = _contiguous(source)
-            drop_file_pages(source)  # copied: its pages are not needed
-            value = keras.ops.convert_to_tensor(weight)
-            drop_file_pages(weight)  # not copied (already contiguous): TensorFlow's copy is
-            del weight, source
+            value = _variable_memory(source)
+            drop_file_pages(source)
+            del source
             self.weights[self.used] = None  # the variable holds it now
             self.used += 1
             return value
@@ -156,19 +151,19 @@ class _GivenWeights:
         return not self.mismatch and self.used == len(self.weights) == len(layer.weights)
 
 
-def _contiguous(array) -> np.ndarray:
-    """``array`` as contiguous float32: itself when it is, else a copy in memory mapped for
-    it alone, which goes back to the system as soon as it is dropped (a freed heap block of
-    that size would stay in the process)."""
-    array = np.asarray(array)
-    if array.dtype == np.float32 and array.flags.c_contiguous or array.nbytes < _MAPPED_COPY:
-        return np.ascontiguousarray(array, dtype=np.float32)
-    copy = np.frombuffer(mmap.mmap(-1, array.size * 4), np.float32).reshape(array.shape)
-    np.copyto(copy, array, casting="unsafe")
+def _variable_memory(array):
+    """A fresh contiguous float32 copy of ``array`` as a tensor of the backend. With
+    TensorFlow the tensor takes the copy's memory through DLPack (no second copy), and the
+    variable made from it keeps it: a weight is copied once on its way into a variable."""
+    copy = np.array(array, dtype=np.float32, order="C", copy=True)
+    if keras.backend.backend() == "tensorflow" and copy.size:
+        import tensorflow as tf
+
+        try:
+            return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
+        except (AttributeError, BufferError, TypeError, ValueError):  # other builds: a copy
+            pass
     return copy
-
-
-_MAPPED_COPY = 1 << 20
 
 
 def padding(op):
