@@ -104,13 +104,14 @@ def with_weights(layer, input_shape, weights):
     order of ``layer.weights``).
 
     Each variable is created from its weight: no initial values drawn and overwritten, no
-    second copy for an assignment (peak memory on big models). A layer that creates its weights in another order or from other
-    initializers is built with zeros and assigned instead. The layer's configured
-    initializers are restored afterwards, so the saved config is as usual."""
+    second copy for an assignment (peak memory on big models). A layer that creates its
+    weights in another order or from other initializers is built with zeros and assigned
+    instead. The layer's configured initializers are restored afterwards, so the saved
+    config is as usual."""
     given = _GivenWeights(weights)
     saved = {}
     for attr in ("kernel_initializer", "depthwise_initializer", "bias_initializer",
-                 "recurrent_initializer"):
+                 "recurrent_initializer", "embeddings_initializer"):
         if hasattr(layer, attr):
             saved[attr] = getattr(layer, attr)
             setattr(layer, attr, given)
@@ -151,19 +152,27 @@ class _GivenWeights:
         return not self.mismatch and self.used == len(self.weights) == len(layer.weights)
 
 
+_ALIGNMENT = 64  # bytes: Eigen's largest (AVX-512)
+
+
 def _variable_memory(array):
     """A fresh contiguous float32 copy of ``array`` as a tensor of the backend. With
     TensorFlow the tensor takes the copy's memory through DLPack (no second copy), and the
     variable made from it keeps it: a weight is copied once on its way into a variable."""
-    copy = np.array(array, dtype=np.float32, order="C", copy=True)
-    if keras.backend.backend() == "tensorflow" and copy.size:
-        import tensorflow as tf
+    array = np.asarray(array)
+    if keras.backend.backend() != "tensorflow" or not array.size:
+        return np.array(array, dtype=np.float32, order="C", copy=True)
+    # TensorFlow's kernels need their buffers aligned as its own allocator aligns them.
+    memory = np.empty(array.size * 4 + _ALIGNMENT, np.uint8)
+    start = -memory.ctypes.data % _ALIGNMENT
+    copy = memory[start:start + array.size * 4].view(np.float32).reshape(array.shape)
+    np.copyto(copy, array, casting="unsafe")
+    import tensorflow as tf
 
-        try:
-            return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
-        except (AttributeError, BufferError, TypeError, ValueError):  # other builds: a copy
-            pass
-    return copy
+    try:
+        return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
+    except (AttributeError, BufferError, TypeError, ValueError):  # other builds: a copy
+        return copy
 
 
 def padding(op):
