@@ -7,6 +7,7 @@ serving environments. The converter builds its graph IR on top of :class:`TFLite
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -290,6 +291,39 @@ def read_model_bytes(tflite_model) -> bytes:
     )
 
 
+def _map_file(path) -> mmap.mmap | None:
+    """A ``.tflite`` file mapped read-only, or None when it cannot be (empty, or no mmap
+    here): :func:`read_model_bytes` then reads it, and says what is wrong with it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+def drop_file_pages(array) -> None:
+    """If ``array`` views a memory-mapped file (a constant of a model loaded with
+    ``map_file=True``, or a view of one), the pages it spans leave this process's memory: for
+    a caller that has copied it. They stay in the page cache and are read again if used."""
+    owner = array
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = owner.base if isinstance(owner, np.ndarray) else \
+            owner.obj if isinstance(owner, memoryview) else None
+    if owner is None or not hasattr(mmap, "MADV_DONTNEED") or owner.closed:
+        return
+    start = np.frombuffer(owner, np.uint8, count=1).ctypes.data if len(owner) else 0
+    low, high = np.lib.array_utils.byte_bounds(array)
+    first = max(0, (low - start) // mmap.PAGESIZE * mmap.PAGESIZE)
+    last = min(len(owner), high - start)
+    if last > first:
+        owner.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def describe_path(path) -> str:
     """A path for an error message, quoted; never the whole of a long or binary string (model
     bytes decoded to ``str`` by mistake would otherwise be echoed in full)."""
@@ -309,13 +343,16 @@ class TFLiteModel:
     tensor / buffer / opcode indices, constant buffers that do not match their tensor's size.
     """
 
-    def __init__(self, model_bytes: bytes):
-        self.model_bytes = bytes(model_bytes)
-        _check_header(self.model_bytes)
+    def __init__(self, model_bytes):
+        if isinstance(model_bytes, mmap.mmap):  # a mapped file (``load(path, map_file=True)``)
+            self._buffer = model_bytes
+        else:
+            self._buffer = self.model_bytes = bytes(model_bytes)
+        _check_header(self._buffer)
         try:
-            _check_vector_lengths(self.model_bytes)
-            # Parsed in place: buffer data stays as numpy views into model_bytes (no copy).
-            self._model = schema.ModelT.InitFromPackedBuf(self.model_bytes, 0)
+            _check_vector_lengths(self._buffer)
+            # Parsed in place: buffer data stays as numpy views into the buffer (no copy).
+            self._model = schema.ModelT.InitFromPackedBuf(self._buffer, 0)
         except MlflowException:
             raise
         except Exception as e:  # the pure-python reader raises many kinds on bad offsets
@@ -328,10 +365,32 @@ class TFLiteModel:
             raise _invalid(f"Not a valid TFLite model: {type(e).__name__}: {e}") from None
 
     @classmethod
-    def load(cls, tflite_model) -> "TFLiteModel":
+    def load(cls, tflite_model, *, map_file: bool = False) -> "TFLiteModel":
+        """A model from a path, bytes or a :class:`TFLiteModel` (returned as is).
+
+        ``map_file=True`` memory-maps a path instead of reading it: only the flatbuffer's
+        tables are read to parse it, constants are read where they are used, and
+        :meth:`drop_pages` gives their pages back (the converter reads each weight once).
+        The file must not be truncated in place while the model is in use."""
         if isinstance(tflite_model, TFLiteModel):
             return tflite_model
+        if map_file and isinstance(tflite_model, (str, os.PathLike)):
+            mapped = _map_file(tflite_model)
+            if mapped is not None:
+                return cls(mapped)
         return cls(read_model_bytes(tflite_model))
+
+    @cached_property
+    def model_bytes(self) -> bytes:
+        """The file's bytes; a mapped file is read into memory only when they are asked for."""
+        return bytes(self._buffer)
+
+    def drop_pages(self):
+        """A mapped file's pages leave this process's memory (the page cache keeps them, and
+        they are read again where used): called once constants read from them are held
+        elsewhere. Nothing to do for a model held as bytes."""
+        if isinstance(self._buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            self._buffer.madvise(mmap.MADV_DONTNEED)
 
     # ---- structure ------------------------------------------------------------------------
 
@@ -352,7 +411,7 @@ class TFLiteModel:
                                "code.")
             self.opcodes.append((name, _text(code.customCode), int(code.version)))
         self.buffers = m.buffers or []
-        _check_buffers(m, len(self.model_bytes))
+        _check_buffers(m, len(self._buffer))
         self.subgraphs = [self._build_subgraph(i, sg) for i, sg in enumerate(m.subgraphs)]
         for sg in self.subgraphs:
             _check_operators(sg, self)
@@ -442,7 +501,7 @@ class TFLiteModel:
                     raw=op,
                 )
             )
-            _check_operator_indices(op, o_index, index, n, len(self.model_bytes))
+            _check_operator_indices(op, o_index, index, n, len(self._buffer))
         info = SubgraphInfo(
             index=index,
             name=_text(sg.name) or f"subgraph_{index}",
@@ -514,16 +573,16 @@ class TFLiteModel:
         return Quantization(scale, zero_point, 0, block, size)
 
     def _raw_buffer(self, buffer_index: int) -> memoryview | None:
-        """A buffer's bytes as a view into ``model_bytes`` (never a copy: weights can be
+        """A buffer's bytes as a view into the model's buffer (never a copy: weights can be
         hundreds of MB), or None for the empty buffer."""
         if buffer_index <= 0 or buffer_index >= len(self.buffers):
             return None  # buffer 0 is the schema's reserved empty buffer
         buf = self.buffers[buffer_index]
         if buf.offset > 1:  # large models keep buffers after the flatbuffer (offset/size)
             end = int(buf.offset) + int(buf.size)
-            if end > len(self.model_bytes):
+            if end > len(self._buffer):
                 raise _invalid(f"Buffer {buffer_index} points past the end of the file.")
-            return memoryview(self.model_bytes)[int(buf.offset):end]
+            return memoryview(self._buffer)[int(buf.offset):end]
         if buf.data is None or len(buf.data) == 0:
             return None
         return memoryview(np.asarray(buf.data, dtype=np.uint8))
@@ -533,6 +592,14 @@ class TFLiteModel:
     @property
     def main(self) -> SubgraphInfo:
         return self.subgraphs[0]
+
+    def has_constant(self, tensor: TensorInfo) -> bool:
+        """:meth:`constant` gives data for this tensor (without reading it)."""
+        if self._raw_buffer(tensor.buffer) is None:
+            return tensor.buffer > 0 and tensor.dtype is not None and \
+                tensor.sparsity is None and 0 in tensor.shape
+        return tensor.type_name in PACKED_BITS or tensor.type_name == "BFLOAT16" or \
+            tensor.dtype is not None
 
     def constant(self, tensor: TensorInfo) -> np.ndarray | None:
         """The raw (still quantized, still sparse-encoded) constant data of a tensor; packed
@@ -563,7 +630,14 @@ class TFLiteModel:
 
     @cached_property
     def sha256(self) -> str:
-        return hashlib.sha256(self.model_bytes).hexdigest()
+        digest = hashlib.sha256()
+        view, chunk = memoryview(self._buffer), 1 << 24
+        for start in range(0, len(view), chunk):  # a mapped file: a chunk resident at a time
+            digest.update(view[start:start + chunk])
+            if isinstance(self._buffer, mmap.mmap):
+                self._buffer.madvise(mmap.MADV_DONTNEED, start, min(chunk, len(view) - start))
+        view.release()
+        return digest.hexdigest()
 
     @cached_property
     def operator_names(self) -> list[str]:

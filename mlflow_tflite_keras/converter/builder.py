@@ -34,6 +34,67 @@ class ConversionState:
         self.variables = None  # the model's resource variables (ops/control_flow.py)
 
 
+class Values(dict):
+    """Tensor index -> value in a subgraph being built. The graph's constants are not copied
+    in: asked for, a constant is its tensor's decoded data (:attr:`Tensor.data`, decoded once,
+    released by the builder once the layers taking it hold it); a value set here wins."""
+
+    def __init__(self, graph: Graph, values=(), ctx: BuildContext | None = None):
+        super().__init__(values)
+        self.graph = graph
+        self.ctx = ctx
+        self._released: dict[int, Op] = {}  # folded values let go of -> their producer
+
+    def release(self, index: int):
+        """Let go of a value folded at build time (an array) that no op still to build takes;
+        asked for again, its producer is run again on a scratch context (folding is pure)."""
+        op = self.graph.producers.get(index)
+        if op is not None and self.ctx is not None and \
+                isinstance(dict.get(self, index), np.ndarray):
+            del self[index]
+            self._released[index] = op
+
+    def _constant(self, index) -> Tensor | None:
+        tensors = self.graph.tensors
+        try:
+            t = tensors[index] if 0 <= index < len(tensors) else None
+        except TypeError:
+            return None
+        return t if t is not None and t.is_constant else None
+
+    def defer(self, op: Op):
+        """Fold ``op`` (its inputs are constants) when one of its outputs is first asked for,
+        not now (:data:`~mlflow_tflite_keras.converter.ir.STORAGE_OPS`)."""
+        for t in op.outputs:
+            self._released[t.index] = op
+
+    def __missing__(self, index):
+        op = self._released.pop(index, None)
+        if op is not None:
+            from mlflow_tflite_keras.converter.registry import HANDLERS
+
+            inputs = [u for u in op.inputs if u is not None]
+            held = [u for u in inputs if u.is_constant and u.holds_data]
+            scratch = self.ctx.scratch(op, {u.index: self[u.index] for u in inputs})
+            outputs = HANDLERS[op.type].convert(op, scratch)
+            for u in inputs:  # decoded for this fold only: the value here holds the result
+                if u.is_constant and u not in held:
+                    u.release()
+            value = self[index] = outputs[[t.index for t in op.outputs].index(index)]
+            return value
+        t = self._constant(index)
+        if t is None:
+            raise KeyError(index)
+        return t.data
+
+    def __contains__(self, index) -> bool:
+        return dict.__contains__(self, index) or index in self._released or \
+            self._constant(index) is not None
+
+    def get(self, index, default=None):
+        return self[index] if index in self else default
+
+
 class BuildContext:
     """The state of building one subgraph: its values (KerasTensors, constants), layer
     names, notes; :attr:`state` is the whole conversion's (shared with ``parent``)."""
@@ -41,7 +102,7 @@ class BuildContext:
     def __init__(self, graph: Graph, parent: BuildContext | None = None):
         self.graph = graph
         self.state = parent.state if parent is not None else ConversionState()
-        self.values: dict[int, object] = {}
+        self.values: dict[int, object] = Values(graph, ctx=self)
         self.layer_names: Counter = Counter()
         self.layers_by_op: dict[int, list[str]] = {}
         self.shared_layers: dict = {}  # weight tensors read by several ops -> their one layer
@@ -50,9 +111,6 @@ class BuildContext:
         # Fake-quantize quantized tensors (converter/emulation.py); set per subgraph by
         # build_subgraph (loop bodies and branches inherit it from their caller).
         self.emulate_quantization = False
-        for t in graph.tensors:
-            if t.is_constant:
-                self.values[t.index] = t.data
 
     def scratch(self, op: Op, values: dict[int, object]) -> BuildContext:
         """A throwaway context to evaluate ``op`` on build-time ``values`` (tensor index ->
@@ -60,7 +118,7 @@ class BuildContext:
         do not clash with this context's; its layers, names and notes are discarded."""
         scratch = BuildContext.__new__(BuildContext)
         scratch.graph, scratch.state = self.graph, self.state
-        scratch.values = dict(values)
+        scratch.values = Values(self.graph, values)
         scratch.layer_names = self.layer_names.copy()
         scratch.layers_by_op, scratch.notes, scratch._current_op = {}, [], op
         scratch.shared_layers = {}

@@ -85,7 +85,8 @@ def convert(tflite_model, *, signature_key: str | None = None, name: str | None 
     if unsupported not in ("error", "wrap"):
         raise MlflowException(f"unsupported must be 'error' or 'wrap', got {unsupported!r}.",
                               error_code=INVALID_PARAMETER_VALUE)
-    model = TFLiteModel.load(tflite_model)
+    # A path is mapped, not read: each weight is then in memory once, as a variable.
+    model = TFLiteModel.load(tflite_model, map_file=True)
     # Keras maps a functional graph recursively: deep graphs get a thread with room for it.
     depth = sum(len(sg.operators) for sg in model.subgraphs) + len(model.subgraphs)
     return run_deep(_convert, depth, model, signature_key, name, unsupported, wrap_ops,
@@ -181,7 +182,7 @@ def _tensor_map(graph: Graph, values: dict, model: keras.Model
     mapping = {}
     for op in graph.ops:
         for t in op.outputs:
-            value = values.get(t.index)
+            value = dict.get(values, t.index)  # as held: released arrays are not refolded
             history = getattr(value, "_keras_history", None)
             if isinstance(value, keras.KerasTensor) and history is not None \
                     and id(history.operation) in in_model:

@@ -1,10 +1,13 @@
 """The graph IR every op handler reads: tensors, constant data, ops, producers/consumers.
 
 Built from one subgraph of a :class:`~mlflow_tflite_keras.tflite_model.TFLiteModel`. Constant
-data is decoded once here, so handlers never see storage details: quantized constants are
+data is decoded here, when first asked for, so handlers never see storage details: quantized
+constants are
 dequantized to float32 (per-tensor, per-channel along ``quantized_dimension`` or blockwise;
 INT2 / INT4 / UINT4 unpacked first), float16 and bfloat16 become float32, sparse constants
-are densified. Index-like integer constants stay integers.
+are densified. Index-like integer constants stay integers. The builder releases a decoded
+constant once the layers that take it hold it (:meth:`Tensor.release`): each weight is then
+in memory once as a variable, not also as an array of the IR.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from mlflow_tflite_keras.tflite_model import (
 )
 
 
+# Ops that only decode a stored constant (float16, quantized or sparse weights), which the IR
+# decodes itself: with a constant input the builder folds them where their output is first
+# used, not at their place in the graph (converters put them all first; folding them there
+# would hold every weight decoded at once).
+STORAGE_OPS = ("DEQUANTIZE", "DENSIFY")
+
+
 @dataclass(eq=False)
 class Tensor:
     index: int
@@ -33,11 +43,36 @@ class Tensor:
     shape_signature: tuple[int, ...]  # -1 for dynamic dimensions
     quantization: Quantization | None
     is_variable: bool = False
-    data: np.ndarray | None = None  # decoded constant value, None for activations
+    # Where a constant's data is stored (None for activations); decoded by :attr:`data`.
+    stored: TensorInfo | None = field(default=None, repr=False)
+    model: TFLiteModel | None = field(default=None, repr=False)
+    decodes: int = field(default=0, repr=False)  # times :attr:`data` decoded it
+    _data: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def is_constant(self) -> bool:
-        return self.data is not None
+        return self.stored is not None
+
+    @property
+    def data(self) -> np.ndarray | None:
+        """The decoded constant value (None for activations), decoded on first use and kept
+        until :meth:`release`."""
+        if self._data is None and self.stored is not None:
+            self._data = decode_constant(self.model, self.stored)
+            self.decodes += 1
+        return self._data
+
+    @property
+    def holds_data(self) -> bool:
+        """The decoded constant is held (decoded and not released)."""
+        return self._data is not None
+
+    def release(self):
+        """Let go of the decoded constant (its layers hold it now) and of the file's pages it
+        was read from; asked for again, it is decoded again."""
+        if self._data is not None:
+            self._data = None
+            self.model.drop_pages()
 
     @property
     def rank(self) -> int:
@@ -158,7 +193,8 @@ def _tensor(model: TFLiteModel, t: TensorInfo) -> Tensor:
         shape_signature=t.shape_signature,
         quantization=t.quantization,
         is_variable=t.is_variable,
-        data=decode_constant(model, t),
+        stored=t if model.has_constant(t) else None,
+        model=model,
     )
 
 
@@ -174,4 +210,4 @@ def decode_constant(model: TFLiteModel, t: TensorInfo) -> np.ndarray | None:
         return t.quantization.dequantize(raw)
     if raw.dtype == np.float16:
         return raw.astype(np.float32)
-    return raw  # a read-only view into the model bytes: weights are not copied twice
+    return raw  # a read-only view into the model's buffer: weights are not copied twice

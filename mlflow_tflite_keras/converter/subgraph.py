@@ -13,6 +13,10 @@ a resource-variable handle.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_tflite_keras.converter import emulation
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
-from mlflow_tflite_keras.converter.ir import Graph, Op, build_graph
+from mlflow_tflite_keras.converter.ir import STORAGE_OPS, Graph, Op, build_graph
 
 _UNBOUND = object()
 
@@ -55,9 +59,21 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
     ``steps`` (hybrid conversion, :mod:`~mlflow_tflite_keras.converter.regions`) replaces
     ``graph.ops``: ops and wrapped regions in dependency order; a region stores its outputs
     itself (``region.materialize``), as one ``TFLiteLayer`` call."""
+    # Uses of each tensor still to build: at 0 the layers taking a constant (or a value
+    # folded from constants) hold it, and the IR lets it go.
+    pending = Counter(t.index for op in graph.ops for t in op.inputs if t is not None)
     for op in (graph.ops if steps is None else steps):
         if not isinstance(op, Op):  # a wrapped region
             op.materialize(ctx, report, key_prefix)
+            pending.update({t.index: len(graph.ops) + 1 for t in op.outputs})  # not refolded
+            _release_constants(graph, ctx, op.ops, pending)
+            continue
+        if op.type in STORAGE_OPS and op.inputs and \
+                all(t is not None and t.is_constant for t in op.inputs):
+            ctx.values.defer(op)  # folded where its output is used
+            if report is not None:
+                report.folded_ops.append(f"{key_prefix}{op.index}:{op.type}")
+            _release_constants(graph, ctx, [op], pending)
             continue
         ctx._current_op = op
         emulate = getattr(ctx, "emulate_quantization", False)
@@ -91,6 +107,51 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
                 report.folded_ops.append(key)  # build-time objects (variable handles)
             else:
                 report.layers[key] = ctx.layers_by_op.get(op.index, [])
+        _release_constants(graph, ctx, [op], pending)
+
+
+def _release_constants(graph: Graph, ctx: BuildContext, ops, pending: Counter):
+    """The constants of ``ops`` (just built) that no op still to build takes are released
+    (:meth:`~mlflow_tflite_keras.converter.ir.Tensor.release`), and so are arrays folded from
+    them (:meth:`~mlflow_tflite_keras.converter.builder.Values.release`); outputs of the
+    subgraph are kept."""
+    outputs = {t.index for t in graph.outputs}
+    released = 0
+    for op in ops:
+        for t in op.inputs:
+            if t is None:
+                continue
+            pending[t.index] -= 1
+            if pending[t.index] > 0 or t.index in outputs:
+                continue
+            if t.is_constant and t.holds_data:
+                released += t.data.nbytes
+                t.release()
+            elif isinstance(dict.get(ctx.values, t.index), np.ndarray):
+                released += ctx.values[t.index].nbytes
+                ctx.values.release(t.index)
+    if released >= _TRIM_BYTES:
+        _give_back_freed_memory()
+
+
+# The copies a weight passes through on its way into a variable are freed, but glibc keeps
+# freed blocks below its (growing) mmap threshold in its heaps: a weight's worth of freed
+# memory per large layer. malloc_trim hands their pages back to the system.
+_TRIM_BYTES = 1 << 20
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _give_back_freed_memory():
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],

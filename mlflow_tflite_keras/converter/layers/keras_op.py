@@ -32,13 +32,21 @@ class StoredConstants:
         self._pending = any(isinstance(v, DeclaredConstant)
                             for v in self._constant_values.values())
         if not self._pending:
-            self.constant_weights = [self._constant_weight(p, self._constant_values[p])
-                                     for p in self.constant_positions]
+            self._hold(self._constant_values)
+
+    def _hold(self, values: dict):
+        """The weights made from ``values`` (position -> array); only their shapes and dtypes
+        are kept besides (the config's), not a second copy of each constant."""
+        self.constant_weights = [self._constant_weight(p, values[p])
+                                 for p in self.constant_positions]
+        self._constant_values = {p: DeclaredConstant(v.shape, v.dtype) for p, v in values.items()}
 
     def _constant_weight(self, pos, value):
+        # The variable is made from the array itself (``Constant`` would multiply a ones
+        # tensor of the full size by it).
         return self.add_weight(
             name=f"constant_{pos}", shape=value.shape, dtype=_keras_dtype(value.dtype),
-            initializer=keras.initializers.Constant(value) if value.size else "zeros",
+            initializer=(lambda shape, dtype=None: value) if value.size else "zeros",
             trainable=self._trainable_constant(value.dtype))
 
     def _trainable_constant(self, dtype) -> bool:
@@ -102,11 +110,9 @@ class StoredConstants:
             values[pos] = np.asarray(stored)
         self._tracker.unlock()  # as Keras itself does to add state to a built layer
         try:
-            self.constant_weights = [self._constant_weight(p, values[p])
-                                     for p in self.constant_positions]
+            self._hold(values)
         finally:
             self._tracker.lock()
-        self._constant_values = values
         self._pending = False
 
 

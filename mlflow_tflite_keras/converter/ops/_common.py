@@ -8,6 +8,7 @@ import numpy as np
 
 from mlflow_tflite_keras.converter.builder import ConversionError
 from mlflow_tflite_keras.converter.registry import HANDLERS
+from mlflow_tflite_keras.tflite_model import drop_file_pages
 
 INT_TYPES = ("INT32", "INT64", "INT16", "INT8", "UINT8", "UINT32")
 _PROBES = (2, 3)  # two batch sizes: entries that differ depend on the batch
@@ -99,22 +100,26 @@ def target_shape(op, ctx, i=1):
 # ---- convolution and pooling -----------------------------------------------------------------
 
 def with_weights(layer, input_shape, weights):
-    """Build ``layer`` for ``input_shape`` and load ``weights`` (trainable variables).
+    """Build ``layer`` for ``input_shape`` holding ``weights`` (trainable variables, in the
+    order of ``layer.weights``).
 
-    Built with zero initializers first: drawing random initial weights that are overwritten
-    at once costs a weight-sized allocation per layer (peak memory on big models). The
-    layer's configured initializers are restored afterwards, so the saved config is as
-    usual."""
+    Each variable is created from its weight: no initial values drawn and overwritten, no
+    second copy for an assignment (peak memory on big models). A layer that creates its
+    weights in another order or from other initializers is built with zeros and assigned
+    instead. The layer's configured initializers are restored afterwards, so the saved
+    config is as usual."""
+    given = _GivenWeights(weights)
     saved = {}
     for attr in ("kernel_initializer", "depthwise_initializer", "bias_initializer",
-                 "recurrent_initializer"):
+                 "recurrent_initializer", "embeddings_initializer"):
         if hasattr(layer, attr):
             saved[attr] = getattr(layer, attr)
-            setattr(layer, attr, keras.initializers.Zeros())
+            setattr(layer, attr, given)
     layer.build(input_shape)
     for attr, value in saved.items():
         setattr(layer, attr, value)
-    layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
+    if not given.complete(layer):
+        layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
     return layer
 
 
@@ -135,6 +140,58 @@ def shared_layer(op, ctx, make, *config):
     else:
         ctx.layers_by_op.setdefault(op.index, []).append(layer.name)
     return layer
+
+
+class _GivenWeights:
+    """An initializer handing out given weights in turn (each checked against the shape
+    asked for; anything unexpected makes the zeros that :func:`with_weights` then
+    overwrites)."""
+
+    def __init__(self, weights):
+        self.weights = list(weights)
+        self.used = 0
+        self.mismatch = False
+
+    def __call__(self, shape, dtype=None):
+        if self.used < len(self.weights) and not self.mismatch and \
+                tuple(np.shape(self.weights[self.used])) == tuple(shape):
+            # The weight is often a view of a mapped file in another layout: one copy,
+            # which becomes the variable's memory (its file pages go once it is made).
+            source = self.weights[self.used]
+            value = _variable_memory(source)
+            drop_file_pages(source)
+            del source
+            self.weights[self.used] = None  # the variable holds it now
+            self.used += 1
+            return value
+        self.mismatch = True
+        return np.zeros(shape, np.float32)
+
+    def complete(self, layer) -> bool:
+        return not self.mismatch and self.used == len(self.weights) == len(layer.weights)
+
+
+_ALIGNMENT = 64  # bytes: Eigen's largest (AVX-512)
+
+
+def _variable_memory(array):
+    """A fresh contiguous float32 copy of ``array`` as a tensor of the backend. With
+    TensorFlow the tensor takes the copy's memory through DLPack (no second copy), and the
+    variable made from it keeps it: a weight is copied once on its way into a variable."""
+    array = np.asarray(array)
+    if keras.backend.backend() != "tensorflow" or not array.size:
+        return np.array(array, dtype=np.float32, order="C", copy=True)
+    # TensorFlow's kernels need their buffers aligned as its own allocator aligns them.
+    memory = np.empty(array.size * 4 + _ALIGNMENT, np.uint8)
+    start = -memory.ctypes.data % _ALIGNMENT
+    copy = memory[start:start + array.size * 4].view(np.float32).reshape(array.shape)
+    np.copyto(copy, array, casting="unsafe")
+    import tensorflow as tf
+
+    try:
+        return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
+    except (AttributeError, BufferError, TypeError, ValueError):  # other builds: a copy
+        return copy
 
 
 def padding(op):
