@@ -216,14 +216,14 @@ def linked(tags: dict) -> list[str]:
     return sorted(refs, key=lineage._ref_order)
 
 
-# Every store for logging; the conversion (the same registry calls, plus the source's links)
-# once on the embedded store and once through the REST API of a server: a SIGKILLed client
-# leaves the same server-side state whatever the server's backend store (and the PostgreSQL
-# server answers slowly, so every step there gets a mid-step kill too: 361 s of the suite).
-@pytest.mark.parametrize("store, op", [("sqlite", "log"), ("sqlite", "convert"),
-                                       ("server", "log"), ("server", "convert"),
-                                       ("postgres", "log")], indirect=["store"])
-def test_sigkill_leaves_no_broken_version(store, op):
+@pytest.mark.parametrize("op", ["log", "convert"])
+def test_sigkill_leaves_no_broken_version(store, op, request):
+    if op == "convert" and request.node.callspec.params["store"] == "postgres":
+        # The conversion's registry calls are logging's plus the source's links: SIGKILLed on
+        # the embedded store and through the REST API of the SQLite-backed server; a killed
+        # client leaves the same server-side state whatever the backend store (and on the
+        # PostgreSQL server every slow step also gets a mid-step kill: 361 s of the suite).
+        pytest.skip("conversion SIGKILLs: covered on the sqlite store and the server")
     uri, experiment_id, root = store
     name = f"interrupted-{op}"
     args = ["log", str(root / "cnn.tflite"), name] if op == "log" else \
