@@ -28,6 +28,7 @@ def work_unit(nodeid: str) -> str:
     return module
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: fine without xdist
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadscope":
         return None
