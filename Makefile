@@ -37,10 +37,12 @@ ui: $(STAMP)
 
 # The suite runs on up to 4 worker processes (pytest-xdist; one per core, each imports
 # TensorFlow): CI's 2 cores take it in about half the serial time. TEST_WORKERS=0 runs serially.
+# --dist loadscope: tests/conftest.py makes the work units (a module, or a module's tests on
+# one store) and sends the modules with slow tests first.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: $(STAMP) java browser postgres
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope --durations=25
 
 # Reconstructions on the JAX backend alone (also part of `make test`): real-world-shaped models
 # built under TensorFlow, reloaded and rebuilt under KERAS_BACKEND=jax in a worker process.

@@ -12,6 +12,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytest  # noqa: E402
 
 
+# Scheduling under pytest-xdist (`make test`: --dist loadscope). A work unit runs on one worker:
+# a module (its module-scoped fixtures are set up once), split by store where the module's
+# fixtures are per store (a server each). Modules with a `slow` test are sent first, so the
+# long units run side by side at the start instead of leaving one worker alone with them at
+# the end. (pytest-xdist 3.8's `loadgroup` cannot group on pytest 9: it renames node ids
+# through an attribute pytest 9 no longer reads.)
+PER_STORE = {"tests/test_interrupted.py", "tests/test_lineage.py"}
+
+
+def work_unit(nodeid: str) -> str:
+    module, _, test = nodeid.partition("::")
+    if module in PER_STORE and test.endswith("]"):
+        return f"{module}:{test[test.index('[') + 1:-1].split('-')[0]}"
+    return module
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: fine without xdist
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order below
+    return WorkUnitScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has ordered tests by their fixtures' params
+def pytest_collection_modifyitems(config, items):
+    slow = {item.nodeid.partition("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.partition("::")[0] not in slow)  # stable
+
+
 @pytest.fixture(scope="session")
 def postgres_tracking_server(tmp_path_factory):
     """One ``mlflow server`` on a throwaway PostgreSQL cluster for the whole session (its

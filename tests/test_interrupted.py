@@ -32,8 +32,12 @@ from mlflow_tflite_keras import lineage
 from servers import clean_env, tracking_server
 
 DRIVER = Path(__file__).with_name("interrupt_driver.py")
-KILL_POINTS = 6  # timed kills, plus one before each registry step
+# Timed kills per operation, plus one in the middle of every slow registry step and one before
+# each registry step. The conversion spends most of its time converting and checking parity
+# (no registry writes: every kill there leaves the same state), so fewer timed kills suffice.
+KILL_POINTS = {"log": 6, "convert": 3}
 SOURCE = "interrupted-src"  # the .tflite version that register_keras_version converts
+pytestmark = pytest.mark.slow  # servers, and a subprocess per kill
 
 
 @pytest.fixture(scope="module", params=["sqlite", "server", "postgres"])
@@ -135,7 +139,7 @@ class Driver:
         self._reader.join(timeout=10)
 
 
-def kill_points(steps, started, n=KILL_POINTS) -> list[float]:
+def kill_points(steps, started, n: int) -> list[float]:
     """Offsets from the start, spread over the operation and a little past its end, plus the
     middle of every registry step that lasted 50 ms or more (e.g. an upload to the server)."""
     done = next(t for t, line in steps if line.startswith("DONE")) - started
@@ -213,7 +217,13 @@ def linked(tags: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("op", ["log", "convert"])
-def test_sigkill_leaves_no_broken_version(store, op):
+def test_sigkill_leaves_no_broken_version(store, op, request):
+    if op == "convert" and request.node.callspec.params["store"] == "postgres":
+        # The conversion's registry calls are logging's plus the source's links: SIGKILLed on
+        # the embedded store and through the REST API of the SQLite-backed server; a killed
+        # client leaves the same server-side state whatever the backend store (and on the
+        # PostgreSQL server every slow step also gets a mid-step kill: 361 s of the suite).
+        pytest.skip("conversion SIGKILLs: covered on the sqlite store and the server")
     uri, experiment_id, root = store
     name = f"interrupted-{op}"
     args = ["log", str(root / "cnn.tflite"), name] if op == "log" else \
@@ -238,7 +248,7 @@ def test_sigkill_leaves_no_broken_version(store, op):
         registry_steps = sum(line.startswith("PHASE") and not line.endswith(" done")
                              for _, line in timeline)
         # Timed kills, then a kill just before each registry step of the uninterrupted run.
-        plan = [(offset, 0) for offset in kill_points(timeline, started)]
+        plan = [(offset, 0) for offset in kill_points(timeline, started, KILL_POINTS[op])]
         plan += [(None, k) for k in range(1, registry_steps + 1)]
         for offset, step in plan:
             started, pid = driver.go(step)

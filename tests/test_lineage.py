@@ -20,6 +20,9 @@ from mlflow_tflite_keras import ParityCheckError, lineage
 from servers import tracking_server
 
 
+pytestmark = pytest.mark.slow  # servers, and a conversion with its parity check per test
+
+
 @pytest.fixture(scope="module", params=["sqlite", "server", "postgres"])
 def store(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)

@@ -9,11 +9,14 @@ been run compiled.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +67,8 @@ def predict_compiled(keras_model, feed, *, isolated: bool = False,
     """``keras_model``'s compiled predict function (the graph ``model.predict`` runs) on
     ``feed`` as one batch. ``isolated=True`` runs it in a child process (the model saved to
     ``.keras`` and loaded with ``safe_mode=True``) and raises :class:`CompiledInferenceError`
-    when the child crashes, fails or times out."""
+    when the child crashes, fails or times out. The children are forked from one server
+    process per caller that has imported Keras once (see :class:`_ForkServer`)."""
     if not isolated:
         # predict_on_batch: the same tf.function as predict, without predict's slicing of
         # every input along axis 0 (models with unbatched inputs cannot be sliced).
@@ -77,17 +81,161 @@ def predict_compiled(keras_model, feed, *, isolated: bool = False,
             np.savez(feed_path, **{f"dict:{k}": np.asarray(v) for k, v in feed.items()})
         else:
             np.savez(feed_path, **{"array:": np.asarray(feed)})
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        err_path = os.path.join(tmp, "stderr.txt")
         try:
-            proc = subprocess.run([sys.executable, "-m", __name__, model_path, feed_path,
-                                   out_path], capture_output=True, text=True, timeout=timeout,
-                                  env=env)
+            code = _run_isolated([model_path, feed_path, out_path, err_path], timeout)
         except subprocess.TimeoutExpired as e:
             raise CompiledInferenceError(f"model.predict did not finish in {timeout:.0f} s") from e
-        if proc.returncode != 0:
-            raise CompiledInferenceError(_failure(proc))
+        if code != 0:
+            with open(err_path, errors="replace") as err:
+                raise CompiledInferenceError(_failure(code, err.read()))
         with np.load(out_path) as outputs:
             return [outputs[f"out{i}"] for i in range(len(outputs.files))]
+
+
+def _run_isolated(args: list[str], timeout: float) -> int:
+    """The exit code of a fresh process running ``_worker(*args[:3])`` with its stderr in
+    ``args[3]`` (negative: killed by that signal); raises ``subprocess.TimeoutExpired``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if not hasattr(os, "fork"):
+        with open(args[3], "wb") as err:
+            return subprocess.run([sys.executable, "-m", __name__, *args[:3]], env=env,
+                                  stdout=err, stderr=err, timeout=timeout).returncode
+    global _server
+    with _server_lock:
+        if _server is None or not _server.usable(env):
+            if _server is not None and _server.owner == os.getpid():
+                _server.close()
+            if _server is None:
+                atexit.register(_close_server)
+            _server = _ForkServer(env)
+        try:
+            return _server.run(args, timeout)
+        except CompiledInferenceError:
+            _server.close()  # it died or is out of step: the next call starts another
+            raise
+
+
+class _ForkServer:
+    """A child process that has imported Keras (TensorFlow's import takes seconds) and forks
+    one grandchild per isolated prediction: each prediction still runs, and may crash, in a
+    process of its own, without paying for the import each time. The server runs no
+    TensorFlow op itself, so its children start with no thread pools (safe to fork). It exits
+    when this process closes its stdin: at exit, or when this process dies."""
+
+    def __init__(self, env: dict):
+        self.env_key = _env_key(env)
+        self.owner = os.getpid()
+        self.log = tempfile.TemporaryFile()  # the server's own stderr (its import's noise)
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env)
+        self.buffer = b""
+
+    def usable(self, env: dict) -> bool:
+        """Started by this process (not inherited through a fork), running, same env."""
+        return self.owner == os.getpid() and self.proc.poll() is None and \
+            self.env_key == _env_key(env)
+
+    def run(self, args: list[str], timeout: float) -> int:
+        import json
+        import time
+
+        deadline = time.monotonic() + timeout
+        self.proc.stdin.write((json.dumps(args) + "\n").encode())
+        self.proc.stdin.flush()
+        pid = int(self._line(deadline + 120))  # on first use, the server is still importing
+        try:
+            return int(self._line(deadline))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._line(time.monotonic() + 60)  # the server reaps it and says so
+            raise
+
+    def _line(self, deadline: float) -> str:
+        import select
+        import time
+
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(self.proc.args, 0)
+            if select.select([self.proc.stdout], [], [], left)[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    self.log.seek(0)
+                    raise CompiledInferenceError(
+                        f"the process running model.predict exited ({self.proc.wait()}): "
+                        + self.log.read().decode(errors="replace")[-2000:])
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+_server: _ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def _env_key(env: dict) -> tuple:
+    # MLflow's run state (MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_ID...) changes between calls and
+    # means nothing to a prediction; any other change (KERAS_BACKEND, paths) starts a new server.
+    return tuple(sorted((k, v) for k, v in env.items() if not k.startswith("MLFLOW_")))
+
+
+def _close_server():
+    if _server is not None and _server.owner == os.getpid():
+        _server.close()
+
+
+def _serve() -> None:
+    """The fork server's loop: a JSON list [model, feed, out, stderr path] per line in; the
+    grandchild's pid, then its exit code (negative: the signal that killed it) per line out."""
+    import json
+    import traceback
+
+    import keras  # noqa: F401  (the point of the server: imported once)
+
+    import mlflow_tflite_keras.converter.layers  # noqa: F401
+    from mlflow_tflite_keras.converter import deep  # noqa: F401
+
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints go to stderr: stdout carries the replies only
+    for line in sys.stdin:
+        model_path, feed_path, out_path, err_path = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                reply.close()
+                err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(err, 2)
+                os.dup2(err, 1)
+                os.close(err)
+                _worker(model_path, feed_path, out_path)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        reply.write(f"{pid}\n")
+        reply.flush()
+        _, status = os.waitpid(pid, 0)
+        reply.write(f"{os.waitstatus_to_exitcode(status)}\n")
+        reply.flush()
 
 
 def check_compiled(keras_model, feed, *, isolated: bool = True, eager=None,
@@ -125,8 +273,7 @@ def compare_compiled(eager: list[np.ndarray], compiled: list[np.ndarray],
     return CompiledCheck(True, worst)
 
 
-def _failure(proc: subprocess.CompletedProcess) -> str:
-    code = proc.returncode
+def _failure(code: int, stderr: str) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -138,7 +285,7 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
                      "(the eager call works)")
     else:
         what = f"model.predict failed (exit code {code})"
-    last = [line for line in (proc.stderr or "").strip().splitlines()
+    last = [line for line in (stderr or "").strip().splitlines()
             if line.strip() and not line.startswith(("I0000", "W0000", "E0000", "WARNING: All"))]
     return what + (f": {last[-1][:500]}" if last and code > 0 else "")
 
@@ -171,4 +318,7 @@ def _load_and_predict(model_path: str, feed_path: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:4])
+    if sys.argv[1:] == ["--serve"]:
+        _serve()
+    else:
+        _worker(*sys.argv[1:4])

@@ -26,6 +26,8 @@ from converter import real_models, streaming_models
 from converter.app_models import SMALL, small_tflite
 import roundtrip_models
 
+pytestmark = pytest.mark.slow  # eight models converted, then checked in a JAX process
+
 BACKEND = os.environ.get("TFLITE_KERAS_TEST_BACKEND", "jax")
 WORKER = Path(__file__).with_name("backend_worker.py")
 

@@ -70,6 +70,27 @@ def test_compiled_check_reports_a_crash_and_the_caller_survives():
     assert np.isfinite(eager).all()  # still alive
 
 
+def test_isolated_runs_share_one_fork_server_that_survives_crashes_and_timeouts():
+    """Isolated runs are forked from one server that imported Keras once: a crash or a
+    timeout kills only that run's process, and the next run gets a correct answer."""
+    import keras
+
+    from mlflow_tflite_keras.converter import compiled
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    good = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    assert check_compiled(good, x, isolated=True).passed
+    server = compiled._server.proc.pid
+    assert not check_compiled(crashing_model(), guard_input(), isolated=True).passed
+    with pytest.raises(compiled.CompiledInferenceError, match="did not finish in 0 s"):
+        compiled.predict_compiled(good, x, isolated=True, timeout=0.01)
+    (values,) = compiled.predict_compiled(good, x, isolated=True)
+    np.testing.assert_allclose(values, np.asarray(good(x)), rtol=1e-5, atol=1e-6)
+    assert compiled._server.proc.pid == server
+
+
 def test_compiled_comparison_rejects_a_small_difference():
     eager = [np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)]
     assert compare_compiled(eager, [eager[0].copy()]).passed
