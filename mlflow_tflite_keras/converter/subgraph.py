@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from mlflow_tflite_keras.converter import emulation
+from mlflow_tflite_keras.converter import emulation, fusions
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import Graph, Op, build_graph
 
@@ -127,6 +127,8 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
         if emulate_quantization:
             t = graph.tensors[spec.tensor]
             ctx.values[spec.tensor] = emulation.fake_quantize(ctx, t, x, spec.name)
+    # Decomposed layer normalizations become one trainable layer each (converter.fusions).
+    steps = fusions.plan(graph, steps, handlers, ctx)
     run_ops(graph, ctx, handlers, report, key_prefix, steps)
 
     values, model_outputs = [], []
