@@ -43,25 +43,21 @@ class LayerNormFusion:
     decomposed layer normalization of ``x`` into ``y``, built as one ``LayerNormalization``."""
 
     def __init__(self, ops: list[Op], x: Tensor, y: Tensor, epsilon: float,
-                 gamma: np.ndarray | None, beta: np.ndarray | None, handlers):
+                 gamma: np.ndarray | None, beta: np.ndarray | None):
         self.ops, self.x, self.y = ops, x, y
         self.epsilon, self.gamma, self.beta = epsilon, gamma, beta
-        self.handlers = handlers
 
     @property
     def labels(self) -> list[str]:
         return [f"{op.index}:{op.type}" for op in self.ops]
 
-    def materialize(self, ctx, report=None, key_prefix: str = "") -> None:
+    def materialize(self, ctx, report=None, key_prefix: str = "") -> list[Op] | None:
+        """Store ``y``'s value; or return the ops, for ``run_ops`` to build one by one."""
         import keras
-
-        from mlflow_tflite_keras.converter.subgraph import run_ops
 
         x = ctx.value(self.x)
         if not isinstance(x, keras.KerasTensor) or x.shape[-1] != self.x.shape[-1]:
-            # A build-time constant (folded) or an unknown channel count: op by op.
-            run_ops(ctx.graph, ctx, self.handlers, report, key_prefix, steps=self.ops)
-            return
+            return self.ops  # a build-time constant (folded), or an unknown channel count
         last = self.ops[-1]
         ctx._current_op = last
         layer = keras.layers.LayerNormalization(
@@ -76,6 +72,7 @@ class LayerNormFusion:
         if report is not None:
             for label in self.labels:
                 report.layers[f"{key_prefix}{label}"] = [layer.name]
+        return None
 
 
 def plan(graph: Graph, steps: list | None, handlers, ctx) -> list | None:
@@ -161,7 +158,7 @@ def _match(graph: Graph, mean: Op, free: set, taken: set, handlers, ctx):
             continue
         fitted = _fit(graph, cone, x, y, epsilon, handlers, ctx)
         if fitted is not None:
-            return LayerNormFusion(cone, x, y, epsilon, *fitted, handlers)
+            return LayerNormFusion(cone, x, y, epsilon, *fitted)
     return None
 
 

@@ -54,10 +54,14 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
 
     ``steps`` (hybrid conversion, :mod:`~mlflow_tflite_keras.converter.regions`) replaces
     ``graph.ops``: ops and wrapped regions in dependency order; a region stores its outputs
-    itself (``region.materialize``), as one ``TFLiteLayer`` call."""
+    itself (``region.materialize``), as one ``TFLiteLayer`` call; a fused pattern
+    (:mod:`~mlflow_tflite_keras.converter.fusions`) as one layer, or returns its ops to run one
+    by one when it cannot be built fused."""
     for op in (graph.ops if steps is None else steps):
-        if not isinstance(op, Op):  # a wrapped region
-            op.materialize(ctx, report, key_prefix)
+        if not isinstance(op, Op):  # a wrapped region or a fused pattern
+            unfused = op.materialize(ctx, report, key_prefix)
+            if unfused:
+                run_ops(graph, ctx, handlers, report, key_prefix, unfused)
             continue
         ctx._current_op = op
         emulate = getattr(ctx, "emulate_quantization", False)

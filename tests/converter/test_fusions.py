@@ -166,3 +166,28 @@ def _layer_norm(x, axis, also_mean=False):
 def test_near_misses_convert_op_by_op(fn, shape, fused):
     model, _ = check_op("RSQRT", fn, [(shape, "float")])
     assert bool(_layer_norms(model)) == fused
+
+
+def test_a_folded_input_runs_the_ops_one_by_one(keras_ln):
+    """When the pattern's input is a build-time constant the fusion hands its ops back to
+    ``run_ops``, which folds them (a layer of constant rows is beta)."""
+    from mlflow_tflite_keras.converter import fusions
+    from mlflow_tflite_keras.converter.builder import BuildContext
+    from mlflow_tflite_keras.converter.ir import build_graph
+    from mlflow_tflite_keras.converter.registry import load_handlers
+    from mlflow_tflite_keras.converter.subgraph import run_ops
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    data, _ = keras_ln
+    graph = build_graph(TFLiteModel.load(data), 0)
+    ctx, handlers = BuildContext(graph), load_handlers()
+    steps = fusions.plan(graph, None, handlers, ctx)
+    (fusion,) = [s for s in steps if isinstance(s, fusions.LayerNormFusion)]
+    assert len(steps) == len(graph.ops) - len(fusion.ops) + 1
+    ctx.values[fusion.x.index] = np.full(fusion.x.shape, 2.0, np.float32)
+    assert fusion.materialize(ctx) == fusion.ops
+    run_ops(graph, ctx, handlers, steps=[fusion])
+    y = ctx.values[fusion.y.index]
+    assert isinstance(y, np.ndarray)
+    # TF computes x * (gamma * r) - mean * (gamma * r): float32 cancellation, r = 31.6
+    np.testing.assert_allclose(y, np.broadcast_to(BETA, y.shape), atol=1e-5)
