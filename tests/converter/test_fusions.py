@@ -191,3 +191,11 @@ def test_a_folded_input_runs_the_ops_one_by_one(keras_ln):
     assert isinstance(y, np.ndarray)
     # TF computes x * (gamma * r) - mean * (gamma * r): float32 cancellation, r = 31.6
     np.testing.assert_allclose(y, np.broadcast_to(BETA, y.shape), atol=1e-5)
+
+
+def test_a_quantized_graph_is_left_op_by_op():
+    """int8 weights (hybrid kernels): the pattern converts op by op, as the source runs."""
+    from mlflow_tflite_keras.converter import to_keras
+
+    data = (LITERT_TORCH / "transformer-dynamic-int8.tflite").read_bytes()
+    assert not _layer_norms(to_keras(data))
