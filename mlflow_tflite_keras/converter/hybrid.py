@@ -44,15 +44,17 @@ def hybrid_scheme(op, x_shape) -> tuple[int | None, bool, str]:
     return int(row_size), bool(op.opt("asymmetricQuantizeInputs", False)), kernel
 
 
-def hybrid_input_quantization(op, x: np.ndarray) -> np.ndarray:
+def hybrid_input_quantization(op, x: np.ndarray, kernel: str | None = None) -> np.ndarray:
     """The float activations a hybrid kernel actually multiplies (rounding half away from
     zero; :func:`~mlflow_tflite_keras.converter.layers.quantization.quantize_hybrid_input`, the one
     routine the emulated models use too), in the kernel's precision. Feeding these to the
-    float layer reproduces the kernel's result up to float summation order."""
+    float layer reproduces the kernel's result up to float summation order. ``kernel``
+    overrides whose arithmetic (the op-by-op check reads LiteRT's builtin kernels)."""
     import keras
 
     from mlflow_tflite_keras.converter.layers.quantization import quantize_hybrid_input
 
     x = np.asarray(x, np.float32)
-    out = quantize_hybrid_input(x, *hybrid_scheme(op, x.shape))
+    row_size, asymmetric, default = hybrid_scheme(op, x.shape)
+    out = quantize_hybrid_input(x, row_size, asymmetric, kernel or default)
     return np.asarray(keras.ops.convert_to_numpy(out), np.float32)

@@ -845,7 +845,8 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
         feed = [values[t.index].astype(known[t.index].dtype) for t in sources]
         op_limits = limits
         if is_hybrid(op) and op.inputs[0] is sources[0]:
-            feed[0] = hybrid_input_quantization(op, feed[0])
+            # _interpreter_tensors runs LiteRT's builtin kernels (no delegate)
+            feed[0] = hybrid_input_quantization(op, feed[0], kernel="builtin")
             op_limits = {**limits, "max_rel_error": max(max_rel_error, HYBRID_REPLAYED_MAX_REL)}
         elif _has_integer_weights(op):  # other hybrid kernels (SVDF, blockwise...): not replayed
             op_limits = {**limits, "max_rel_error": max(max_rel_error, HYBRID_MAX_REL_ERROR)}

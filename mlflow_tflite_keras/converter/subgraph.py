@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from mlflow_tflite_keras.converter import emulation
+from mlflow_tflite_keras.converter import emulation, fusions
 from mlflow_tflite_keras.converter.builder import BuildContext, ConversionError
 from mlflow_tflite_keras.converter.ir import STORAGE_OPS, Graph, Op, build_graph
 
@@ -58,13 +58,18 @@ def run_ops(graph: Graph, ctx: BuildContext, handlers, report=None, key_prefix: 
 
     ``steps`` (hybrid conversion, :mod:`~mlflow_tflite_keras.converter.regions`) replaces
     ``graph.ops``: ops and wrapped regions in dependency order; a region stores its outputs
-    itself (``region.materialize``), as one ``TFLiteLayer`` call."""
+    itself (``region.materialize``), as one ``TFLiteLayer`` call; a fused pattern
+    (:mod:`~mlflow_tflite_keras.converter.fusions`) as one layer, or returns its ops to run one
+    by one when it cannot be built fused."""
     # Uses of each tensor still to build: at 0 the layers taking a constant (or a value
     # folded from constants) hold it, and the IR lets it go.
     pending = Counter(t.index for op in graph.ops for t in op.inputs if t is not None)
     for op in (graph.ops if steps is None else steps):
-        if not isinstance(op, Op):  # a wrapped region
-            op.materialize(ctx, report, key_prefix)
+        if not isinstance(op, Op):  # a wrapped region or a fused pattern
+            unfused = op.materialize(ctx, report, key_prefix)
+            if unfused:  # it cannot be built fused: its ops one by one
+                run_ops(graph, ctx, handlers, report, key_prefix, unfused)
+                continue
             pending.update({t.index: len(graph.ops) + 1 for t in op.outputs})  # not refolded
             _release_constants(graph, ctx, op.ops, pending)
             continue
@@ -191,6 +196,8 @@ def build_subgraph(tflite_model, subgraph_index: int, inputs: list[InputSpec],
         if emulate_quantization:
             t = graph.tensors[spec.tensor]
             ctx.values[spec.tensor] = emulation.fake_quantize(ctx, t, x, spec.name)
+    # Decomposed layer normalizations become one trainable layer each (converter.fusions).
+    steps = fusions.plan(graph, steps, handlers, ctx)
     run_ops(graph, ctx, handlers, report, key_prefix, steps)
 
     values, model_outputs = [], []
