@@ -48,10 +48,10 @@ class LayerNormFusion:
         self.epsilon, self.gamma, self.beta = epsilon, gamma, beta
 
     @property
-    @property
     def outputs(self) -> list[Tensor]:
         return [self.y]
 
+    @property
     def labels(self) -> list[str]:
         return [f"{op.index}:{op.type}" for op in self.ops]
 
