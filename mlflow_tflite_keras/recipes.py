@@ -23,7 +23,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 __all__ = ["BLOCK_SIZES", "CONVERTER_RECIPES", "DEFAULT_TOLERANCES", "FULL_INTEGER", "MIXED",
            "EMULATED_COMPILED_MAX_STEPS", "EMULATED_TOLERANCES",
            "OP_BY_OP_TOLERANCES", "QUANTIZED_TYPES", "RECIPES", "WEIGHT_TYPES", "is_quantized",
-           "is_hybrid_kind", "kind_from", "normalize_recipe", "quantizer_config",
+           "is_float_kind", "is_hybrid_kind", "kind_from", "normalize_recipe", "quantizer_config",
            "tolerance_family",
            "weight_scheme"]
 
@@ -182,6 +182,11 @@ def tolerance_family(kind: str) -> str:
     if kind.startswith("dynamic-range") or kind == MIXED:
         return "dynamic-range"
     return kind
+
+
+def is_float_kind(kind: str) -> bool:
+    """Float activations and float (or float16) weights: nothing quantized."""
+    return tolerance_family(kind) in ("none", "float16")
 
 
 def is_hybrid_kind(kind: str) -> bool:

@@ -220,6 +220,16 @@ class RuntimeModel:
         resource, int2 = schema.TensorType.RESOURCE, schema.TensorType.INT2
         for g in range(root.SubgraphsLength()):
             sg = root.Subgraphs(g)
+            # Operator codes and input/output counts: LiteRT's kernels trust them (a missing
+            # input is a null pointer), and a file replaced since it was validated at save
+            # time may break them. A suspicion is confirmed (and named) by the full model.
+            for o in range(sg.OperatorsLength()):
+                op = sg.Operators(o)
+                index = op.OpcodeIndex()
+                arity = _tm._ARITY.get(codes[index]) if 0 <= index < len(codes) else ()
+                suspicious = suspicious or arity == () or arity is not None and not (
+                    _within(op.InputsLength(), *arity[:2])
+                    and _within(op.OutputsLength(), *arity[2:]))
             for t in range(sg.TensorsLength()):
                 tensor = sg.Tensors(t)
                 stateful = stateful or tensor.Type() == resource
@@ -230,6 +240,10 @@ class RuntimeModel:
                 suspicious = suspicious or tensor.Type() == int2 or (
                     q is not None and q.DetailsType() != schema.QuantizationDetails.NONE)
         return stateful, bool(variable), suspicious, "CUSTOM" in codes
+
+
+def _within(count: int, low: int, high: int | None) -> bool:
+    return count >= low and (high is None or count <= high)
 
 
 class _LazySubgraphs:

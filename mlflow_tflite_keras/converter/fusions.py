@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.recipes import is_float_kind
 
 #: Ops a decomposed layer normalization is made of.
 _VOCABULARY = {"MEAN", "RESHAPE", "SQUARED_DIFFERENCE", "SUB", "MUL", "ADD", "RSQRT", "SQRT",
@@ -109,7 +110,7 @@ def plan(graph: Graph, steps: list | None, handlers, ctx) -> list | None:
 
 
 def _quantized(graph: Graph) -> bool:
-    return graph.model.quantization_kind not in ("none", "float16", "bfloat16")
+    return not is_float_kind(graph.model.quantization_kind)
 
 
 def _float32(t: Tensor) -> bool:

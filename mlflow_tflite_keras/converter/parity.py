@@ -834,7 +834,7 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
     wanted = sorted({t.index for _, src, dst, _ in plan for t in [*src, *dst]}
                     | set(spec.output_indices))
     values = _interpreter_tensors(model, runner, spec, inputs, wanted)
-    if is_hybrid_kind(model.quantization_kind):
+    if is_hybrid_kind(model.quantization_kind) and model.has_custom_ops:
         _reference_kernels_agree(runner, spec, signature_key, inputs, values)
     limits = {"max_steps": max_steps, "max_rel_error": max_rel_error}
     results = []
@@ -867,9 +867,10 @@ HYBRID_MAX_REL_ERROR = 1e-2
 
 
 # LiteRT's reference hybrid kernels (which keep intermediate tensors) and its default ones
-# (XNNPACK) both quantize activations per row: <= 0.3% of the output range apart, measured on
-# int4 models. (Full-integer models differ more end to end, rounding compounding over layers,
-# and are judged op by op in steps.)
+# (XNNPACK) quantize activations differently; they agree op by op, but the difference compounds
+# end to end: 0.3% of the output range on a 3-layer int4 MLP, 12-29% on the deep Keras apps.
+# Next to custom kernels (ai-edge-quantizer's Hadamard rotation) a single reference FC was
+# seen 65% off: there, models whose kernels disagree by more than this are judged end to end.
 KERNELS_AGREE_MAX_REL = 5e-2
 
 
