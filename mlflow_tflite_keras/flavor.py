@@ -507,7 +507,7 @@ class LoadedTFLiteModel:
 
         options.setdefault("num_threads", self.num_threads)
         self._runner.model.check_litert_support()
-        interpreter = Interpreter(model_content=self.model_bytes, **options)
+        interpreter = Interpreter(**self._runner.interpreter_source(), **options)
         interpreter.allocate_tensors()
         return interpreter
 

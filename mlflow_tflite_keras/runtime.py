@@ -347,26 +347,29 @@ class TFLiteRunner:
 
         self.model.check_litert_support()
         try:
-            path = getattr(self.model, "model_path", None)
-            source = {"model_path": path} if path and os.path.exists(path) else \
-                {"model_content": self.model.model_bytes}
-            interpreter = Interpreter(**source, num_threads=self.num_threads, **options)
+            interpreter = Interpreter(**self.interpreter_source(), num_threads=self.num_threads,
+                                      **options)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise MlflowException(f"LiteRT cannot load this model: {e}") from None
-        return _Session(interpreter, self._reference_interpreter if self.model.has_custom_ops
+        return _Session(interpreter, self.reference_interpreter if self.model.has_custom_ops
                         else None)
 
-    def _reference_interpreter(self):
-        """The model on LiteRT's own kernels, no delegate: allocating it prepares every op, so
-        the shapes it gives are the ones each kernel will write."""
+    def interpreter_source(self) -> dict:
+        """The ``Interpreter`` keyword naming the model: its file when it has one on disk
+        (LiteRT maps it), else its bytes."""
+        path = getattr(self.model, "model_path", None)
+        return {"model_path": path} if path and os.path.exists(path) else \
+            {"model_content": self.model.model_bytes}
+
+    def reference_interpreter(self, **options):
+        """The model on LiteRT's own kernels, no delegate (not allocated): allocating it
+        prepares every op, so the shapes it gives are the ones each kernel will write; with
+        ``experimental_preserve_all_tensors=True`` it keeps every intermediate tensor."""
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        path = getattr(self.model, "model_path", None)
-        source = {"model_path": path} if path and os.path.exists(path) else \
-            {"model_content": self.model.model_bytes}
-        return Interpreter(**source, experimental_op_resolver_type=(
-            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        return Interpreter(**self.interpreter_source(), experimental_op_resolver_type=(
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES), **options)
 
     # ---- public ---------------------------------------------------------------------------
 

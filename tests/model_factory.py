@@ -272,6 +272,30 @@ def make_digits_lstm():
     return fixed
 
 
+def fusable_lstm():
+    """TensorFlow's fusable LSTM function (Keras 2's ``api_implements="lstm_..."`` contract):
+    TFLiteConverter turns each call into one UNIDIRECTIONAL_SEQUENCE_LSTM.
+    ``(inputs, init_h, init_c, kernel, recurrent_kernel, bias) -> (last output, sequence, h, c,
+    1.0)``, Keras' gate order (i, f, g, o)."""
+    import uuid
+
+    import tensorflow as tf
+
+    def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+        h, c, outs = init_h, init_c, []
+        for x in tf.unstack(inputs, axis=1):
+            z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
+            z0, z1, z2, z3 = tf.split(z, 4, axis=1)
+            c = tf.sigmoid(z1) * c + tf.sigmoid(z0) * tf.tanh(z2)
+            h = tf.sigmoid(z3) * tf.tanh(c)
+            outs.append(h)
+        outputs = tf.stack(outs, axis=1)
+        return outputs[:, -1], outputs, h, c, tf.constant(1.0)
+
+    return tf.function(standard_lstm, autograph=False, experimental_attributes={
+        "api_implements": f"lstm_{uuid.uuid4()}", "time_major": False, "go_backwards": False})
+
+
 def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
     """:func:`make_digits_lstm`'s trained weights in TensorFlow's fusable LSTM function (the
     ``api_implements="lstm_..."`` contract of Keras 2's LSTM), so TFLiteConverter emits one
@@ -281,8 +305,6 @@ def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
     of 1; cached. ``io_types``: ``inference_input_type`` / ``inference_output_type``."""
 
     def build():
-        import uuid
-
         import keras
         import tensorflow as tf
 
@@ -293,20 +315,7 @@ def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
         kernel, recurrent, bias = (tf.constant(w) for w in lstm.get_weights())
         dense_kernel, dense_bias = (tf.constant(w) for w in trained.layers[-1].get_weights())
 
-        def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
-            h, c, outs = init_h, init_c, []
-            for x in tf.unstack(inputs, axis=1):
-                z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
-                z0, z1, z2, z3 = tf.split(z, 4, axis=1)
-                c = tf.sigmoid(z1) * c + tf.sigmoid(z0) * tf.tanh(z2)
-                h = tf.sigmoid(z3) * tf.tanh(c)
-                outs.append(h)
-            outputs = tf.stack(outs, axis=1)
-            return outputs[:, -1], outputs, h, c, tf.constant(1.0)
-
-        fused = tf.function(standard_lstm, autograph=False, experimental_attributes={
-            "api_implements": f"lstm_{uuid.uuid4()}", "time_major": False,
-            "go_backwards": False})
+        fused = fusable_lstm()
         module = tf.Module()
 
         @tf.function(input_signature=[tf.TensorSpec((1, 8, 8), tf.float32)])
@@ -321,4 +330,4 @@ def digits_fused_lstm_tflite(recipe: str, **io_types) -> bytes:
         return convert_with_recipe(converter, recipe, digits()[0][:64, ..., 0], **io_types)
 
     return cached(f"digits-fused-lstm-{recipe}", build, recipe, sorted(io_types.items()),
-                  inspect.getsource(make_digits_lstm))
+                  inspect.getsource(make_digits_lstm), inspect.getsource(fusable_lstm))

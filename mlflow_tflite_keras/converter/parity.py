@@ -338,7 +338,7 @@ def check_parity(tflite_model, keras_model, inputs=None, *, n_samples: int = 8,
     if op_limits:
         try:
             ops = check_ops(model, keras_model, inputs, tensor_map=tensor_map,
-                            signature_key=signature_key,
+                            signature_key=signature_key, served=expected,
                             max_steps=op_limits.get("op_max_steps", OP_MAX_STEPS),
                             max_rel_error=op_limits.get("op_max_rel_error", 1e-4))
         except ValueError as e:
@@ -773,7 +773,7 @@ def locate_divergence(tflite_model, keras_model, inputs=None, *, tensor_map=None
 
 def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samples: int = 2,
               signature_key=None, seed: int = 0, max_steps: float = OP_MAX_STEPS,
-              max_rel_error: float = 1e-4) -> DivergenceReport:
+              max_rel_error: float = 1e-4, served=None) -> DivergenceReport:
     """Op by op: each op's Keras layers are fed the interpreter's values of that op's inputs
     and compared with the interpreter's value of its output. Errors do not accumulate, so a
     float reconstruction of a full-integer model is judged sharply: each quantized output
@@ -783,6 +783,8 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
 
     ``tensor_map`` as in :func:`locate_divergence`. Ops whose Keras layers cannot be cut
     out between their inputs and outputs (folded, fused across ops) are listed as skipped.
+    ``served``: the interpreter's outputs on ``inputs`` (by name, dequantized) when the caller
+    has them already.
     """
     # keras.Model on intermediate tensors clones nodes into the layers (and then the model
     # no longer saves); Keras' graph Function evaluates the same cut without touching them.
@@ -835,7 +837,9 @@ def check_ops(tflite_model, keras_model, inputs=None, *, tensor_map=None, n_samp
                     | set(spec.output_indices))
     values = _interpreter_tensors(model, runner, spec, inputs, wanted)
     if is_hybrid_kind(model.quantization_kind) and model.has_custom_ops:
-        _reference_kernels_agree(runner, spec, signature_key, inputs, values)
+        if served is None:
+            served = runner.predict(inputs, signature_key=signature_key, dequantize=True)
+        _reference_kernels_agree(spec, served, values)
     limits = {"max_steps": max_steps, "max_rel_error": max_rel_error}
     results = []
     for op, sources, targets, cut in plan:
@@ -874,12 +878,11 @@ HYBRID_MAX_REL_ERROR = 1e-2
 KERNELS_AGREE_MAX_REL = 5e-2
 
 
-def _reference_kernels_agree(runner, spec, signature_key, inputs, values) -> None:
+def _reference_kernels_agree(spec, served: dict, values: dict) -> None:
     """The op-by-op check reads intermediate tensors from LiteRT's reference kernels; where
     those disagree with the default kernels the model runs with (seen: int4 hybrid
     FULLY_CONNECTED after ai-edge-quantizer's Hadamard rotation, 13-20% of the range), the
     ops would be judged against another computation: the model is judged end to end."""
-    served = runner.predict(inputs, signature_key=signature_key, dequantize=True)
     for o in spec.outputs:
         reference, default = values.get(o.index), served.get(o.name)
         if reference is None or default is None or reference.shape != default.shape:
@@ -928,14 +931,9 @@ def _interpreter_tensors(model: TFLiteModel, runner: TFLiteRunner, spec, inputs:
                          indices: list[int]) -> dict[int, np.ndarray]:
     """Every tensor in ``indices`` after one run (dequantized when quantized); a model that
     cannot take the whole batch runs row by row and the rows are concatenated."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     from mlflow_tflite_keras.runtime import _Session
 
-    interpreter = Interpreter(
-        model_content=model.model_bytes,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        experimental_preserve_all_tensors=True)
+    interpreter = runner.reference_interpreter(experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     session = _Session(interpreter, (lambda: interpreter) if model.has_custom_ops else None)
     sg = spec.subgraph_index

@@ -188,6 +188,20 @@ def perturbed(model, factor=1.05, weight=None):
     return lambda: weight.assign(original)
 
 
+def assert_kernel_change_fails(data, model, inputs, weight=None, **parity_args):
+    """``check_parity`` of ``model`` against ``data`` fails once one middle kernel (or
+    ``weight``) is scaled by 1.05; the model is restored after. Returns the failing report."""
+    from mlflow_tflite_keras.converter.parity import check_parity
+
+    undo = perturbed(model, weight=weight)
+    try:
+        wrong = check_parity(data, model, inputs, **{"compiled": False, **parity_args})
+    finally:
+        undo()
+    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+    return wrong
+
+
 _UNDO = {}
 
 

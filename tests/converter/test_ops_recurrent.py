@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from converter.handmade import FlatModel
-from model_factory import cached
+from model_factory import cached, fingerprint, fusable_lstm
 
 from converter.op_harness import check_model
 from mlflow_tflite_keras.converter import to_keras
@@ -46,26 +46,11 @@ def fused_lstm_tflite(name, timesteps=T, units=U, features=F, recipe="float32",
         lstm.set_weights([kernel, recurrent, bias])
 
     def build():
-        import uuid
-
         import tensorflow as tf
 
         k, rk, b = (tf.constant(w) for w in lstm.get_weights())
 
-        def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
-            h, c, outs = init_h, init_c, []
-            for x in tf.unstack(inputs, axis=1):
-                z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
-                z0, z1, z2, z3 = tf.split(z, 4, axis=1)
-                c = tf.sigmoid(z1) * c + tf.sigmoid(z0) * tf.tanh(z2)
-                h = tf.sigmoid(z3) * tf.tanh(c)
-                outs.append(h)
-            outputs = tf.stack(outs, axis=1)
-            return outputs[:, -1], outputs, h, c, tf.constant(1.0)
-
-        fused = tf.function(standard_lstm, autograph=False, experimental_attributes={
-            "api_implements": f"lstm_{uuid.uuid4()}", "time_major": False,
-            "go_backwards": False})
+        fused = fusable_lstm()
         module = tf.Module()
         if embedding is None:
             spec = tf.TensorSpec((1, timesteps, features), tf.float32)
@@ -93,7 +78,7 @@ def fused_lstm_tflite(name, timesteps=T, units=U, features=F, recipe="float32",
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         return converter.convert()
 
-    key = [timesteps, units, features, recipe, saturate, embedding]
+    key = [timesteps, units, features, recipe, saturate, embedding, fingerprint(fusable_lstm)]
     return cached(f"fused-lstm-{name}", build, *key), lstm
 
 
