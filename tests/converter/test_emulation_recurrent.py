@@ -133,3 +133,34 @@ def test_integer_lstm_emulated_within_one_step(variant):
         print(f"\n{variant} compiled={compiled}: max {out.max_steps} steps, "
               f"{out.share_exact:.1%} at 0 steps")
         assert out.max_steps <= 1.0, str(report)
+        assert report.passed, str(report)
+
+
+def test_integer_multiplier_is_exact_on_int32():
+    """The integer LSTM's MultiplyByQuantizedMultiplier without 64-bit integers agrees with
+    the kernel's int64 arithmetic over the whole int32 range; a 1-off rounding would not."""
+    from keras import ops
+
+    from mlflow_tflite_keras.converter.layers.recurrent import (
+        _multiplier_digits,
+        _multiply_by_quantized_multiplier,
+        quantize_multiplier,
+    )
+
+    def kernel(x, multiplier, shift):  # common.cc, TFLITE_SINGLE_ROUNDING=0, Python ints
+        high = (x * 2 ** max(shift, 0) * multiplier + (1 << 30)) >> 31
+        right = max(-shift, 0)
+        mask = (1 << right) - 1
+        return (high >> right) + int((high & mask) > (mask >> 1) + (high < 0))
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 3000), rng.integers(-70000, 70000, 3000),
+                        [0, 1, -1, 2 ** 31 - 1, -2 ** 31]]).astype(np.int32)
+    for real in (0.3, 0.0123, 1.7e-6, 0.9999, 2.0 ** -20):
+        multiplier, shift = quantize_multiplier(real)
+        got = np.asarray(_multiply_by_quantized_multiplier(
+            ops.convert_to_tensor(x), _multiplier_digits(multiplier),
+            np.int32(2 ** max(shift, 0)), np.int32(2 ** max(-shift, 0))))
+        want = np.array([kernel(int(v), multiplier, shift) for v in x])
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, want + (x % 7 == 0))

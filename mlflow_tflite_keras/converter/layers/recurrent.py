@@ -40,7 +40,10 @@ class ClippedLSTMCell(keras.layers.LSTMCell):
 # kernel utilities (common.h MultiplyByQuantizedMultiplier, quantization_util.cc
 # QuantizeMultiplier) operation by operation, on numpy int64 with int16 wrap-around where the
 # C++ wraps. They build the sigmoid / tanh lookup tables of IntegerLSTMCell and its
-# multipliers; the cell replays the rest of the kernel on keras.ops.
+# multipliers; the cell replays the rest of the kernel on int32 keras.ops. On x86 and ARM the
+# builtin kernel runs these portable routines (sse_tensor_utils forwards the int16 ones to
+# portable_tensor_utils; XNNPACK does not take the LSTM), double rounding
+# (TFLITE_SINGLE_ROUNDING=0, the default build).
 
 
 def _wrap16(v):
@@ -164,18 +167,40 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return fixed, int(shift)
 
 
+def _int32(values):
+    return np.asarray(values, np.int64).astype(np.int32)
+
+
 def _divide_by_pot(x, pot):
-    """RoundingDivideByPOT on int64 tensors, ``pot = 2**exponent`` (broadcast)."""
-    pot = np.asarray(pot, np.int64)
-    return ops.sign(x) * ops.floor_divide(ops.abs(x) + pot // 2, pot)
+    """gemmlowp::RoundingDivideByPOT on int32 tensors, ``pot = 2**exponent`` (broadcast):
+    the floor quotient, plus one when the remainder is above half (at half for x >= 0)."""
+    pot = _int32(pot)
+    quotient = ops.floor_divide(x, pot)
+    threshold = _int32(np.maximum(pot // 2 - 1, 0)) + ops.cast(x < 0, "int32") * \
+        _int32(pot > 1)
+    return quotient + ops.cast(x - quotient * pot > threshold, "int32")
 
 
-def _multiply_by_quantized_multiplier(x, multiplier, left_pot, right_pot):
-    """MultiplyByQuantizedMultiplier (double rounding) on int64 tensors: the saturating
-    rounding doubling high multiply (round half up of ``x * m / 2**31``), then
-    RoundingDivideByPOT."""
-    high = ops.floor_divide(x * np.asarray(left_pot, np.int64) * np.asarray(multiplier, np.int64)
-                            + np.int64(1 << 30), np.int64(1 << 31))
+def _multiplier_digits(multiplier) -> tuple:
+    """A Q31 multiplier in base-2**11 digits, for :func:`_multiply_by_quantized_multiplier`."""
+    m = np.asarray(multiplier, np.int64)
+    return _int32(m & 2047), _int32((m >> 11) & 2047), _int32(m >> 22)
+
+
+def _multiply_by_quantized_multiplier(x, digits, left_pot, right_pot):
+    """TFLite's MultiplyByQuantizedMultiplier (double rounding) on int32 tensors, exact
+    without 64-bit integers (any Keras backend): the saturating rounding doubling high
+    multiply ``floor((x * m + 2**30) / 2**31)`` as a schoolbook product of base-2**11 digits
+    (every partial product below 2**24), then RoundingDivideByPOT."""
+    x = x * _int32(left_pot)
+    m0, m1, m2 = digits
+    x0 = x - ops.floor_divide(x, 2048) * 2048
+    rest = ops.floor_divide(x, 2048)
+    x1 = rest - ops.floor_divide(rest, 2048) * 2048
+    x2 = ops.floor_divide(rest, 2048)  # signed, |x2| <= 2**9
+    carry = ops.floor_divide(x0 * m1 + x1 * m0 + ops.floor_divide(x0 * m0, 2048), 2048)
+    middle = x0 * m2 + x1 * m1 + x2 * m0 + carry + 256
+    high = (x2 * m2) * 8192 + (x1 * m2 + x2 * m1) * 4 + ops.floor_divide(middle, 512)
     return _divide_by_pot(high, right_pot)
 
 
@@ -195,16 +220,23 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
     always sigmoid / tanh, as in the kernel.
 
     Gradients are the float LSTM's (straight through): each step's state is
-    ``float + stop_gradient(integer - float)``. The integer arithmetic runs on int64 and
-    float64 tensors (exact; the TensorFlow backend, or JAX with x64 enabled)."""
+    ``float + stop_gradient(integer - float)``, so ``fit`` trains the float variables under
+    the integer forward pass. The integer arithmetic is int8 x int8 -> int32 matmuls and
+    int32 elementwise ops (no 64-bit types: exact on every Keras backend); the int32 bias is
+    recovered from its float variable by rounding, exact below 2**21.
 
-    def __init__(self, units, input_scale: float, kernel_scales,
+    Not used for projection / peephole / layer-norm LSTMs (the handler refuses them) nor for
+    the bidirectional operator. Sequences start from real zeros, as LiteRT resets its
+    variable tensors (an int8 state to its zero point, the int16 cell to 0)."""
+
+    def __init__(self, units, input_scale: float, input_zero_point: int, kernel_scales,
                  recurrent_scales, bias_scales, cell_scale: float, hidden_scale: float,
                  hidden_zero_point: int, intermediate_hidden_scale: float | None = None,
                  intermediate_hidden_zero_point: int | None = None, cell_clip: float = 0.0,
                  **kwargs):
         super().__init__(units, **kwargs)
         self.input_scale = float(input_scale)
+        self.input_zero_point = int(input_zero_point)
         self.kernel_scales = [float(v) for v in kernel_scales]
         self.recurrent_scales = [float(v) for v in recurrent_scales]
         self.bias_scales = [float(v) for v in bias_scales]
@@ -235,25 +267,28 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
         def columns(values, dtype=np.int64):
             return np.repeat(np.asarray(values, dtype), self.units)
 
-        def multipliers(scales, activation_scale):
-            pairs = [quantize_multiplier(f32(f32(s) * f32(activation_scale)) / gate)
-                     for s in scales]
-            shifts = [shift for _, shift in pairs]
-            return (columns([m for m, _ in pairs]), columns([2 ** max(s, 0) for s in shifts]),
-                    columns([2 ** max(-s, 0) for s in shifts]))
+        def rescale(pairs):
+            multiplier, shift = (np.asarray(v, np.int64) for v in zip(*pairs))
+            return (_multiplier_digits(columns(multiplier)), _int32(columns(2 ** np.maximum(
+                shift, 0))), _int32(columns(2 ** np.maximum(-shift, 0))))
 
         hidden = quantize_multiplier(f32(2.0 ** -30 / np.float64(
             f32(self.intermediate_hidden_scale))))
         clip = 0
         if self.cell_clip > 0:
             clip = int(min(max(f32(self.cell_clip) / f32(self.cell_scale), -32768.0), 32767.0))
-        return {"input": multipliers(self.kernel_scales, self.input_scale),
-                "recurrent": multipliers(self.recurrent_scales, self.hidden_scale),
-                "hidden": (hidden[0], 2 ** max(hidden[1], 0), 2 ** max(-hidden[1], 0)),
-                "kernel_scales": columns(self.kernel_scales, np.float32),
-                "recurrent_scales": columns(self.recurrent_scales, np.float32),
-                "bias_scales": columns(self.bias_scales, np.float32),
-                "clip": clip}
+        return {
+            "input": rescale([quantize_multiplier(f32(f32(s) * f32(self.input_scale)) / gate)
+                              for s in self.kernel_scales]),
+            "recurrent": rescale([quantize_multiplier(f32(f32(s) * f32(self.hidden_scale))
+                                                      / gate)
+                                  for s in self.recurrent_scales]),
+            "hidden": (_multiplier_digits(hidden[0]), _int32(2 ** max(hidden[1], 0)),
+                       _int32(2 ** max(-hidden[1], 0))),
+            "kernel_scales": columns(self.kernel_scales, f32),
+            "recurrent_scales": columns(self.recurrent_scales, f32),
+            "bias_scales": columns(self.bias_scales, f32),
+            "clip": clip}
 
     def _float_step(self, x, h_tm1, c_tm1):
         z = ops.matmul(x, self.kernel) + ops.matmul(h_tm1, self.recurrent_kernel)
@@ -267,69 +302,68 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
         return self.recurrent_activation(zo) * self.activation(c), c
 
     def _integer_step(self, x, h_tm1, c_tm1):
-        """One step of LstmStepInteger8x8_16 on the integers of ``x``, ``h``, ``c``: returns
-        the new hidden state (int8 values) and cell state (int16 values), int64."""
+        """One step of LstmStepInteger8x8_16 on int32 tensors: the raw int8 ``x`` and ``h``,
+        the raw int16 ``c``; returns the new raw ``h`` and ``c``."""
         from mlflow_tflite_keras.converter.layers.quantization import round_half_away
 
         p = self._integer
 
-        def integers(v, scale, dtype="int64"):  # less the zero point
-            q = round_half_away(ops.cast(v, "float64") / np.float64(np.float32(scale)))
-            return ops.cast(q, dtype)
+        def integers(v, scale, low, high, dtype="int32"):
+            return ops.cast(ops.clip(round_half_away(v / scale), low, high), dtype)
 
-        def weight_integers(w, scales):
-            q = round_half_away(ops.cast(ops.stop_gradient(w), "float64")
-                                / scales.astype(np.float64))
-            return ops.clip(q, -128.0, 127.0)
-
-        # input and hidden state less their zero points (the kernel folds
-        # ``-zero_point * row sums`` into its effective biases: the same int32 sums)
-        x_q = integers(x, self.input_scale, dtype="float64")
-        h_q = integers(h_tm1, self.hidden_scale, dtype="float64")
-        c_q = integers(c_tm1, self.cell_scale)
-        kernel = weight_integers(self.kernel, p["kernel_scales"])
-        recurrent = weight_integers(self.recurrent_kernel, p["recurrent_scales"])
-        bias = round_half_away(ops.cast(ops.stop_gradient(self.bias), "float64")
-                               / p["bias_scales"].astype(np.float64)) if self.use_bias else 0.0
-        # int32 accumulators (exact in float64); the gate buffer starts at 0 and each part
-        # is added saturating
-        acc_x = ops.cast(ops.matmul(x_q, kernel) + bias, "int64")
-        acc_h = ops.cast(ops.matmul(h_q, recurrent), "int64")
-        z = ops.clip(_multiply_by_quantized_multiplier(acc_x, *p["input"]), -32768, 32767)
-        z = ops.clip(_multiply_by_quantized_multiplier(acc_h, *p["recurrent"]) + z,
-                     -32768, 32767)
+        kernel = integers(self.kernel, p["kernel_scales"], -128, 127, "int8")
+        recurrent = integers(self.recurrent_kernel, p["recurrent_scales"], -128, 127, "int8")
+        # the kernel's effective biases: the int32 bias less zero point times row sums
+        bias = integers(self.bias, p["bias_scales"], -2.0 ** 31, 2.0 ** 31 - 1) \
+            if self.use_bias else 0
+        bias_x = bias - self.input_zero_point * ops.sum(ops.cast(kernel, "int32"), axis=0)
+        bias_h = -self.hidden_zero_point * ops.sum(ops.cast(recurrent, "int32"), axis=0)
+        # int8 x int8 -> int32 matmuls; the gate buffer starts at 0 and each part is
+        # rescaled to Q3.12 and added saturating
+        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(x, kernel) + bias_x,
+                                                       *p["input"]), -32768, 32767)
+        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(h_tm1, recurrent) + bias_h,
+                                                       *p["recurrent"]) + z, -32768, 32767)
         zi, zf, zc, zo = ops.split(z + 32768, 4, axis=-1)
-        sigmoid = ops.convert_to_tensor(logistic_table(3).astype(np.int64))
+        sigmoid = _int32(logistic_table(3))
         i, f, o = (ops.take(sigmoid, v) for v in (zi, zf, zo))
-        g = ops.take(ops.convert_to_tensor(tanh_table(3).astype(np.int64)), zc)
-        c = _divide_by_pot(f * c_q, 2 ** 15) + \
+        g = ops.take(_int32(tanh_table(3)), zc)
+        c = _divide_by_pot(f * c_tm1, 2 ** 15) + \
             _divide_by_pot(i * g, 2 ** (30 + self.cell_scale_log2))
         c = ops.clip(c, -32768, 32767)
         if p["clip"] > 0:
             c = ops.clip(c, -p["clip"], p["clip"])
-        tanh_c = ops.take(ops.convert_to_tensor(
-            tanh_table(15 + self.cell_scale_log2).astype(np.int64)), c + 32768)
+        tanh_c = ops.take(_int32(tanh_table(15 + self.cell_scale_log2)), c + 32768)
         h = _multiply_by_quantized_multiplier(o * tanh_c, *p["hidden"]) + \
             self.intermediate_hidden_zero_point
         return ops.clip(h, -128, 127), c
 
     def call(self, inputs, states, training=False):
+        from mlflow_tflite_keras.converter.layers.quantization import round_half_away
+
         h_tm1, c_tm1 = states[0], states[1]
         h_float, c_float = self._float_step(inputs, h_tm1, c_tm1)
-        h_q, c_q = self._integer_step(ops.stop_gradient(inputs), ops.stop_gradient(h_tm1),
-                                      ops.stop_gradient(c_tm1))
+
+        def raw(v, scale, zero_point, low, high, dtype):
+            q = round_half_away(ops.stop_gradient(v) / np.float32(scale)) + zero_point
+            return ops.cast(ops.clip(q, low, high), dtype)
+
+        h_q, c_q = self._integer_step(
+            raw(inputs, self.input_scale, self.input_zero_point, -128, 127, "int8"),
+            raw(h_tm1, self.hidden_scale, self.hidden_zero_point, -128, 127, "int8"),
+            raw(c_tm1, self.cell_scale, 0, -32768, 32767, "int32"))
         # the kernel writes the hidden state on the intermediate's grid and reads it back
-        # as the output state (the same grid in converted models)
+        # as the output state's (the same grid in converted models)
         dtype = h_float.dtype
-        h_int = ops.cast((ops.cast(h_q, "float64") - self.hidden_zero_point)
-                         * np.float64(np.float32(self.hidden_scale)), dtype)
-        c_int = ops.cast(ops.cast(c_q, "float64") * self.cell_scale, dtype)
+        h_int = ops.cast(h_q - self.hidden_zero_point, dtype) * np.float32(self.hidden_scale)
+        c_int = ops.cast(c_q, dtype) * np.float32(self.cell_scale)
         h = h_float + ops.stop_gradient(h_int - h_float)
         c = c_float + ops.stop_gradient(c_int - c_float)
         return h, [h, c]
 
     def get_config(self):
         return {**super().get_config(), "input_scale": self.input_scale,
+                "input_zero_point": self.input_zero_point,
                 "kernel_scales": self.kernel_scales, "recurrent_scales": self.recurrent_scales,
                 "bias_scales": self.bias_scales, "cell_scale": self.cell_scale,
                 "hidden_scale": self.hidden_scale, "hidden_zero_point": self.hidden_zero_point,

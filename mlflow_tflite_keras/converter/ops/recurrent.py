@@ -131,10 +131,11 @@ def _integer_cell(op, units: int, activation: str, clip: float) -> IntegerLSTMCe
     hidden = op.input(18).quantization
     inner = intermediates[4].quantization if len(intermediates) > 4 and \
         intermediates[4].is_quantized else hidden
-    source = op.inputs[0].quantization  # its zero point folds out of the int32 sums
+    source = op.inputs[0].quantization
     try:
         return IntegerLSTMCell(
             units, input_scale=float(source.scale[0]),
+            input_zero_point=int(source.zero_point[0]),
             kernel_scales=[scale(i) for i in range(1, 5)],
             recurrent_scales=[scale(i) for i in range(5, 9)],
             bias_scales=[1.0 if op.input(i) is None else scale(i) for i in range(12, 16)],
