@@ -91,9 +91,9 @@ FUSED_VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
 def test_integer_lstm_is_full_int8_and_a_kernel_change_fails(variant, tmp_path):
-    """TFLite's integer LSTM (INT16 cell state) is a full-int8 model; emulated, it runs on the
-    kernel's grids (IntegerLSTMCell, a .keras round trip with safe_mode=True) and a 5% kernel
-    change fails parity."""
+    """TFLite's integer LSTM (INT16 cell state) is a full-int8 model; emulated, it replays the
+    kernel's arithmetic (IntegerLSTMCell, a .keras round trip with safe_mode=True) and a 5%
+    kernel change fails parity."""
     import keras
 
     from mlflow_tflite_keras.converter.layers.recurrent import IntegerLSTMCell

@@ -314,7 +314,7 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
         kernel = integers(self.kernel, p["kernel_scales"], -128, 127, "int8")
         recurrent = integers(self.recurrent_kernel, p["recurrent_scales"], -128, 127, "int8")
         # the kernel's effective biases: the int32 bias less zero point times row sums
-        bias = integers(self.bias, p["bias_scales"], -2.0 ** 31, 2.0 ** 31 - 1) \
+        bias = integers(self.bias, p["bias_scales"], -2.0 ** 31, 2.0 ** 31 - 128) \
             if self.use_bias else 0
         bias_x = bias - self.input_zero_point * ops.sum(ops.cast(kernel, "int32"), axis=0)
         bias_h = -self.hidden_zero_point * ops.sum(ops.cast(recurrent, "int32"), axis=0)

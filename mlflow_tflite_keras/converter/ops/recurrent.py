@@ -127,10 +127,9 @@ def _integer_cell(op, units: int, activation: str, clip: float) -> IntegerLSTMCe
                                   f"quantization on input {index}.")
         return float(t.quantization.scale[0])
 
-    intermediates = getattr(op, "intermediates", [])
     hidden = op.input(18).quantization
-    inner = intermediates[4].quantization if len(intermediates) > 4 and \
-        intermediates[4].is_quantized else hidden
+    inner = op.intermediates[4].quantization if len(op.intermediates) > 4 and \
+        op.intermediates[4].is_quantized else hidden
     source = op.inputs[0].quantization
     try:
         return IntegerLSTMCell(
