@@ -106,6 +106,8 @@ class Op:
     custom_options: bytes | None = None
     subgraph_index: int = 0
     called_subgraphs: list[int] = field(default_factory=list)  # see OperatorInfo
+    # tensors the kernel reads besides its inputs (the integer LSTM's gate / hidden scales)
+    intermediates: list[Tensor] = field(default_factory=list)
 
     def opt(self, name: str, default=None):
         """A builtin option by its schema name (``strideW``, ``fusedActivationFunction``...)."""
@@ -181,6 +183,9 @@ def _op(o: OperatorInfo, tensors: list[Tensor], subgraph_index: int) -> Op:
         custom_options=custom,
         subgraph_index=subgraph_index,
         called_subgraphs=list(o.called_subgraphs),
+        intermediates=[tensors[int(i)] for i in
+                       (raw.intermediates if raw is not None and
+                        raw.intermediates is not None else ())],
     )
 
 

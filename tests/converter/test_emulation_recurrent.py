@@ -5,12 +5,13 @@ hybrid FULLY_CONNECTED ops (input and recurrent matmuls), which LiteRT's default
 (XNNPACK) runs with per-row int8 input quantization; the emulation reaches into the loop body
 and replays it (float noise). TF 2.21's converter crashes calibrating that loop for the
 full-integer recipes, so the full-int8 model is the fused UNIDIRECTIONAL_SEQUENCE_LSTM (TF's
-fusable LSTM function with the same trained weights): TFLite's integer LSTM kernel. Emulated,
-it computes on the kernel's grids (IntegerLSTMCell: Q3.12 pre-activations, Q0.15 gates, int16
-cell, int8 hidden state) but not with its fixed-point sigmoid / tanh and multipliers: 5 steps
-at the output (90.8% at 0; the LSTM output 3 steps, float reconstruction 3.85) measured, an
-xfail below, not a loosened tolerance. A 5% change on one middle kernel fails parity in each
-case.
+fusable LSTM function with the same trained weights): TFLite's integer LSTM kernel
+(lstm_eval.cc, 8x8_16). Emulated, IntegerLSTMCell replays its fixed-point arithmetic (the
+quantized multipliers of each gate's matmuls into Q3.12, gemmlowp's int16 sigmoid / tanh,
+the cell's rounding shifts, the hidden multiplier): bit-exact at the output, 0 steps on all
+640 elements (100% at 0) for int8 and float I/O, eagerly and compiled (the approximation it
+replaces, the float functions rounded onto the same grids, was 5 steps off, 90.8% at 0). A 5%
+change on one middle kernel fails parity in each case.
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ FUSED_VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
 def test_integer_lstm_is_full_int8_and_a_kernel_change_fails(variant, tmp_path):
-    """TFLite's integer LSTM (INT16 cell state) is a full-int8 model; emulated, it runs on the
-    kernel's grids (IntegerLSTMCell, a .keras round trip with safe_mode=True) and a 5% kernel
-    change fails parity."""
+    """TFLite's integer LSTM (INT16 cell state) is a full-int8 model; emulated, it replays the
+    kernel's arithmetic (IntegerLSTMCell, a .keras round trip with safe_mode=True) and a 5%
+    kernel change fails parity."""
     import keras
 
     from mlflow_tflite_keras.converter.layers.recurrent import IntegerLSTMCell
@@ -120,10 +121,46 @@ def test_integer_lstm_is_full_int8_and_a_kernel_change_fails(variant, tmp_path):
     assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
 
 
-@pytest.mark.xfail(strict=True, reason="the integer LSTM kernel's fixed-point sigmoid / tanh "
-                   "and multipliers are not replayed bit-exactly: 5 steps measured")
-def test_integer_lstm_emulated_within_one_step():
-    data = digits_fused_lstm_tflite("full-int8")
-    report = check_parity(data, convert(data, emulate_quantization=True).model, _rows(),
-                          compiled=False)
-    assert report.outputs[0].max_steps <= 1.0, str(report)
+@pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
+def test_integer_lstm_emulated_within_one_step(variant):
+    """The emulated integer LSTM replays the kernel's fixed-point arithmetic: eagerly and
+    under a compiled ``model.predict``, every output element within one step (0 measured)."""
+    data = digits_fused_lstm_tflite("full-int8", **FUSED_VARIANTS[variant])
+    model = convert(data, emulate_quantization=True).model
+    for compiled in (False, True):
+        report = check_parity(data, model, _rows(), compiled=compiled)
+        out = report.outputs[0]
+        print(f"\n{variant} compiled={compiled}: max {out.max_steps} steps, "
+              f"{out.share_exact:.1%} at 0 steps")
+        assert out.max_steps <= 1.0, str(report)
+        assert report.passed, str(report)
+
+
+def test_integer_multiplier_is_exact_on_int32():
+    """The integer LSTM's MultiplyByQuantizedMultiplier without 64-bit integers agrees with
+    the kernel's int64 arithmetic over the whole int32 range; a 1-off rounding would not."""
+    from keras import ops
+
+    from mlflow_tflite_keras.converter.layers.recurrent import (
+        _multiplier_digits,
+        _multiply_by_quantized_multiplier,
+        quantize_multiplier,
+    )
+
+    def kernel(x, multiplier, shift):  # common.cc, TFLITE_SINGLE_ROUNDING=0, Python ints
+        high = (x * 2 ** max(shift, 0) * multiplier + (1 << 30)) >> 31
+        right = max(-shift, 0)
+        mask = (1 << right) - 1
+        return (high >> right) + int((high & mask) > (mask >> 1) + (high < 0))
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 3000), rng.integers(-70000, 70000, 3000),
+                        [0, 1, -1, 2 ** 31 - 1, -2 ** 31]]).astype(np.int32)
+    for real in (0.3, 0.0123, 1.7e-6, 0.9999, 2.0 ** -20):
+        multiplier, shift = quantize_multiplier(real)
+        got = np.asarray(_multiply_by_quantized_multiplier(
+            ops.convert_to_tensor(x), _multiplier_digits(multiplier),
+            np.int32(2 ** max(shift, 0)), np.int32(2 ** max(-shift, 0))))
+        want = np.array([kernel(int(v), multiplier, shift) for v in x])
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, want + (x % 7 == 0))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import keras
+import numpy as np
 from keras import ops
 
 from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE
@@ -32,54 +35,338 @@ class ClippedLSTMCell(keras.layers.LSTMCell):
         return {**super().get_config(), "cell_clip": self.cell_clip}
 
 
+# ---- TFLite's integer LSTM (lstm_eval.cc, 8x8_16) -----------------------------------------
+# The fixed-point helpers below follow gemmlowp (fixedpoint.h, int16 raw type) and TFLite's
+# kernel utilities (common.h MultiplyByQuantizedMultiplier, quantization_util.cc
+# QuantizeMultiplier) operation by operation, on numpy int64 with int16 wrap-around where the
+# C++ wraps. They build the sigmoid / tanh lookup tables of IntegerLSTMCell and its
+# multipliers; the cell replays the rest of the kernel on int32 keras.ops. On x86 and ARM the
+# builtin kernel runs these portable routines (sse_tensor_utils forwards the int16 ones to
+# portable_tensor_utils; XNNPACK does not take the LSTM), double rounding
+# (TFLITE_SINGLE_ROUNDING=0, the default build).
+
+
+def _wrap16(v):
+    """int16 two's-complement wrap-around (gemmlowp's plain Add / Sub / Neg on int16)."""
+    return ((np.asarray(v, np.int64) + 32768) & 0xFFFF) - 32768
+
+
+def _rounding_divide_by_pot(x, exponent: int):
+    """gemmlowp::RoundingDivideByPOT: ``x / 2**exponent`` rounded half away from zero."""
+    x = np.asarray(x, np.int64)
+    if exponent == 0:
+        return x
+    mask = (1 << exponent) - 1
+    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0))
+
+
+def _doubling_high_mul16(a, b):
+    """gemmlowp::SaturatingRoundingDoublingHighMul on int16 (C division truncates)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a * b
+    s = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    high = np.sign(s) * (np.abs(s) // (1 << 15))
+    return np.where((a == b) & (a == -32768), 32767, _wrap16(high))
+
+
+def _multiply_by_pot16(x, exponent: int):
+    """gemmlowp::SaturatingRoundingMultiplyByPOT on int16 (Rescale)."""
+    x = np.asarray(x, np.int64)
+    if exponent > 0:
+        limit = (1 << (15 - exponent)) - 1
+        return np.where(x > limit, 32767, np.where(x < -limit, -32768, _wrap16(x << exponent)))
+    return _rounding_divide_by_pot(x, -exponent)
+
+
+def _constant16(raw32: int) -> int:
+    """GEMMLOWP_CHECKED_FIXEDPOINT_CONSTANT for int16: the int32 constant shifted by 16."""
+    return int(_rounding_divide_by_pot(np.int64(raw32), 16))
+
+
+def _exp_on_interval_between_negative_one_quarter_and_0_excl(a):
+    constant_term, one_third = _constant16(1895147668), _constant16(715827883)
+    x = _wrap16(a + (1 << 12))  # + 1/8 in Q0.15
+    x2 = _doubling_high_mul16(x, x)
+    x3 = _doubling_high_mul16(x2, x)
+    x4_over_4 = _multiply_by_pot16(_doubling_high_mul16(x2, x2), -2)
+    poly = _multiply_by_pot16(
+        _wrap16(_doubling_high_mul16(_wrap16(x4_over_4 + x3), one_third) + x2), -1)
+    return np.clip(constant_term + _doubling_high_mul16(constant_term, _wrap16(x + poly)),
+                   -32768, 32767)  # AddSaturatingIf16Bit
+
+
+def _exp_on_negative_values(a, integer_bits: int):
+    fractional_bits = 15 - integer_bits
+    quarter = 1 << (fractional_bits - 2)
+    a_mod_quarter_minus_quarter = _wrap16((a & (quarter - 1)) - quarter)
+    result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
+        _multiply_by_pot16(a_mod_quarter_minus_quarter, integer_bits))
+    remainder = _wrap16(a_mod_quarter_minus_quarter - a)
+    for exponent, multiplier in ((-2, 1672461947), (-1, 1302514674), (0, 790015084),
+                                 (1, 290630308), (2, 39332535), (3, 720401), (4, 242)):
+        if integer_bits > exponent:  # the barrel shifter
+            bit = (remainder & _wrap16(1 << (fractional_bits + exponent))) != 0
+            result = np.where(bit, _doubling_high_mul16(result, _constant16(multiplier)),
+                              result)
+    if integer_bits > 5:
+        result = np.where(a < _constant16(-(1 << (36 - integer_bits))), 0, result)
+    return np.where(a == 0, 32767, result)
+
+
+def _newton_raphson_reciprocal(a):
+    """``1 / (1 + a)`` of gemmlowp's one_over_one_plus_x_for_x_in_0_1, in Q2.13."""
+    total = a + 32767
+    rounded = total + np.where(total >= 0, 1, -1)
+    half_denominator = _wrap16(np.sign(rounded) * (np.abs(rounded) // 2))  # RoundingHalfSum
+    x = _wrap16(_constant16(1515870810)
+                + _doubling_high_mul16(half_denominator, _constant16(-1010580540)))
+    for _ in range(3):
+        one_minus = _wrap16((1 << 13) - _doubling_high_mul16(half_denominator, x))
+        x = _wrap16(x + _multiply_by_pot16(_doubling_high_mul16(x, one_minus), 2))
+    return x
+
+
+@lru_cache(maxsize=None)
+def logistic_table(integer_bits: int) -> np.ndarray:
+    """gemmlowp::logistic on int16 with ``integer_bits`` for every raw input -32768..32767
+    (index ``raw + 32768``): the output raw values, Q0.15 (tensor_utils::ApplySigmoid)."""
+    a = np.arange(-32768, 32768, dtype=np.int64)
+    positive = a > 0
+    magnitude = np.where(positive, a, _wrap16(-a))
+    on_positive = _multiply_by_pot16(
+        _newton_raphson_reciprocal(_exp_on_negative_values(_wrap16(-magnitude),
+                                                            integer_bits)), 1)
+    out = np.where(a == 0, _constant16(1 << 30),
+                   np.where(positive, on_positive, _wrap16(32767 - on_positive)))
+    return out.astype(np.int32)
+
+
+@lru_cache(maxsize=None)
+def tanh_table(integer_bits: int) -> np.ndarray:
+    """gemmlowp::tanh on int16 with ``integer_bits`` (tensor_utils::ApplyTanh), as
+    :func:`logistic_table`."""
+    a = np.arange(-32768, 32768, dtype=np.int64)
+    negative = a < 0
+    n = np.where(negative, a, _wrap16(-a))
+    t = _multiply_by_pot16(_wrap16(_newton_raphson_reciprocal(
+        _exp_on_negative_values(n, integer_bits + 1)) - (1 << 13)), 2)
+    return np.where(a == 0, 0, np.where(negative, _wrap16(-t), t)).astype(np.int32)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's QuantizeMultiplier: ``real = multiplier * 2**(shift - 31)``, the multiplier a
+    Q31 integer (frexp, rounded half away from zero)."""
+    if real == 0.0:
+        return 0, 0
+    q, shift = np.frexp(float(real))
+    fixed = int(np.sign(q) * np.floor(abs(q) * 2.0 ** 31 + 0.5))
+    if fixed == 1 << 31:
+        fixed, shift = fixed // 2, shift + 1
+    if shift < -31:
+        return 0, 0
+    return fixed, int(shift)
+
+
+def _int32(values):
+    return np.asarray(values, np.int64).astype(np.int32)
+
+
+def _divide_by_pot(x, pot):
+    """gemmlowp::RoundingDivideByPOT on int32 tensors, ``pot = 2**exponent`` (broadcast):
+    the floor quotient, plus one when the remainder is above half (at half for x >= 0)."""
+    pot = _int32(pot)
+    quotient = ops.floor_divide(x, pot)
+    threshold = _int32(np.maximum(pot // 2 - 1, 0)) + ops.cast(x < 0, "int32") * \
+        _int32(pot > 1)
+    return quotient + ops.cast(x - quotient * pot > threshold, "int32")
+
+
+def _multiplier_digits(multiplier) -> tuple:
+    """A Q31 multiplier in base-2**11 digits, for :func:`_multiply_by_quantized_multiplier`."""
+    m = np.asarray(multiplier, np.int64)
+    return _int32(m & 2047), _int32((m >> 11) & 2047), _int32(m >> 22)
+
+
+def _multiply_by_quantized_multiplier(x, digits, left_pot, right_pot):
+    """TFLite's MultiplyByQuantizedMultiplier (double rounding) on int32 tensors, exact
+    without 64-bit integers (any Keras backend): the saturating rounding doubling high
+    multiply ``floor((x * m + 2**30) / 2**31)`` as a schoolbook product of base-2**11 digits
+    (every partial product below 2**24), then RoundingDivideByPOT."""
+    x = x * _int32(left_pot)
+    m0, m1, m2 = digits
+    x0 = x - ops.floor_divide(x, 2048) * 2048
+    rest = ops.floor_divide(x, 2048)
+    x1 = rest - ops.floor_divide(rest, 2048) * 2048
+    x2 = ops.floor_divide(rest, 2048)  # signed, |x2| <= 2**9
+    carry = ops.floor_divide(x0 * m1 + x1 * m0 + ops.floor_divide(x0 * m0, 2048), 2048)
+    middle = x0 * m2 + x1 * m1 + x2 * m0 + carry + 256
+    high = (x2 * m2) * 8192 + (x1 * m2 + x2 * m1) * 4 + ops.floor_divide(middle, 512)
+    return _divide_by_pot(high, right_pot)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class IntegerLSTMCell(keras.layers.LSTMCell):
-    """``keras.layers.LSTMCell`` on the grids of TFLite's integer LSTM kernel (int8 input and
-    hidden state, int16 gates and cell; lstm_eval.cc, 8x8_16 without layer norm), for
-    emulated reconstructions: each gate's input and recurrent matmuls rounded to int16 Q3.12
-    and added saturating; sigmoid / tanh outputs on Q0.15; ``f * c`` and ``i * g`` each
-    rounded to the cell state's scale, added saturating, clipped to ``cell_clip``; the hidden
-    state ``o * tanh(c)`` on the int8 output-state grid. Rounding half away from zero,
-    straight-through gradients. The kernel's fixed-point sigmoid / tanh approximations are
-    not replayed (float functions rounded to Q0.15)."""
+    """``keras.layers.LSTMCell`` computing what TFLite's integer LSTM kernel computes
+    (lstm_eval.cc, 8x8_16 without layer norm, peephole or projection: int8 input and
+    hidden state, int16 Q3.12 gate pre-activations, Q0.15 gates, int16 cell state of scale
+    ``2**cell_scale_log2``), for emulated reconstructions. The forward pass replays the
+    kernel's integer arithmetic exactly: per gate, the input and recurrent matmuls of the
+    int8 weights (from the float weights on their per-tensor grids) with the zero points
+    folded into the int32 bias, each rescaled to Q3.12 by its quantized multiplier and added
+    saturating; gemmlowp's int16 fixed-point sigmoid / tanh (lookup tables of every int16
+    input); ``f * c`` and ``i * g`` rounding-shifted to the cell's scale, added saturating
+    and clipped to the quantized cell clip; the hidden state ``o * tanh(c)`` rescaled by its
+    multiplier onto the int8 grid of the op's hidden intermediate. The integer gates are
+    always sigmoid / tanh, as in the kernel.
 
-    def __init__(self, units, cell_scale: float, hidden_scale: float,
-                 hidden_zero_point: int, cell_clip: float = 0.0, **kwargs):
+    Gradients are the float LSTM's (straight through): each step's state is
+    ``float + stop_gradient(integer - float)``, so ``fit`` trains the float variables under
+    the integer forward pass. The integer arithmetic is int8 x int8 -> int32 matmuls and
+    int32 elementwise ops (no 64-bit types: exact on every Keras backend); the int32 bias is
+    recovered from its float variable by rounding, exact below 2**21.
+
+    Not used for projection / peephole / layer-norm LSTMs (the handler refuses them) nor for
+    the bidirectional operator. Sequences start from real zeros, as LiteRT resets its
+    variable tensors (an int8 state to its zero point, the int16 cell to 0)."""
+
+    def __init__(self, units, input_scale: float, input_zero_point: int, kernel_scales,
+                 recurrent_scales, bias_scales, cell_scale: float, hidden_scale: float,
+                 hidden_zero_point: int, intermediate_hidden_scale: float | None = None,
+                 intermediate_hidden_zero_point: int | None = None, cell_clip: float = 0.0,
+                 **kwargs):
         super().__init__(units, **kwargs)
+        self.input_scale = float(input_scale)
+        self.input_zero_point = int(input_zero_point)
+        self.kernel_scales = [float(v) for v in kernel_scales]
+        self.recurrent_scales = [float(v) for v in recurrent_scales]
+        self.bias_scales = [float(v) for v in bias_scales]
         self.cell_scale = float(cell_scale)
         self.hidden_scale = float(hidden_scale)
         self.hidden_zero_point = int(hidden_zero_point)
+        self.intermediate_hidden_scale = float(
+            hidden_scale if intermediate_hidden_scale is None else intermediate_hidden_scale)
+        self.intermediate_hidden_zero_point = int(
+            hidden_zero_point if intermediate_hidden_zero_point is None
+            else intermediate_hidden_zero_point)
         self.cell_clip = float(cell_clip)
+        if not all(len(v) == 4 for v in (self.kernel_scales, self.recurrent_scales,
+                                         self.bias_scales)):
+            raise ValueError("kernel, recurrent and bias scales: one per gate (i, f, c, o)")
+        mantissa, exponent = np.frexp(self.cell_scale)
+        if mantissa != 0.5 or not 0 <= 14 + int(exponent) <= 6:
+            raise ValueError(f"cell_scale {self.cell_scale} is not a power of two 2**-9 .. "
+                             "2**-15, which the integer LSTM kernel needs")
+        self.cell_scale_log2 = int(exponent) - 1
+        self._integer = self._integer_parameters()
+
+    def _integer_parameters(self) -> dict:
+        """The kernel's Prepare: multipliers (scales in float32, as lstm.cc), per column."""
+        f32 = np.float32
+        gate = f32(2.0 ** -12)  # Q3.12 pre-activations without layer norm
+
+        def columns(values, dtype=np.int64):
+            return np.repeat(np.asarray(values, dtype), self.units)
+
+        def rescale(pairs):
+            multiplier, shift = (np.asarray(v, np.int64) for v in zip(*pairs))
+            return (_multiplier_digits(columns(multiplier)), _int32(columns(2 ** np.maximum(
+                shift, 0))), _int32(columns(2 ** np.maximum(-shift, 0))))
+
+        hidden = quantize_multiplier(f32(2.0 ** -30 / np.float64(
+            f32(self.intermediate_hidden_scale))))
+        clip = 0
+        if self.cell_clip > 0:
+            clip = int(min(max(f32(self.cell_clip) / f32(self.cell_scale), -32768.0), 32767.0))
+        return {
+            "input": rescale([quantize_multiplier(f32(f32(s) * f32(self.input_scale)) / gate)
+                              for s in self.kernel_scales]),
+            "recurrent": rescale([quantize_multiplier(f32(f32(s) * f32(self.hidden_scale))
+                                                      / gate)
+                                  for s in self.recurrent_scales]),
+            "hidden": (_multiplier_digits(hidden[0]), _int32(2 ** max(hidden[1], 0)),
+                       _int32(2 ** max(-hidden[1], 0))),
+            "kernel_scales": columns(self.kernel_scales, f32),
+            "recurrent_scales": columns(self.recurrent_scales, f32),
+            "bias_scales": columns(self.bias_scales, f32),
+            "clip": clip}
+
+    def _float_step(self, x, h_tm1, c_tm1):
+        z = ops.matmul(x, self.kernel) + ops.matmul(h_tm1, self.recurrent_kernel)
+        if self.use_bias:
+            z = z + self.bias
+        zi, zf, zc, zo = ops.split(z, 4, axis=-1)
+        c = self.recurrent_activation(zf) * c_tm1 + \
+            self.recurrent_activation(zi) * self.activation(zc)
+        if self.cell_clip > 0:
+            c = ops.clip(c, -self.cell_clip, self.cell_clip)
+        return self.recurrent_activation(zo) * self.activation(c), c
+
+    def _integer_step(self, x, h_tm1, c_tm1):
+        """One step of LstmStepInteger8x8_16 on int32 tensors: the raw int8 ``x`` and ``h``,
+        the raw int16 ``c``; returns the new raw ``h`` and ``c``."""
+        from mlflow_tflite_keras.converter.layers.quantization import round_half_away
+
+        p = self._integer
+
+        def integers(v, scale, low, high, dtype="int32"):
+            return ops.cast(ops.clip(round_half_away(v / scale), low, high), dtype)
+
+        kernel = integers(self.kernel, p["kernel_scales"], -128, 127, "int8")
+        recurrent = integers(self.recurrent_kernel, p["recurrent_scales"], -128, 127, "int8")
+        # the kernel's effective biases: the int32 bias less zero point times row sums
+        bias = integers(self.bias, p["bias_scales"], -2.0 ** 31, 2.0 ** 31 - 128) \
+            if self.use_bias else 0
+        bias_x = bias - self.input_zero_point * ops.sum(ops.cast(kernel, "int32"), axis=0)
+        bias_h = -self.hidden_zero_point * ops.sum(ops.cast(recurrent, "int32"), axis=0)
+        # int8 x int8 -> int32 matmuls; the gate buffer starts at 0 and each part is
+        # rescaled to Q3.12 and added saturating
+        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(x, kernel) + bias_x,
+                                                       *p["input"]), -32768, 32767)
+        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(h_tm1, recurrent) + bias_h,
+                                                       *p["recurrent"]) + z, -32768, 32767)
+        zi, zf, zc, zo = ops.split(z + 32768, 4, axis=-1)
+        sigmoid = _int32(logistic_table(3))
+        i, f, o = (ops.take(sigmoid, v) for v in (zi, zf, zo))
+        g = ops.take(_int32(tanh_table(3)), zc)
+        c = _divide_by_pot(f * c_tm1, 2 ** 15) + \
+            _divide_by_pot(i * g, 2 ** (30 + self.cell_scale_log2))
+        c = ops.clip(c, -32768, 32767)
+        if p["clip"] > 0:
+            c = ops.clip(c, -p["clip"], p["clip"])
+        tanh_c = ops.take(_int32(tanh_table(15 + self.cell_scale_log2)), c + 32768)
+        h = _multiply_by_quantized_multiplier(o * tanh_c, *p["hidden"]) + \
+            self.intermediate_hidden_zero_point
+        return ops.clip(h, -128, 127), c
 
     def call(self, inputs, states, training=False):
-        from mlflow_tflite_keras.converter.layers.quantization import fake_quantize
-
-        def q(v, scale, low=-32768, high=32767, zero_point=0):
-            return fake_quantize(v, scale, zero_point, low, high)
+        from mlflow_tflite_keras.converter.layers.quantization import round_half_away
 
         h_tm1, c_tm1 = states[0], states[1]
-        gate_scale, unit = 2.0 ** -12, 2.0 ** -15  # Q3.12 pre-activations, Q0.15 gates
-        x_part = ops.matmul(inputs, self.kernel)
-        if self.use_bias:
-            x_part = x_part + self.bias
-        z = ops.clip(q(x_part, gate_scale) + q(ops.matmul(h_tm1, self.recurrent_kernel),
-                                                gate_scale),
-                     -32768 * gate_scale, 32767 * gate_scale)
-        zi, zf, zc, zo = ops.split(z, 4, axis=-1)
-        i = q(self.recurrent_activation(zi), unit)
-        f = q(self.recurrent_activation(zf), unit)
-        g = q(self.activation(zc), unit)
-        o = q(self.recurrent_activation(zo), unit)
-        c = q(f * c_tm1, self.cell_scale) + q(i * g, self.cell_scale)
-        limit = 32767 * self.cell_scale
-        if self.cell_clip > 0:
-            limit = min(limit, round(self.cell_clip / self.cell_scale) * self.cell_scale)
-        c = ops.clip(c, -min(limit, 32768 * self.cell_scale), limit)
-        h = q(o * q(self.activation(c), unit), self.hidden_scale, -128, 127,
-              self.hidden_zero_point)
+        h_float, c_float = self._float_step(inputs, h_tm1, c_tm1)
+
+        def raw(v, scale, zero_point, low, high, dtype):
+            q = round_half_away(ops.stop_gradient(v) / np.float32(scale)) + zero_point
+            return ops.cast(ops.clip(q, low, high), dtype)
+
+        h_q, c_q = self._integer_step(
+            raw(inputs, self.input_scale, self.input_zero_point, -128, 127, "int8"),
+            raw(h_tm1, self.hidden_scale, self.hidden_zero_point, -128, 127, "int8"),
+            raw(c_tm1, self.cell_scale, 0, -32768, 32767, "int32"))
+        # the kernel writes the hidden state on the intermediate's grid and reads it back
+        # as the output state's (the same grid in converted models)
+        dtype = h_float.dtype
+        h_int = ops.cast(h_q - self.hidden_zero_point, dtype) * np.float32(self.hidden_scale)
+        c_int = ops.cast(c_q, dtype) * np.float32(self.cell_scale)
+        h = h_float + ops.stop_gradient(h_int - h_float)
+        c = c_float + ops.stop_gradient(c_int - c_float)
         return h, [h, c]
 
     def get_config(self):
-        return {**super().get_config(), "cell_scale": self.cell_scale,
-                "hidden_scale": self.hidden_scale,
-                "hidden_zero_point": self.hidden_zero_point, "cell_clip": self.cell_clip}
+        return {**super().get_config(), "input_scale": self.input_scale,
+                "input_zero_point": self.input_zero_point,
+                "kernel_scales": self.kernel_scales, "recurrent_scales": self.recurrent_scales,
+                "bias_scales": self.bias_scales, "cell_scale": self.cell_scale,
+                "hidden_scale": self.hidden_scale, "hidden_zero_point": self.hidden_zero_point,
+                "intermediate_hidden_scale": self.intermediate_hidden_scale,
+                "intermediate_hidden_zero_point": self.intermediate_hidden_zero_point,
+                "cell_clip": self.cell_clip}

@@ -115,19 +115,46 @@ def _integer_lstm(op) -> bool:
         cell.type_name == "INT16" and op.input(18) is not None and op.input(18).is_quantized
 
 
+def _integer_cell(op, units: int, activation: str, clip: float) -> IntegerLSTMCell:
+    """The integer kernel's quantization parameters (lstm.cc PopulateQuantizedLstmParams8x8_16:
+    per-tensor weight scales, the output state's grid, the hidden intermediate's grid, a
+    power-of-two cell scale) on an IntegerLSTMCell."""
+
+    def scale(index):
+        t = op.input(index)
+        if t is None or not t.is_quantized or t.quantization.scale.size != 1:
+            raise ConversionError(f"{op.type}: the integer LSTM kernel needs per-tensor "
+                                  f"quantization on input {index}.")
+        return float(t.quantization.scale[0])
+
+    hidden = op.input(18).quantization
+    inner = op.intermediates[4].quantization if len(op.intermediates) > 4 and \
+        op.intermediates[4].is_quantized else hidden
+    source = op.inputs[0].quantization
+    try:
+        return IntegerLSTMCell(
+            units, input_scale=float(source.scale[0]),
+            input_zero_point=int(source.zero_point[0]),
+            kernel_scales=[scale(i) for i in range(1, 5)],
+            recurrent_scales=[scale(i) for i in range(5, 9)],
+            bias_scales=[1.0 if op.input(i) is None else scale(i) for i in range(12, 16)],
+            cell_scale=scale(19), hidden_scale=float(hidden.scale[0]),
+            hidden_zero_point=int(hidden.zero_point[0]),
+            intermediate_hidden_scale=float(inner.scale[0]),
+            intermediate_hidden_zero_point=int(inner.zero_point[0]), cell_clip=clip,
+            activation=activation)
+    except ValueError as e:
+        raise ConversionError(f"{op.type}: {e}.") from e
+
+
 def _lstm_layer(op, ctx, units: int, name: str, go_backwards=False, clipped=None):
     """A built-in LSTM, or RNN(ClippedLSTMCell) when the cell clip can act; an emulated
     integer LSTM is RNN(IntegerLSTMCell) on the kernel's grids."""
     act = _activation(op)
     clip = float(op.opt("cellClip", 0.0) or 0.0)
     if getattr(ctx, "emulate_quantization", False) and _integer_lstm(op):
-        hidden = op.input(18).quantization
-        cell = IntegerLSTMCell(units, cell_scale=float(op.input(19).quantization.scale[0]),
-                               hidden_scale=float(hidden.scale[0]),
-                               hidden_zero_point=int(hidden.zero_point[0]), cell_clip=clip,
-                               activation=act)
-        return keras.layers.RNN(cell, return_sequences=True, go_backwards=go_backwards,
-                                name=name)
+        return keras.layers.RNN(_integer_cell(op, units, act, clip), return_sequences=True,
+                                go_backwards=go_backwards, name=name)
     steps = _timesteps(op)
     if clip > 0 and (clipped or steps is None or steps > clip):
         cell = ClippedLSTMCell(units, cell_clip=clip, activation=act)
