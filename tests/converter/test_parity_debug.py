@@ -128,3 +128,28 @@ def test_foreign_model_is_refused(cnn_float):
                               keras.layers.Dense(10)])
     with pytest.raises(ValueError, match="No intermediate tensor"):
         locate_divergence(cnn_float, other, np.zeros((2, 8, 8, 1), np.float32))
+
+
+def test_one_step_is_judged_as_one_step():
+    """Outputs are compared dequantized in float32, so a difference of exactly one step
+    measures a little over 1: a limit of 1 step accepts it, a limit of half a step does not."""
+    import keras
+
+    from converter.test_emulation import _inputs, _source
+    from mlflow_tflite_keras.converter import convert
+    from mlflow_tflite_keras.tflite_model import TFLiteModel
+
+    data = _source("full-int8-float-io")
+    model = convert(data, emulate_quantization=True).model
+    parsed = TFLiteModel(data)
+    # the float output is dequantized from the last integer tensor, whose step this is
+    main = parsed.main
+    dequantize = next(op for op in main.operators if op.name == "DEQUANTIZE")
+    step = float(main.tensors[dequantize.inputs[0]].quantization.scale[0])
+    # one step as float32 arithmetic on other scales measures it (seen: 1.0000038)
+    shifted = keras.Model(model.input, model.output + step * (1 + 4e-6))
+    x = _inputs(16)
+    one = check_parity(data, shifted, x, compiled=False, max_steps=1.0)
+    assert 1.0 < one.outputs[0].max_steps < 1.0 + 1e-5, str(one)
+    assert one.passed, str(one)
+    assert not check_parity(data, shifted, x, compiled=False, max_steps=0.5).passed
