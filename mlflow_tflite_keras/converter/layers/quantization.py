@@ -168,8 +168,18 @@ class QuantizedWeights(keras.layers.Wrapper):
     constants of a quantized source (a dynamic-range model's biases, its kernels too small
     to quantize): trained as they are, written back there by ``export_tflite(like=source)``."""
 
-    def __init__(self, layer, quantization, float_weights=(), **kwargs):
+    def __init__(self, layer, quantization, float_weights=(), requantize=None, **kwargs):
         super().__init__(layer, **kwargs)
+        # An integer kernel's arithmetic (XNNPACK's qs8 convolution / fully connected):
+        # {"input_scale", "accumulator_scale": [per output channel], "multiplier": [float32,
+        # per output channel], "output_scale", "low", "high" (output integers less the zero
+        # point)}; None: the float layer on fake-quantized weights.
+        self.requantize = None if requantize is None else {
+            "input_scale": float(requantize["input_scale"]),
+            "accumulator_scale": [float(v) for v in requantize["accumulator_scale"]],
+            "multiplier": [float(v) for v in requantize["multiplier"]],
+            "output_scale": float(requantize["output_scale"]),
+            "low": int(requantize["low"]), "high": int(requantize["high"])}
         self.float_weights = [
             {"weight": int(f["weight"]),
              "source": {"subgraph": int(f["source"]["subgraph"]),
@@ -226,20 +236,101 @@ class QuantizedWeights(keras.layers.Wrapper):
         return result
 
     def call(self, inputs, *args, **kwargs):
+        if self.requantize is not None:
+            return self._integer_call(inputs, *args, **kwargs)
         if not self.quantization:
             return self.layer(inputs, *args, **kwargs)
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
             return self.layer(inputs, *args, **kwargs)
+
+    def _integer_call(self, inputs, *args, **kwargs):
+        """The layer run on the integers (input less its zero point, weights, int32 bias):
+        its float32 accumulator is the kernel's int32 one exactly (integer sums below 2**24),
+        requantized as XNNPACK's fp32 requantization does: times the float32 multiplier
+        ``input_scale * weight_scale / output_scale``, rounded half to even, clamped.
+        Straight-through: the gradient is the float layer's (accumulator times its scale).
+        A fused ReLU left on the layer commutes with the monotonic requantization."""
+        r = self.requantize
+        steps = inputs / r["input_scale"]
+        x = straight_through(steps, round_half_away(steps))
+        mapping = []
+        for q in self.quantization:
+            w = self.layer.weights[q["weight"]]
+            scale, zero_point = self.grid(q, tuple(w.shape))
+            w_steps = ops.convert_to_tensor(w) / scale
+            integers = ops.clip(round_half_away(w_steps) + zero_point, q["qmin"], q["qmax"])
+            mapping.append((w, straight_through(w_steps, integers - zero_point)))
+        with keras.StatelessScope(state_mapping=mapping):
+            accumulator = self.layer(x, *args, **kwargs)
+        multiplier = np.asarray(r["multiplier"], np.float32)
+        requantized = ops.clip(ops.round(accumulator * multiplier), r["low"], r["high"])
+        return straight_through(accumulator * np.asarray(r["accumulator_scale"], np.float32),
+                                requantized * np.float32(r["output_scale"]))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "quantization": self.quantization,
-                "float_weights": self.float_weights}
+                "float_weights": self.float_weights, "requantize": self.requantize}
 
 
-EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class IntegerArithmetic(keras.layers.Layer):
+    """The value an integer kernel computes for an op the float layers only approximate at
+    its rounding (XNNPACK's qs8 ADD and MEAN), straight-through: called on ``[float result,
+    *quantized operands]``, it returns the kernel's value (dequantized) with the float
+    result's gradient; no weights.
+
+    ``kind="add"``: ``params`` ``{"a_multiplier", "b_multiplier", "bias", "shift",
+    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 vadd
+    (``(bias + a * a_multiplier + b * b_multiplier) >> shift`` on the stored integers, then
+    the output zero point, clamped to ``[low, high]``), with ``a_scale`` / ``a_zero_point``
+    (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
+    "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
+    "output_scale"}``, XNNPACK's qs8 mean: the int32 sum of the stored integers times the
+    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even."""
+
+    def __init__(self, kind: str, params: dict, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("add", "mean"):
+            raise ValueError(f"unknown integer arithmetic {kind!r}")
+        self.kind = kind
+        self.params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                       for k, v in params.items()}
+        self.trainable = False
+
+    @staticmethod
+    def _stored(x, scale, zero_point):
+        """The stored integers of a fake-quantized value (float32)."""
+        return round_half_away(x / np.float32(scale)) + np.float32(zero_point)
+
+    def call(self, inputs):
+        p = self.params
+        result = inputs[0]
+        if self.kind == "add":
+            a = ops.cast(self._stored(inputs[1], p["a_scale"], p["a_zero_point"]), "int32")
+            b = ops.cast(self._stored(inputs[2], p["b_scale"], p["b_zero_point"]), "int32")
+            acc = p["bias"] + a * p["a_multiplier"] + b * p["b_multiplier"]
+            q = ops.floor_divide(acc, 1 << p["shift"]) + p["output_zero_point"]
+            q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
+        else:
+            stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
+            total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
+            q = ops.round(total * np.float32(p["inverse_scale"]) + np.float32(p["zero_point"]))
+            q = ops.clip(q, -128.0, 127.0)
+        exact = (q - np.float32(p["output_zero_point"])) * np.float32(p["output_scale"])
+        return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
+                                                    ops.shape(result)))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "params": self.params}
+
+
+EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights, IntegerArithmetic)
 
 
 def is_emulated(keras_model) -> bool:
