@@ -123,6 +123,7 @@ def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
     if op.type not in XNNPACK_QS8_KERNEL_OPS or not (_int8_per_tensor(x) and
                                                     _int8_per_tensor(out)) \
             or w is None or not w.is_quantized or w.type_name != "INT8" \
+            or np.any(np.asarray(w.quantization.zero_point) != 0) \
             or (bias is not None and bias.type_name != "INT32") \
             or len(entries) != len(layer.weights) or activation not in ("linear", "relu"):
         return None
@@ -204,18 +205,35 @@ def _xnnpack_mean(op: Op) -> dict | None:
             "output_zero_point": zo, "output_scale": float(so)}
 
 
+def _xnnpack_quantize(op: Op) -> dict | None:
+    """XNNPACK's f32 -> qs8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
+    ``1 / scale``, rounded half to even), or None."""
+    x, out = op.inputs[0], op.outputs[0]
+    if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _int8_per_tensor(out):
+        return None
+    scale, zero_point = _scale_and_zero_point(out)
+    return {"inverse_scale": float(np.float32(1.0) / scale),
+            "output_zero_point": zero_point, "output_scale": float(scale)}
+
+
+_XNNPACK_INTEGER_OPS = {"ADD": (2, _xnnpack_add), "MEAN": (1, _xnnpack_mean),
+                        "QUANTIZE": (1, _xnnpack_quantize)}
+
+
 def integer_arithmetic(ctx, op: Op) -> None:
-    """Replace the float value of an op XNNPACK computes in integers with other rounding
-    (ADD, MEAN) by the kernel's value (:class:`IntegerArithmetic`, straight-through)."""
-    if not op.outputs or op.type not in ("ADD", "MEAN"):
+    """Replace the float value of an op XNNPACK computes with other rounding (ADD, MEAN,
+    QUANTIZE of a float tensor) by the kernel's value (:class:`IntegerArithmetic`,
+    straight-through)."""
+    if not op.outputs or op.type not in _XNNPACK_INTEGER_OPS:
         return
+    n_operands, parameters = _XNNPACK_INTEGER_OPS[op.type]
     out = op.outputs[0]
     result = ctx.values.get(out.index)
-    operands = [ctx.values.get(t.index) for t in op.inputs[:2 if op.type == "ADD" else 1]]
+    operands = [ctx.values.get(t.index) for t in op.inputs[:n_operands]]
     if not isinstance(result, keras.KerasTensor) or \
             not all(isinstance(v, keras.KerasTensor) for v in operands):
         return
-    params = _xnnpack_add(op) if op.type == "ADD" else _xnnpack_mean(op)
+    params = parameters(op)
     if params is None:
         return
     layer = IntegerArithmetic(op.type.lower(), params,

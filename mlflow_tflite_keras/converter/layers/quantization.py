@@ -289,11 +289,14 @@ class IntegerArithmetic(keras.layers.Layer):
     (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
     "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
     "output_scale"}``, XNNPACK's qs8 mean: the int32 sum of the stored integers times the
-    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even."""
+    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even.
+    ``kind="quantize"``: ``{"inverse_scale", "output_zero_point", "output_scale"}``,
+    XNNPACK's f32 -> qs8 conversion (a float input times the float32 ``1 / scale``, rounded
+    half to even, plus the zero point, saturated)."""
 
     def __init__(self, kind: str, params: dict, **kwargs):
         super().__init__(**kwargs)
-        if kind not in ("add", "mean"):
+        if kind not in ("add", "mean", "quantize"):
             raise ValueError(f"unknown integer arithmetic {kind!r}")
         self.kind = kind
         self.params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
@@ -314,6 +317,9 @@ class IntegerArithmetic(keras.layers.Layer):
             acc = p["bias"] + a * p["a_multiplier"] + b * p["b_multiplier"]
             q = ops.floor_divide(acc, 1 << p["shift"]) + p["output_zero_point"]
             q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
+        elif self.kind == "quantize":
+            steps = ops.round(ops.cast(inputs[1], "float32") * np.float32(p["inverse_scale"]))
+            q = ops.clip(steps + np.float32(p["output_zero_point"]), -128.0, 127.0)
         else:
             stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
             total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
