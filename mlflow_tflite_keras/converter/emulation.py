@@ -38,8 +38,9 @@ def fake_quantize(ctx, t: Tensor, value, name: str):
     quantization = t.quantization
     axis = quantization.quantized_dimension if quantization.per_channel else None
     model_output = any(o.index == t.index for o in ctx.graph.outputs)
+    model_input = any(i.index == t.index for i in ctx.graph.inputs)
     layer = FakeQuant(quantization.scale.reshape(-1), quantization.zero_point.reshape(-1),
-                      qmin, qmax, axis, model_output=model_output,
+                      qmin, qmax, axis, model_output=model_output, model_input=model_input,
                       name=_unique(ctx, f"{name}_fakequant"))
     return layer(value)
 

@@ -92,8 +92,12 @@ class FakeQuant(keras.layers.Layer):
     (one scale) or per channel along ``axis``; no trainable weights."""
 
     def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
-                 model_output: bool = False, **kwargs):
+                 model_output: bool = False, model_input: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # On a model's integer input, float feeds are rounded as this package's runtime
+        # quantizes them for the interpreter (Quantization.quantize: float64 division, ties
+        # to even), so both see the same integers.
+        self.model_input = bool(model_input)
         # On a model output, training sees the float value (as TF's QAT leaves the output
         # unquantized): a loss of rounded probabilities (0 for most classes) has no
         # gradient where it matters. Inference, and so parity and export, round as usual.
@@ -113,6 +117,11 @@ class FakeQuant(keras.layers.Layer):
         scale, zero_point = Quantization(
             np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
             self.axis or 0).broadcast(len(x.shape), np.float32)
+        if self.model_input:
+            scale64 = scale.astype(np.float64)
+            q = ops.clip(ops.round(ops.cast(x, "float64") / scale64) + zero_point,
+                         self.qmin, self.qmax)
+            return straight_through(x, ops.cast((q - zero_point) * scale64, x.dtype))
         return fake_quantize(x, scale, zero_point, self.qmin, self.qmax)
 
     def compute_output_shape(self, input_shape):
@@ -121,7 +130,7 @@ class FakeQuant(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point,
                 "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis,
-                "model_output": self.model_output}
+                "model_output": self.model_output, "model_input": self.model_input}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
