@@ -90,8 +90,36 @@ def quantize_weights(ctx, op: Op, layer):
     if not entries and not float_entries:
         return layer
     requantize = _xnnpack_requantize(op, layer, entries) if not float_entries else None
+    hybrid = integer_hybrid(op)
+    if hybrid is not None and not (
+            isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+            and len(entries) == 1 and len(entries) + len(float_entries) == len(layer.weights)):
+        hybrid = None
     return QuantizedWeights(layer, entries, float_weights=float_entries, requantize=requantize,
-                            name=_unique(ctx, f"{layer.name}_qweights"))
+                            hybrid=hybrid, name=_unique(ctx, f"{layer.name}_qweights"))
+
+
+def integer_hybrid(op: Op) -> dict | None:
+    """The :class:`QuantizedWeights` ``hybrid`` config of a hybrid convolution whose kernel's
+    integer arithmetic is replayed (XNNPACK's qd8 CONV_2D; TFLite's per-channel hybrid
+    DEPTHWISE_CONV_2D, which XNNPACK leaves to it), or None (its input is quantized by a
+    :class:`HybridInputQuant` before the float layer instead)."""
+    from mlflow_tflite_keras.converter.hybrid import hybrid_scheme, is_hybrid
+
+    if op.type not in ("CONV_2D", "DEPTHWISE_CONV_2D") or not is_hybrid(op):
+        return None
+    w = op.inputs[1]
+    bias = op.inputs[2] if len(op.inputs) > 2 else None
+    if w.type_name != "INT8" or np.any(np.asarray(w.quantization.zero_point) != 0) or \
+            (bias is not None and bias.type_name != "FLOAT32"):
+        return None
+    row_size, asymmetric, kernel = hybrid_scheme(op, op.inputs[0].shape)
+    if kernel != "xnnpack" and not (op.type == "DEPTHWISE_CONV_2D" and asymmetric):
+        return None  # other builtin hybrid kernels: not replayed
+    channels = op.outputs[0].shape[-1]
+    scale = np.asarray(w.quantization.scale, np.float32).reshape(-1)
+    return {"row_size": row_size, "asymmetric": asymmetric, "kernel": kernel,
+            "weight_scale": np.broadcast_to(scale, (channels,)).tolist()}
 
 
 # ---- the integer kernels LiteRT runs by default (its XNNPACK delegate) ------------------------
@@ -314,7 +342,8 @@ def hybrid_inputs(ctx, op: Op):
 
     x = op.inputs[0] if op.inputs else None
     value = ctx.values.get(x.index) if x is not None else None
-    if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)):
+    if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)) or \
+            integer_hybrid(op) is not None:  # its QuantizedWeights quantizes the input
         yield
         return
     row_size, asymmetric, kernel = hybrid_scheme(op, value.shape)

@@ -31,7 +31,19 @@ def straight_through(x, quantized):
 def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
     """The float activations a hybrid (dynamic-range) kernel multiplies: quantized to int8 on
     the fly per batch element (``row_size=None``: convolutions) or per row of ``row_size``
-    values (fully connected, batch matmul), then dequantized; returned in ``x``'s dtype.
+    values (fully connected, batch matmul), then dequantized; returned in ``x``'s dtype
+    (:func:`hybrid_input_integers` times their scale).
+    On ``keras.ops``: used by the emulation layer and, on numpy, by the parity checker."""
+    x = ops.convert_to_tensor(x)
+    integers, scale = hybrid_input_integers(x, row_size, asymmetric, kernel)
+    rows = ops.reshape(integers, (ops.shape(x)[0], -1) if row_size is None else (-1, row_size))
+    return ops.reshape(ops.cast(rows * scale, x.dtype), ops.shape(x))
+
+
+def hybrid_input_integers(x, row_size=None, asymmetric=False, kernel="builtin"):
+    """``(integers, scale)``: the int8 values a hybrid kernel quantizes ``x`` to, less their
+    zero point (float32, ``x``'s shape), and each row's float32 scale (``[rows, 1]``; rows:
+    batch elements when ``row_size`` is None, else rows of ``row_size`` values).
 
     ``kernel="builtin"``: as TFLite's builtin kernels (tensor_utils::Symmetric /
     AsymmetricQuantizeFloats), symmetric or asymmetric: float32 values times a float32
@@ -39,8 +51,8 @@ def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
     away from zero); the asymmetric scale and zero point computed in double from the float32
     range, the zero point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
     dynamically quantized (qd8) operators, always asymmetric, all in float32: multiplier
-    ``255 / range``, zero point rounded to even, values clamped then rounded to even.
-    On ``keras.ops``: used by the emulation layer and, on numpy, by the parity checker."""
+    ``255 / range``, zero point rounded to even, values clamped then rounded to even, scale
+    ``1 / multiplier``."""
     x = ops.convert_to_tensor(x)
     shape = ops.shape(x)
     rows = ops.cast(ops.reshape(x, (shape[0], -1) if row_size is None else (-1, row_size)),
@@ -55,7 +67,7 @@ def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
                                -128.0 - descaled_low, 127.0 - descaled_high)
         zero_point = ops.round(ops.clip(zero_point, -128.0, 127.0))  # ties to even (rintf)
         q = ops.round(ops.clip(rows * multiplier, -128.0 - zero_point, 127.0 - zero_point))
-        out = q * (1.0 / multiplier)
+        scale = 1.0 / multiplier
     elif asymmetric:
         low = ops.cast(ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0), "float64")
         high = ops.cast(ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0), "float64")
@@ -70,13 +82,14 @@ def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
         inverse = ops.cast(1.0 / ops.cast(scale, "float64"), "float32")
         zero_point = ops.cast(zero_point, "float32")
         q = ops.clip(round_half_away(zero_point + rows * inverse), -128.0, 127.0)
-        out = ops.where(empty, ops.zeros_like(rows), (q - zero_point) * scale)
+        q = ops.where(empty, ops.zeros_like(rows), q - zero_point)
     else:
         top = ops.max(ops.abs(rows), axis=1, keepdims=True)
         safe = ops.where(top > 0, top, ops.ones_like(top))
         q = ops.clip(round_half_away(rows * (127.0 / safe)), -127.0, 127.0)
-        out = ops.where(top > 0, q * (safe / 127.0), ops.zeros_like(rows))
-    return ops.reshape(ops.cast(out, x.dtype), shape)
+        q = ops.where(top > 0, q, ops.zeros_like(rows))
+        scale = safe / 127.0
+    return ops.reshape(q, shape), scale
 
 
 def fake_quantize(x, scale, zero_point, qmin, qmax):
@@ -177,8 +190,17 @@ class QuantizedWeights(keras.layers.Wrapper):
     constants of a quantized source (a dynamic-range model's biases, its kernels too small
     to quantize): trained as they are, written back there by ``export_tflite(like=source)``."""
 
-    def __init__(self, layer, quantization, float_weights=(), requantize=None, **kwargs):
+    def __init__(self, layer, quantization, float_weights=(), requantize=None, hybrid=None,
+                 **kwargs):
         super().__init__(layer, **kwargs)
+        # A hybrid kernel's arithmetic (float input quantized on the fly, integer weights):
+        # {"row_size" (None: per batch element), "asymmetric", "kernel": "xnnpack" (qd8
+        # convolution) | "builtin" (TFLite's per-channel hybrid depthwise), "weight_scale":
+        # [per output channel]}; None: the float layer on its (separately quantized) input.
+        self.hybrid = None if hybrid is None else {
+            "row_size": None if hybrid.get("row_size") is None else int(hybrid["row_size"]),
+            "asymmetric": bool(hybrid["asymmetric"]), "kernel": str(hybrid["kernel"]),
+            "weight_scale": [float(v) for v in hybrid["weight_scale"]]}
         # An integer kernel's arithmetic (XNNPACK's qs8 convolution / fully connected):
         # {"input_scale", "accumulator_scale": [per output channel], "multiplier": [float32,
         # per output channel], "output_scale", "low", "high" (output integers less the zero
@@ -247,10 +269,60 @@ class QuantizedWeights(keras.layers.Wrapper):
     def call(self, inputs, *args, **kwargs):
         if self.requantize is not None:
             return self._integer_call(inputs, *args, **kwargs)
+        if self.hybrid is not None:
+            return self._hybrid_call(inputs, *args, **kwargs)
         if not self.quantization:
             return self.layer(inputs, *args, **kwargs)
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
             return self.layer(inputs, *args, **kwargs)
+
+    def _integer_weights(self):
+        """[(variable, its integers less the zero point)], straight-through."""
+        mapping = []
+        for q in self.quantization:
+            w = self.layer.weights[q["weight"]]
+            scale, zero_point = self.grid(q, tuple(w.shape))
+            w_steps = ops.convert_to_tensor(w) / scale
+            integers = ops.clip(round_half_away(w_steps) + zero_point, q["qmin"], q["qmax"])
+            mapping.append((w, straight_through(w_steps, integers - zero_point)))
+        return mapping
+
+    def _hybrid_call(self, inputs, *args, **kwargs):
+        """The layer run on the integers a hybrid kernel computes with (its on-the-fly input
+        quantization per batch element, the int8 weights, no bias): the float32 accumulator
+        is its int32 one exactly; then its float epilogue in its order, ``(acc *
+        input_scale) * weight_scale + bias`` (XNNPACK's qd8 kernels fuse the last
+        multiply-add), then the layer's activation. Straight-through: the gradient is the
+        float layer's."""
+        h = self.hybrid
+        integers, scale = hybrid_input_integers(inputs, h["row_size"], h["asymmetric"],
+                                                h["kernel"])
+        # one scale per batch element, or per row (pixel) of row_size channels
+        scale = ops.stop_gradient(ops.reshape(
+            scale, (-1,) + (1,) * (len(inputs.shape) - 1) if h["row_size"] is None
+            else tuple(ops.shape(inputs)[:-1]) + (1,)))
+        mapping = self._integer_weights()
+        bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) \
+            else None
+        if bias is not None:
+            mapping.append((bias, ops.zeros(bias.shape, bias.dtype)))
+        activation = self.layer.activation
+        self.layer.activation = keras.activations.linear  # applied after the epilogue
+        try:
+            with keras.StatelessScope(state_mapping=mapping):
+                accumulator = self.layer(straight_through(inputs / scale, integers),
+                                         *args, **kwargs)
+        finally:
+            self.layer.activation = activation
+        weight_scale = np.asarray(h["weight_scale"], np.float32)
+        bias = ops.zeros((), "float32") if bias is None else ops.convert_to_tensor(bias)
+        scaled = ops.stop_gradient(accumulator * scale)
+        if h["kernel"] == "xnnpack":  # fused multiply-add: one rounding
+            exact = ops.cast(ops.cast(scaled, "float64") * weight_scale.astype(np.float64)
+                             + ops.cast(bias, "float64"), "float32")
+        else:
+            exact = scaled * weight_scale + bias
+        return activation(straight_through(accumulator * scale * weight_scale + bias, exact))
 
     def _integer_call(self, inputs, *args, **kwargs):
         """The layer run on the integers (input less its zero point, weights, int32 bias):
@@ -262,14 +334,7 @@ class QuantizedWeights(keras.layers.Wrapper):
         r = self.requantize
         steps = inputs / r["input_scale"]
         x = straight_through(steps, round_half_away(steps))
-        mapping = []
-        for q in self.quantization:
-            w = self.layer.weights[q["weight"]]
-            scale, zero_point = self.grid(q, tuple(w.shape))
-            w_steps = ops.convert_to_tensor(w) / scale
-            integers = ops.clip(round_half_away(w_steps) + zero_point, q["qmin"], q["qmax"])
-            mapping.append((w, straight_through(w_steps, integers - zero_point)))
-        with keras.StatelessScope(state_mapping=mapping):
+        with keras.StatelessScope(state_mapping=self._integer_weights()):
             accumulator = self.layer(x, *args, **kwargs)
         multiplier = np.asarray(r["multiplier"], np.float32)
         requantized = ops.clip(ops.round(accumulator * multiplier), r["low"], r["high"])
@@ -281,7 +346,8 @@ class QuantizedWeights(keras.layers.Wrapper):
 
     def get_config(self):
         return {**super().get_config(), "quantization": self.quantization,
-                "float_weights": self.float_weights, "requantize": self.requantize}
+                "float_weights": self.float_weights, "requantize": self.requantize,
+                "hybrid": self.hybrid}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
