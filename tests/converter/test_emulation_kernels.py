@@ -149,31 +149,70 @@ def test_inverted_residual_model_is_bit_exact():
     assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
 
 
-def test_dynamic_range_conv_uses_xnnpack_input_quantization():
-    """A hybrid CONV_2D runs in XNNPACK as a qd8 convolution (its input quantized per batch
-    element, asymmetric, rounded to even): replayed, the emulated model is within float
-    noise; the builtin kernel's scheme is not."""
+def _pointwise():  # a 1x1 convolution: XNNPACK runs it as a fully connected op
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((16, 16, 128)),
+                             keras.layers.Conv2D(64, 1, activation="relu6")])
+
+
+def _depthwise_wide():  # 3x3x128 weights: quantized by the dynamic-range recipe
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((16, 16, 128)),
+                             keras.layers.DepthwiseConv2D(3, padding="same",
+                                                          activation="relu6")])
+
+
+# hybrid convolutions (weights of >= 1024 values: the dynamic-range recipe quantizes them)
+# -> (builder, input shape, run by XNNPACK)
+HYBRID_CONVS = {"conv": (_conv, (16, 16, 64), True),
+                "pointwise": (_pointwise, (16, 16, 128), True),
+                "depthwise-wide": (_depthwise_wide, (16, 16, 128), False)}
+
+
+@pytest.mark.parametrize("name", list(HYBRID_CONVS))
+def test_dynamic_range_conv_replays_its_kernel(name):
+    """A hybrid CONV_2D runs in XNNPACK as a qd8 convolution: its input quantized per batch
+    element (per pixel for a 1x1 convolution, which XNNPACK runs as a fully connected op),
+    asymmetric, rounded to even; integer accumulation; a fused multiply-add epilogue. A
+    hybrid DEPTHWISE_CONV_2D runs in TFLite's kernel (float32 scale, half away from zero,
+    its own epilogue order). Replayed, the emulated model is within float32 rounding (1e-6
+    of the range); for CONV_2D the builtin kernel's scheme is not; a 5% kernel change is
+    rejected; fit moves the kernel."""
     from mlflow_tflite_keras.converter import hybrid
 
-    make, shape, _, _ = SINGLE_OPS["conv"]
-    data = keras_model_tflite("emulation-kernel-conv", make, "dynamic-range")
+    make, shape, xnnpack = HYBRID_CONVS[name]
+    data = keras_model_tflite(f"emulation-kernel-{name}", make, "dynamic-range")
     x = _images(64, shape, seed=2)
-    report = check_parity(data, convert(data, emulate_quantization=True).model, x)
+    model = convert(data, emulate_quantization=True).model
+    report = check_parity(data, model, x, max_rel_error=1e-6)
     print(f"\n{report}")
     assert report.passed, str(report)
-    undo = perturbed(model := convert(data, emulate_quantization=True).model)
+    undo = perturbed(model)
     try:
         assert not check_parity(data, model, x, compiled=False).passed
     finally:
         undo()
-    saved = hybrid.XNNPACK_HYBRID_OPS
-    hybrid.XNNPACK_HYBRID_OPS = saved - {"CONV_2D"}
-    try:
-        builtin = check_parity(data, convert(data, emulate_quantization=True).model, x,
-                               compiled=False)
-    finally:
-        hybrid.XNNPACK_HYBRID_OPS = saved
-    assert not builtin.passed, f"the builtin kernel's input quantization passed\n{builtin}"
+    if xnnpack:
+        saved = hybrid.XNNPACK_HYBRID_OPS
+        hybrid.XNNPACK_HYBRID_OPS = saved - {"CONV_2D"}
+        try:
+            builtin = check_parity(data, convert(data, emulate_quantization=True).model, x,
+                                   compiled=False, max_rel_error=1e-6)
+        finally:
+            hybrid.XNNPACK_HYBRID_OPS = saved
+        assert not builtin.passed, f"the builtin kernel's scheme passed\n{builtin}"
+
+    kernel = next(w for w in model.trainable_weights if w.path.endswith("kernel"))
+    before = np.array(kernel.numpy())
+    model.compile("sgd", "mse")
+    target = model.predict(x[:32], verbose=0) * 1.1
+    model.fit(x[:32], target, epochs=1, batch_size=16, verbose=0)
+    assert not np.array_equal(before, kernel.numpy())
+    assert np.all(np.isfinite(model.predict(x[:8], verbose=0)))
 
 
 def test_mobilenet_v2_full_int8_is_bit_exact():

@@ -23,6 +23,20 @@ def round_half_away(x):
     return ops.sign(x) * ops.floor(ops.abs(x) + 0.5)
 
 
+def rounded_product(a, b):
+    """``a * b`` rounded to float32 once, never fused into a following add (a float64
+    product of float32 values is exact): XLA (``model.predict``) contracts ``a * b + c`` into
+    a fused multiply-add, which moves values on half steps to the other side."""
+    return ops.cast(ops.cast(a, "float64") * ops.cast(b, "float64"), "float32")
+
+
+def rounded_quotient(a, b):
+    """``a / b`` rounded to float32 (via float64): graph rewrites turn float32 ``1 / b`` into
+    an approximate reciprocal (grappler) and a division by a constant into a multiplication
+    by its reciprocal (XLA), which are not the division the kernels do."""
+    return ops.cast(ops.cast(a, "float64") / ops.cast(b, "float64"), "float32")
+
+
 def straight_through(x, quantized):
     """``quantized`` forward, identity gradient backward."""
     return x + ops.stop_gradient(quantized - x)
@@ -48,8 +62,10 @@ def hybrid_input_integers(x, row_size=None, asymmetric=False, kernel="builtin"):
     ``kernel="builtin"``: as TFLite's builtin kernels (tensor_utils::Symmetric /
     AsymmetricQuantizeFloats), symmetric or asymmetric: float32 values times a float32
     inverse scale (not a division: it decides which way a value on a half step rounds, half
-    away from zero); the asymmetric scale and zero point computed in double from the float32
-    range, the zero point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
+    away from zero); the asymmetric scale ``range / 255`` in float32 (measured on LiteRT's
+    x86 hybrid FULLY_CONNECTED and DEPTHWISE_CONV_2D temporaries: its published portable
+    source divides in double, which is 1 ulp off for a quarter of the inputs), the zero
+    point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
     dynamically quantized (qd8) operators, always asymmetric, all in float32: multiplier
     ``255 / range``, zero point rounded to even, values clamped then rounded to even, scale
     ``1 / multiplier``."""
@@ -60,35 +76,36 @@ def hybrid_input_integers(x, row_size=None, asymmetric=False, kernel="builtin"):
     if kernel == "xnnpack":
         low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
         high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
-        multiplier = ops.where(high == low, ops.ones_like(low),
-                               255.0 / ops.where(high == low, ops.ones_like(low), high - low))
-        descaled_low, descaled_high = low * multiplier, high * multiplier
+        multiplier = ops.where(high == low, ops.ones_like(low), rounded_quotient(
+            255.0, ops.where(high == low, ops.ones_like(low), high - low)))
+        descaled_low = rounded_product(low, multiplier)
+        descaled_high = rounded_product(high, multiplier)
         zero_point = ops.where((-128.0 + descaled_low) + (127.0 + descaled_high) > 0,
                                -128.0 - descaled_low, 127.0 - descaled_high)
         zero_point = ops.round(ops.clip(zero_point, -128.0, 127.0))  # ties to even (rintf)
         q = ops.round(ops.clip(rows * multiplier, -128.0 - zero_point, 127.0 - zero_point))
-        scale = 1.0 / multiplier
+        scale = rounded_quotient(1.0, multiplier)
     elif asymmetric:
-        low = ops.cast(ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0), "float64")
-        high = ops.cast(ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0), "float64")
+        low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
+        high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
         empty = high == low
-        scale64 = ops.where(empty, ops.ones_like(low), (high - low) / 255.0)
+        scale = ops.where(empty, ops.ones_like(low), rounded_quotient(high - low, 255.0))
         # the zero point from the end whose error is smaller, nudged into [-128, 127]
-        from_min, from_max = -128.0 - low / scale64, 127.0 - high / scale64
-        zero_point = ops.where(128.0 + ops.abs(low / scale64) < 127.0 + ops.abs(high / scale64),
+        from_min, from_max = -128.0 - low / scale, 127.0 - high / scale
+        zero_point = ops.where(128.0 + ops.abs(low / scale) < 127.0 + ops.abs(high / scale),
                                from_min, from_max)
         zero_point = ops.clip(round_half_away(zero_point), -128.0, 127.0)
-        scale = ops.cast(scale64, "float32")
-        inverse = ops.cast(1.0 / ops.cast(scale, "float64"), "float32")
-        zero_point = ops.cast(zero_point, "float32")
-        q = ops.clip(round_half_away(zero_point + rows * inverse), -128.0, 127.0)
+        inverse = rounded_quotient(1.0, scale)
+        q = ops.clip(round_half_away(zero_point + rounded_product(rows, inverse)),
+                     -128.0, 127.0)
         q = ops.where(empty, ops.zeros_like(rows), q - zero_point)
     else:
         top = ops.max(ops.abs(rows), axis=1, keepdims=True)
         safe = ops.where(top > 0, top, ops.ones_like(top))
-        q = ops.clip(round_half_away(rows * (127.0 / safe)), -127.0, 127.0)
+        q = ops.clip(round_half_away(rounded_product(rows, rounded_quotient(127.0, safe))),
+                     -127.0, 127.0)
         q = ops.where(top > 0, q, ops.zeros_like(rows))
-        scale = safe / 127.0
+        scale = rounded_quotient(safe, 127.0)
     return ops.reshape(q, shape), scale
 
 
@@ -289,10 +306,11 @@ class QuantizedWeights(keras.layers.Wrapper):
 
     def _hybrid_call(self, inputs, *args, **kwargs):
         """The layer run on the integers a hybrid kernel computes with (its on-the-fly input
-        quantization per batch element, the int8 weights, no bias): the float32 accumulator
-        is its int32 one exactly; then its float epilogue in its order, ``(acc *
-        input_scale) * weight_scale + bias`` (XNNPACK's qd8 kernels fuse the last
-        multiply-add), then the layer's activation. Straight-through: the gradient is the
+        quantization per batch element or row, the int8 weights, no bias): the float32
+        accumulator is its int32 one exactly; then its float epilogue in its order (XNNPACK's
+        qd8 kernels: ``(acc * input_scale) * weight_scale + bias``, the last two fused;
+        TFLite's hybrid depthwise, measured: ``(acc * weight_scale) * input_scale + bias``),
+        then the layer's activation. Straight-through: the gradient is the
         float layer's."""
         h = self.hybrid
         integers, scale = hybrid_input_integers(inputs, h["row_size"], h["asymmetric"],
@@ -316,12 +334,13 @@ class QuantizedWeights(keras.layers.Wrapper):
             self.layer.activation = activation
         weight_scale = np.asarray(h["weight_scale"], np.float32)
         bias = ops.zeros((), "float32") if bias is None else ops.convert_to_tensor(bias)
-        scaled = ops.stop_gradient(accumulator * scale)
-        if h["kernel"] == "xnnpack":  # fused multiply-add: one rounding
-            exact = ops.cast(ops.cast(scaled, "float64") * weight_scale.astype(np.float64)
+        integer = ops.stop_gradient(accumulator)
+        if h["kernel"] == "xnnpack":  # (acc * input scale), then a fused multiply-add
+            exact = ops.cast(ops.cast(integer * scale, "float64")
+                             * weight_scale.astype(np.float64)
                              + ops.cast(bias, "float64"), "float32")
-        else:
-            exact = scaled * weight_scale + bias
+        else:  # TFLite's hybrid depthwise: (acc * channel scale) * input scale + bias
+            exact = rounded_product(rounded_product(integer, weight_scale), scale) + bias
         return activation(straight_through(accumulator * scale * weight_scale + bias, exact))
 
     def _integer_call(self, inputs, *args, **kwargs):
@@ -398,7 +417,8 @@ class IntegerArithmetic(keras.layers.Layer):
         else:
             stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
             total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
-            q = ops.round(total * np.float32(p["inverse_scale"]) + np.float32(p["zero_point"]))
+            q = ops.round(rounded_product(total, np.float32(p["inverse_scale"]))
+                          + np.float32(p["zero_point"]))
             q = ops.clip(q, -128.0, 127.0)
         exact = (q - np.float32(p["output_zero_point"])) * np.float32(p["output_scale"])
         return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
