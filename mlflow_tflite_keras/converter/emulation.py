@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.ir import Op, Tensor
+from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.quantization import (
     FakeQuant,
     HybridInputQuant,
@@ -178,8 +178,6 @@ def _scale_and_zero_point(t) -> tuple:
 def _activation_bounds(op: Op, t) -> tuple[int, int]:
     """The fused activation's clamp on ``t``'s stored integers (TFLite's
     CalculateActivationRangeQuantized)."""
-    from mlflow_tflite_keras.converter.builder import FUSED_ACTIVATIONS
-
     qmin, qmax = integer_range(t.type_name)
     scale, zero_point = _scale_and_zero_point(t)
     act = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
