@@ -9,6 +9,12 @@ quantized per batch / per row as its kernel does
 start exactly on their dequantized integers (``ir.decode_constant``); the layer holding them is
 wrapped in a :class:`~mlflow_tflite_keras.converter.layers.quantization.QuantizedWeights` that
 keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weights`).
+
+A float layer followed by rounding lands one step off wherever the kernel rounds otherwise
+(deep models compound it), so where LiteRT's default kernels are known the wrapped layers
+compute on the integers with the kernel's own requantization (XNNPACK's qs8 convolutions /
+fully connected; hybrid convolutions with their epilogues), and ADD / MEAN / QUANTIZE get
+the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through gradients.
 """
 
 from __future__ import annotations
@@ -94,7 +100,8 @@ def quantize_weights(ctx, op: Op, layer):
     if hybrid is not None and not (
             isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
             and len(entries) == 1 and len(entries) + len(float_entries) == len(layer.weights)):
-        hybrid = None
+        # hybrid_inputs left the input to this wrapper: it quantizes it, the float layer runs
+        hybrid = {**hybrid, "integer": False}
     return QuantizedWeights(layer, entries, float_weights=float_entries, requantize=requantize,
                             hybrid=hybrid, name=_unique(ctx, f"{layer.name}_qweights"))
 

@@ -213,11 +213,14 @@ class QuantizedWeights(keras.layers.Wrapper):
         # A hybrid kernel's arithmetic (float input quantized on the fly, integer weights):
         # {"row_size" (None: per batch element), "asymmetric", "kernel": "xnnpack" (qd8
         # convolution) | "builtin" (TFLite's per-channel hybrid depthwise), "weight_scale":
-        # [per output channel]}; None: the float layer on its (separately quantized) input.
+        # [per output channel], "integer": False when only the input quantization is
+        # replayed (the float layer on fake-quantized weights then)}; None: the float layer
+        # on its (separately quantized) input.
         self.hybrid = None if hybrid is None else {
             "row_size": None if hybrid.get("row_size") is None else int(hybrid["row_size"]),
             "asymmetric": bool(hybrid["asymmetric"]), "kernel": str(hybrid["kernel"]),
-            "weight_scale": [float(v) for v in hybrid["weight_scale"]]}
+            "weight_scale": [float(v) for v in hybrid["weight_scale"]],
+            "integer": bool(hybrid.get("integer", True))}
         # An integer kernel's arithmetic (XNNPACK's qs8 convolution / fully connected):
         # {"input_scale", "accumulator_scale": [per output channel], "multiplier": [float32,
         # per output channel], "output_scale", "low", "high" (output integers less the zero
@@ -313,6 +316,11 @@ class QuantizedWeights(keras.layers.Wrapper):
         then the layer's activation. Straight-through: the gradient is the
         float layer's."""
         h = self.hybrid
+        if not h["integer"]:
+            quantized = straight_through(inputs, quantize_hybrid_input(
+                inputs, h["row_size"], h["asymmetric"], h["kernel"]))
+            with keras.StatelessScope(state_mapping=self.quantized_weights()):
+                return self.layer(quantized, *args, **kwargs)
         integers, scale = hybrid_input_integers(inputs, h["row_size"], h["asymmetric"],
                                                 h["kernel"])
         # one scale per batch element, or per row (pixel) of row_size channels
