@@ -1,7 +1,7 @@
 """Cost of quantization emulation: ``to_keras(emulate_quantization=True)`` vs the float
-reconstruction of the same quantized ``.tflite`` (MobileNetV2 at 224x224 and the audio CNN,
-full-int8 and dynamic-range; the dynamic-range digits LSTM, a WHILE loop: the cached test
-models).
+reconstruction of the same quantized ``.tflite`` (MobileNetV2 at 64x64, as
+tests/converter/app_models.py builds it, and the audio CNN, full-int8 and dynamic-range; the
+dynamic-range digits LSTM, a WHILE loop: the cached test models).
 
 Each variant is called through ``tf.function(lambda x: model(x, training=False))`` at batch 1
 and 16 (median of ``--repeats`` timed calls after a warm-up); the parity of each against the

@@ -9,6 +9,12 @@ quantized per batch / per row as its kernel does
 start exactly on their dequantized integers (``ir.decode_constant``); the layer holding them is
 wrapped in a :class:`~mlflow_tflite_keras.converter.layers.quantization.QuantizedWeights` that
 keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weights`).
+
+A float layer followed by rounding lands one step off wherever the kernel rounds otherwise
+(deep models compound it), so where LiteRT's default kernels are known the wrapped layers
+compute on the integers with the kernel's own requantization (XNNPACK's qs8 convolutions /
+fully connected; hybrid convolutions with their epilogues), and ADD / MEAN / QUANTIZE get
+the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through gradients.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.ir import Op, Tensor
+from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.quantization import (
     FakeQuant,
     HybridInputQuant,
+    IntegerArithmetic,
     QuantizedWeights,
 )
 from mlflow_tflite_keras.tflite_model import integer_range
@@ -37,14 +44,18 @@ def fake_quantize(ctx, t: Tensor, value, name: str):
     quantization = t.quantization
     axis = quantization.quantized_dimension if quantization.per_channel else None
     model_output = any(o.index == t.index for o in ctx.graph.outputs)
+    model_input = any(i.index == t.index for i in ctx.graph.inputs)
     layer = FakeQuant(quantization.scale.reshape(-1), quantization.zero_point.reshape(-1),
-                      qmin, qmax, axis, model_output=model_output,
+                      qmin, qmax, axis, model_output=model_output, model_input=model_input,
                       name=_unique(ctx, f"{name}_fakequant"))
     return layer(value)
 
 
 def quantize_outputs(ctx, op: Op) -> None:
-    """Fake-quantize the op's quantized outputs in ``ctx.values``."""
+    """Fake-quantize the op's quantized outputs in ``ctx.values`` (an op whose integer kernel
+    rounds otherwise than its float layers first gets the kernel's value:
+    :func:`integer_arithmetic`)."""
+    integer_arithmetic(ctx, op)
     for t in op.outputs:
         ctx.values[t.index] = fake_quantize(ctx, t, ctx.values.get(t.index), _safe(t.name))
 
@@ -84,8 +95,184 @@ def quantize_weights(ctx, op: Op, layer):
                 break
     if not entries and not float_entries:
         return layer
-    return QuantizedWeights(layer, entries, float_weights=float_entries,
-                            name=_unique(ctx, f"{layer.name}_qweights"))
+    requantize = _xnnpack_requantize(op, layer, entries) if not float_entries else None
+    hybrid = integer_hybrid(op)
+    if hybrid is not None and not (
+            isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+            and len(entries) == 1 and len(entries) + len(float_entries) == len(layer.weights)):
+        # hybrid_inputs left the input to this wrapper: it quantizes it, the float layer runs
+        hybrid = {**hybrid, "integer": False}
+    return QuantizedWeights(layer, entries, float_weights=float_entries, requantize=requantize,
+                            hybrid=hybrid, name=_unique(ctx, f"{layer.name}_qweights"))
+
+
+def integer_hybrid(op: Op) -> dict | None:
+    """The :class:`QuantizedWeights` ``hybrid`` config of a hybrid convolution whose kernel's
+    integer arithmetic is replayed (XNNPACK's qd8 CONV_2D; TFLite's per-channel hybrid
+    DEPTHWISE_CONV_2D, which XNNPACK leaves to it), or None (its input is quantized by a
+    :class:`HybridInputQuant` before the float layer instead)."""
+    from mlflow_tflite_keras.converter.hybrid import hybrid_scheme, is_hybrid
+
+    if op.type not in ("CONV_2D", "DEPTHWISE_CONV_2D") or not is_hybrid(op):
+        return None
+    w = op.inputs[1]
+    bias = op.inputs[2] if len(op.inputs) > 2 else None
+    if w.type_name != "INT8" or np.any(np.asarray(w.quantization.zero_point) != 0) or \
+            (bias is not None and bias.type_name != "FLOAT32"):
+        return None
+    row_size, asymmetric, kernel = hybrid_scheme(op, op.inputs[0].shape)
+    if kernel != "xnnpack" and not (op.type == "DEPTHWISE_CONV_2D" and asymmetric):
+        return None  # other builtin hybrid kernels: not replayed
+    channels = op.outputs[0].shape[-1]
+    scale = np.asarray(w.quantization.scale, np.float32).reshape(-1)
+    return {"row_size": row_size, "asymmetric": asymmetric, "kernel": kernel,
+            "weight_scale": np.broadcast_to(scale, (channels,)).tolist()}
+
+
+# ---- the integer kernels LiteRT runs by default (its XNNPACK delegate) ------------------------
+# A float layer followed by rounding computes the integer kernel's result except where the
+# kernel's own rounding (fixed-point multipliers, float32 requantization, ties) lands
+# elsewhere: one step on a few elements per op, which deep models (MobileNetV2: 16 steps at
+# the output) compound. Where XNNPACK takes the op (xnnpack_delegate.cc), its arithmetic is
+# replayed exactly.
+
+#: Full-integer ops XNNPACK runs as qs8 convolutions / fully connected (fp32 requantization).
+XNNPACK_QS8_KERNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+
+
+def _int8_per_tensor(t) -> bool:
+    return t is not None and t.is_quantized and t.type_name == "INT8" and \
+        t.quantization.scale.size == 1 and t.quantization.block_shape is None
+
+
+def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
+    """The :class:`QuantizedWeights` ``requantize`` config of a qs8 convolution / fully
+    connected op (XNNPACK's convolution-nhwc.c / fully-connected-nc.c: int32 accumulator of
+    the stored integers less the input zero point, plus the int32 bias, times the float32
+    ``input_scale * kernel_scale[c] / output_scale``, rounded half to even, plus the output
+    zero point, clamped), or None (another kernel, or a layer that is not the op's kernel
+    alone)."""
+    x, out = (op.inputs[0] if op.inputs else None), (op.outputs[0] if op.outputs else None)
+    w = op.inputs[1] if len(op.inputs) > 1 else None
+    bias = op.inputs[2] if len(op.inputs) > 2 else None
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    if op.type not in XNNPACK_QS8_KERNEL_OPS or not (_int8_per_tensor(x) and
+                                                    _int8_per_tensor(out)) \
+            or w is None or not w.is_quantized or w.type_name != "INT8" \
+            or np.any(np.asarray(w.quantization.zero_point) != 0) \
+            or (bias is not None and bias.type_name != "INT32") \
+            or len(entries) != len(layer.weights) or activation not in ("linear", "relu"):
+        return None
+    s_in = np.float32(x.quantization.scale.reshape(-1)[0])
+    s_out = np.float32(out.quantization.scale.reshape(-1)[0])
+    s_w = np.asarray(w.quantization.scale, np.float32).reshape(-1)
+    multiplier = s_in * s_w / s_out  # float32 arithmetic, in XNNPACK's order
+    if np.any(multiplier >= 256.0):  # XNNPACK refuses the op: the builtin kernel runs it
+        return None
+    qmin, qmax = integer_range(out.type_name)
+    zero_point = int(out.quantization.zero_point.reshape(-1)[0])
+    return {"input_scale": float(s_in),
+            "accumulator_scale": (np.float64(s_in) * s_w.astype(np.float64)).tolist(),
+            "multiplier": multiplier.tolist(), "output_scale": float(s_out),
+            "low": int(qmin) - zero_point, "high": int(qmax) - zero_point}
+
+
+def _scale_and_zero_point(t) -> tuple:
+    return np.float32(t.quantization.scale.reshape(-1)[0]), \
+        int(t.quantization.zero_point.reshape(-1)[0])
+
+
+def _activation_bounds(op: Op, t) -> tuple[int, int]:
+    """The fused activation's clamp on ``t``'s stored integers (TFLite's
+    CalculateActivationRangeQuantized)."""
+    qmin, qmax = integer_range(t.type_name)
+    scale, zero_point = _scale_and_zero_point(t)
+    act = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
+    low, high = {"relu": (0.0, None), "relu6": (0.0, 6.0),
+                 "relu_n1_to_1": (-1.0, 1.0)}.get(act, (None, None))
+    lo = qmin if low is None else max(qmin, zero_point + int(np.round(low / scale)))
+    hi = qmax if high is None else min(qmax, zero_point + int(np.round(high / scale)))
+    return int(lo), int(hi)
+
+
+def _xnnpack_add(op: Op) -> dict | None:
+    """XNNPACK's qs8 ADD parameters (microparams-init.c, xnn_init_qs8_add_minmax_scalar_params:
+    20-bit multipliers of the float32 input/output scale ratios, a shift, a rounding bias),
+    or None when XNNPACK does not take the op (its delegate's scale-ratio limits)."""
+    if len(op.inputs) != 2 or not all(_int8_per_tensor(t) for t in [*op.inputs, *op.outputs]):
+        return None
+    a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
+    (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (a, b, out))
+    ratios = np.array([sa / so, sb / so], np.float32)
+    if np.any(ratios < np.float32(1.0 / 1024.0)) or np.any(ratios >= np.float32(256.0)):
+        return None
+    exponent = int(np.max(ratios).view(np.uint32) >> 23) - 127
+    shift = 20 - exponent
+    ma, mb = (int(np.rint(r * np.float32(2.0 ** shift))) for r in ratios)
+    low, high = _activation_bounds(op, out)
+    return {"a_scale": float(sa), "a_zero_point": za, "b_scale": float(sb), "b_zero_point": zb,
+            "a_multiplier": ma, "b_multiplier": mb, "shift": shift,
+            "bias": (1 << (shift - 1)) - ma * za - mb * zb,
+            "output_zero_point": zo, "output_scale": float(so), "low": low, "high": high}
+
+
+def _xnnpack_mean(op: Op) -> dict | None:
+    """XNNPACK's qs8 MEAN (reduce-nd.c: the int32 sum of the stored integers converted as
+    ``sum * inverse_scale + zero_point`` in float32, rounded half to even, where
+    ``inverse_scale = (input_scale / output_scale) * (1 / n)`` and ``zero_point =
+    output_zero_point - n * input_zero_point * inverse_scale``), or None."""
+    x, axes = op.inputs[0], (op.inputs[1] if len(op.inputs) > 1 else None)
+    if axes is None or axes.data is None or not (_int8_per_tensor(x) and
+                                                _int8_per_tensor(op.outputs[0])):
+        return None
+    rank = len(x.shape)
+    reduced = sorted({int(a) % rank for a in np.asarray(axes.data).reshape(-1)})
+    n = int(np.prod([x.shape[a] for a in reduced]))
+    if not reduced or n <= 0:
+        return None
+    (si, zi), (so, zo) = _scale_and_zero_point(x), _scale_and_zero_point(op.outputs[0])
+    inverse = np.float32(si / so) * np.float32(np.float32(1.0) / np.float32(n))
+    zero_point = np.float32(zo) - np.float32(np.float32(n * zi) * inverse)
+    return {"axes": reduced, "keepdims": bool(op.opt("keepDims", False)),
+            "input_scale": float(si), "input_zero_point": zi,
+            "inverse_scale": float(inverse), "zero_point": float(zero_point),
+            "output_zero_point": zo, "output_scale": float(so)}
+
+
+def _xnnpack_quantize(op: Op) -> dict | None:
+    """XNNPACK's f32 -> qs8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
+    ``1 / scale``, rounded half to even), or None."""
+    x, out = op.inputs[0], op.outputs[0]
+    if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _int8_per_tensor(out):
+        return None
+    scale, zero_point = _scale_and_zero_point(out)
+    return {"inverse_scale": float(np.float32(1.0) / scale),
+            "output_zero_point": zero_point, "output_scale": float(scale)}
+
+
+_XNNPACK_INTEGER_OPS = {"ADD": (2, _xnnpack_add), "MEAN": (1, _xnnpack_mean),
+                        "QUANTIZE": (1, _xnnpack_quantize)}
+
+
+def integer_arithmetic(ctx, op: Op) -> None:
+    """Replace the float value of an op XNNPACK computes with other rounding (ADD, MEAN,
+    QUANTIZE of a float tensor) by the kernel's value (:class:`IntegerArithmetic`,
+    straight-through)."""
+    if not op.outputs or op.type not in _XNNPACK_INTEGER_OPS:
+        return
+    n_operands, parameters = _XNNPACK_INTEGER_OPS[op.type]
+    out = op.outputs[0]
+    result = ctx.values.get(out.index)
+    operands = [ctx.values.get(t.index) for t in op.inputs[:n_operands]]
+    if not isinstance(result, keras.KerasTensor) or \
+            not all(isinstance(v, keras.KerasTensor) for v in operands):
+        return
+    params = parameters(op)
+    if params is None:
+        return
+    layer = IntegerArithmetic(op.type.lower(), params,
+                              name=_unique(ctx, f"{_safe(out.name)}_integer"))
+    ctx.values[out.index] = layer([result, *operands])
 
 
 def _quantized_entry(ctx, value, constants, used):
@@ -160,7 +347,8 @@ def hybrid_inputs(ctx, op: Op):
 
     x = op.inputs[0] if op.inputs else None
     value = ctx.values.get(x.index) if x is not None else None
-    if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)):
+    if not (isinstance(value, keras.KerasTensor) and is_hybrid(op)) or \
+            integer_hybrid(op) is not None:  # its QuantizedWeights quantizes the input
         yield
         return
     row_size, asymmetric, kernel = hybrid_scheme(op, value.shape)

@@ -23,22 +23,37 @@ def is_hybrid(op) -> bool:
 
 
 #: Hybrid ops LiteRT's default CPU delegate (XNNPACK) runs as dynamically quantized (qd8)
-#: operators, with its own input quantization: measured on the cached test models, the
-#: builtin kernels' scheme leaves FULLY_CONNECTED 1e-3 off where inputs sit on half steps
-#: (an LSTM fed digits rows), XNNPACK's is within 2e-7.
-XNNPACK_HYBRID_OPS = frozenset({"FULLY_CONNECTED"})
+#: operators, with its own input quantization (xnnpack_delegate.cc: FULLY_CONNECTED, and
+#: CONV_2D with int8 filters, quantized per batch element, except that XNNPACK runs a 1x1
+#: convolution as a fully connected one, quantized per pixel; it leaves hybrid
+#: DEPTHWISE_CONV_2D, whose input and filter types differ, to the builtin kernel). Measured:
+#: the builtin kernels' scheme leaves FULLY_CONNECTED 1e-3 off where inputs sit on half
+#: steps (an LSTM fed digits rows), XNNPACK's is within 2e-7.
+XNNPACK_HYBRID_OPS = frozenset({"FULLY_CONNECTED", "CONV_2D"})
 
 
-def hybrid_scheme(op, x_shape) -> tuple[int | None, bool, str]:
+def _xnnpack_pointwise(op) -> bool:
+    """A CONV_2D XNNPACK defines as a fully connected op (subgraph/convolution-2d.c: 1x1
+    kernel, unit stride, one group, no padding, more than 2 input + output channels)."""
+    w = op.inputs[1]
+    return op.type == "CONV_2D" and tuple(w.shape[1:3]) == (1, 1) and \
+        op.opt("strideH", 1) == 1 and op.opt("strideW", 1) == 1 and \
+        op.inputs[0].shape[-1] == w.shape[-1] and w.shape[0] + w.shape[-1] > 2
+
+
+def hybrid_scheme(op, x_shape, kernel: str | None = None) -> tuple[int | None, bool, str]:
     """``(row_size, asymmetric, kernel)`` of a hybrid kernel's input quantization: per batch
     element (``row_size`` None) for convolutions, asymmetric when the weights are
-    per-channel; per row of the weights' input depth (fully connected) or of the last
-    dimension (batch matmul), asymmetric when the op asks for it. ``kernel``: whose
-    arithmetic (``"xnnpack"`` for :data:`XNNPACK_HYBRID_OPS`, else ``"builtin"``; see
+    per-channel (XNNPACK: always, and per pixel for a 1x1 convolution); per row of the
+    weights' input depth (fully connected) or of the last dimension (batch matmul),
+    asymmetric when the op asks for it. ``kernel``: whose arithmetic (default
+    ``"xnnpack"`` for :data:`XNNPACK_HYBRID_OPS`, else ``"builtin"``; see
     :func:`~mlflow_tflite_keras.converter.layers.quantization.quantize_hybrid_input`)."""
-    kernel = "xnnpack" if op.type in XNNPACK_HYBRID_OPS else "builtin"
+    kernel = kernel or ("xnnpack" if op.type in XNNPACK_HYBRID_OPS else "builtin")
     if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         w = op.inputs[1]
+        if kernel == "xnnpack" and _xnnpack_pointwise(op):
+            return int(w.shape[-1]), True, kernel
         return None, bool(w.quantization is not None and w.quantization.per_channel), kernel
     row_size = op.inputs[1].shape[-1] if op.type == "FULLY_CONNECTED" else x_shape[-1]
     return int(row_size), bool(op.opt("asymmetricQuantizeInputs", False)), kernel
@@ -55,6 +70,6 @@ def hybrid_input_quantization(op, x: np.ndarray, kernel: str | None = None) -> n
     from mlflow_tflite_keras.converter.layers.quantization import quantize_hybrid_input
 
     x = np.asarray(x, np.float32)
-    row_size, asymmetric, default = hybrid_scheme(op, x.shape)
-    out = quantize_hybrid_input(x, row_size, asymmetric, kernel or default)
+    row_size, asymmetric, kernel = hybrid_scheme(op, x.shape, kernel)
+    out = quantize_hybrid_input(x, row_size, asymmetric, kernel)
     return np.asarray(keras.ops.convert_to_numpy(out), np.float32)

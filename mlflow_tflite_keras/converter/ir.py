@@ -33,6 +33,9 @@ from mlflow_tflite_keras.tflite_model import (
 # would hold every weight decoded at once).
 STORAGE_OPS = ("DEQUANTIZE", "DENSIFY")
 
+# The schema's ActivationFunctionType codes (an op's fusedActivationFunction option).
+FUSED_ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
+
 
 @dataclass(eq=False)
 class Tensor:

@@ -23,6 +23,20 @@ def round_half_away(x):
     return ops.sign(x) * ops.floor(ops.abs(x) + 0.5)
 
 
+def rounded_product(a, b):
+    """``a * b`` rounded to float32 once, never fused into a following add (a float64
+    product of float32 values is exact): XLA (``model.predict``) contracts ``a * b + c`` into
+    a fused multiply-add, which moves values on half steps to the other side."""
+    return ops.cast(ops.cast(a, "float64") * ops.cast(b, "float64"), "float32")
+
+
+def rounded_quotient(a, b):
+    """``a / b`` rounded to float32 (via float64): graph rewrites turn float32 ``1 / b`` into
+    an approximate reciprocal (grappler) and a division by a constant into a multiplication
+    by its reciprocal (XLA), which are not the division the kernels do."""
+    return ops.cast(ops.cast(a, "float64") / ops.cast(b, "float64"), "float32")
+
+
 def straight_through(x, quantized):
     """``quantized`` forward, identity gradient backward."""
     return x + ops.stop_gradient(quantized - x)
@@ -31,16 +45,30 @@ def straight_through(x, quantized):
 def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
     """The float activations a hybrid (dynamic-range) kernel multiplies: quantized to int8 on
     the fly per batch element (``row_size=None``: convolutions) or per row of ``row_size``
-    values (fully connected, batch matmul), then dequantized; returned in ``x``'s dtype.
+    values (fully connected, batch matmul), then dequantized; returned in ``x``'s dtype
+    (:func:`hybrid_input_integers` times their scale).
+    On ``keras.ops``: used by the emulation layer and, on numpy, by the parity checker."""
+    x = ops.convert_to_tensor(x)
+    integers, scale = hybrid_input_integers(x, row_size, asymmetric, kernel)
+    rows = ops.reshape(integers, (ops.shape(x)[0], -1) if row_size is None else (-1, row_size))
+    return ops.reshape(ops.cast(rows * scale, x.dtype), ops.shape(x))
+
+
+def hybrid_input_integers(x, row_size=None, asymmetric=False, kernel="builtin"):
+    """``(integers, scale)``: the int8 values a hybrid kernel quantizes ``x`` to, less their
+    zero point (float32, ``x``'s shape), and each row's float32 scale (``[rows, 1]``; rows:
+    batch elements when ``row_size`` is None, else rows of ``row_size`` values).
 
     ``kernel="builtin"``: as TFLite's builtin kernels (tensor_utils::Symmetric /
     AsymmetricQuantizeFloats), symmetric or asymmetric: float32 values times a float32
     inverse scale (not a division: it decides which way a value on a half step rounds, half
-    away from zero); the asymmetric scale and zero point computed in double from the float32
-    range, the zero point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
+    away from zero); the asymmetric scale ``range / 255`` in float32 (measured on LiteRT's
+    x86 hybrid FULLY_CONNECTED and DEPTHWISE_CONV_2D temporaries: its published portable
+    source divides in double, which is 1 ulp off for a quarter of the inputs), the zero
+    point nudged from the nearer end. ``kernel="xnnpack"``: as XNNPACK's
     dynamically quantized (qd8) operators, always asymmetric, all in float32: multiplier
-    ``255 / range``, zero point rounded to even, values clamped then rounded to even.
-    On ``keras.ops``: used by the emulation layer and, on numpy, by the parity checker."""
+    ``255 / range``, zero point rounded to even, values clamped then rounded to even, scale
+    ``1 / multiplier``."""
     x = ops.convert_to_tensor(x)
     shape = ops.shape(x)
     rows = ops.cast(ops.reshape(x, (shape[0], -1) if row_size is None else (-1, row_size)),
@@ -48,35 +76,37 @@ def quantize_hybrid_input(x, row_size=None, asymmetric=False, kernel="builtin"):
     if kernel == "xnnpack":
         low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
         high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
-        multiplier = ops.where(high == low, ops.ones_like(low),
-                               255.0 / ops.where(high == low, ops.ones_like(low), high - low))
-        descaled_low, descaled_high = low * multiplier, high * multiplier
+        multiplier = ops.where(high == low, ops.ones_like(low), rounded_quotient(
+            255.0, ops.where(high == low, ops.ones_like(low), high - low)))
+        descaled_low = rounded_product(low, multiplier)
+        descaled_high = rounded_product(high, multiplier)
         zero_point = ops.where((-128.0 + descaled_low) + (127.0 + descaled_high) > 0,
                                -128.0 - descaled_low, 127.0 - descaled_high)
         zero_point = ops.round(ops.clip(zero_point, -128.0, 127.0))  # ties to even (rintf)
         q = ops.round(ops.clip(rows * multiplier, -128.0 - zero_point, 127.0 - zero_point))
-        out = q * (1.0 / multiplier)
+        scale = rounded_quotient(1.0, multiplier)
     elif asymmetric:
-        low = ops.cast(ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0), "float64")
-        high = ops.cast(ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0), "float64")
+        low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
+        high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
         empty = high == low
-        scale64 = ops.where(empty, ops.ones_like(low), (high - low) / 255.0)
+        scale = ops.where(empty, ops.ones_like(low), rounded_quotient(high - low, 255.0))
         # the zero point from the end whose error is smaller, nudged into [-128, 127]
-        from_min, from_max = -128.0 - low / scale64, 127.0 - high / scale64
-        zero_point = ops.where(128.0 + ops.abs(low / scale64) < 127.0 + ops.abs(high / scale64),
+        from_min, from_max = -128.0 - low / scale, 127.0 - high / scale
+        zero_point = ops.where(128.0 + ops.abs(low / scale) < 127.0 + ops.abs(high / scale),
                                from_min, from_max)
         zero_point = ops.clip(round_half_away(zero_point), -128.0, 127.0)
-        scale = ops.cast(scale64, "float32")
-        inverse = ops.cast(1.0 / ops.cast(scale, "float64"), "float32")
-        zero_point = ops.cast(zero_point, "float32")
-        q = ops.clip(round_half_away(zero_point + rows * inverse), -128.0, 127.0)
-        out = ops.where(empty, ops.zeros_like(rows), (q - zero_point) * scale)
+        inverse = rounded_quotient(1.0, scale)
+        q = ops.clip(round_half_away(zero_point + rounded_product(rows, inverse)),
+                     -128.0, 127.0)
+        q = ops.where(empty, ops.zeros_like(rows), q - zero_point)
     else:
         top = ops.max(ops.abs(rows), axis=1, keepdims=True)
         safe = ops.where(top > 0, top, ops.ones_like(top))
-        q = ops.clip(round_half_away(rows * (127.0 / safe)), -127.0, 127.0)
-        out = ops.where(top > 0, q * (safe / 127.0), ops.zeros_like(rows))
-    return ops.reshape(ops.cast(out, x.dtype), shape)
+        q = ops.clip(round_half_away(rounded_product(rows, rounded_quotient(127.0, safe))),
+                     -127.0, 127.0)
+        q = ops.where(top > 0, q, ops.zeros_like(rows))
+        scale = rounded_quotient(safe, 127.0)
+    return ops.reshape(q, shape), scale
 
 
 def fake_quantize(x, scale, zero_point, qmin, qmax):
@@ -92,8 +122,12 @@ class FakeQuant(keras.layers.Layer):
     (one scale) or per channel along ``axis``; no trainable weights."""
 
     def __init__(self, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
-                 model_output: bool = False, **kwargs):
+                 model_output: bool = False, model_input: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # On a model's integer input, float feeds are rounded as this package's runtime
+        # quantizes them for the interpreter (Quantization.quantize: float64 division, ties
+        # to even), so both see the same integers.
+        self.model_input = bool(model_input)
         # On a model output, training sees the float value (as TF's QAT leaves the output
         # unquantized): a loss of rounded probabilities (0 for most classes) has no
         # gradient where it matters. Inference, and so parity and export, round as usual.
@@ -113,6 +147,11 @@ class FakeQuant(keras.layers.Layer):
         scale, zero_point = Quantization(
             np.asarray(self.scale, np.float32), np.asarray(self.zero_point, np.int64),
             self.axis or 0).broadcast(len(x.shape), np.float32)
+        if self.model_input:
+            scale64 = scale.astype(np.float64)
+            q = ops.clip(ops.round(ops.cast(x, "float64") / scale64) + zero_point,
+                         self.qmin, self.qmax)
+            return straight_through(x, ops.cast((q - zero_point) * scale64, x.dtype))
         return fake_quantize(x, scale, zero_point, self.qmin, self.qmax)
 
     def compute_output_shape(self, input_shape):
@@ -121,7 +160,7 @@ class FakeQuant(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point,
                 "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis,
-                "model_output": self.model_output}
+                "model_output": self.model_output, "model_input": self.model_input}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -168,8 +207,30 @@ class QuantizedWeights(keras.layers.Wrapper):
     constants of a quantized source (a dynamic-range model's biases, its kernels too small
     to quantize): trained as they are, written back there by ``export_tflite(like=source)``."""
 
-    def __init__(self, layer, quantization, float_weights=(), **kwargs):
+    def __init__(self, layer, quantization, float_weights=(), requantize=None, hybrid=None,
+                 **kwargs):
         super().__init__(layer, **kwargs)
+        # A hybrid kernel's arithmetic (float input quantized on the fly, integer weights):
+        # {"row_size" (None: per batch element), "asymmetric", "kernel": "xnnpack" (qd8
+        # convolution) | "builtin" (TFLite's per-channel hybrid depthwise), "weight_scale":
+        # [per output channel], "integer": False when only the input quantization is
+        # replayed (the float layer on fake-quantized weights then)}; None: the float layer
+        # on its (separately quantized) input.
+        self.hybrid = None if hybrid is None else {
+            "row_size": None if hybrid.get("row_size") is None else int(hybrid["row_size"]),
+            "asymmetric": bool(hybrid["asymmetric"]), "kernel": str(hybrid["kernel"]),
+            "weight_scale": [float(v) for v in hybrid["weight_scale"]],
+            "integer": bool(hybrid.get("integer", True))}
+        # An integer kernel's arithmetic (XNNPACK's qs8 convolution / fully connected):
+        # {"input_scale", "accumulator_scale": [per output channel], "multiplier": [float32,
+        # per output channel], "output_scale", "low", "high" (output integers less the zero
+        # point)}; None: the float layer on fake-quantized weights.
+        self.requantize = None if requantize is None else {
+            "input_scale": float(requantize["input_scale"]),
+            "accumulator_scale": [float(v) for v in requantize["accumulator_scale"]],
+            "multiplier": [float(v) for v in requantize["multiplier"]],
+            "output_scale": float(requantize["output_scale"]),
+            "low": int(requantize["low"]), "high": int(requantize["high"])}
         self.float_weights = [
             {"weight": int(f["weight"]),
              "source": {"subgraph": int(f["source"]["subgraph"]),
@@ -226,20 +287,159 @@ class QuantizedWeights(keras.layers.Wrapper):
         return result
 
     def call(self, inputs, *args, **kwargs):
+        if self.requantize is not None:
+            return self._integer_call(inputs, *args, **kwargs)
+        if self.hybrid is not None:
+            return self._hybrid_call(inputs, *args, **kwargs)
         if not self.quantization:
             return self.layer(inputs, *args, **kwargs)
         with keras.StatelessScope(state_mapping=self.quantized_weights()):
             return self.layer(inputs, *args, **kwargs)
+
+    def _integer_weights(self):
+        """[(variable, its integers less the zero point)], straight-through."""
+        mapping = []
+        for q in self.quantization:
+            w = self.layer.weights[q["weight"]]
+            scale, zero_point = self.grid(q, tuple(w.shape))
+            w_steps = ops.convert_to_tensor(w) / scale
+            integers = ops.clip(round_half_away(w_steps) + zero_point, q["qmin"], q["qmax"])
+            mapping.append((w, straight_through(w_steps, integers - zero_point)))
+        return mapping
+
+    def _hybrid_call(self, inputs, *args, **kwargs):
+        """The layer run on the integers a hybrid kernel computes with (its on-the-fly input
+        quantization per batch element or row, the int8 weights, no bias): the float32
+        accumulator is its int32 one exactly; then its float epilogue in its order (XNNPACK's
+        qd8 kernels: ``(acc * input_scale) * weight_scale + bias``, the last two fused;
+        TFLite's hybrid depthwise, measured: ``(acc * weight_scale) * input_scale + bias``),
+        then the layer's activation. Straight-through: the gradient is the
+        float layer's."""
+        h = self.hybrid
+        if not h["integer"]:
+            quantized = straight_through(inputs, quantize_hybrid_input(
+                inputs, h["row_size"], h["asymmetric"], h["kernel"]))
+            with keras.StatelessScope(state_mapping=self.quantized_weights()):
+                return self.layer(quantized, *args, **kwargs)
+        integers, scale = hybrid_input_integers(inputs, h["row_size"], h["asymmetric"],
+                                                h["kernel"])
+        # one scale per batch element, or per row (pixel) of row_size channels
+        scale = ops.stop_gradient(ops.reshape(
+            scale, (-1,) + (1,) * (len(inputs.shape) - 1) if h["row_size"] is None
+            else tuple(ops.shape(inputs)[:-1]) + (1,)))
+        mapping = self._integer_weights()
+        bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) \
+            else None
+        if bias is not None:
+            mapping.append((bias, ops.zeros(bias.shape, bias.dtype)))
+        activation = self.layer.activation
+        self.layer.activation = keras.activations.linear  # applied after the epilogue
+        try:
+            with keras.StatelessScope(state_mapping=mapping):
+                accumulator = self.layer(straight_through(inputs / scale, integers),
+                                         *args, **kwargs)
+        finally:
+            self.layer.activation = activation
+        weight_scale = np.asarray(h["weight_scale"], np.float32)
+        bias = ops.zeros((), "float32") if bias is None else ops.convert_to_tensor(bias)
+        integer = ops.stop_gradient(accumulator)
+        if h["kernel"] == "xnnpack":  # (acc * input scale), then a fused multiply-add
+            exact = ops.cast(ops.cast(integer * scale, "float64")
+                             * weight_scale.astype(np.float64)
+                             + ops.cast(bias, "float64"), "float32")
+        else:  # TFLite's hybrid depthwise: (acc * channel scale) * input scale + bias
+            exact = rounded_product(rounded_product(integer, weight_scale), scale) + bias
+        return activation(straight_through(accumulator * scale * weight_scale + bias, exact))
+
+    def _integer_call(self, inputs, *args, **kwargs):
+        """The layer run on the integers (input less its zero point, weights, int32 bias):
+        its float32 accumulator is the kernel's int32 one exactly (integer sums below 2**24),
+        requantized as XNNPACK's fp32 requantization does: times the float32 multiplier
+        ``input_scale * weight_scale / output_scale``, rounded half to even, clamped.
+        Straight-through: the gradient is the float layer's (accumulator times its scale).
+        A fused ReLU left on the layer commutes with the monotonic requantization."""
+        r = self.requantize
+        steps = inputs / r["input_scale"]
+        x = straight_through(steps, round_half_away(steps))
+        with keras.StatelessScope(state_mapping=self._integer_weights()):
+            accumulator = self.layer(x, *args, **kwargs)
+        multiplier = np.asarray(r["multiplier"], np.float32)
+        requantized = ops.clip(ops.round(accumulator * multiplier), r["low"], r["high"])
+        return straight_through(accumulator * np.asarray(r["accumulator_scale"], np.float32),
+                                requantized * np.float32(r["output_scale"]))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "quantization": self.quantization,
-                "float_weights": self.float_weights}
+                "float_weights": self.float_weights, "requantize": self.requantize,
+                "hybrid": self.hybrid}
 
 
-EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class IntegerArithmetic(keras.layers.Layer):
+    """The value an integer kernel computes for an op the float layers only approximate at
+    its rounding (XNNPACK's qs8 ADD and MEAN), straight-through: called on ``[float result,
+    *quantized operands]``, it returns the kernel's value (dequantized) with the float
+    result's gradient; no weights.
+
+    ``kind="add"``: ``params`` ``{"a_multiplier", "b_multiplier", "bias", "shift",
+    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 vadd
+    (``(bias + a * a_multiplier + b * b_multiplier) >> shift`` on the stored integers, then
+    the output zero point, clamped to ``[low, high]``), with ``a_scale`` / ``a_zero_point``
+    (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
+    "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
+    "output_scale"}``, XNNPACK's qs8 mean: the int32 sum of the stored integers times the
+    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even.
+    ``kind="quantize"``: ``{"inverse_scale", "output_zero_point", "output_scale"}``,
+    XNNPACK's f32 -> qs8 conversion (a float input times the float32 ``1 / scale``, rounded
+    half to even, plus the zero point, saturated)."""
+
+    def __init__(self, kind: str, params: dict, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("add", "mean", "quantize"):
+            raise ValueError(f"unknown integer arithmetic {kind!r}")
+        self.kind = kind
+        self.params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                       for k, v in params.items()}
+        self.trainable = False
+
+    @staticmethod
+    def _stored(x, scale, zero_point):
+        """The stored integers of a fake-quantized value (float32)."""
+        return round_half_away(x / np.float32(scale)) + np.float32(zero_point)
+
+    def call(self, inputs):
+        p = self.params
+        result = inputs[0]
+        if self.kind == "add":
+            a = ops.cast(self._stored(inputs[1], p["a_scale"], p["a_zero_point"]), "int32")
+            b = ops.cast(self._stored(inputs[2], p["b_scale"], p["b_zero_point"]), "int32")
+            acc = p["bias"] + a * p["a_multiplier"] + b * p["b_multiplier"]
+            q = ops.floor_divide(acc, 1 << p["shift"]) + p["output_zero_point"]
+            q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
+        elif self.kind == "quantize":
+            steps = ops.round(ops.cast(inputs[1], "float32") * np.float32(p["inverse_scale"]))
+            q = ops.clip(steps + np.float32(p["output_zero_point"]), -128.0, 127.0)
+        else:
+            stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
+            total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
+            q = ops.round(rounded_product(total, np.float32(p["inverse_scale"]))
+                          + np.float32(p["zero_point"]))
+            q = ops.clip(q, -128.0, 127.0)
+        exact = (q - np.float32(p["output_zero_point"])) * np.float32(p["output_scale"])
+        return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
+                                                    ops.shape(result)))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "params": self.params}
+
+
+EMULATION_LAYERS = (FakeQuant, HybridInputQuant, QuantizedWeights, IntegerArithmetic)
 
 
 def is_emulated(keras_model) -> bool:
