@@ -10,13 +10,14 @@ tiny (a digits MLP, a few KB), mid (MobileNetV2 64x64, ~9 MB), large (ResNet50 6
 * pyfunc: ``mlflow.pyfunc.load_model(...).predict`` (adds MLflow's ``PyFuncModel``:
   signature inspection, schema enforcement).
 
-Each side runs on several interpreters (``--instances``, default 3: raw interpreters, and
-pyfunc models loaded separately, each with its own), built alternately, made for batch 1 and
-resized for batch 8 alike; a side's time is the median over its instances. Identically built
-interpreters in one process differ by up to ~7% per invoke on the large model, and the first
-ones built are the slow ones (where their weights and activations land in memory), so one
-interpreter per side, or one side's built before the other's, measures which side drew the
-slow memory, not the flavor's cost.
+Each side runs on interpreters of its own (``--instances``, default 3 per side: raw
+interpreters, and models loaded separately for the flavor and for the pyfunc), built in
+turn, made for batch 1 and resized for batch 8 alike; a side's time is the median over its
+instances. Identically built interpreters in one process differ by up to ~7% per invoke on
+the large model, the first ones built being the slow ones (where their weights and
+activations land in memory), and a call right after another on the same interpreter finds it
+in the caches (up to 45% faster on the mid model at batch 1): one interpreter per side, one
+side's built before the other's, or two sides sharing one measure those, not the flavor.
 
 Reported per call: flavor share = flavor - raw, MLflow share = pyfunc - flavor, the ratio
 pyfunc / raw, and the spread of the raw interpreters (slowest / fastest). Targets: flavor
@@ -76,8 +77,9 @@ def raw_runner(interp, batch: int):
 def measure(fns: dict, x, seconds: float, clock=time.perf_counter) -> dict[str, float]:
     """Seconds per call of each function on ``clock``. Short loops (about 2 ms of calls each,
     one call for slow models) of each function take turns, in a new order each round, for
-    about ``seconds``, so machine noise falls on all alike; the 20th percentile of each one's loop means, the least
-    disturbed estimate on a shared machine that still averages over many calls."""
+    about ``seconds``, so machine noise falls on all alike; the 20th percentile of each one's
+    loop means, the least disturbed estimate on a shared machine that still averages over
+    many calls."""
     calls = {}
     for k, fn in fns.items():
         fn(x)
@@ -89,8 +91,8 @@ def measure(fns: dict, x, seconds: float, clock=time.perf_counter) -> dict[str, 
     rng = np.random.default_rng(0)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or min(len(v) for v in samples.values()) < 20:
-        # A new order each round: a function always run right after another on the same
-        # interpreter (the pyfunc after the flavor) would find its memory in the caches.
+        # A new order each round: in a fixed one, each function would always follow the
+        # same other one, and find what that one left in the caches.
         rng.shuffle(order)
         for k in order:
             fn, n = fns[k], calls[k]
