@@ -13,14 +13,23 @@ _TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(_TESTS))
 sys.path.insert(0, str(_TESTS / "converter"))
 
-from model_factory import digits_trained_tflite, keras_model_tflite  # noqa: E402
+from model_factory import (  # noqa: E402
+    calibrate_batch_norm,
+    digits_trained_tflite,
+    keras_model_tflite,
+)
 
 
 def make_mobilenet_v2():
+    """MobileNetV2 at its standard 224x224 input (~14 MB float32, ~300 MFLOPs), batch-norm
+    statistics calibrated on data so that its outputs depend on the input."""
     import keras
+    import numpy as np
 
     keras.utils.set_random_seed(0)
-    return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    images = np.random.default_rng(2).uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32)
+    return calibrate_batch_norm(model, images)
 
 
 def mobilenet_v2(recipe: str = "float32") -> bytes:

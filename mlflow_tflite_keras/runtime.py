@@ -530,7 +530,7 @@ class TFLiteRunner:
             return session.run(sg, spec, arrays)
         n = arrays[0].shape[0]
         if n <= chunk and session.ready.get(sg) == _shapes(arrays):
-            return session.run(sg, spec, arrays)  # allocated for these shapes already
+            return session.invoke(sg, spec, arrays)  # allocated for these shapes already
         if spec.resizable_batch and not spec.stateful and n > chunk:
             # Bounded memory: invokes of at most ``chunk`` rows, results concatenated.
             parts = [self._run(session, spec, [a[i:i + chunk] for a in arrays], chunk)
@@ -626,10 +626,18 @@ class _Session:
         return True
 
     def run(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
+        if self.ready.get(sg) != _shapes(arrays):
+            try:
+                self._resize(sg, spec, arrays)
+            except (ValueError, RuntimeError) as e:
+                raise MlflowException(f"LiteRT failed to run the model: {e}") from None
+        return self.invoke(sg, spec, arrays)
+
+    def invoke(self, sg: int, spec: SignatureSpec, arrays) -> list[np.ndarray]:
+        """``run`` once the subgraph is allocated for these input shapes (the caller
+        checked ``ready``): set the inputs, invoke, copy the outputs out."""
         wrapper = self.wrapper
         try:
-            if self.ready.get(sg) != _shapes(arrays):
-                self._resize(sg, spec, arrays)
             if len(arrays) == 1:  # no loop for the common case: this is per call
                 wrapper.SetTensor(spec.input_indices[0], arrays[0], sg)
             else:
