@@ -285,14 +285,18 @@ def integer_kernel(ctx, op: Op) -> None:
     if len(op.outputs) != 1 or not op.inputs or not op.outputs[0].is_quantized:
         return
     out = op.outputs[0]
-    result, operand = ctx.values.get(out.index), ctx.values.get(op.inputs[0].index)
-    if not (isinstance(result, keras.KerasTensor) and isinstance(operand, keras.KerasTensor)):
+    result = ctx.values.get(out.index)
+    operands = [ctx.values.get(t.index) for t in op.inputs[:2]]
+    if not all(isinstance(v, keras.KerasTensor) for v in (result, operands[0])):
         return
     found = kernel_params(op, _activation_bounds(op, out))
     if found is None:
         return
+    operands = operands if found[0] == "squared_difference" else operands[:1]
+    if not all(isinstance(v, keras.KerasTensor) for v in operands):
+        return
     layer = IntegerKernel(*found, name=_unique(ctx, f"{_safe(out.name)}_kernel"))
-    ctx.values[out.index] = layer([result, operand])
+    ctx.values[out.index] = layer([result, *operands])
 
 
 def _quantized_entry(ctx, value, constants, used):

@@ -3,7 +3,7 @@ rounding lands a step away (:class:`~mlflow_tflite_keras.converter.layers.intege
 
 Which kernel runs is LiteRT's default: XNNPACK where its delegate takes the op
 (``xnnpack_delegate.cc``: int8 LEAKY_RELU and RESIZE_BILINEAR), else TFLite's builtin kernel
-(int8 HARD_SWISH, SQRT and AVERAGE_POOL_2D: the delegate takes them for float tensors only).
+(int8 HARD_SWISH, SQRT, AVERAGE_POOL_2D and SQUARED_DIFFERENCE, which it leaves to them).
 An elementwise op of one int8 operand is a function of its 256 stored integers: its kernel's
 arithmetic is replayed here in numpy (integer / float32, as the C++ does) into a table.
 Only per-tensor int8 tensors are handled; anything else keeps the float layer and rounding.
@@ -211,9 +211,28 @@ def _resize_bilinear(op: Op, bounds) -> dict | None:
             "alpha_y": alpha_y, "left": left, "right": right, "alpha_x": alpha_x}
 
 
+def _squared_difference(op: Op, bounds) -> dict | None:
+    """TFLite's int8 SQUARED_DIFFERENCE (squared_difference.cc: parameters of Prepare)."""
+    if len(op.inputs) != 2 or not _int8_per_tensor(op.inputs[1]):
+        return None
+    (sa, _), (sb, _) = (_scale_and_zero_point(t) for t in op.inputs)
+    s_out, z_out = _scale_and_zero_point(op.outputs[0])
+    twice_max = 2.0 * float(max(sa, sb))
+    multipliers = [quantize_multiplier(float(s) / twice_max) for s in (sa, sb)]
+    output = quantize_multiplier(twice_max * twice_max / ((1 << 14) * float(s_out)))
+    if any(shift > 0 for _, shift in (*multipliers, output)):
+        return None
+    (ma, sha), (mb, shb) = multipliers
+    return {"a_scale": float(sa), "b_scale": float(sb), "a_multiplier": ma, "a_shift": sha,
+            "b_multiplier": mb, "b_shift": shb, "output_multiplier": output[0],
+            "output_shift": output[1], "output_zero_point": z_out,
+            "output_scale": float(s_out)}
+
+
 _KERNELS = {"HARD_SWISH": ("lookup", _lookup), "SQRT": ("lookup", _lookup),
             "LEAKY_RELU": ("lookup", _lookup), "AVERAGE_POOL_2D": ("average_pool", _average_pool),
-            "RESIZE_BILINEAR": ("resize_bilinear", _resize_bilinear)}
+            "RESIZE_BILINEAR": ("resize_bilinear", _resize_bilinear),
+            "SQUARED_DIFFERENCE": ("squared_difference", _squared_difference)}
 
 
 def kernel_params(op: Op, bounds: tuple[int, int]) -> tuple[str, dict] | None:

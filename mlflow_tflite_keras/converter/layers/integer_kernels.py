@@ -30,6 +30,28 @@ def pool_counts(size: int, window: int, stride: int, out: int, pad_before: int) 
     return (np.minimum(starts + window, size) - np.maximum(starts, 0)).astype(np.float32)
 
 
+def _floor_shift(x, exponent: int):
+    return ops.floor_divide(x, np.int64(1) << exponent)
+
+
+def multiply_by_quantized_multiplier(x, multiplier: int, shift: int):
+    """TFLite's MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding) on int64
+    ``x``: gemmlowp's SaturatingRoundingDoublingHighMul by the q31 ``multiplier`` (the
+    product rounded half away from zero to its high 32 bits), then RoundingDivideByPOT by
+    ``-shift`` (half away from zero)."""
+    product = x * np.int64(multiplier)
+    nudged = product + ops.where(product >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    high = ops.where(nudged >= 0, _floor_shift(nudged, 31), -_floor_shift(-nudged, 31))
+    exponent = -int(shift)
+    if exponent == 0:
+        return high
+    floor = _floor_shift(high, exponent)
+    remainder = high - floor * (np.int64(1) << exponent)
+    threshold = ((1 << exponent) - 1) >> 1
+    threshold = ops.where(high < 0, np.int64(threshold + 1), np.int64(threshold))
+    return floor + ops.cast(remainder > threshold, "int64")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class IntegerKernel(keras.layers.Layer):
     """The value of an op's integer kernel, straight-through (see the module docstring).
@@ -42,9 +64,14 @@ class IntegerKernel(keras.layers.Layer):
     window divided by the number of in-bounds elements, rounded half away from zero, clamped.
     ``kind="resize_bilinear"``: ``{"scale", "zero_point", "top", "bottom", "alpha_y", "left",
     "right", "alpha_x"}``; XNNPACK's s8 ibilinear: 11-bit fixed-point weights per output
-    row / column, ``(tl << 22 + ... + 2**21) >> 22`` on the stored integers."""
+    row / column, ``(tl << 22 + ... + 2**21) >> 22`` on the stored integers.
+    ``kind="squared_difference"``: ``{"a_scale", "b_scale", "a_multiplier", "a_shift", "b_multiplier", "b_shift", "output_multiplier",
+    "output_shift", "output_zero_point", "output_scale"}``; TFLite's int8 SquaredDifference:
+    both operands less their zero points, shifted left 7 bits, rescaled by q31 multipliers
+    (gemmlowp's rounding doubling high multiply, then a rounding right shift), the
+    difference squared and rescaled the same way (int64 arithmetic)."""
 
-    KINDS = ("lookup", "average_pool", "resize_bilinear")
+    KINDS = ("lookup", "average_pool", "resize_bilinear", "squared_difference")
 
     def __init__(self, kind: str, params: dict, **kwargs):
         super().__init__(**kwargs)
@@ -65,9 +92,12 @@ class IntegerKernel(keras.layers.Layer):
         elif self.kind == "average_pool":
             q = self._average_pool(inputs[1], p)
             scale, zero_point = p["scale"], p["zero_point"]
-        else:
+        elif self.kind == "resize_bilinear":
             q = self._resize_bilinear(inputs[1], p)
             scale, zero_point = p["scale"], p["zero_point"]
+        else:
+            q = self._squared_difference(inputs[1], inputs[2], p)
+            scale, zero_point = p["output_scale"], p["output_zero_point"]
         exact = (q - np.float32(zero_point)) * np.float32(scale)
         return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
                                                     ops.shape(result)))
@@ -101,6 +131,19 @@ class IntegerKernel(keras.layers.Layer):
         upper, lower = horizontal(top), horizontal(bottom)
         acc = upper * 2048 + (lower - upper) * alpha_y
         return ops.cast(ops.floor_divide(acc + (1 << 21), 1 << 22), "float32")
+
+    @staticmethod
+    def _squared_difference(a, b, p):
+        def scaled(x, name):
+            # the stored integers less the zero point: the operand's value in steps
+            shifted = ops.cast(stored_integers(x, p[f"{name}_scale"], 0.0), "int64") * 128
+            return multiply_by_quantized_multiplier(shifted, p[f"{name}_multiplier"],
+                                                    p[f"{name}_shift"])
+
+        difference = scaled(a, "a") - scaled(b, "b")
+        q = multiply_by_quantized_multiplier(difference * difference, p["output_multiplier"],
+                                             p["output_shift"]) + int(p["output_zero_point"])
+        return ops.cast(ops.clip(q, -128, 127), "float32")
 
     def compute_output_shape(self, input_shapes):
         return input_shapes[0]
