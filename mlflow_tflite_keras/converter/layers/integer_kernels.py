@@ -110,9 +110,13 @@ class IntegerKernel(keras.layers.Layer):
         counts = np.outer(pool_counts(int(x.shape[1]), fh, sh, int(mean.shape[1]), top),
                           pool_counts(int(x.shape[2]), fw, sw, int(mean.shape[2]), left))
         counts = counts[None, :, :, None]
-        # the exact int32 sum (the pooled mean is within float32 rounding of sum / count)
-        total = ops.round(mean * counts)
-        q = round_half_away(total / counts)
+        # the exact int32 sum (the pooled mean is within float32 rounding of sum / count),
+        # divided in integers as the kernel does: a compiled float division may be off an
+        # ulp (x.5 turning into x.4999998)
+        total = ops.cast(ops.round(mean * counts), "int32")
+        counts = counts.astype(np.int32)
+        magnitude = ops.floor_divide(ops.abs(total) + counts // 2, counts)
+        q = ops.cast(ops.where(total > 0, magnitude, -magnitude), "float32")
         return ops.clip(q, float(p["low"]), float(p["high"]))
 
     @staticmethod
