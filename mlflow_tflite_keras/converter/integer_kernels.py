@@ -200,7 +200,9 @@ def _resize_bilinear(op: Op, bounds) -> dict | None:
     """XNNPACK's qs8 RESIZE_BILINEAR (its delegate takes it with a constant size; XNNPACK
     needs equal input / output quantization)."""
     x, out = op.inputs[0], op.outputs[0]
-    if _scale_and_zero_point(x) != _scale_and_zero_point(out) or len(x.shape) != 4 or \
+    size = op.inputs[1] if len(op.inputs) > 1 else None
+    if size is None or not size.is_constant or \
+            _scale_and_zero_point(x) != _scale_and_zero_point(out) or len(x.shape) != 4 or \
             any(int(d) <= 0 for d in (*x.shape[1:3], *out.shape[1:3])):
         return None
     align, half = bool(op.opt("alignCorners", False)), bool(op.opt("halfPixelCenters", False))
