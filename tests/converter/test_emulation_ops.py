@@ -20,10 +20,10 @@ X = ([1, 8, 8, 4], "float")
 _W = np.random.default_rng(0).normal(size=(3, 3, 4, 8)).astype(np.float32) * 0.4
 
 
-def _conv(x):
+def _conv(x, gain=1.0):
     import tensorflow as tf
 
-    return tf.nn.conv2d(x, tf.constant(_W), 1, "SAME")
+    return tf.nn.conv2d(x, tf.constant(_W * gain), 1, "SAME")
 
 
 def _image(size):
@@ -44,6 +44,9 @@ def _ops():
 
     return {
         "hard_swish": (lambda x: (lambda y: y * tf.nn.relu6(y + 3.0) / 6.0)(_conv(x)), [X]),
+        # small scales: the fixed-point "relu-ish" multiplier shifts right, not left
+        "hard_swish_small": (lambda x: (lambda y: y * tf.nn.relu6(y + 3.0) / 6.0)(
+            _conv(x, 0.05)), [X]),
         "leaky_relu": (lambda x: tf.nn.leaky_relu(_conv(x), 0.1), [X]),
         "leaky_relu_03": (lambda x: tf.nn.leaky_relu(_conv(x), 0.3), [X]),
         "sqrt": (lambda x: tf.sqrt(tf.abs(_conv(x))), [X]),
@@ -58,7 +61,7 @@ def _ops():
     }
 
 
-OPS = ["hard_swish", "leaky_relu", "leaky_relu_03", "sqrt", "avg_pool", "avg_pool_same",
+OPS = ["hard_swish", "hard_swish_small", "leaky_relu", "leaky_relu_03", "sqrt", "avg_pool", "avg_pool_same",
        "resize_half_pixel", "resize_down", "resize_legacy", "resize_align_corners",
        "squared_difference"]
 KERNEL_OP = {"hard_swish": "HARD_SWISH", "leaky_relu": "LEAKY_RELU", "sqrt": "SQRT",
