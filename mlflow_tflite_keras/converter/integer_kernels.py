@@ -1,5 +1,6 @@
 """Parameters of the integer kernels LiteRT runs for full-integer ops whose float layer plus
-rounding lands a step away (:class:`~mlflow_tflite_keras.converter.layers.integer_kernels.IntegerKernel`).
+rounding lands a step away, replayed by
+:class:`~mlflow_tflite_keras.converter.layers.integer_kernels.IntegerKernel`.
 
 Which kernel runs is LiteRT's default: XNNPACK where its delegate takes the op
 (``xnnpack_delegate.cc``: int8 LEAKY_RELU and RESIZE_BILINEAR), else TFLite's builtin kernel

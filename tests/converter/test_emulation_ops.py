@@ -61,8 +61,8 @@ def _ops():
     }
 
 
-OPS = ["hard_swish", "hard_swish_small", "leaky_relu", "leaky_relu_03", "sqrt", "avg_pool", "avg_pool_same",
-       "resize_half_pixel", "resize_down", "resize_legacy", "resize_align_corners",
+OPS = ["hard_swish", "hard_swish_small", "leaky_relu", "leaky_relu_03", "sqrt", "avg_pool",
+       "avg_pool_same", "resize_half_pixel", "resize_down", "resize_legacy", "resize_align_corners",
        "squared_difference"]
 KERNEL_OP = {"hard_swish": "HARD_SWISH", "leaky_relu": "LEAKY_RELU", "sqrt": "SQRT",
              "avg_pool": "AVERAGE_POOL_2D", "resize": "RESIZE_BILINEAR",

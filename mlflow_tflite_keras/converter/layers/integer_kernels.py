@@ -59,14 +59,16 @@ class IntegerKernel(keras.layers.Layer):
     ``kind="lookup"``: ``params`` ``{"input_scale", "input_zero_point", "qmin", "table",
     "output_scale", "output_zero_point"}``; the output's stored integer is
     ``table[stored input - qmin]`` (the kernel's result for every input integer).
-    ``kind="average_pool"``: ``{"scale", "zero_point", "pool", "strides", "padding" ("same" /
-    "valid"), "pads" (top, left), "low", "high"}``; TFLite's int8 AveragePool: the int32 sum of the stored integers in the
-    window divided by the number of in-bounds elements, rounded half away from zero, clamped.
+    ``kind="average_pool"``: ``{"scale", "zero_point", "pool", "strides", "padding" ("same"
+    / "valid"), "pads" (top, left), "low", "high"}``; TFLite's int8 AveragePool: the int32
+    sum of the stored integers in the window divided by the number of in-bounds elements,
+    rounded half away from zero, clamped.
     ``kind="resize_bilinear"``: ``{"scale", "zero_point", "top", "bottom", "alpha_y", "left",
     "right", "alpha_x"}``; XNNPACK's s8 ibilinear: 11-bit fixed-point weights per output
     row / column, ``(tl << 22 + ... + 2**21) >> 22`` on the stored integers.
-    ``kind="squared_difference"``: ``{"a_scale", "b_scale", "a_multiplier", "a_shift", "b_multiplier", "b_shift", "output_multiplier",
-    "output_shift", "output_zero_point", "output_scale"}``; TFLite's int8 SquaredDifference:
+    ``kind="squared_difference"``: ``{"a_scale", "b_scale", "a_multiplier", "a_shift",
+    "b_multiplier", "b_shift", "output_multiplier", "output_shift", "output_zero_point",
+    "output_scale"}``; TFLite's int8 SquaredDifference:
     both operands less their zero points, shifted left 7 bits, rescaled by q31 multipliers
     (gemmlowp's rounding doubling high multiply, then a rounding right shift), the
     difference squared and rescaled the same way (int64 arithmetic)."""
