@@ -24,7 +24,9 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
+from mlflow_tflite_keras.converter.integer_kernels import kernel_params
 from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
+from mlflow_tflite_keras.converter.layers.integer_kernels import IntegerKernel
 from mlflow_tflite_keras.converter.layers.quantization import (
     FakeQuant,
     HybridInputQuant,
@@ -56,6 +58,7 @@ def quantize_outputs(ctx, op: Op) -> None:
     rounds otherwise than its float layers first gets the kernel's value:
     :func:`integer_arithmetic`)."""
     integer_arithmetic(ctx, op)
+    integer_kernel(ctx, op)
     for t in op.outputs:
         ctx.values[t.index] = fake_quantize(ctx, t, ctx.values.get(t.index), _safe(t.name))
 
@@ -272,6 +275,27 @@ def integer_arithmetic(ctx, op: Op) -> None:
         return
     layer = IntegerArithmetic(op.type.lower(), params,
                               name=_unique(ctx, f"{_safe(out.name)}_integer"))
+    ctx.values[out.index] = layer([result, *operands])
+
+
+def integer_kernel(ctx, op: Op) -> None:
+    """Replace the float value of an elementwise / pooling / resize op whose integer kernel
+    rounds otherwise by the kernel's value (:mod:`~mlflow_tflite_keras.converter.integer_kernels`,
+    :class:`IntegerKernel`, straight-through)."""
+    if len(op.outputs) != 1 or not op.inputs or not op.outputs[0].is_quantized:
+        return
+    out = op.outputs[0]
+    result = ctx.values.get(out.index)
+    operands = [ctx.values.get(t.index) for t in op.inputs[:2]]
+    if not all(isinstance(v, keras.KerasTensor) for v in (result, operands[0])):
+        return
+    found = kernel_params(op, _activation_bounds(op, out))
+    if found is None:
+        return
+    operands = operands if found[0] == "squared_difference" else operands[:1]
+    if not all(isinstance(v, keras.KerasTensor) for v in operands):
+        return
+    layer = IntegerKernel(*found, name=_unique(ctx, f"{_safe(out.name)}_kernel"))
     ctx.values[out.index] = layer([result, *operands])
 
 
