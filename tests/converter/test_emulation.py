@@ -69,11 +69,6 @@ def _inputs(n=64, model="digits-cnn"):
     return MODELS[model][2](n)  # held out from the representative rows
 
 
-# int16x8 kernels requantize with a 15-bit multiplier and use lookup tables for softmax, which
-# the emulation does not replay (see parity.EMULATED_TOLERANCES): judged by relative error.
-MAX_STEPS = {"int16x8": None}
-
-
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_emulated_parity_is_strict(variant, model_name, tmp_path):
@@ -89,7 +84,7 @@ def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     assert report.passed, str(report)
     assert report.compiled.passed, str(report)
     for out in report.outputs:
-        if out.quantization_step is not None and MAX_STEPS.get(variant, 1.0) is not None:
+        if out.quantization_step is not None:
             assert out.max_steps <= 1.0, str(report)
             assert out.share_exact >= 0.9, str(report)
         else:
