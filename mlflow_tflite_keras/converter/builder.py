@@ -14,11 +14,10 @@ from collections import Counter
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.ir import Graph, Op, Tensor
+from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Graph, Op, Tensor
 from mlflow_tflite_keras.converter.layers import KerasOp
 
 # TFLite fused activations (ActivationFunctionType) as Keras activation names.
-FUSED_ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
 
 
 class ConversionError(Exception):

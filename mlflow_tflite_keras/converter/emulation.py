@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.ir import Op, Tensor
+from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.integer_kernels import (
     Int16Mean,
     Int16Softmax,
@@ -166,8 +166,6 @@ def _int16x8_requantization(op: Op, layer, entries) -> dict | None:
     channel's scale as the kernel computes it (in double: ``input_scale * filter_scale /
     output_scale``), as a fixed-point multiplier for the convolutions (kernel_util.cc), as
     it is for fully connected (reference_integer_ops::FullyConnected[PerChannel])."""
-    from mlflow_tflite_keras.converter.builder import FUSED_ACTIVATIONS
-
     kinds = _INT16X8_KERNELS.get(op.type)
     if kinds is None or not isinstance(layer, kinds) or not _int16_activations(op) or \
             len(op.inputs) < 2 or op.inputs[1] is None or op.inputs[1].type_name != "INT8" or \
@@ -181,8 +179,8 @@ def _int16x8_requantization(op: Op, layer, entries) -> dict | None:
     scales = [s_in * float(s) / s_out for s in filter_scales]
     pairs = [quantize_multiplier(s) for s in scales]
     zero_point = int(out.quantization.zero_point.reshape(-1)[0])
-    act_min, act_max = activation_range(FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0)),
-                                        s_out, zero_point, *integer_range("INT16"))
+    activation = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
+    act_min, act_max = activation_range(activation, s_out, zero_point, *integer_range("INT16"))
     return {"input_scale": s_in, "input_zero_point": int(x.quantization.zero_point.reshape(-1)[0]),
             "output_scale": s_out, "output_zero_point": zero_point,
             "multipliers": [m for m, _ in pairs], "shifts": [s for _, s in pairs],

@@ -110,9 +110,11 @@ def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     assert check_parity(data, again, x, compiled=False).passed
 
 
-def test_fit_trains_through_fake_quant():
-    """The straight-through estimator: gradients reach every kernel; a fit step moves them."""
-    data = _source("full-int8-float-io")
+@pytest.mark.parametrize("variant", ["full-int8-float-io", "int16x8"])
+def test_fit_trains_through_fake_quant(variant):
+    """The straight-through estimator: gradients reach every kernel; a fit step moves them
+    (int16x8: through the integer kernels' replay too)."""
+    data = _source(variant)
     model = convert(data, emulate_quantization=True).model
     x, y = digits()
     wrapped = [layer for layer in model._flatten_layers() if isinstance(layer, QuantizedWeights)]

@@ -123,10 +123,11 @@ class Int16x8Weights(QuantizedWeights):
                 continue
             w = self.layer.weights[index]
             scale, zero_point = self.grid(q, tuple(w.shape))
-            # float64: an int64 bias of the accumulator's scale is recovered exactly below 2**23
-            steps = ops.cast(ops.convert_to_tensor(w), "float64") / scale.astype(np.float64)
-            return ops.clip(round_half_away(steps) + zero_point, q["qmin"], q["qmax"]) \
-                - zero_point
+            # the integers the fake-quantized weight is on (float32, as QuantizedWeights rounds:
+            # an int64 bias of the accumulator's scale is recovered exactly below 2**21)
+            steps = ops.convert_to_tensor(w) / scale
+            integers = ops.clip(round_half_away(steps) + zero_point, q["qmin"], q["qmax"])
+            return ops.cast(integers - zero_point, "float64")
         return None
 
     def _accumulator(self, x):
