@@ -116,18 +116,41 @@ class Int16x8Weights(QuantizedWeights):
             "scales": [float(s) for s in r.get("scales", ())],
             "act_min": int(r["act_min"]), "act_max": int(r["act_max"])}
 
-    def _integers(self, index):
-        """Weight ``index`` as its integers (float64), or None when it is not quantized."""
+    def _steps(self, q, w):
+        """Weight ``w`` of entry ``q`` as integers on its grid, offset by the zero point
+        (float64: an int64 bias of the accumulator's scale has more digits than float32, and
+        a compiled graph may divide by the scale as a multiplication by its inverse, which in
+        float32 rounds a trained, off-grid weight near a half step the other way)."""
+        scale, zero_point = self.grid(q, tuple(w.shape))
+        steps = ops.cast(ops.convert_to_tensor(w), "float64") / scale.astype(np.float64)
+        integers = ops.clip(round_half_away(steps) + zero_point, q["qmin"], q["qmax"])
+        return integers - zero_point, scale.astype(np.float64)
+
+    def quantized_weights(self) -> list:
+        """[(variable, its fake-quantized value)], on the integers the kernel replay uses."""
+        pairs = []
         for q in self.quantization:
-            if q["weight"] != index:
-                continue
-            w = self.layer.weights[index]
-            scale, zero_point = self.grid(q, tuple(w.shape))
-            # the integers the fake-quantized weight is on (float32, as QuantizedWeights rounds:
-            # an int64 bias of the accumulator's scale is recovered exactly below 2**21)
-            steps = ops.convert_to_tensor(w) / scale
-            integers = ops.clip(round_half_away(steps) + zero_point, q["qmin"], q["qmax"])
-            return ops.cast(integers - zero_point, "float64")
+            w = self.layer.weights[q["weight"]]
+            steps, scale = self._steps(q, w)
+            pairs.append((w, straight_through(ops.convert_to_tensor(w),
+                                              ops.cast(steps * scale, w.dtype))))
+        return pairs
+
+    def integer_weights(self) -> list:
+        """[(entry, the weight's integers on its grid, numpy, Keras layout)], as replayed."""
+        result = []
+        for q in self.quantization:
+            steps, _ = self._steps(q, self.layer.weights[q["weight"]])
+            steps = np.asarray(ops.convert_to_numpy(steps))
+            zero_point = self.grid(q, steps.shape)[1].astype(np.float64)
+            result.append((q, (steps + zero_point).astype(np.int64)))
+        return result
+
+    def _integers(self, index):
+        """Weight ``index`` as integers (float64) minus its zero point, or None."""
+        for q in self.quantization:
+            if q["weight"] == index:
+                return self._steps(q, self.layer.weights[index])[0]
         return None
 
     def _accumulator(self, x):
