@@ -20,11 +20,14 @@ import numpy as np
 
 from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.integer_kernels import (
+    Int16Arithmetic,
     Int16Mean,
     Int16Softmax,
     Int16x8Weights,
     activation_range,
+    add_multipliers,
     mean_multiplier,
+    mul_multipliers,
     quantize_multiplier,
 )
 from mlflow_tflite_keras.converter.layers.quantization import (
@@ -56,6 +59,8 @@ def quantize_outputs(ctx, op: Op) -> None:
     its integer kernel replayed first)."""
     if op.type == "MEAN" and _int16_activations(op):
         _int16_mean(ctx, op)
+    if op.type in ("ADD", "MUL") and _int16_activations(op):
+        _int16_arithmetic(ctx, op)
     if op.type == "SOFTMAX" and _int16_activations(op):
         x, y = ctx.values.get(op.inputs[0].index), ctx.values.get(op.outputs[0].index)
         if isinstance(x, keras.KerasTensor) and isinstance(y, keras.KerasTensor):
@@ -146,6 +151,32 @@ def _int16_mean(ctx, op: Op) -> None:
     layer = Int16Mean(s_in, s_out, axes, bool(op.opt("keepDims", False)), multiplier, shift,
                       name=_unique(ctx, f"{_safe(out.name)}_int16"))
     ctx.values[out.index] = layer([x, y])
+
+
+def _int16_arithmetic(ctx, op: Op) -> None:
+    """An int16 ADD / MUL of two computed tensors (zero points 0, general scales; ADD's
+    power-of-two-scale variant is not replayed): Int16Arithmetic on its output."""
+    tensors = [*op.inputs, op.outputs[0]]
+    if len(op.inputs) != 2 or any(t is None or not t.is_quantized or t.type_name != "INT16"
+                                  or np.any(t.quantization.zero_point) for t in tensors):
+        return
+    if op.type == "ADD" and op.opt("potScaleInt16", True) and all(
+            np.log2(float(t.quantization.scale.reshape(-1)[0])).is_integer() for t in tensors):
+        return  # add.cc's power-of-two path
+    a, b = (ctx.values.get(t.index) for t in op.inputs)
+    out = op.outputs[0]
+    y = ctx.values.get(out.index)
+    if not all(isinstance(v, keras.KerasTensor) for v in (a, b, y)):
+        return
+    scales = [float(np.float32(t.quantization.scale.reshape(-1)[0])) for t in op.inputs]
+    s_out = float(np.float32(out.quantization.scale.reshape(-1)[0]))
+    rescale = (add_multipliers if op.type == "ADD" else mul_multipliers)(*scales, s_out)
+    activation = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
+    act_min, act_max = activation_range(activation, s_out, 0, *integer_range("INT16"))
+    layer = Int16Arithmetic(op.type.lower(), scales, s_out, rescale["multipliers"],
+                            rescale["shifts"], act_min, act_max,
+                            name=_unique(ctx, f"{_safe(out.name)}_int16"))
+    ctx.values[out.index] = layer([a, b, y])
 
 
 def _int16_activations(op: Op) -> bool:

@@ -333,3 +333,62 @@ class Int16Mean(keras.layers.Layer):
         return {**super().get_config(), "input_scale": self.input_scale,
                 "output_scale": self.output_scale, "axis": self.axis,
                 "keepdims": self.keepdims, "multiplier": self.multiplier, "shift": self.shift}
+
+
+def add_multipliers(scale1: float, scale2: float, output_scale: float) -> dict:
+    """The int16 ADD kernel's rescaling (add.cc, general scales): both inputs shifted left 15
+    bits and brought to twice the larger scale, the sum to the output's."""
+    twice_max = float(2 * max(np.float32(scale1), np.float32(scale2)))
+    m1, s1 = quantize_multiplier(float(np.float32(scale1)) / twice_max)
+    m2, s2 = quantize_multiplier(float(np.float32(scale2)) / twice_max)
+    out, shift = quantize_multiplier(twice_max / float(np.float32(32768) * np.float32(output_scale)))
+    return {"multipliers": [m1, m2, out], "shifts": [s1, s2, shift]}
+
+
+def mul_multipliers(scale1: float, scale2: float, output_scale: float) -> dict:
+    """The int16 MUL kernel's rescaling (mul.cc: the scales multiplied in float32)."""
+    real = np.float32(np.float32(scale1) * np.float32(scale2)) / np.float32(output_scale)
+    m, s = quantize_multiplier(float(np.float32(real)))
+    return {"multipliers": [m], "shifts": [s]}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Int16Arithmetic(keras.layers.Layer):
+    """An int16 ADD (``operation="add"``: reference_ops::Add's general-scale int16 path) or MUL
+    (``"mul"``: reference_integer_ops::Mul) kernel on ``[a, b, a op b]`` (inputs on their int16
+    grids, zero point 0; the float result for the gradient), in int64 with the ``int32_t``
+    MultiplyByQuantizedMultiplier, clamped to ``[act_min, act_max]``."""
+
+    def __init__(self, operation: str, scales, output_scale: float, multipliers, shifts,
+                 act_min: int, act_max: int, **kwargs):
+        super().__init__(**kwargs)
+        self.operation = str(operation)
+        self.scales = [float(s) for s in scales]
+        self.output_scale = float(output_scale)
+        self.multipliers = [int(m) for m in multipliers]
+        self.shifts = [int(s) for s in shifts]
+        self.act_min, self.act_max = int(act_min), int(act_max)
+        self.trainable = False
+
+    def call(self, inputs):
+        a, b, y = inputs
+        qa, qb = (ops.cast(round_half_away(ops.cast(v, "float64") / s), "int64")
+                  for v, s in zip((a, b), self.scales))
+        m, s = self.multipliers, self.shifts
+        if self.operation == "add":
+            total = multiply_by_quantized_multiplier(qa * 32768, m[0], s[0], wide=False) + \
+                multiply_by_quantized_multiplier(qb * 32768, m[1], s[1], wide=False)
+            out = multiply_by_quantized_multiplier(total, m[2], s[2], wide=False)
+        else:
+            out = multiply_by_quantized_multiplier(qa * qb, m[0], s[0], wide=False)
+        out = ops.clip(out, self.act_min, self.act_max)
+        value = ops.cast(out, "float32") * np.float32(self.output_scale)
+        return straight_through(y, ops.cast(ops.broadcast_to(value, ops.shape(y)), y.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[2]
+
+    def get_config(self):
+        return {**super().get_config(), "operation": self.operation, "scales": self.scales,
+                "output_scale": self.output_scale, "multipliers": self.multipliers,
+                "shifts": self.shifts, "act_min": self.act_min, "act_max": self.act_max}
