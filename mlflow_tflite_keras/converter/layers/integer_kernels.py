@@ -14,6 +14,7 @@ computation's (straight-through), so ``fit`` trains through them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -187,7 +188,7 @@ class Int16x8Weights(QuantizedWeights):
         return {**super().get_config(), "requantize": self.requantize}
 
 
-#: the inputs of the exp table, ``[-10, 0]``, and of the 1 / (1 + x) table, ``[0, 1]``
+#: int16's max - min: the softmax tables' scales are ranges over it (activations.cc)
 _INT16_RANGE = 65535
 
 
@@ -232,13 +233,18 @@ def lut_lookup(value, lut):
     return base + ops.floor((slope * offset + 64.0) / 128.0)
 
 
+@functools.lru_cache(maxsize=1)
+def _softmax_tables() -> tuple[np.ndarray, np.ndarray]:
+    """SoftmaxInt16's tables (activations.cc): exp on ``[-10, 0]`` and 1 / (1 + x) on
+    ``[0, 1]``, both to a symmetric ``[-1, 1]`` output range."""
+    return (int16_lut(math.exp, 10.0 / _INT16_RANGE, 32767, 2.0 / _INT16_RANGE, 0),
+            int16_lut(lambda v: 1.0 / (1.0 + v), 1.0 / _INT16_RANGE, -32768,
+                      2.0 / _INT16_RANGE, 0))
+
+
 def softmax_int16(x, multiplier: int, shift: int):
     """``reference_ops::SoftmaxInt16`` over the last axis of ``x`` (int16 integers, float64)."""
-    exp_lut = ops.convert_to_tensor(int16_lut(math.exp, 10.0 / _INT16_RANGE, 32767,
-                                              2.0 / _INT16_RANGE, 0))
-    reciprocal_lut = ops.convert_to_tensor(int16_lut(lambda v: 1.0 / (1.0 + v),
-                                                     1.0 / _INT16_RANGE, -32768,
-                                                     2.0 / _INT16_RANGE, 0))
+    exp_lut, reciprocal_lut = (ops.convert_to_tensor(t) for t in _softmax_tables())
     diff = x - ops.max(x, axis=-1, keepdims=True)
     scaled = ops.cast(multiply_by_quantized_multiplier(ops.cast(diff, "int64"), multiplier,
                                                        shift, wide=False), "float64")
@@ -341,7 +347,9 @@ def add_multipliers(scale1: float, scale2: float, output_scale: float) -> dict:
     twice_max = float(2 * max(np.float32(scale1), np.float32(scale2)))
     m1, s1 = quantize_multiplier(float(np.float32(scale1)) / twice_max)
     m2, s2 = quantize_multiplier(float(np.float32(scale2)) / twice_max)
-    out, shift = quantize_multiplier(twice_max / float(np.float32(32768) * np.float32(output_scale)))
+    # (1 << 15) * output_scale in float32, as the kernel computes it
+    out, shift = quantize_multiplier(
+        twice_max / float(np.float32(32768) * np.float32(output_scale)))
     return {"multipliers": [m1, m2, out], "shifts": [s1, s2, shift]}
 
 
