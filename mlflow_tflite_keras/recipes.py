@@ -227,25 +227,20 @@ OP_BY_OP_TOLERANCES = {
 
 # Models built with emulate_quantization=True compute what the integer kernels compute: full-
 # integer outputs within 1 step everywhere (rounding ties of the fixed-point requantization),
-# hybrid kernels within float noise, judged end to end. int16x8 kernels requantize with a
-# multiplier reduced to 15 bits and compute softmax/logistic/tanh from lookup tables, which
-# the emulation does not replay: a few int16 steps per op (measured 8 steps = 2.4e-4 of the
-# range on the digits CNN, 734 steps without emulation; a 5% kernel change is >= 1e-2).
+# hybrid kernels within float noise, judged end to end. int16x8 too: its convolution / dense
+# kernels (int64 accumulators, a 15-bit or double rescale), SOFTMAX (lookup tables) and MEAN
+# are replayed in integers (converter/layers/integer_kernels.py): 0 steps on the digits and
+# audio CNNs (7 and 6 int16 steps when they were approximated in float).
 # Float outputs not behind an integer tensor (a float custom kernel after the last integer
 # op, e.g. detection post-processing) are computed from the same integers: float noise.
 EMULATED_TOLERANCES = {
     "dynamic-range": {"max_rel_error": 1e-4},
-    **{name: {"max_steps": 1.0, "float_max_rel_error": 1e-4}
-       for name in FULL_INTEGER if name != "int16x8"},
-    "int16x8": {"max_rel_error": 1e-3},
+    **{name: {"max_steps": 1.0, "float_max_rel_error": 1e-4} for name in FULL_INTEGER},
 }
 # An emulated model rounds at every quantized tensor, so model.predict (a graph whose float
 # summation order differs from the eager call's) may land a tie on the other side: compiled
 # and eager calls of an emulated full-integer model agree within this many steps of each
-# quantized output (each is also judged against the interpreter by EMULATED_TOLERANCES). A
-# flip in a middle int16 tensor moves the finer int16 output by a few steps (measured 2 on
-# the audio CNN); an int8 one by at most 1. Hybrid kernels: the float models' limit.
-EMULATED_COMPILED_MAX_STEPS = {
-    **{name: 1.0 for name in FULL_INTEGER if name != "int16x8"},
-    "int16x8": 4.0,
-}
+# quantized output (each is also judged against the interpreter by EMULATED_TOLERANCES). The
+# replayed int16x8 kernels compute in integers (exact in both; measured 0 steps apart).
+# Hybrid kernels: the float models' limit.
+EMULATED_COMPILED_MAX_STEPS = {name: 1.0 for name in FULL_INTEGER}

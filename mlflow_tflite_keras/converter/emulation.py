@@ -27,6 +27,17 @@ import numpy as np
 from mlflow_tflite_keras.converter.integer_kernels import kernel_params
 from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.integer_kernels import IntegerKernel
+from mlflow_tflite_keras.converter.layers.int16_kernels import (
+    Int16Arithmetic,
+    Int16Mean,
+    Int16Softmax,
+    Int16x8Weights,
+    activation_range,
+    add_multipliers,
+    mean_multiplier,
+    mul_multipliers,
+    quantize_multiplier,
+)
 from mlflow_tflite_keras.converter.layers.quantization import (
     FakeQuant,
     HybridInputQuant,
@@ -56,9 +67,22 @@ def fake_quantize(ctx, t: Tensor, value, name: str):
 def quantize_outputs(ctx, op: Op) -> None:
     """Fake-quantize the op's quantized outputs in ``ctx.values`` (an op whose integer kernel
     rounds otherwise than its float layers first gets the kernel's value:
-    :func:`integer_arithmetic`)."""
+    :func:`integer_arithmetic`, :func:`integer_kernel`, and the int16x8 SOFTMAX / MEAN / ADD /
+    MUL kernels)."""
     integer_arithmetic(ctx, op)
     integer_kernel(ctx, op)
+    if op.type == "MEAN" and _int16_activations(op):
+        _int16_mean(ctx, op)
+    if op.type in ("ADD", "MUL") and _int16_activations(op):
+        _int16_arithmetic(ctx, op)
+    if op.type == "SOFTMAX" and _int16_activations(op):
+        x, y = ctx.values.get(op.inputs[0].index), ctx.values.get(op.outputs[0].index)
+        if isinstance(x, keras.KerasTensor) and isinstance(y, keras.KerasTensor):
+            layer = Int16Softmax(float(op.inputs[0].quantization.scale.reshape(-1)[0]),
+                                 float(op.opt("beta", 1.0)),
+                                 float(op.outputs[0].quantization.scale.reshape(-1)[0]),
+                                 name=_unique(ctx, f"{_safe(op.outputs[0].name)}_int16"))
+            ctx.values[op.outputs[0].index] = layer([x, y])
     for t in op.outputs:
         ctx.values[t.index] = fake_quantize(ctx, t, ctx.values.get(t.index), _safe(t.name))
 
@@ -98,6 +122,11 @@ def quantize_weights(ctx, op: Op, layer):
                 break
     if not entries and not float_entries:
         return layer
+    requantize = _int16x8_requantization(op, layer, entries)
+    if requantize is not None:
+        return Int16x8Weights(layer, entries, float_weights=float_entries,
+                              int16_requantize=requantize,
+                              name=_unique(ctx, f"{layer.name}_qweights"))
     requantize = _xnnpack_requantize(op, layer, entries) if not float_entries else None
     hybrid = integer_hybrid(op)
     if hybrid is not None and not (
@@ -313,6 +342,95 @@ def _quantized_entry(ctx, value, constants, used):
             used.add(t.index)
             return entry
     return None
+
+
+def _int16_mean(ctx, op: Op) -> None:
+    """An int16 MEAN over constant axes of static sizes: Int16Mean on its output."""
+    x_t, out = op.inputs[0], op.outputs[0]
+    x, y = ctx.values.get(x_t.index), ctx.values.get(out.index)
+    axes = op.inputs[1].data if len(op.inputs) > 1 and op.inputs[1] is not None else None
+    if not (isinstance(x, keras.KerasTensor) and isinstance(y, keras.KerasTensor)) or \
+            axes is None or x_t.shape is None:
+        return
+    axes = sorted({int(a) % x_t.rank for a in np.asarray(axes).reshape(-1)})
+    sizes = [int(x_t.shape[a]) for a in axes]
+    if not axes or min(sizes) <= 0:
+        return
+    s_in = float(np.float32(x_t.quantization.scale.reshape(-1)[0]))
+    s_out = float(np.float32(out.quantization.scale.reshape(-1)[0]))
+    multiplier, shift = mean_multiplier(s_in, s_out, int(np.prod(sizes)))
+    layer = Int16Mean(s_in, s_out, axes, bool(op.opt("keepDims", False)), multiplier, shift,
+                      name=_unique(ctx, f"{_safe(out.name)}_int16"))
+    ctx.values[out.index] = layer([x, y])
+
+
+def _int16_arithmetic(ctx, op: Op) -> None:
+    """An int16 ADD / MUL of two computed tensors (zero points 0, general scales; ADD's
+    power-of-two-scale variant is not replayed): Int16Arithmetic on its output."""
+    tensors = [*op.inputs, op.outputs[0]]
+    if len(op.inputs) != 2 or any(t is None or not t.is_quantized or t.type_name != "INT16"
+                                  or np.any(t.quantization.zero_point) for t in tensors):
+        return
+    if op.type == "ADD" and op.opt("potScaleInt16", True) and all(
+            np.log2(float(t.quantization.scale.reshape(-1)[0])).is_integer() for t in tensors):
+        return  # add.cc's power-of-two path
+    a, b = (ctx.values.get(t.index) for t in op.inputs)
+    out = op.outputs[0]
+    y = ctx.values.get(out.index)
+    if not all(isinstance(v, keras.KerasTensor) for v in (a, b, y)):
+        return
+    scales = [float(np.float32(t.quantization.scale.reshape(-1)[0])) for t in op.inputs]
+    s_out = float(np.float32(out.quantization.scale.reshape(-1)[0]))
+    rescale = (add_multipliers if op.type == "ADD" else mul_multipliers)(*scales, s_out)
+    activation = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
+    act_min, act_max = activation_range(activation, s_out, 0, *integer_range("INT16"))
+    layer = Int16Arithmetic(op.type.lower(), scales, s_out, rescale["multipliers"],
+                            rescale["shifts"], act_min, act_max,
+                            name=_unique(ctx, f"{_safe(out.name)}_int16"))
+    ctx.values[out.index] = layer([a, b, y])
+
+
+def _int16_activations(op: Op) -> bool:
+    return bool(op.inputs) and op.inputs[0] is not None and op.inputs[0].is_quantized and \
+        op.inputs[0].type_name == "INT16" and all(
+            t.is_quantized and t.type_name == "INT16" for t in op.outputs)
+
+
+#: the int16x8 kernels whose integer requantization Int16x8Weights replays
+_INT16X8_KERNELS = {"CONV_2D": keras.layers.Conv2D,
+                    "DEPTHWISE_CONV_2D": keras.layers.DepthwiseConv2D,
+                    "FULLY_CONNECTED": keras.layers.Dense}
+
+
+def _int16x8_requantization(op: Op, layer, entries) -> dict | None:
+    """Int16x8Weights' ``requantize`` for an int16x8 convolution / dense op (int16 input and
+    output, int8 kernel, every weight of ``layer`` on the source grid), else None: each output
+    channel's scale as the kernel computes it (in double: ``input_scale * filter_scale /
+    output_scale``), as a fixed-point multiplier for the convolutions (kernel_util.cc), as
+    it is for fully connected (reference_integer_ops::FullyConnected[PerChannel])."""
+    kinds = _INT16X8_KERNELS.get(op.type)
+    if kinds is None or not isinstance(layer, kinds) or not _int16_activations(op) or \
+            len(op.inputs) < 2 or op.inputs[1] is None or op.inputs[1].type_name != "INT8" or \
+            sorted(e["weight"] for e in entries) != list(range(len(layer.weights))):
+        return None
+    x, w, out = op.inputs[0], op.inputs[1], op.outputs[0]
+    bias = op.inputs[2] if len(op.inputs) > 2 else None
+    filter_scales = np.asarray(w.quantization.scale, np.float32).reshape(-1)
+    s_in = float(np.float32(x.quantization.scale.reshape(-1)[0]))
+    s_out = float(np.float32(out.quantization.scale.reshape(-1)[0]))
+    scales = [s_in * float(s) / s_out for s in filter_scales]
+    pairs = [quantize_multiplier(s) for s in scales]
+    zero_point = int(out.quantization.zero_point.reshape(-1)[0])
+    activation = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
+    act_min, act_max = activation_range(activation, s_out, zero_point, *integer_range("INT16"))
+    return {"input_scale": s_in, "input_zero_point": int(x.quantization.zero_point.reshape(-1)[0]),
+            "output_scale": s_out, "output_zero_point": zero_point,
+            "multipliers": [m for m, _ in pairs], "shifts": [s for _, s in pairs],
+            "scales": scales,
+            # an int64 bias (the converter's default): the 15-bit requantization
+            "rescale": "double" if op.type == "FULLY_CONNECTED" else
+            "int32" if bias is not None and bias.type_name == "INT32" else "int64",
+            "act_min": act_min, "act_max": act_max}
 
 
 def _source(ctx, t: Tensor, perm) -> dict:

@@ -69,11 +69,6 @@ def _inputs(n=64, model="digits-cnn"):
     return MODELS[model][2](n)  # held out from the representative rows
 
 
-# int16x8 kernels requantize with a 15-bit multiplier and use lookup tables for softmax, which
-# the emulation does not replay (see parity.EMULATED_TOLERANCES): judged by relative error.
-MAX_STEPS = {"int16x8": None}
-
-
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_emulated_parity_is_strict(variant, model_name, tmp_path):
@@ -89,7 +84,7 @@ def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     assert report.passed, str(report)
     assert report.compiled.passed, str(report)
     for out in report.outputs:
-        if out.quantization_step is not None and MAX_STEPS.get(variant, 1.0) is not None:
+        if out.quantization_step is not None:
             assert out.max_steps <= 1.0, str(report)
             assert out.share_exact >= 0.9, str(report)
         else:
@@ -115,9 +110,54 @@ def test_emulated_parity_is_strict(variant, model_name, tmp_path):
     assert check_parity(data, again, x, compiled=False).passed
 
 
-def test_fit_trains_through_fake_quant():
-    """The straight-through estimator: gradients reach every kernel; a fit step moves them."""
-    data = _source("full-int8-float-io")
+def _residual_cnn():
+    """Residual ADD, an elementwise MUL, global average pooling (MEAN), a softmax head."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.Conv2D(8, 3, padding="same")(a)
+    c = keras.layers.Add()([a, b])
+    d = keras.layers.Multiply()([c, keras.layers.Conv2D(8, 1, activation="relu")(c)])
+    pooled = keras.layers.GlobalAveragePooling2D()(d)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(pooled))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = digits()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    return model
+
+
+def test_int16x8_kernels_replayed_op_by_op():
+    """Every int16x8 kernel (CONV_2D, ADD, MUL, MEAN, FULLY_CONNECTED, SOFTMAX), fed the
+    interpreter's inputs, gives the interpreter's integers; a 5% kernel change shows."""
+    from mlflow_tflite_keras.converter.parity import check_ops
+
+    data = keras_model_tflite("residual-cnn-emulation", _residual_cnn, "int16x8",
+                              representative=lambda: digits()[0][:64])
+    result = convert(data, emulate_quantization=True)
+    x = _inputs(32)
+    report = check_ops(data, result.model, x, tensor_map=result.report.tensor_map,
+                       max_steps=0.0)
+    print(f"\n{report}")
+    types = {t.op_type for t in report.tensors}
+    assert {"CONV_2D", "ADD", "MUL", "MEAN", "FULLY_CONNECTED", "SOFTMAX"} <= types, types
+    assert not report.diverged and not report.skipped, str(report)
+    assert check_parity(data, result.model, x).outputs[0].max_steps == 0.0
+    undo = perturbed(result.model)
+    try:
+        wrong = check_ops(data, result.model, x, tensor_map=result.report.tensor_map,
+                          max_steps=0.0)
+    finally:
+        undo()
+    assert wrong.diverged, str(wrong)
+
+
+@pytest.mark.parametrize("variant", ["full-int8-float-io", "int16x8"])
+def test_fit_trains_through_fake_quant(variant):
+    """The straight-through estimator: gradients reach every kernel; a fit step moves them
+    (int16x8: through the integer kernels' replay too)."""
+    data = _source(variant)
     model = convert(data, emulate_quantization=True).model
     x, y = digits()
     wrapped = [layer for layer in model._flatten_layers() if isinstance(layer, QuantizedWeights)]
