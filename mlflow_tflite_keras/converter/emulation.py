@@ -26,7 +26,7 @@ import numpy as np
 
 from mlflow_tflite_keras.converter.integer_kernels import kernel_params
 from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
-from mlflow_tflite_keras.converter.layers.integer_kernels import IntegerKernel
+from mlflow_tflite_keras.converter.layers.fixed_point import quantize_multiplier
 from mlflow_tflite_keras.converter.layers.int16_kernels import (
     Int16Arithmetic,
     Int16Mean,
@@ -36,8 +36,8 @@ from mlflow_tflite_keras.converter.layers.int16_kernels import (
     add_multipliers,
     mean_multiplier,
     mul_multipliers,
-    quantize_multiplier,
 )
+from mlflow_tflite_keras.converter.layers.integer_kernels import IntegerKernel
 from mlflow_tflite_keras.converter.layers.quantization import (
     FakeQuant,
     HybridInputQuant,

@@ -12,11 +12,16 @@ Only per-tensor int8 tensors are handled; anything else keeps the float layer an
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from mlflow_tflite_keras.converter.ir import Op
+from mlflow_tflite_keras.converter.layers.fixed_point import (
+    quantize_multiplier,
+    rounding_divide_by_pot,
+    saturate16,
+    saturating_doubling_high_mul16,
+    saturating_rounding_doubling_high_mul16,
+)
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -29,52 +34,6 @@ def _int8_per_tensor(t) -> bool:
 def _scale_and_zero_point(t) -> tuple:
     return np.float32(t.quantization.scale.reshape(-1)[0]), \
         int(t.quantization.zero_point.reshape(-1)[0])
-
-
-# ---- gemmlowp / TFLite fixed-point primitives (internal/common.h, gemmlowp fixedpoint.h) ------
-
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier: ``(q31 multiplier, exponent)`` of a double."""
-    if real == 0.0:
-        return 0, 0
-    fraction, exponent = math.frexp(real)
-    fixed = int(math.copysign(math.floor(abs(fraction) * (1 << 31) + 0.5), fraction))
-    if fixed == 1 << 31:
-        fixed //= 2
-        exponent += 1
-    if exponent < -31:
-        return 0, 0
-    return fixed, exponent
-
-
-def _int16(v: int) -> int:
-    return max(-32768, min(32767, v))
-
-
-def _trunc_div(a: int, b: int) -> int:
-    """C integer division (toward zero)."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-def saturating_rounding_doubling_high_mul16(a: int, b: int) -> int:
-    if a == b == -32768:
-        return 32767
-    ab = a * b
-    return _trunc_div(ab + ((1 << 14) if ab >= 0 else 1 - (1 << 14)), 1 << 15)
-
-
-def saturating_doubling_high_mul16(a: int, b: int) -> int:
-    if a == b == -32768:
-        return 32767
-    return _trunc_div(a * b, 1 << 15)
-
-
-def rounding_divide_by_pot(x: int, exponent: int) -> int:
-    mask = (1 << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> exponent) + (1 if remainder > threshold else 0)
 
 
 # ---- elementwise kernels as tables over the 256 stored integers ------------------------------
@@ -92,14 +51,14 @@ def hard_swish_table(s_in, z_in, s_out, z_out) -> np.ndarray:
     out16, relu16 = down16(out_fixed), down16(relu_fixed)
     table = []
     for q in range(INT8_MIN, INT8_MAX + 1):
-        hires = _int16((q - z_in) * (1 << 7))
+        hires = saturate16((q - z_in) * (1 << 7))
         preshift = saturating_rounding_doubling_high_mul16(hires, out16)
         reluish = hires
         if relu_exponent > 0:
-            reluish = _int16(reluish * (1 << (relu_exponent - 1)))
+            reluish = saturate16(reluish * (1 << (relu_exponent - 1)))
         reluish = saturating_rounding_doubling_high_mul16(reluish, relu16)
         if relu_exponent > 0:
-            reluish = _int16(reluish * 2)
+            reluish = saturate16(reluish * 2)
         if relu_exponent < 0:
             reluish = rounding_divide_by_pot(reluish, -relu_exponent)
         reluish = (reluish + (1 << 15)) >> 1

@@ -127,14 +127,14 @@ def test_integer_lstm_emulated_within_one_step(variant):
 
 
 def test_integer_multiplier_is_exact_on_int32():
-    """The integer LSTM's MultiplyByQuantizedMultiplier without 64-bit integers agrees with
+    """MultiplyByQuantizedMultiplier without 64-bit integers (fixed_point.py) agrees with
     the kernel's int64 arithmetic over the whole int32 range; a 1-off rounding would not."""
     from keras import ops
 
-    from mlflow_tflite_keras.converter.layers.recurrent import (
-        _multiplier_digits,
-        _multiply_by_quantized_multiplier,
+    from mlflow_tflite_keras.converter.layers.fixed_point import (
+        multiply_by_quantized_multiplier,
         quantize_multiplier,
+        quantized_multiplier,
     )
 
     def kernel(x, multiplier, shift):  # common.cc, TFLITE_SINGLE_ROUNDING=0, Python ints
@@ -148,9 +148,8 @@ def test_integer_multiplier_is_exact_on_int32():
                         [0, 1, -1, 2 ** 31 - 1, -2 ** 31]]).astype(np.int32)
     for real in (0.3, 0.0123, 1.7e-6, 0.9999, 2.0 ** -20):
         multiplier, shift = quantize_multiplier(real)
-        got = np.asarray(_multiply_by_quantized_multiplier(
-            ops.convert_to_tensor(x), _multiplier_digits(multiplier),
-            np.int32(2 ** max(shift, 0)), np.int32(2 ** max(-shift, 0))))
+        got = np.asarray(multiply_by_quantized_multiplier(
+            ops.convert_to_tensor(x), quantized_multiplier(multiplier, shift)))
         want = np.array([kernel(int(v), multiplier, shift) for v in x])
         np.testing.assert_array_equal(got, want)
         assert not np.array_equal(got, want + (x % 7 == 0))

@@ -21,6 +21,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlflow_tflite_keras.converter.layers.fixed_point import (
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    quantized_multiplier,
+)
 from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE
 from mlflow_tflite_keras.converter.layers.quantization import (
     QuantizedWeights,
@@ -29,47 +34,20 @@ from mlflow_tflite_keras.converter.layers.quantization import (
 )
 
 
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """``QuantizeMultiplier`` (kernels/internal/quantization_util.cc): ``real`` as a Q31
-    significand and a power-of-two exponent, in double."""
-    if real == 0.0:
-        return 0, 0
-    significand, shift = math.frexp(real)
-    q = int(round_half_away_scalar(significand * (1 << 31)))
-    if q == 1 << 31:
-        q //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return q, shift
-
-
 def round_half_away_scalar(x: float) -> float:
     return math.copysign(math.floor(abs(x) + 0.5), x)
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift, wide: bool):
-    """``MultiplyByQuantizedMultiplier`` on an int64 tensor ``x`` (multiplier / shift: ints or
-    int64 arrays broadcast against ``x``). ``wide``: the ``int64_t x`` overload (the
-    multiplier reduced to 15 bits, one rounding half up); else the ``int32_t x`` one
-    (gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT)."""
+def rescale_int64(x, multiplier, shift):
+    """``MultiplyByQuantizedMultiplier(int64_t x, ...)`` (common.cc) on an int64 tensor: the
+    multiplier reduced to 15 bits, one rounding half up (multiplier / shift: ints or int64
+    arrays broadcast against ``x``). The ``int32_t`` overload is
+    :func:`..fixed_point.multiply_by_quantized_multiplier`."""
     multiplier = np.asarray(multiplier, np.int64)
     shift = np.asarray(shift, np.int64)
-    if wide:
-        reduced = np.where(multiplier < 0x7FFF0000, (multiplier + (1 << 15)) >> 16, 0x7FFF)
-        total = 15 - shift
-        return ops.floor_divide(x * reduced + (np.int64(1) << (total - 1)),
-                                np.int64(1) << total)
-    left = np.maximum(shift, 0)
-    right = np.maximum(-shift, 0)
-    product = x * (np.int64(1) << left) * multiplier
-    nudged = product + ops.where(product >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    high = ops.where(nudged >= 0, ops.floor_divide(nudged, np.int64(1 << 31)),
-                     -ops.floor_divide(-nudged, np.int64(1 << 31)))  # C++ division truncates
-    quotient = ops.floor_divide(high, np.int64(1) << right)  # an arithmetic right shift
-    remainder = high - quotient * (np.int64(1) << right)
-    threshold = ((np.int64(1) << right) - 1) // 2 + ops.cast(high < 0, "int64")
-    return quotient + ops.cast(remainder > threshold, "int64")
+    reduced = np.where(multiplier < 0x7FFF0000, (multiplier + (1 << 15)) >> 16, 0x7FFF)
+    total = 15 - shift
+    return ops.floor_divide(x * reduced + (np.int64(1) << (total - 1)), np.int64(1) << total)
 
 
 def activation_range(activation, scale: float, zero_point: int, qmin: int, qmax: int):
@@ -177,9 +155,11 @@ class Int16x8Weights(QuantizedWeights):
         acc = self._accumulator(x)
         if r["rescale"] == "double":
             q = ops.cast(round_half_away(acc * np.asarray(r["scales"], np.float64)), "int64")
-        else:
-            q = multiply_by_quantized_multiplier(ops.cast(acc, "int64"), r["multipliers"],
-                                                 r["shifts"], r["rescale"] == "int64")
+        elif r["rescale"] == "int64":
+            q = rescale_int64(ops.cast(acc, "int64"), r["multipliers"], r["shifts"])
+        else:  # an int32 bias: the int32 accumulator, the int32_t overload
+            q = ops.cast(multiply_by_quantized_multiplier(ops.cast(acc, "int32"), (
+                quantized_multiplier(r["multipliers"], r["shifts"]))), "int64")
         q = ops.clip(q + r["output_zero_point"], r["act_min"], r["act_max"])
         value = ops.cast(q - r["output_zero_point"], "float32") * np.float32(r["output_scale"])
         return straight_through(y, ops.cast(value, y.dtype))
@@ -246,8 +226,8 @@ def softmax_int16(x, multiplier: int, shift: int):
     """``reference_ops::SoftmaxInt16`` over the last axis of ``x`` (int16 integers, float64)."""
     exp_lut, reciprocal_lut = (ops.convert_to_tensor(t) for t in _softmax_tables())
     diff = x - ops.max(x, axis=-1, keepdims=True)
-    scaled = ops.cast(multiply_by_quantized_multiplier(ops.cast(diff, "int64"), multiplier,
-                                                       shift, wide=False), "float64")
+    scaled = ops.cast(multiply_by_quantized_multiplier(
+        ops.cast(diff, "int32"), quantized_multiplier(multiplier, shift)), "float64")
     exps = lut_lookup(ops.clip(scaled + 32767.0, -32768.0, 32767.0), exp_lut)
     total = ops.sum(exps, axis=-1, keepdims=True)  # Q16.15
     # 1 + the leading zeros of the sum: the sum normalized to Q1.30 then rounded to Q1.15
@@ -325,8 +305,8 @@ class Int16Mean(keras.layers.Layer):
         x, y = inputs
         q = round_half_away(ops.cast(x, "float64") / self.input_scale)
         total = ops.sum(q, axis=self.axis, keepdims=self.keepdims)  # exact integers
-        out = multiply_by_quantized_multiplier(ops.cast(total, "int64"), self.multiplier,
-                                               self.shift, wide=False)
+        out = multiply_by_quantized_multiplier(ops.cast(total, "int32"), quantized_multiplier(
+            self.multiplier, self.shift))
         out = ops.clip(out, -32768, 32767)
         value = ops.reshape(ops.cast(out, "float32") * np.float32(self.output_scale),
                             ops.shape(y))
@@ -380,15 +360,15 @@ class Int16Arithmetic(keras.layers.Layer):
 
     def call(self, inputs):
         a, b, y = inputs
-        qa, qb = (ops.cast(round_half_away(ops.cast(v, "float64") / s), "int64")
+        qa, qb = (ops.cast(round_half_away(ops.cast(v, "float64") / s), "int32")
                   for v, s in zip((a, b), self.scales))
-        m, s = self.multipliers, self.shifts
-        if self.operation == "add":
-            total = multiply_by_quantized_multiplier(qa * 32768, m[0], s[0], wide=False) + \
-                multiply_by_quantized_multiplier(qb * 32768, m[1], s[1], wide=False)
-            out = multiply_by_quantized_multiplier(total, m[2], s[2], wide=False)
+        m = [quantized_multiplier(*pair) for pair in zip(self.multipliers, self.shifts)]
+        if self.operation == "add":  # int16 values shifted left 15 bits: below 2**31
+            total = multiply_by_quantized_multiplier(qa * 32768, m[0]) + \
+                multiply_by_quantized_multiplier(qb * 32768, m[1])
+            out = multiply_by_quantized_multiplier(total, m[2])
         else:
-            out = multiply_by_quantized_multiplier(qa * qb, m[0], s[0], wide=False)
+            out = multiply_by_quantized_multiplier(qa * qb, m[0])
         out = ops.clip(out, self.act_min, self.act_max)
         value = ops.cast(out, "float32") * np.float32(self.output_scale)
         return straight_through(y, ops.cast(ops.broadcast_to(value, ops.shape(y)), y.dtype))

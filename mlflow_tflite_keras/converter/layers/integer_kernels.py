@@ -15,6 +15,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlflow_tflite_keras.converter.layers.fixed_point import (
+    multiply_by_quantized_multiplier,
+    quantized_multiplier,
+)
 from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE
 from mlflow_tflite_keras.converter.layers.quantization import round_half_away, straight_through
 
@@ -28,28 +32,6 @@ def pool_counts(size: int, window: int, stride: int, out: int, pad_before: int) 
     """How many in-bounds elements each output position of a 1-D pooling window covers."""
     starts = np.arange(out) * stride - pad_before
     return (np.minimum(starts + window, size) - np.maximum(starts, 0)).astype(np.float32)
-
-
-def _floor_shift(x, exponent: int):
-    return ops.floor_divide(x, np.int64(1) << exponent)
-
-
-def multiply_by_quantized_multiplier(x, multiplier: int, shift: int):
-    """TFLite's MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding) on int64
-    ``x``: gemmlowp's SaturatingRoundingDoublingHighMul by the q31 ``multiplier`` (the
-    product rounded half away from zero to its high 32 bits), then RoundingDivideByPOT by
-    ``-shift`` (half away from zero)."""
-    product = x * np.int64(multiplier)
-    nudged = product + ops.where(product >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    high = ops.where(nudged >= 0, _floor_shift(nudged, 31), -_floor_shift(-nudged, 31))
-    exponent = -int(shift)
-    if exponent == 0:
-        return high
-    floor = _floor_shift(high, exponent)
-    remainder = high - floor * (np.int64(1) << exponent)
-    threshold = ((1 << exponent) - 1) >> 1
-    threshold = ops.where(high < 0, np.int64(threshold + 1), np.int64(threshold))
-    return floor + ops.cast(remainder > threshold, "int64")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -71,7 +53,7 @@ class IntegerKernel(keras.layers.Layer):
     "output_scale"}``; TFLite's int8 SquaredDifference:
     both operands less their zero points, shifted left 7 bits, rescaled by q31 multipliers
     (gemmlowp's rounding doubling high multiply, then a rounding right shift), the
-    difference squared and rescaled the same way (int64 arithmetic)."""
+    difference squared and rescaled the same way (int32 arithmetic, as fixed_point.py)."""
 
     KINDS = ("lookup", "average_pool", "resize_bilinear", "squared_difference")
 
@@ -142,13 +124,14 @@ class IntegerKernel(keras.layers.Layer):
     def _squared_difference(a, b, p):
         def scaled(x, name):
             # the stored integers less the zero point: the operand's value in steps
-            shifted = ops.cast(stored_integers(x, p[f"{name}_scale"], 0.0), "int64") * 128
-            return multiply_by_quantized_multiplier(shifted, p[f"{name}_multiplier"],
-                                                    p[f"{name}_shift"])
+            shifted = ops.cast(stored_integers(x, p[f"{name}_scale"], 0.0), "int32") * 128
+            return multiply_by_quantized_multiplier(shifted, quantized_multiplier(
+                p[f"{name}_multiplier"], p[f"{name}_shift"]))
 
+        # |difference| < 2**15 (255 * 128 scaled by at most 1): its square fits int32
         difference = scaled(a, "a") - scaled(b, "b")
-        q = multiply_by_quantized_multiplier(difference * difference, p["output_multiplier"],
-                                             p["output_shift"]) + int(p["output_zero_point"])
+        q = multiply_by_quantized_multiplier(difference * difference, quantized_multiplier(
+            p["output_multiplier"], p["output_shift"])) + int(p["output_zero_point"])
         return ops.cast(ops.clip(q, -128, 127), "float32")
 
     def compute_output_shape(self, input_shapes):

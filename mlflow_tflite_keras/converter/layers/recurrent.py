@@ -8,6 +8,17 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlflow_tflite_keras.converter.layers.fixed_point import (
+    divide_by_pot,
+    int32,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    quantized_multiplier,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul16,
+    saturating_rounding_multiply_by_pot16,
+    wrap16,
+)
 from mlflow_tflite_keras.converter.layers.keras_op import PACKAGE
 
 
@@ -36,77 +47,43 @@ class ClippedLSTMCell(keras.layers.LSTMCell):
 
 
 # ---- TFLite's integer LSTM (lstm_eval.cc, 8x8_16) -----------------------------------------
-# The fixed-point helpers below follow gemmlowp (fixedpoint.h, int16 raw type) and TFLite's
-# kernel utilities (common.h MultiplyByQuantizedMultiplier, quantization_util.cc
-# QuantizeMultiplier) operation by operation, on numpy int64 with int16 wrap-around where the
-# C++ wraps. They build the sigmoid / tanh lookup tables of IntegerLSTMCell and its
-# multipliers; the cell replays the rest of the kernel on int32 keras.ops. On x86 and ARM the
+# gemmlowp's int16 exp / logistic / tanh (fixedpoint.h) on the primitives of fixed_point.py
+# build the sigmoid / tanh lookup tables of IntegerLSTMCell; the cell replays the rest of the
+# kernel on int32 keras.ops. On x86 and ARM the
 # builtin kernel runs these portable routines (sse_tensor_utils forwards the int16 ones to
 # portable_tensor_utils; XNNPACK does not take the LSTM), double rounding
 # (TFLITE_SINGLE_ROUNDING=0, the default build).
 
 
-def _wrap16(v):
-    """int16 two's-complement wrap-around (gemmlowp's plain Add / Sub / Neg on int16)."""
-    return ((np.asarray(v, np.int64) + 32768) & 0xFFFF) - 32768
-
-
-def _rounding_divide_by_pot(x, exponent: int):
-    """gemmlowp::RoundingDivideByPOT: ``x / 2**exponent`` rounded half away from zero."""
-    x = np.asarray(x, np.int64)
-    if exponent == 0:
-        return x
-    mask = (1 << exponent) - 1
-    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0))
-
-
-def _doubling_high_mul16(a, b):
-    """gemmlowp::SaturatingRoundingDoublingHighMul on int16 (C division truncates)."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    ab = a * b
-    s = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
-    high = np.sign(s) * (np.abs(s) // (1 << 15))
-    return np.where((a == b) & (a == -32768), 32767, _wrap16(high))
-
-
-def _multiply_by_pot16(x, exponent: int):
-    """gemmlowp::SaturatingRoundingMultiplyByPOT on int16 (Rescale)."""
-    x = np.asarray(x, np.int64)
-    if exponent > 0:
-        limit = (1 << (15 - exponent)) - 1
-        return np.where(x > limit, 32767, np.where(x < -limit, -32768, _wrap16(x << exponent)))
-    return _rounding_divide_by_pot(x, -exponent)
-
-
 def _constant16(raw32: int) -> int:
     """GEMMLOWP_CHECKED_FIXEDPOINT_CONSTANT for int16: the int32 constant shifted by 16."""
-    return int(_rounding_divide_by_pot(np.int64(raw32), 16))
+    return int(rounding_divide_by_pot(np.int64(raw32), 16))
 
 
 def _exp_on_interval_between_negative_one_quarter_and_0_excl(a):
     constant_term, one_third = _constant16(1895147668), _constant16(715827883)
-    x = _wrap16(a + (1 << 12))  # + 1/8 in Q0.15
-    x2 = _doubling_high_mul16(x, x)
-    x3 = _doubling_high_mul16(x2, x)
-    x4_over_4 = _multiply_by_pot16(_doubling_high_mul16(x2, x2), -2)
-    poly = _multiply_by_pot16(
-        _wrap16(_doubling_high_mul16(_wrap16(x4_over_4 + x3), one_third) + x2), -1)
-    return np.clip(constant_term + _doubling_high_mul16(constant_term, _wrap16(x + poly)),
+    x = wrap16(a + (1 << 12))  # + 1/8 in Q0.15
+    x2 = saturating_rounding_doubling_high_mul16(x, x)
+    x3 = saturating_rounding_doubling_high_mul16(x2, x)
+    x4_over_4 = saturating_rounding_multiply_by_pot16(saturating_rounding_doubling_high_mul16(x2, x2), -2)
+    poly = saturating_rounding_multiply_by_pot16(
+        wrap16(saturating_rounding_doubling_high_mul16(wrap16(x4_over_4 + x3), one_third) + x2), -1)
+    return np.clip(constant_term + saturating_rounding_doubling_high_mul16(constant_term, wrap16(x + poly)),
                    -32768, 32767)  # AddSaturatingIf16Bit
 
 
 def _exp_on_negative_values(a, integer_bits: int):
     fractional_bits = 15 - integer_bits
     quarter = 1 << (fractional_bits - 2)
-    a_mod_quarter_minus_quarter = _wrap16((a & (quarter - 1)) - quarter)
+    a_mod_quarter_minus_quarter = wrap16((a & (quarter - 1)) - quarter)
     result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
-        _multiply_by_pot16(a_mod_quarter_minus_quarter, integer_bits))
-    remainder = _wrap16(a_mod_quarter_minus_quarter - a)
+        saturating_rounding_multiply_by_pot16(a_mod_quarter_minus_quarter, integer_bits))
+    remainder = wrap16(a_mod_quarter_minus_quarter - a)
     for exponent, multiplier in ((-2, 1672461947), (-1, 1302514674), (0, 790015084),
                                  (1, 290630308), (2, 39332535), (3, 720401), (4, 242)):
         if integer_bits > exponent:  # the barrel shifter
-            bit = (remainder & _wrap16(1 << (fractional_bits + exponent))) != 0
-            result = np.where(bit, _doubling_high_mul16(result, _constant16(multiplier)),
+            bit = (remainder & wrap16(1 << (fractional_bits + exponent))) != 0
+            result = np.where(bit, saturating_rounding_doubling_high_mul16(result, _constant16(multiplier)),
                               result)
     if integer_bits > 5:
         result = np.where(a < _constant16(-(1 << (36 - integer_bits))), 0, result)
@@ -117,12 +94,12 @@ def _newton_raphson_reciprocal(a):
     """``1 / (1 + a)`` of gemmlowp's one_over_one_plus_x_for_x_in_0_1, in Q2.13."""
     total = a + 32767
     rounded = total + np.where(total >= 0, 1, -1)
-    half_denominator = _wrap16(np.sign(rounded) * (np.abs(rounded) // 2))  # RoundingHalfSum
-    x = _wrap16(_constant16(1515870810)
-                + _doubling_high_mul16(half_denominator, _constant16(-1010580540)))
+    half_denominator = wrap16(np.sign(rounded) * (np.abs(rounded) // 2))  # RoundingHalfSum
+    x = wrap16(_constant16(1515870810)
+                + saturating_rounding_doubling_high_mul16(half_denominator, _constant16(-1010580540)))
     for _ in range(3):
-        one_minus = _wrap16((1 << 13) - _doubling_high_mul16(half_denominator, x))
-        x = _wrap16(x + _multiply_by_pot16(_doubling_high_mul16(x, one_minus), 2))
+        one_minus = wrap16((1 << 13) - saturating_rounding_doubling_high_mul16(half_denominator, x))
+        x = wrap16(x + saturating_rounding_multiply_by_pot16(saturating_rounding_doubling_high_mul16(x, one_minus), 2))
     return x
 
 
@@ -132,12 +109,12 @@ def logistic_table(integer_bits: int) -> np.ndarray:
     (index ``raw + 32768``): the output raw values, Q0.15 (tensor_utils::ApplySigmoid)."""
     a = np.arange(-32768, 32768, dtype=np.int64)
     positive = a > 0
-    magnitude = np.where(positive, a, _wrap16(-a))
-    on_positive = _multiply_by_pot16(
-        _newton_raphson_reciprocal(_exp_on_negative_values(_wrap16(-magnitude),
+    magnitude = np.where(positive, a, wrap16(-a))
+    on_positive = saturating_rounding_multiply_by_pot16(
+        _newton_raphson_reciprocal(_exp_on_negative_values(wrap16(-magnitude),
                                                             integer_bits)), 1)
     out = np.where(a == 0, _constant16(1 << 30),
-                   np.where(positive, on_positive, _wrap16(32767 - on_positive)))
+                   np.where(positive, on_positive, wrap16(32767 - on_positive)))
     return out.astype(np.int32)
 
 
@@ -147,61 +124,10 @@ def tanh_table(integer_bits: int) -> np.ndarray:
     :func:`logistic_table`."""
     a = np.arange(-32768, 32768, dtype=np.int64)
     negative = a < 0
-    n = np.where(negative, a, _wrap16(-a))
-    t = _multiply_by_pot16(_wrap16(_newton_raphson_reciprocal(
+    n = np.where(negative, a, wrap16(-a))
+    t = saturating_rounding_multiply_by_pot16(wrap16(_newton_raphson_reciprocal(
         _exp_on_negative_values(n, integer_bits + 1)) - (1 << 13)), 2)
-    return np.where(a == 0, 0, np.where(negative, _wrap16(-t), t)).astype(np.int32)
-
-
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier: ``real = multiplier * 2**(shift - 31)``, the multiplier a
-    Q31 integer (frexp, rounded half away from zero)."""
-    if real == 0.0:
-        return 0, 0
-    q, shift = np.frexp(float(real))
-    fixed = int(np.sign(q) * np.floor(abs(q) * 2.0 ** 31 + 0.5))
-    if fixed == 1 << 31:
-        fixed, shift = fixed // 2, shift + 1
-    if shift < -31:
-        return 0, 0
-    return fixed, int(shift)
-
-
-def _int32(values):
-    return np.asarray(values, np.int64).astype(np.int32)
-
-
-def _divide_by_pot(x, pot):
-    """gemmlowp::RoundingDivideByPOT on int32 tensors, ``pot = 2**exponent`` (broadcast):
-    the floor quotient, plus one when the remainder is above half (at half for x >= 0)."""
-    pot = _int32(pot)
-    quotient = ops.floor_divide(x, pot)
-    threshold = _int32(np.maximum(pot // 2 - 1, 0)) + ops.cast(x < 0, "int32") * \
-        _int32(pot > 1)
-    return quotient + ops.cast(x - quotient * pot > threshold, "int32")
-
-
-def _multiplier_digits(multiplier) -> tuple:
-    """A Q31 multiplier in base-2**11 digits, for :func:`_multiply_by_quantized_multiplier`."""
-    m = np.asarray(multiplier, np.int64)
-    return _int32(m & 2047), _int32((m >> 11) & 2047), _int32(m >> 22)
-
-
-def _multiply_by_quantized_multiplier(x, digits, left_pot, right_pot):
-    """TFLite's MultiplyByQuantizedMultiplier (double rounding) on int32 tensors, exact
-    without 64-bit integers (any Keras backend): the saturating rounding doubling high
-    multiply ``floor((x * m + 2**30) / 2**31)`` as a schoolbook product of base-2**11 digits
-    (every partial product below 2**24), then RoundingDivideByPOT."""
-    x = x * _int32(left_pot)
-    m0, m1, m2 = digits
-    x0 = x - ops.floor_divide(x, 2048) * 2048
-    rest = ops.floor_divide(x, 2048)
-    x1 = rest - ops.floor_divide(rest, 2048) * 2048
-    x2 = ops.floor_divide(rest, 2048)  # signed, |x2| <= 2**9
-    carry = ops.floor_divide(x0 * m1 + x1 * m0 + ops.floor_divide(x0 * m0, 2048), 2048)
-    middle = x0 * m2 + x1 * m1 + x2 * m0 + carry + 256
-    high = (x2 * m2) * 8192 + (x1 * m2 + x2 * m1) * 4 + ops.floor_divide(middle, 512)
-    return _divide_by_pot(high, right_pot)
+    return np.where(a == 0, 0, np.where(negative, wrap16(-t), t)).astype(np.int32)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -269,8 +195,7 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
 
         def rescale(pairs):
             multiplier, shift = (np.asarray(v, np.int64) for v in zip(*pairs))
-            return (_multiplier_digits(columns(multiplier)), _int32(columns(2 ** np.maximum(
-                shift, 0))), _int32(columns(2 ** np.maximum(-shift, 0))))
+            return quantized_multiplier(columns(multiplier), columns(shift))
 
         hidden = quantize_multiplier(f32(2.0 ** -30 / np.float64(
             f32(self.intermediate_hidden_scale))))
@@ -283,8 +208,7 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
             "recurrent": rescale([quantize_multiplier(f32(f32(s) * f32(self.hidden_scale))
                                                       / gate)
                                   for s in self.recurrent_scales]),
-            "hidden": (_multiplier_digits(hidden[0]), _int32(2 ** max(hidden[1], 0)),
-                       _int32(2 ** max(-hidden[1], 0))),
+            "hidden": quantized_multiplier(*hidden),
             "kernel_scales": columns(self.kernel_scales, f32),
             "recurrent_scales": columns(self.recurrent_scales, f32),
             "bias_scales": columns(self.bias_scales, f32),
@@ -320,21 +244,21 @@ class IntegerLSTMCell(keras.layers.LSTMCell):
         bias_h = -self.hidden_zero_point * ops.sum(ops.cast(recurrent, "int32"), axis=0)
         # int8 x int8 -> int32 matmuls; the gate buffer starts at 0 and each part is
         # rescaled to Q3.12 and added saturating
-        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(x, kernel) + bias_x,
-                                                       *p["input"]), -32768, 32767)
-        z = ops.clip(_multiply_by_quantized_multiplier(ops.matmul(h_tm1, recurrent) + bias_h,
-                                                       *p["recurrent"]) + z, -32768, 32767)
+        z = ops.clip(multiply_by_quantized_multiplier(ops.matmul(x, kernel) + bias_x,
+                                                      p["input"]), -32768, 32767)
+        z = ops.clip(multiply_by_quantized_multiplier(ops.matmul(h_tm1, recurrent) + bias_h,
+                                                      p["recurrent"]) + z, -32768, 32767)
         zi, zf, zc, zo = ops.split(z + 32768, 4, axis=-1)
-        sigmoid = _int32(logistic_table(3))
+        sigmoid = int32(logistic_table(3))
         i, f, o = (ops.take(sigmoid, v) for v in (zi, zf, zo))
-        g = ops.take(_int32(tanh_table(3)), zc)
-        c = _divide_by_pot(f * c_tm1, 2 ** 15) + \
-            _divide_by_pot(i * g, 2 ** (30 + self.cell_scale_log2))
+        g = ops.take(int32(tanh_table(3)), zc)
+        c = divide_by_pot(f * c_tm1, 2 ** 15) + \
+            divide_by_pot(i * g, 2 ** (30 + self.cell_scale_log2))
         c = ops.clip(c, -32768, 32767)
         if p["clip"] > 0:
             c = ops.clip(c, -p["clip"], p["clip"])
-        tanh_c = ops.take(_int32(tanh_table(15 + self.cell_scale_log2)), c + 32768)
-        h = _multiply_by_quantized_multiplier(o * tanh_c, *p["hidden"]) + \
+        tanh_c = ops.take(int32(tanh_table(15 + self.cell_scale_log2)), c + 32768)
+        h = multiply_by_quantized_multiplier(o * tanh_c, p["hidden"]) + \
             self.intermediate_hidden_zero_point
         return ops.clip(h, -128, 127), c
 
