@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.op_harness import perturbed
+from converter.op_harness import assert_kernel_change_fails
 from model_factory import digits, keras_model_tflite
 from mlflow_tflite_keras.converter import convert
 from mlflow_tflite_keras.converter.parity import check_parity
@@ -95,12 +95,7 @@ def test_full_int8_op_is_bit_exact(name):
     print(f"\n{name}: {report}")
     _assert_exact(report)
     if has_kernel:
-        undo = perturbed(model)
-        try:
-            wrong = check_parity(data, model, x, compiled=False)
-        finally:
-            undo()
-        assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+        assert_kernel_change_fails(data, model, x)
 
 
 def _inverted_residual_digits():
@@ -141,12 +136,7 @@ def test_inverted_residual_model_is_bit_exact():
     report = check_parity(data, model, x)
     print(f"\n{report}")
     _assert_exact(report)
-    undo = perturbed(model)
-    try:
-        wrong = check_parity(data, model, x, compiled=False)
-    finally:
-        undo()
-    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+    assert_kernel_change_fails(data, model, x)
 
 
 def _pointwise():  # a 1x1 convolution: XNNPACK runs it as a fully connected op
@@ -191,11 +181,7 @@ def test_dynamic_range_conv_replays_its_kernel(name):
     report = check_parity(data, model, x, max_rel_error=1e-6)
     print(f"\n{report}")
     assert report.passed, str(report)
-    undo = perturbed(model)
-    try:
-        assert not check_parity(data, model, x, compiled=False).passed
-    finally:
-        undo()
+    assert_kernel_change_fails(data, model, x)
     if xnnpack:
         saved = hybrid.XNNPACK_HYBRID_OPS
         hybrid.XNNPACK_HYBRID_OPS = saved - {"CONV_2D"}
@@ -227,9 +213,4 @@ def test_mobilenet_v2_full_int8_is_bit_exact():
     report = check_parity(data, model, x)
     print(f"\n{report}")
     _assert_exact(report)
-    undo = perturbed(model)
-    try:
-        wrong = check_parity(data, model, x, compiled=False)
-    finally:
-        undo()
-    assert not wrong.passed, f"a 5% kernel change passed\n{wrong}"
+    assert_kernel_change_fails(data, model, x)
