@@ -421,13 +421,14 @@ class IntegerArithmetic(keras.layers.Layer):
             q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
         elif self.kind == "quantize":
             steps = ops.round(ops.cast(inputs[1], "float32") * np.float32(p["inverse_scale"]))
-            q = ops.clip(steps + np.float32(p["output_zero_point"]), -128.0, 127.0)
+            q = ops.clip(steps + np.float32(p["output_zero_point"]),
+                         float(p.get("qmin", -128)), float(p.get("qmax", 127)))
         else:
             stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
             total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
             q = ops.round(rounded_product(total, np.float32(p["inverse_scale"]))
                           + np.float32(p["zero_point"]))
-            q = ops.clip(q, -128.0, 127.0)
+            q = ops.clip(q, float(p.get("qmin", -128)), float(p.get("qmax", 127)))
         exact = (q - np.float32(p["output_zero_point"])) * np.float32(p["output_scale"])
         return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
                                                     ops.shape(result)))
