@@ -12,9 +12,12 @@ keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weight
 
 A float layer followed by rounding lands one step off wherever the kernel rounds otherwise
 (deep models compound it), so where LiteRT's default kernels are known the wrapped layers
-compute on the integers with the kernel's own requantization (XNNPACK's qs8 convolutions /
-fully connected; hybrid convolutions with their epilogues), and ADD / MEAN / QUANTIZE get
-the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through gradients.
+compute on the integers with the kernel's own requantization (XNNPACK's qs8 / qu8
+convolutions / fully connected; hybrid convolutions with their epilogues), and ADD / MEAN /
+QUANTIZE get the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through
+gradients. Full-uint8 models (TF1's converter: uint8 activations, asymmetric uint8 weights)
+go the same way: XNNPACK's qu8 kernels share the qs8 arithmetic, with the weights' zero
+point in the accumulation.
 """
 
 from __future__ import annotations
@@ -209,10 +212,12 @@ def _activation_bounds(op: Op, t) -> tuple[int, int]:
 
 
 def _xnnpack_add(op: Op) -> dict | None:
-    """XNNPACK's qs8 ADD parameters (microparams-init.c, xnn_init_qs8_add_minmax_scalar_params:
-    20-bit multipliers of the float32 input/output scale ratios, a shift, a rounding bias),
-    or None when XNNPACK does not take the op (its delegate's scale-ratio limits)."""
-    if len(op.inputs) != 2 or not all(_per_tensor_integer(t) for t in [*op.inputs, *op.outputs]):
+    """XNNPACK's qs8 / qu8 ADD parameters (microparams-init.c,
+    xnn_init_qs8_add_minmax_scalar_params and its qu8 twin, the same arithmetic: 20-bit
+    multipliers of the float32 input/output scale ratios, a shift, a rounding bias), or None
+    when XNNPACK does not take the op (its delegate's scale-ratio limits)."""
+    if len(op.inputs) != 2 or not all(_per_tensor_integer(t) for t in [*op.inputs, *op.outputs]) \
+            or len({t.type_name for t in [*op.inputs, *op.outputs]}) != 1:
         return None
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
     (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (a, b, out))
@@ -230,13 +235,14 @@ def _xnnpack_add(op: Op) -> dict | None:
 
 
 def _xnnpack_mean(op: Op) -> dict | None:
-    """XNNPACK's qs8 MEAN (reduce-nd.c: the int32 sum of the stored integers converted as
+    """XNNPACK's qs8 / qu8 MEAN (reduce-nd.c: the int32 sum of the stored integers converted as
     ``sum * inverse_scale + zero_point`` in float32, rounded half to even, where
     ``inverse_scale = (input_scale / output_scale) * (1 / n)`` and ``zero_point =
     output_zero_point - n * input_zero_point * inverse_scale``), or None."""
     x, axes = op.inputs[0], (op.inputs[1] if len(op.inputs) > 1 else None)
     if axes is None or axes.data is None or not (_per_tensor_integer(x) and
-                                                _per_tensor_integer(op.outputs[0])):
+                                                _per_tensor_integer(op.outputs[0])) \
+            or x.type_name != op.outputs[0].type_name:
         return None
     rank = len(x.shape)
     reduced = sorted({int(a) % rank for a in np.asarray(axes.data).reshape(-1)})
@@ -255,7 +261,7 @@ def _xnnpack_mean(op: Op) -> dict | None:
 
 
 def _xnnpack_quantize(op: Op) -> dict | None:
-    """XNNPACK's f32 -> qs8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
+    """XNNPACK's f32 -> qs8 / qu8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
     ``1 / scale``, rounded half to even), or None."""
     x, out = op.inputs[0], op.outputs[0]
     if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _per_tensor_integer(out):

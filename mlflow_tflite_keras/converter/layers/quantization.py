@@ -385,16 +385,18 @@ class IntegerArithmetic(keras.layers.Layer):
     result's gradient; no weights.
 
     ``kind="add"``: ``params`` ``{"a_multiplier", "b_multiplier", "bias", "shift",
-    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 vadd
+    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 / qu8 vadd
     (``(bias + a * a_multiplier + b * b_multiplier) >> shift`` on the stored integers, then
     the output zero point, clamped to ``[low, high]``), with ``a_scale`` / ``a_zero_point``
     (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
     "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
-    "output_scale"}``, XNNPACK's qs8 mean: the int32 sum of the stored integers times the
-    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even.
-    ``kind="quantize"``: ``{"inverse_scale", "output_zero_point", "output_scale"}``,
-    XNNPACK's f32 -> qs8 conversion (a float input times the float32 ``1 / scale``, rounded
-    half to even, plus the zero point, saturated)."""
+    "output_scale", "qmin", "qmax"}``, XNNPACK's qs8 / qu8 mean: the int32 sum of the stored
+    integers times the float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half
+    to even, saturated to ``[qmin, qmax]``. ``kind="quantize"``: ``{"inverse_scale",
+    "output_zero_point", "output_scale", "qmin", "qmax"}``, XNNPACK's f32 -> qs8 / qu8
+    conversion (a float input times the float32 ``1 / scale``, rounded half to even, plus the
+    zero point, saturated). ``qmin`` / ``qmax`` default to int8's (configs saved before
+    uint8 was replayed)."""
 
     def __init__(self, kind: str, params: dict, **kwargs):
         super().__init__(**kwargs)
