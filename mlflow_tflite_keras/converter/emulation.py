@@ -12,9 +12,12 @@ keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weight
 
 A float layer followed by rounding lands one step off wherever the kernel rounds otherwise
 (deep models compound it), so where LiteRT's default kernels are known the wrapped layers
-compute on the integers with the kernel's own requantization (XNNPACK's qs8 convolutions /
-fully connected; hybrid convolutions with their epilogues), and ADD / MEAN / QUANTIZE get
-the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through gradients.
+compute on the integers with the kernel's own requantization (XNNPACK's qs8 / qu8
+convolutions / fully connected; hybrid convolutions with their epilogues), and ADD / MEAN /
+QUANTIZE get the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through
+gradients. Full-uint8 models (TF1's converter: uint8 activations, asymmetric uint8 weights)
+go the same way: XNNPACK's qu8 kernels share the qs8 arithmetic, with the weights' zero
+point in the accumulation.
 """
 
 from __future__ import annotations
@@ -168,19 +171,27 @@ def integer_hybrid(op: Op) -> dict | None:
 # the output) compound. Where XNNPACK takes the op (xnnpack_delegate.cc), its arithmetic is
 # replayed exactly.
 
-#: Full-integer ops XNNPACK runs as qs8 convolutions / fully connected (fp32 requantization).
+#: Full-integer ops XNNPACK runs as qs8 / qu8 convolutions / fully connected (fp32
+#: requantization).
 XNNPACK_QS8_KERNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
 
 
-def _int8_per_tensor(t) -> bool:
-    return t is not None and t.is_quantized and t.type_name == "INT8" and \
+#: Activation types of the replayed kernels: XNNPACK's qs8 (int8) and qu8 (uint8, the
+#: full-uint8 models TF1's converter made) kernels share their requantization arithmetic.
+INTEGER_ACTIVATION_TYPES = ("INT8", "UINT8")
+
+
+def _per_tensor_integer(t) -> bool:
+    """An int8 / uint8 tensor with one scale and zero point."""
+    return t is not None and t.is_quantized and t.type_name in INTEGER_ACTIVATION_TYPES and \
         t.quantization.scale.size == 1 and t.quantization.block_shape is None
 
 
 def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
-    """The :class:`QuantizedWeights` ``requantize`` config of a qs8 convolution / fully
+    """The :class:`QuantizedWeights` ``requantize`` config of a qs8 / qu8 convolution / fully
     connected op (XNNPACK's convolution-nhwc.c / fully-connected-nc.c: int32 accumulator of
-    the stored integers less the input zero point, plus the int32 bias, times the float32
+    the stored integers less the input zero point times the weights less theirs (qs8: zero;
+    qu8: uint8 weights with any zero point), plus the int32 bias, times the float32
     ``input_scale * kernel_scale[c] / output_scale``, rounded half to even, plus the output
     zero point, clamped), or None (another kernel, or a layer that is not the op's kernel
     alone)."""
@@ -188,10 +199,12 @@ def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
     w = op.inputs[1] if len(op.inputs) > 1 else None
     bias = op.inputs[2] if len(op.inputs) > 2 else None
     activation = getattr(getattr(layer, "activation", None), "__name__", None)
-    if op.type not in XNNPACK_QS8_KERNEL_OPS or not (_int8_per_tensor(x) and
-                                                    _int8_per_tensor(out)) \
-            or w is None or not w.is_quantized or w.type_name != "INT8" \
-            or np.any(np.asarray(w.quantization.zero_point) != 0) \
+    if op.type not in XNNPACK_QS8_KERNEL_OPS or not (_per_tensor_integer(x) and
+                                                    _per_tensor_integer(out)) \
+            or x.type_name != out.type_name or w is None or not w.is_quantized \
+            or w.type_name != x.type_name or w.quantization.block_shape is not None \
+            or (w.type_name == "INT8" and np.any(np.asarray(w.quantization.zero_point) != 0)) \
+            or (w.type_name == "UINT8" and w.quantization.scale.size != 1) \
             or (bias is not None and bias.type_name != "INT32") \
             or len(entries) != len(layer.weights) or activation not in ("linear", "relu"):
         return None
@@ -228,10 +241,12 @@ def _activation_bounds(op: Op, t) -> tuple[int, int]:
 
 
 def _xnnpack_add(op: Op) -> dict | None:
-    """XNNPACK's qs8 ADD parameters (microparams-init.c, xnn_init_qs8_add_minmax_scalar_params:
-    20-bit multipliers of the float32 input/output scale ratios, a shift, a rounding bias),
-    or None when XNNPACK does not take the op (its delegate's scale-ratio limits)."""
-    if len(op.inputs) != 2 or not all(_int8_per_tensor(t) for t in [*op.inputs, *op.outputs]):
+    """XNNPACK's qs8 / qu8 ADD parameters (microparams-init.c,
+    xnn_init_qs8_add_minmax_scalar_params and its qu8 twin, the same arithmetic: 20-bit
+    multipliers of the float32 input/output scale ratios, a shift, a rounding bias), or None
+    when XNNPACK does not take the op (its delegate's scale-ratio limits)."""
+    if len(op.inputs) != 2 or not all(_per_tensor_integer(t) for t in [*op.inputs, *op.outputs]) \
+            or len({t.type_name for t in [*op.inputs, *op.outputs]}) != 1:
         return None
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
     (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (a, b, out))
@@ -249,13 +264,14 @@ def _xnnpack_add(op: Op) -> dict | None:
 
 
 def _xnnpack_mean(op: Op) -> dict | None:
-    """XNNPACK's qs8 MEAN (reduce-nd.c: the int32 sum of the stored integers converted as
+    """XNNPACK's qs8 / qu8 MEAN (reduce-nd.c: the int32 sum of the stored integers converted as
     ``sum * inverse_scale + zero_point`` in float32, rounded half to even, where
     ``inverse_scale = (input_scale / output_scale) * (1 / n)`` and ``zero_point =
     output_zero_point - n * input_zero_point * inverse_scale``), or None."""
     x, axes = op.inputs[0], (op.inputs[1] if len(op.inputs) > 1 else None)
-    if axes is None or axes.data is None or not (_int8_per_tensor(x) and
-                                                _int8_per_tensor(op.outputs[0])):
+    if axes is None or axes.data is None or not (_per_tensor_integer(x) and
+                                                _per_tensor_integer(op.outputs[0])) \
+            or x.type_name != op.outputs[0].type_name:
         return None
     rank = len(x.shape)
     reduced = sorted({int(a) % rank for a in np.asarray(axes.data).reshape(-1)})
@@ -265,20 +281,24 @@ def _xnnpack_mean(op: Op) -> dict | None:
     (si, zi), (so, zo) = _scale_and_zero_point(x), _scale_and_zero_point(op.outputs[0])
     inverse = np.float32(si / so) * np.float32(np.float32(1.0) / np.float32(n))
     zero_point = np.float32(zo) - np.float32(np.float32(n * zi) * inverse)
+    qmin, qmax = integer_range(op.outputs[0].type_name)
     return {"axes": reduced, "keepdims": bool(op.opt("keepDims", False)),
+            "qmin": int(qmin), "qmax": int(qmax),
             "input_scale": float(si), "input_zero_point": zi,
             "inverse_scale": float(inverse), "zero_point": float(zero_point),
             "output_zero_point": zo, "output_scale": float(so)}
 
 
 def _xnnpack_quantize(op: Op) -> dict | None:
-    """XNNPACK's f32 -> qs8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
+    """XNNPACK's f32 -> qs8 / qu8 QUANTIZE (microparams-init.c / f32-qs8-vcvt: times the float32
     ``1 / scale``, rounded half to even), or None."""
     x, out = op.inputs[0], op.outputs[0]
-    if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _int8_per_tensor(out):
+    if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _per_tensor_integer(out):
         return None
     scale, zero_point = _scale_and_zero_point(out)
-    return {"inverse_scale": float(np.float32(1.0) / scale),
+    qmin, qmax = integer_range(out.type_name)
+    return {"inverse_scale": float(np.float32(1.0) / scale), "qmin": int(qmin),
+            "qmax": int(qmax),
             "output_zero_point": zero_point, "output_scale": float(scale)}
 
 

@@ -7,7 +7,8 @@ Which kernel runs is LiteRT's default: XNNPACK where its delegate takes the op
 (int8 HARD_SWISH, SQRT, AVERAGE_POOL_2D and SQUARED_DIFFERENCE, which it leaves to them).
 An elementwise op of one int8 operand is a function of its 256 stored integers: its kernel's
 arithmetic is replayed here in numpy (integer / float32, as the C++ does) into a table.
-Only per-tensor int8 tensors are handled; anything else keeps the float layer and rounding.
+Only per-tensor int8 tensors are handled (AVERAGE_POOL_2D: uint8 too, TFLite's uint8 kernel
+rounding the same sums the same way); anything else keeps the float layer and rounding.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from mlflow_tflite_keras.converter.layers.fixed_point import (
 INT8_MIN, INT8_MAX = -128, 127
 
 
-def _int8_per_tensor(t) -> bool:
-    return t is not None and t.is_quantized and t.type_name == "INT8" and \
+def _int8_per_tensor(t, types=("INT8",)) -> bool:
+    return t is not None and t.is_quantized and t.type_name in types and \
         t.quantization.scale.size == 1 and t.quantization.block_shape is None
+
+
+#: Ops whose replayed kernel also takes uint8 tensors: TFLite's uint8 AveragePool
+#: (optimized_ops / reference_ops pooling.h) rounds ``(sum + count / 2) / count`` on the
+#: non-negative stored integers, which is the int8 kernel's rounding there.
+_UINT8_KERNELS = frozenset({"AVERAGE_POOL_2D"})
 
 
 def _scale_and_zero_point(t) -> tuple:
@@ -118,7 +125,8 @@ def _same_pad_before(size: int, window: int, stride: int, out: int) -> int:
 
 
 def _average_pool(op: Op, bounds) -> dict | None:
-    """TFLite's int8 AveragePool (optimized_integer_ops / reference_integer_ops pooling.h)."""
+    """TFLite's int8 / uint8 AveragePool (optimized_integer_ops / reference_integer_ops /
+    optimized_ops pooling.h)."""
     x, out = op.inputs[0], op.outputs[0]
     if _scale_and_zero_point(x) != _scale_and_zero_point(out) or len(x.shape) != 4 or \
             any(int(d) <= 0 for d in (*x.shape[1:3], *out.shape[1:3])):
@@ -201,8 +209,10 @@ def kernel_params(op: Op, bounds: tuple[int, int]) -> tuple[str, dict] | None:
     """``(IntegerKernel kind, params)`` replaying ``op``'s integer kernel, or None (another
     op, other types, or a case its kernel does not take); ``bounds``: the fused activation's
     clamp on the output's stored integers."""
+    types = ("INT8", "UINT8") if op.type in _UINT8_KERNELS else ("INT8",)
     if op.type not in _KERNELS or not op.inputs or len(op.outputs) != 1 or \
-            not (_int8_per_tensor(op.inputs[0]) and _int8_per_tensor(op.outputs[0])):
+            not (_int8_per_tensor(op.inputs[0], types) and _int8_per_tensor(op.outputs[0], types)) \
+            or op.inputs[0].type_name != op.outputs[0].type_name:
         return None
     kind, parameters = _KERNELS[op.type]
     params = parameters(op, bounds)

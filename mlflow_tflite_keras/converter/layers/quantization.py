@@ -385,16 +385,18 @@ class IntegerArithmetic(keras.layers.Layer):
     result's gradient; no weights.
 
     ``kind="add"``: ``params`` ``{"a_multiplier", "b_multiplier", "bias", "shift",
-    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 vadd
+    "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 / qu8 vadd
     (``(bias + a * a_multiplier + b * b_multiplier) >> shift`` on the stored integers, then
     the output zero point, clamped to ``[low, high]``), with ``a_scale`` / ``a_zero_point``
     (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
     "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
-    "output_scale"}``, XNNPACK's qs8 mean: the int32 sum of the stored integers times the
-    float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half to even.
-    ``kind="quantize"``: ``{"inverse_scale", "output_zero_point", "output_scale"}``,
-    XNNPACK's f32 -> qs8 conversion (a float input times the float32 ``1 / scale``, rounded
-    half to even, plus the zero point, saturated)."""
+    "output_scale", "qmin", "qmax"}``, XNNPACK's qs8 / qu8 mean: the int32 sum of the stored
+    integers times the float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half
+    to even, saturated to ``[qmin, qmax]``. ``kind="quantize"``: ``{"inverse_scale",
+    "output_zero_point", "output_scale", "qmin", "qmax"}``, XNNPACK's f32 -> qs8 / qu8
+    conversion (a float input times the float32 ``1 / scale``, rounded half to even, plus the
+    zero point, saturated). ``qmin`` / ``qmax`` default to int8's (configs saved before
+    uint8 was replayed)."""
 
     def __init__(self, kind: str, params: dict, **kwargs):
         super().__init__(**kwargs)
@@ -421,13 +423,14 @@ class IntegerArithmetic(keras.layers.Layer):
             q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
         elif self.kind == "quantize":
             steps = ops.round(ops.cast(inputs[1], "float32") * np.float32(p["inverse_scale"]))
-            q = ops.clip(steps + np.float32(p["output_zero_point"]), -128.0, 127.0)
+            q = ops.clip(steps + np.float32(p["output_zero_point"]),
+                         float(p.get("qmin", -128)), float(p.get("qmax", 127)))
         else:
             stored = self._stored(inputs[1], p["input_scale"], p["input_zero_point"])
             total = ops.sum(stored, axis=tuple(p["axes"]), keepdims=bool(p["keepdims"]))
             q = ops.round(rounded_product(total, np.float32(p["inverse_scale"]))
                           + np.float32(p["zero_point"]))
-            q = ops.clip(q, -128.0, 127.0)
+            q = ops.clip(q, float(p.get("qmin", -128)), float(p.get("qmax", 127)))
         exact = (q - np.float32(p["output_zero_point"])) * np.float32(p["output_scale"])
         return straight_through(result, ops.reshape(ops.cast(exact, result.dtype),
                                                     ops.shape(result)))
