@@ -13,7 +13,7 @@ keeps them on the source's grid while ``fit`` moves them (:func:`quantize_weight
 A float layer followed by rounding lands one step off wherever the kernel rounds otherwise
 (deep models compound it), so where LiteRT's default kernels are known the wrapped layers
 compute on the integers with the kernel's own requantization (XNNPACK's qs8 / qu8
-convolutions / fully connected; hybrid convolutions with their epilogues), and ADD / MEAN /
+convolutions / fully connected; hybrid convolutions with their epilogues), and ADD / MUL / MEAN /
 QUANTIZE get the kernel's value (:func:`integer_arithmetic`): bit-exact, straight-through
 gradients. Full-uint8 models (TF1's converter: uint8 activations, asymmetric uint8 weights)
 go the same way: XNNPACK's qu8 kernels share the qs8 arithmetic, with the weights' zero
@@ -302,12 +302,30 @@ def _xnnpack_quantize(op: Op) -> dict | None:
             "output_zero_point": zero_point, "output_scale": float(scale)}
 
 
-_XNNPACK_INTEGER_OPS = {"ADD": (2, _xnnpack_add), "MEAN": (1, _xnnpack_mean),
+def _xnnpack_mul(op: Op) -> dict | None:
+    """XNNPACK's qs8 MUL (qs8-vmul fp32: the int32 product of the stored integers less their
+    zero points, times the float32 ``(a_scale * b_scale) / output_scale``, rounded half to
+    even, plus the output zero point, clamped), or None when its delegate declines the op
+    (that scale outside ``[2**-16, 256)``)."""
+    if len(op.inputs) != 2 or not all(_int8_per_tensor(t) for t in [*op.inputs, *op.outputs]):
+        return None
+    (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (*op.inputs, op.outputs[0]))
+    scale = np.float32(sa * sb) / so  # float32 arithmetic, in the delegate's order
+    if not np.float32(2.0 ** -16) <= scale < np.float32(256.0):
+        return None
+    low, high = _activation_bounds(op, op.outputs[0])
+    return {"a_scale": float(sa), "a_zero_point": za, "b_scale": float(sb), "b_zero_point": zb,
+            "scale": float(scale), "output_zero_point": zo, "output_scale": float(so),
+            "low": low, "high": high}
+
+
+_XNNPACK_INTEGER_OPS = {"ADD": (2, _xnnpack_add), "MUL": (2, _xnnpack_mul),
+                        "MEAN": (1, _xnnpack_mean),
                         "QUANTIZE": (1, _xnnpack_quantize)}
 
 
 def integer_arithmetic(ctx, op: Op) -> None:
-    """Replace the float value of an op XNNPACK computes with other rounding (ADD, MEAN,
+    """Replace the float value of an op XNNPACK computes with other rounding (ADD, MUL, MEAN,
     QUANTIZE of a float tensor) by the kernel's value (:class:`IntegerArithmetic`,
     straight-through)."""
     if not op.outputs or op.type not in _XNNPACK_INTEGER_OPS:

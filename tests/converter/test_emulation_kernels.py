@@ -214,3 +214,17 @@ def test_mobilenet_v2_full_int8_is_bit_exact():
     print(f"\n{report}")
     _assert_exact(report)
     assert_kernel_change_fails(data, model, x)
+
+
+def test_efficientnet_b0_full_int8_is_bit_exact():
+    """EfficientNetB0 (swish and squeeze-excite MULs, MEAN, LOGISTIC, SOFTMAX), on inputs
+    spread over the whole int8 input grid: its MULs round the float32-scaled integer product
+    half to even (a float product left one element of 80 a step off)."""
+    from converter.app_models import app_tflite
+
+    data = app_tflite("EfficientNetB0", "full-int8")
+    model = convert(data, emulate_quantization=True).model
+    report = check_parity(data, model, seed=0)
+    print(f"\n{report}")
+    _assert_exact(report)
+    assert_kernel_change_fails(data, model, None, seed=0)

@@ -380,7 +380,7 @@ class QuantizedWeights(keras.layers.Wrapper):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class IntegerArithmetic(keras.layers.Layer):
     """The value an integer kernel computes for an op the float layers only approximate at
-    its rounding (XNNPACK's qs8 ADD and MEAN), straight-through: called on ``[float result,
+    its rounding (XNNPACK's qs8 ADD, MUL and MEAN), straight-through: called on ``[float result,
     *quantized operands]``, it returns the kernel's value (dequantized) with the float
     result's gradient; no weights.
 
@@ -388,7 +388,11 @@ class IntegerArithmetic(keras.layers.Layer):
     "output_zero_point", "output_scale", "low", "high"}``, XNNPACK's qs8 / qu8 vadd
     (``(bias + a * a_multiplier + b * b_multiplier) >> shift`` on the stored integers, then
     the output zero point, clamped to ``[low, high]``), with ``a_scale`` / ``a_zero_point``
-    (and b) to recover the stored integers. ``kind="mean"``: ``{"axes", "keepdims",
+    (and b) to recover the stored integers. ``kind="mul"``: ``{"a_scale", "a_zero_point",
+    "b_scale", "b_zero_point", "scale", "output_zero_point", "output_scale", "low", "high"}``,
+    XNNPACK's qs8 vmul (the product of the stored integers less their zero points times the
+    float32 ``scale``, rounded half to even, plus the output zero point, clamped to
+    ``[low, high]``; operands broadcast). ``kind="mean"``: ``{"axes", "keepdims",
     "input_scale", "input_zero_point", "inverse_scale", "zero_point", "output_zero_point",
     "output_scale", "qmin", "qmax"}``, XNNPACK's qs8 / qu8 mean: the int32 sum of the stored
     integers times the float32 ``inverse_scale`` plus the float32 ``zero_point``, rounded half
@@ -400,7 +404,7 @@ class IntegerArithmetic(keras.layers.Layer):
 
     def __init__(self, kind: str, params: dict, **kwargs):
         super().__init__(**kwargs)
-        if kind not in ("add", "mean", "quantize"):
+        if kind not in ("add", "mul", "mean", "quantize"):
             raise ValueError(f"unknown integer arithmetic {kind!r}")
         self.kind = kind
         self.params = {k: (list(v) if isinstance(v, (list, tuple)) else v)
@@ -421,6 +425,14 @@ class IntegerArithmetic(keras.layers.Layer):
             acc = p["bias"] + a * p["a_multiplier"] + b * p["b_multiplier"]
             q = ops.floor_divide(acc, 1 << p["shift"]) + p["output_zero_point"]
             q = ops.cast(ops.clip(q, p["low"], p["high"]), "float32")
+        elif self.kind == "mul":
+            a = self._stored(inputs[1], p["a_scale"], p["a_zero_point"])
+            b = self._stored(inputs[2], p["b_scale"], p["b_zero_point"])
+            # |product| <= 255 * 255: exact in float32, as the kernel's int32 -> float
+            product = (a - np.float32(p["a_zero_point"])) * (b - np.float32(p["b_zero_point"]))
+            q = ops.round(rounded_product(product, np.float32(p["scale"])))
+            q = ops.clip(q + np.float32(p["output_zero_point"]), np.float32(p["low"]),
+                         np.float32(p["high"]))
         elif self.kind == "quantize":
             steps = ops.round(ops.cast(inputs[1], "float32") * np.float32(p["inverse_scale"]))
             q = ops.clip(steps + np.float32(p["output_zero_point"]),
