@@ -307,7 +307,9 @@ def _xnnpack_mul(op: Op) -> dict | None:
     zero points, times the float32 ``(a_scale * b_scale) / output_scale``, rounded half to
     even, plus the output zero point, clamped), or None when its delegate declines the op
     (that scale outside ``[2**-16, 256)``)."""
-    if len(op.inputs) != 2 or not all(_int8_per_tensor(t) for t in [*op.inputs, *op.outputs]):
+    # int8 only: measured against XNNPACK's qs8 MUL (its qu8 twin is not checked here)
+    if len(op.inputs) != 2 or not all(_per_tensor_integer(t) and t.type_name == "INT8"
+                                      for t in [*op.inputs, *op.outputs]):
         return None
     (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (*op.inputs, op.outputs[0]))
     scale = np.float32(sa * sb) / so  # float32 arithmetic, in the delegate's order
