@@ -47,14 +47,14 @@ def make_text_model(kind):
 
 def text_tflite(kind, recipe):
     def build():
-        from mlflow_tflite_keras.export import _convert
+        from mlflow_tflite_keras.keras_export import convert_with_recipe
 
         model = make_text_model(kind)
         with tempfile.TemporaryDirectory() as d:
             model.export(d, format="tf_saved_model", verbose=False,
                          input_signature=[tf.TensorSpec((1, SEQ), tf.int32)])
             converter = tf.lite.TFLiteConverter.from_saved_model(d)
-            return _convert(converter, recipe, None, None, None)
+            return convert_with_recipe(converter, recipe)
 
     return cached(f"cf-text-{kind}-{recipe}", build, kind, recipe)
 
