@@ -26,9 +26,6 @@ from mlflow_tflite_keras.tflite_model import (
     TFLiteModel,
 )
 
-#: the schema's fused activation codes
-FUSED_ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
-
 
 # Ops that only decode a stored constant (float16, quantized or sparse weights), which the IR
 # decodes itself: with a constant input the builder folds them where their output is first
