@@ -27,7 +27,11 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
-from mlflow_tflite_keras.converter.integer_kernels import kernel_params
+from mlflow_tflite_keras.converter.integer_kernels import (
+    kernel_params,
+    per_tensor_quantized,
+    scale_and_zero_point,
+)
 from mlflow_tflite_keras.converter.ir import FUSED_ACTIVATIONS, Op, Tensor
 from mlflow_tflite_keras.converter.layers.fixed_point import quantize_multiplier
 from mlflow_tflite_keras.converter.layers.int16_kernels import (
@@ -183,8 +187,7 @@ INTEGER_ACTIVATION_TYPES = ("INT8", "UINT8")
 
 def _per_tensor_integer(t) -> bool:
     """An int8 / uint8 tensor with one scale and zero point."""
-    return t is not None and t.is_quantized and t.type_name in INTEGER_ACTIVATION_TYPES and \
-        t.quantization.scale.size == 1 and t.quantization.block_shape is None
+    return per_tensor_quantized(t, INTEGER_ACTIVATION_TYPES)
 
 
 def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
@@ -222,16 +225,11 @@ def _xnnpack_requantize(op: Op, layer, entries) -> dict | None:
             "low": int(qmin) - zero_point, "high": int(qmax) - zero_point}
 
 
-def _scale_and_zero_point(t) -> tuple:
-    return np.float32(t.quantization.scale.reshape(-1)[0]), \
-        int(t.quantization.zero_point.reshape(-1)[0])
-
-
 def _activation_bounds(op: Op, t) -> tuple[int, int]:
     """The fused activation's clamp on ``t``'s stored integers (TFLite's
     CalculateActivationRangeQuantized)."""
     qmin, qmax = integer_range(t.type_name)
-    scale, zero_point = _scale_and_zero_point(t)
+    scale, zero_point = scale_and_zero_point(t)
     act = FUSED_ACTIVATIONS.get(op.opt("fusedActivationFunction", 0))
     low, high = {"relu": (0.0, None), "relu6": (0.0, 6.0),
                  "relu_n1_to_1": (-1.0, 1.0)}.get(act, (None, None))
@@ -249,7 +247,7 @@ def _xnnpack_add(op: Op) -> dict | None:
             or len({t.type_name for t in [*op.inputs, *op.outputs]}) != 1:
         return None
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
-    (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (a, b, out))
+    (sa, za), (sb, zb), (so, zo) = (scale_and_zero_point(t) for t in (a, b, out))
     ratios = np.array([sa / so, sb / so], np.float32)
     if np.any(ratios < np.float32(1.0 / 1024.0)) or np.any(ratios >= np.float32(256.0)):
         return None
@@ -278,7 +276,7 @@ def _xnnpack_mean(op: Op) -> dict | None:
     n = int(np.prod([x.shape[a] for a in reduced]))
     if not reduced or n <= 0:
         return None
-    (si, zi), (so, zo) = _scale_and_zero_point(x), _scale_and_zero_point(op.outputs[0])
+    (si, zi), (so, zo) = scale_and_zero_point(x), scale_and_zero_point(op.outputs[0])
     inverse = np.float32(si / so) * np.float32(np.float32(1.0) / np.float32(n))
     zero_point = np.float32(zo) - np.float32(np.float32(n * zi) * inverse)
     qmin, qmax = integer_range(op.outputs[0].type_name)
@@ -295,7 +293,7 @@ def _xnnpack_quantize(op: Op) -> dict | None:
     x, out = op.inputs[0], op.outputs[0]
     if x is None or x.is_quantized or x.type_name != "FLOAT32" or not _per_tensor_integer(out):
         return None
-    scale, zero_point = _scale_and_zero_point(out)
+    scale, zero_point = scale_and_zero_point(out)
     qmin, qmax = integer_range(out.type_name)
     return {"inverse_scale": float(np.float32(1.0) / scale), "qmin": int(qmin),
             "qmax": int(qmax),
@@ -311,7 +309,7 @@ def _xnnpack_mul(op: Op) -> dict | None:
     if len(op.inputs) != 2 or not all(_per_tensor_integer(t) and t.type_name == "INT8"
                                       for t in [*op.inputs, *op.outputs]):
         return None
-    (sa, za), (sb, zb), (so, zo) = (_scale_and_zero_point(t) for t in (*op.inputs, op.outputs[0]))
+    (sa, za), (sb, zb), (so, zo) = (scale_and_zero_point(t) for t in (*op.inputs, op.outputs[0]))
     scale = np.float32(sa * sb) / so  # float32 arithmetic, in the delegate's order
     if not np.float32(2.0 ** -16) <= scale < np.float32(256.0):
         return None

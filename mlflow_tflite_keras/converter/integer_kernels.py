@@ -27,7 +27,8 @@ from mlflow_tflite_keras.converter.layers.fixed_point import (
 INT8_MIN, INT8_MAX = -128, 127
 
 
-def _int8_per_tensor(t, types=("INT8",)) -> bool:
+def per_tensor_quantized(t, types=("INT8",)) -> bool:
+    """A quantized tensor of one of ``types`` with one scale and zero point."""
     return t is not None and t.is_quantized and t.type_name in types and \
         t.quantization.scale.size == 1 and t.quantization.block_shape is None
 
@@ -38,7 +39,8 @@ def _int8_per_tensor(t, types=("INT8",)) -> bool:
 _UINT8_KERNELS = frozenset({"AVERAGE_POOL_2D"})
 
 
-def _scale_and_zero_point(t) -> tuple:
+def scale_and_zero_point(t) -> tuple:
+    """A per-tensor quantized tensor's (float32 scale, int zero point)."""
     return np.float32(t.quantization.scale.reshape(-1)[0]), \
         int(t.quantization.zero_point.reshape(-1)[0])
 
@@ -103,7 +105,7 @@ def xnnpack_leaky_relu_table(alpha, s_in, z_in, s_out, z_out) -> np.ndarray | No
 
 def _lookup(op: Op, bounds) -> dict | None:
     x, out = op.inputs[0], op.outputs[0]
-    (s_in, z_in), (s_out, z_out) = _scale_and_zero_point(x), _scale_and_zero_point(out)
+    (s_in, z_in), (s_out, z_out) = scale_and_zero_point(x), scale_and_zero_point(out)
     if op.type == "HARD_SWISH":
         table = hard_swish_table(s_in, z_in, s_out, z_out)
     elif op.type == "SQRT":
@@ -128,10 +130,10 @@ def _average_pool(op: Op, bounds) -> dict | None:
     """TFLite's int8 / uint8 AveragePool (optimized_integer_ops / reference_integer_ops /
     optimized_ops pooling.h)."""
     x, out = op.inputs[0], op.outputs[0]
-    if _scale_and_zero_point(x) != _scale_and_zero_point(out) or len(x.shape) != 4 or \
+    if scale_and_zero_point(x) != scale_and_zero_point(out) or len(x.shape) != 4 or \
             any(int(d) <= 0 for d in (*x.shape[1:3], *out.shape[1:3])):
         return None
-    scale, zero_point = _scale_and_zero_point(out)
+    scale, zero_point = scale_and_zero_point(out)
     pool = (int(op.opt("filterHeight", 1)), int(op.opt("filterWidth", 1)))
     strides = (int(op.opt("strideH", 1)), int(op.opt("strideW", 1)))
     # TFLite's padding (SAME: half the total before, VALID: none) from the sizes alone: a
@@ -170,23 +172,23 @@ def _resize_bilinear(op: Op, bounds) -> dict | None:
     x, out = op.inputs[0], op.outputs[0]
     size = op.inputs[1] if len(op.inputs) > 1 else None
     if size is None or not size.is_constant or \
-            _scale_and_zero_point(x) != _scale_and_zero_point(out) or len(x.shape) != 4 or \
+            scale_and_zero_point(x) != scale_and_zero_point(out) or len(x.shape) != 4 or \
             any(int(d) <= 0 for d in (*x.shape[1:3], *out.shape[1:3])):
         return None
     align, half = bool(op.opt("alignCorners", False)), bool(op.opt("halfPixelCenters", False))
     top, bottom, alpha_y = _resize_coordinates(int(x.shape[1]), int(out.shape[1]), align, half)
     left, right, alpha_x = _resize_coordinates(int(x.shape[2]), int(out.shape[2]), align, half)
-    scale, zero_point = _scale_and_zero_point(out)
+    scale, zero_point = scale_and_zero_point(out)
     return {"scale": float(scale), "zero_point": zero_point, "top": top, "bottom": bottom,
             "alpha_y": alpha_y, "left": left, "right": right, "alpha_x": alpha_x}
 
 
 def _squared_difference(op: Op, bounds) -> dict | None:
     """TFLite's int8 SQUARED_DIFFERENCE (squared_difference.cc: parameters of Prepare)."""
-    if len(op.inputs) != 2 or not _int8_per_tensor(op.inputs[1]):
+    if len(op.inputs) != 2 or not per_tensor_quantized(op.inputs[1]):
         return None
-    (sa, _), (sb, _) = (_scale_and_zero_point(t) for t in op.inputs)
-    s_out, z_out = _scale_and_zero_point(op.outputs[0])
+    (sa, _), (sb, _) = (scale_and_zero_point(t) for t in op.inputs)
+    s_out, z_out = scale_and_zero_point(op.outputs[0])
     twice_max = 2.0 * float(max(sa, sb))
     multipliers = [quantize_multiplier(float(s) / twice_max) for s in (sa, sb)]
     output = quantize_multiplier(twice_max * twice_max / ((1 << 14) * float(s_out)))
@@ -211,7 +213,7 @@ def kernel_params(op: Op, bounds: tuple[int, int]) -> tuple[str, dict] | None:
     clamp on the output's stored integers."""
     types = ("INT8", "UINT8") if op.type in _UINT8_KERNELS else ("INT8",)
     if op.type not in _KERNELS or not op.inputs or len(op.outputs) != 1 or \
-            not (_int8_per_tensor(op.inputs[0], types) and _int8_per_tensor(op.outputs[0], types)) \
+            not (per_tensor_quantized(op.inputs[0], types) and per_tensor_quantized(op.outputs[0], types)) \
             or op.inputs[0].type_name != op.outputs[0].type_name:
         return None
     kind, parameters = _KERNELS[op.type]
